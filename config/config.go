@@ -1,0 +1,279 @@
+// Package config holds pgmux's one typed Config: its defaults, loading from a
+// YAML file, PGMUX_* environment variables and command-line flags (viper),
+// and validation. After Load the Config is read-only. Only cmd imports it;
+// the other packages take their own option structs.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// Config is pgmux's configuration. Keys follow PgBouncer's names where one exists.
+type Config struct {
+	Listen                 string              `mapstructure:"listen"`
+	AdminListen            string              `mapstructure:"admin_listen"`
+	PoolMode               string              `mapstructure:"pool_mode"`
+	DefaultPoolSize        int                 `mapstructure:"default_pool_size"`
+	MinPoolSize            int                 `mapstructure:"min_pool_size"`
+	MaxClientConn          int                 `mapstructure:"max_client_conn"`
+	AuthType               string              `mapstructure:"auth_type"`
+	AuthFile               string              `mapstructure:"auth_file"`
+	QueryWaitTimeout       time.Duration       `mapstructure:"query_wait_timeout"`
+	ServerConnectTimeout   time.Duration       `mapstructure:"server_connect_timeout"`
+	ServerIdleTimeout      time.Duration       `mapstructure:"server_idle_timeout"`
+	ServerLifetime         time.Duration       `mapstructure:"server_lifetime"`
+	ClientIdleTimeout      time.Duration       `mapstructure:"client_idle_timeout"`
+	ClientLoginTimeout     time.Duration       `mapstructure:"client_login_timeout"`
+	IdleTransactionTimeout time.Duration       `mapstructure:"idle_transaction_timeout"`
+	ServerResetQuery       string              `mapstructure:"server_reset_query"`
+	ShutdownTimeout        time.Duration       `mapstructure:"shutdown_timeout"`
+	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
+	LogLevel               string              `mapstructure:"log_level"`
+	Databases              map[string]Database `mapstructure:"databases"`
+}
+
+// Database is one entry of the databases section. The key "*" matches any
+// database name a client asks for that has no entry of its own.
+type Database struct {
+	Host     string `mapstructure:"host"`
+	Port     int    `mapstructure:"port"`
+	DBName   string `mapstructure:"dbname"`
+	User     string `mapstructure:"user"`
+	Password string `mapstructure:"password"`
+	PoolMode string `mapstructure:"pool_mode"`
+	PoolSize int    `mapstructure:"pool_size"`
+}
+
+// Default returns the configuration used where nothing else is given.
+func Default() Config {
+	return Config{
+		Listen:               "127.0.0.1:6432",
+		AdminListen:          "127.0.0.1:9127",
+		PoolMode:             "transaction",
+		DefaultPoolSize:      20,
+		MaxClientConn:        10000,
+		AuthType:             "scram-sha-256",
+		QueryWaitTimeout:     120 * time.Second,
+		ServerConnectTimeout: 15 * time.Second,
+		ServerIdleTimeout:    600 * time.Second,
+		ServerLifetime:       3600 * time.Second,
+		ClientLoginTimeout:   60 * time.Second,
+		ServerResetQuery:     "DISCARD ALL",
+		ShutdownTimeout:      30 * time.Second,
+		MaxPacketSize:        1 << 30,
+		LogLevel:             "info",
+	}
+}
+
+// Flags returns the command-line flags that override the file: one per
+// top-level scalar key, spelled with dashes (--default-pool-size).
+func Flags() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("pgmux", pflag.ContinueOnError)
+	fs.String("config", "", "path of the YAML configuration file")
+	d := Default()
+	rv := reflect.ValueOf(d)
+	rt := rv.Type()
+	for i := range rt.NumField() {
+		key := rt.Field(i).Tag.Get("mapstructure")
+		name := strings.ReplaceAll(key, "_", "-")
+		switch f := rv.Field(i).Interface().(type) {
+		case string:
+			fs.String(name, f, "overrides "+key)
+		case int:
+			fs.Int(name, f, "overrides "+key)
+		case time.Duration:
+			fs.Duration(name, f, "overrides "+key)
+		}
+	}
+	return fs
+}
+
+// Load reads the file at path (none if empty), then the PGMUX_* environment,
+// then any flags in fs that were set, and validates the result.
+func Load(path string, fs *pflag.FlagSet) (*Config, error) {
+	v := viper.New()
+	d := Default()
+	rv := reflect.ValueOf(d)
+	rt := rv.Type()
+	for i := range rt.NumField() {
+		key := rt.Field(i).Tag.Get("mapstructure")
+		if key == "databases" {
+			continue
+		}
+		v.SetDefault(key, rv.Field(i).Interface())
+		if fs != nil {
+			if f := fs.Lookup(strings.ReplaceAll(key, "_", "-")); f != nil && f.Changed {
+				v.Set(key, f.Value.String())
+			}
+		}
+	}
+	v.SetEnvPrefix("PGMUX")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if path != "" {
+		v.SetConfigFile(path)
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("read config %s: %w", path, err)
+		}
+	}
+	var c Config
+	if err := v.UnmarshalExact(&c, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
+		secondsHook, mapstructure.StringToTimeDurationHookFunc()))); err != nil {
+		return nil, fmt.Errorf("parse config %s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// secondsHook reads a bare number given for a duration as seconds, as
+// PgBouncer does ("server_lifetime: 3600").
+func secondsHook(from, to reflect.Type, data any) (any, error) {
+	if to != reflect.TypeOf(time.Duration(0)) {
+		return data, nil
+	}
+	switch x := data.(type) {
+	case int:
+		return time.Duration(x) * time.Second, nil
+	case int64:
+		return time.Duration(x) * time.Second, nil
+	case float64:
+		return time.Duration(x * float64(time.Second)), nil
+	case string:
+		if n, err := strconv.ParseFloat(x, 64); err == nil {
+			return time.Duration(n * float64(time.Second)), nil
+		}
+	}
+	return data, nil
+}
+
+// Validate checks every key and returns all problems found, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(key, addr string, optional bool) {
+		if addr == "" && optional {
+			return
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "%q is not host:port", addr)
+		}
+	}
+	checkAddr("listen", c.Listen, false)
+	checkAddr("admin_listen", c.AdminListen, true)
+	checkMode := func(key, mode string) {
+		if mode != "transaction" && mode != "session" {
+			bad(key, "%q is not transaction or session", mode)
+		}
+	}
+	checkMode("pool_mode", c.PoolMode)
+	if c.DefaultPoolSize < 1 {
+		bad("default_pool_size", "must be at least 1, got %d", c.DefaultPoolSize)
+	}
+	if c.MinPoolSize < 0 || c.MinPoolSize > c.DefaultPoolSize {
+		bad("min_pool_size", "must be between 0 and default_pool_size (%d), got %d", c.DefaultPoolSize, c.MinPoolSize)
+	}
+	if c.MaxClientConn < 1 {
+		bad("max_client_conn", "must be at least 1, got %d", c.MaxClientConn)
+	}
+	switch c.AuthType {
+	case "trust":
+	case "md5", "scram-sha-256":
+		if c.AuthFile == "" {
+			bad("auth_file", "required with auth_type %s", c.AuthType)
+		}
+	default:
+		bad("auth_type", "%q is not scram-sha-256, md5 or trust", c.AuthType)
+	}
+	if c.AuthFile != "" {
+		if _, err := os.Stat(c.AuthFile); err != nil {
+			bad("auth_file", "%v", err)
+		}
+	}
+	for key, d := range map[string]time.Duration{
+		"query_wait_timeout": c.QueryWaitTimeout, "server_connect_timeout": c.ServerConnectTimeout,
+		"server_idle_timeout": c.ServerIdleTimeout, "server_lifetime": c.ServerLifetime,
+		"client_idle_timeout": c.ClientIdleTimeout, "client_login_timeout": c.ClientLoginTimeout,
+		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
+	} {
+		if d < 0 {
+			bad(key, "must not be negative, got %s", d)
+		}
+	}
+	if c.MaxPacketSize < 1024 {
+		bad("max_packet_size", "must be at least 1024, got %d", c.MaxPacketSize)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	if len(c.Databases) == 0 {
+		bad("databases", "at least one database is required")
+	}
+	names := make([]string, 0, len(c.Databases))
+	for name := range c.Databases {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		d := c.Databases[name]
+		key := "databases." + name
+		if d.Port < 0 || d.Port > 65535 {
+			bad(key+".port", "%d is not a port", d.Port)
+		}
+		if d.PoolMode != "" {
+			checkMode(key+".pool_mode", d.PoolMode)
+		}
+		if d.PoolSize < 0 {
+			bad(key+".pool_size", "must not be negative, got %d", d.PoolSize)
+		}
+		if name == "*" && d.DBName != "" {
+			bad(key+".dbname", "the wildcard entry takes the client's database name")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Resolved returns the entry for database name with its defaults filled in:
+// dbname from the name, host 127.0.0.1, port 5432, pool mode and size from
+// the top level.
+func (c *Config) Resolved(name string) (Database, bool) {
+	d, ok := c.Databases[name]
+	if !ok {
+		if d, ok = c.Databases["*"]; !ok {
+			return Database{}, false
+		}
+	}
+	if d.DBName == "" {
+		d.DBName = name
+	}
+	if d.Host == "" {
+		d.Host = "127.0.0.1"
+	}
+	if d.Port == 0 {
+		d.Port = 5432
+	}
+	if d.PoolMode == "" {
+		d.PoolMode = c.PoolMode
+	}
+	if d.PoolSize == 0 {
+		d.PoolSize = c.DefaultPoolSize
+	}
+	return d, true
+}

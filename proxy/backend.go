@@ -1,0 +1,257 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// serverConn is one backend connection. It is owned by whoever holds its
+// pool lease; only cancels reach it from elsewhere, through cancels.
+type serverConn struct {
+	conn net.Conn
+	rd   *protocol.Reader
+	bw   *bufio.Writer
+	addr string // host:port, where cancels go
+	pid  uint32
+	key  []byte
+
+	// Settings as the server last reported or as pgmux set them, by
+	// lower-cased name; base holds the values it started with.
+	cur, base map[string]string
+	names     map[string]string // lower-cased name -> the server's spelling
+
+	txStatus byte
+	cancels  sync.WaitGroup // cancel requests in flight to this backend
+}
+
+var _ pool.Conn = (*serverConn)(nil)
+
+func (sc *serverConn) Close() error { return sc.conn.Close() }
+
+// dialServer opens and authenticates a backend connection with pgconn, which
+// answers whatever the server asks (trust, password, md5, SCRAM-SHA-256),
+// then takes the raw connection over.
+func dialServer(ctx context.Context, db *Database, user, password string, maxBody int) (*serverConn, error) {
+	cfg, err := pgconn.ParseConfig("sslmode=disable")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host = db.Host
+	cfg.Port = uint16(db.Port)
+	cfg.Database = db.DBName
+	cfg.User = user
+	cfg.Password = password
+	cfg.TLSConfig = nil
+	cfg.Fallbacks = nil
+	cfg.RuntimeParams = map[string]string{}
+	cfg.ConnectTimeout = 0 // ctx carries it
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		pc.Close(ctx)
+		return nil, err
+	}
+	sc := &serverConn{
+		conn:     hc.Conn,
+		rd:       protocol.NewReader(bufio.NewReaderSize(hc.Conn, 16<<10), maxBody),
+		bw:       bufio.NewWriterSize(hc.Conn, 16<<10),
+		addr:     net.JoinHostPort(db.Host, strconv.Itoa(db.Port)),
+		pid:      hc.PID,
+		key:      hc.SecretKey,
+		cur:      make(map[string]string, len(hc.ParameterStatuses)),
+		base:     make(map[string]string, len(hc.ParameterStatuses)),
+		names:    make(map[string]string, len(hc.ParameterStatuses)),
+		txStatus: 'I',
+	}
+	for k, v := range hc.ParameterStatuses {
+		lk := strings.ToLower(k)
+		sc.cur[lk], sc.base[lk], sc.names[lk] = v, v, k
+	}
+	return sc, nil
+}
+
+// alive reports whether an idle connection is still open, without blocking:
+// a server that went away has left an EOF (or a FATAL) to read.
+func (sc *serverConn) alive() bool {
+	sc.conn.SetReadDeadline(time.Now())
+	_, err := sc.rd.Bufio().Peek(1)
+	sc.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// noteParam records a ParameterStatus the server sent.
+func (sc *serverConn) noteParam(name, value string) string {
+	lk := strings.ToLower(name)
+	sc.cur[lk] = value
+	if _, ok := sc.names[lk]; !ok {
+		sc.names[lk] = name
+	}
+	return lk
+}
+
+// syncParams makes the server's settings match what the client asked for at
+// startup (and has since changed, as reported by ParameterStatus): keys the
+// client wants are SET where they differ, keys it does not want but that
+// differ from the server's start are RESET. want is updated with the server's
+// canonical spelling of each value so the next comparison is exact.
+// The caller owns sc and no reader goroutine is running on it.
+func (sc *serverConn) syncParams(want map[string]string) error {
+	// set_config takes a value as the startup packet gives it; SET would
+	// quote a list such as search_path 'a, b' into one name.
+	var q strings.Builder
+	for k, v := range want {
+		if cur, ok := sc.cur[k]; !ok || cur != v {
+			if q.Len() == 0 {
+				q.WriteString("SELECT ")
+			} else {
+				q.WriteString(", ")
+			}
+			fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(k), quoteLiteral(v))
+		}
+	}
+	if q.Len() > 0 {
+		q.WriteString(";")
+	}
+	for k, cur := range sc.cur {
+		if _, wanted := want[k]; wanted {
+			continue
+		}
+		if base, ok := sc.base[k]; !ok || base != cur {
+			fmt.Fprintf(&q, "RESET %s;", quoteIdent(k))
+		}
+	}
+	if q.Len() == 0 {
+		return nil
+	}
+	// Values pgmux SET are not all reported back (search_path is not, before
+	// PostgreSQL 18), so record them now; reported ones are overwritten below.
+	for k, v := range want {
+		sc.cur[k] = v
+	}
+	for k := range sc.cur {
+		if _, wanted := want[k]; !wanted {
+			if base, ok := sc.base[k]; ok {
+				sc.cur[k] = base
+			} else {
+				delete(sc.cur, k)
+			}
+		}
+	}
+	var pgErr *protocol.PgError
+	err := sc.simpleQuery(q.String(), func(typ byte, body []byte) {
+		switch typ {
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(body) == nil {
+				lk := sc.noteParam(ps.Name, ps.Value)
+				if _, ok := want[lk]; ok {
+					want[lk] = ps.Value
+				}
+			}
+		case 'E':
+			pgErr = decodeError(body)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if pgErr != nil {
+		return pgErr
+	}
+	return nil
+}
+
+// simpleQuery runs q and passes every response message to fn until
+// ReadyForQuery. The caller owns sc and no reader goroutine is running on it.
+func (sc *serverConn) simpleQuery(q string, fn func(typ byte, body []byte)) error {
+	msg, _ := (&pgproto3.Query{String: q}).Encode(nil)
+	if _, err := sc.bw.Write(msg); err != nil {
+		return err
+	}
+	if err := sc.bw.Flush(); err != nil {
+		return err
+	}
+	for {
+		typ, n, err := sc.rd.Next()
+		if err != nil {
+			return err
+		}
+		body, err := sc.rd.Body(n)
+		if err != nil {
+			return err
+		}
+		if typ == 'Z' {
+			if len(body) == 1 {
+				sc.txStatus = body[0]
+			}
+			return nil
+		}
+		if fn != nil {
+			fn(typ, body)
+		}
+	}
+}
+
+// cancel sends a CancelRequest for this backend on a connection of its own.
+// It returns when the server has taken the request (it closes the
+// connection after signalling the backend).
+func (sc *serverConn) cancel(timeout time.Duration) error {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.Dial("tcp", sc.addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(protocol.AppendCancelRequest(nil, sc.pid, sc.key)); err != nil {
+		return err
+	}
+	var b [1]byte
+	c.Read(b[:]) // EOF once the postmaster has processed it
+	return nil
+}
+
+func decodeError(body []byte) *protocol.PgError {
+	var er pgproto3.ErrorResponse
+	if er.Decode(body) != nil {
+		return protocol.Error(protocol.CodeInternalError, "malformed error from server")
+	}
+	return &protocol.PgError{Severity: er.Severity, Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
+}
+
+func quoteIdent(s string) string {
+	plain := s != ""
+	for i, r := range s {
+		if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
+			plain = false
+		}
+	}
+	if plain {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+func quoteLiteral(s string) string {
+	if strings.Contains(s, `\`) {
+		return `E'` + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), `'`, `''`) + `'`
+	}
+	return `'` + strings.ReplaceAll(s, `'`, `''`) + `'`
+}

@@ -1,0 +1,340 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// serve reads the client's messages after login until it leaves.
+func (ss *session) serve() error {
+	for {
+		typ, n, err := ss.rd.Next()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if terr := ss.timeoutError(); terr != nil {
+					return terr
+				}
+				continue
+			}
+			return ss.clientError(err)
+		}
+		switch typ {
+		case 'Q', 'P', 'B', 'D', 'E', 'C', 'H', 'S', 'F':
+		case 'd', 'c', 'f':
+			// Outside COPY PostgreSQL ignores these (a failed COPY leaves a
+			// client still sending); with no server bound there is no COPY.
+			if !ss.bound() {
+				if err := ss.rd.Skip(n); err != nil {
+					return ss.clientError(err)
+				}
+				continue
+			}
+		case 'X':
+			ss.rd.Skip(n)
+			return errQuiet
+		case 'p':
+			return protocol.Fatal(protocol.CodeProtocolViolation, "unexpected password message after authentication")
+		default:
+			return protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("invalid frontend message type %d", typ))
+		}
+		if err := ss.forward(typ, n); err != nil {
+			return err
+		}
+	}
+}
+
+func (ss *session) bound() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.lease != nil
+}
+
+// clientError is the session's end after a failed client read; if the
+// server went away first, the client has been told already.
+func (ss *session) clientError(err error) error {
+	ss.mu.Lock()
+	dead := ss.serverDead
+	ss.mu.Unlock()
+	if dead {
+		return errQuiet
+	}
+	return clientReadError(err, "timeout")
+}
+
+// forward relays one client message to the session's server, binding one
+// first if it holds none.
+func (ss *session) forward(typ byte, n int) error {
+	ss.mu.Lock()
+	if ss.serverDead {
+		ss.mu.Unlock()
+		return errQuiet
+	}
+	if ss.lease == nil {
+		ss.mu.Unlock()
+		if err := ss.bind(); err != nil {
+			return err
+		}
+		ss.mu.Lock()
+	}
+	sc := ss.lease.Conn()
+	switch typ {
+	case 'S', 'Q', 'F':
+		ss.pending++
+		ss.mid = false
+	case 'P', 'B', 'D', 'E', 'C', 'H':
+		ss.mid = true
+	}
+	ss.writing = true
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+
+	err := ss.rd.Relay(sc.bw, n)
+	if err == nil && !ss.rd.Complete() {
+		if ferr := sc.bw.Flush(); ferr != nil {
+			err = &protocol.WriteError{Err: ferr}
+		}
+	}
+
+	ss.mu.Lock()
+	ss.writing = false
+	if ss.readerWaiting {
+		ss.cond.Broadcast()
+	}
+	ss.mu.Unlock()
+	if err != nil {
+		var we *protocol.WriteError
+		if errors.As(err, &we) {
+			return protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?")
+		}
+		return ss.clientError(err)
+	}
+	return nil
+}
+
+// trackedSettings are the reported settings that follow a client from
+// server to server when it changes them, as in PgBouncer.
+var trackedSettings = map[string]bool{
+	"application_name": true, "client_encoding": true, "datestyle": true, "timezone": true,
+	"intervalstyle": true, "standard_conforming_strings": true, "search_path": true,
+}
+
+// relayServer copies sc's output to the client while the session holds sc,
+// and gives sc back to the pool at the first safe point (see session).
+func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
+	defer close(done)
+	for {
+		typ, n, err := sc.rd.Next()
+		if err != nil {
+			ss.serverFailed(err)
+			return
+		}
+		switch typ {
+		case 'Z':
+			body, err := sc.rd.Body(n)
+			if err != nil || n != 1 {
+				ss.serverFailed(fmt.Errorf("bad ReadyForQuery: %v", err))
+				return
+			}
+			if _, err := ss.bw.Write([]byte{'Z', 0, 0, 0, 5, body[0]}); err != nil {
+				ss.clientWriteFailed()
+				return
+			}
+			if ss.readyForQuery(sc, body[0]) {
+				return
+			}
+		case 'S':
+			body, err := sc.rd.Body(n)
+			if err != nil {
+				ss.serverFailed(err)
+				return
+			}
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(body) == nil {
+				lk := sc.noteParam(ps.Name, ps.Value)
+				if _, ok := ss.want[lk]; ok || trackedSettings[lk] {
+					ss.want[lk] = ps.Value
+				}
+			}
+			ss.bw.Write(protocol.AppendHeader(nil, 'S', n))
+			if _, err := ss.bw.Write(body); err != nil {
+				ss.clientWriteFailed()
+				return
+			}
+		default:
+			if err := sc.rd.Relay(ss.bw, n); err != nil {
+				var we *protocol.WriteError
+				if errors.As(err, &we) {
+					ss.clientWriteFailed()
+				} else {
+					ss.serverFailed(err)
+				}
+				return
+			}
+		}
+		if !sc.rd.Complete() {
+			if err := ss.bw.Flush(); err != nil {
+				ss.clientWriteFailed()
+				return
+			}
+		}
+	}
+}
+
+// readyForQuery accounts for a ReadyForQuery relayed from sc and, at a safe
+// point in transaction mode, releases sc. It reports whether relayServer
+// must stop because sc was released.
+func (ss *session) readyForQuery(sc *serverConn, status byte) bool {
+	ss.mu.Lock()
+	if ss.pending > 0 {
+		ss.pending--
+	}
+	sc.txStatus = status
+	release := false
+	if ss.mode == ModeTransaction && status == 'I' && ss.pending == 0 && !ss.mid && !ss.stopping {
+		for ss.writing {
+			ss.readerWaiting = true
+			ss.cond.Wait()
+		}
+		ss.readerWaiting = false
+		release = ss.pending == 0 && !ss.mid && !ss.stopping
+	}
+	if !release {
+		ss.armDeadlineLocked()
+		ss.mu.Unlock()
+		return false
+	}
+	lease := ss.lease
+	ss.lease = nil
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+
+	err := ss.bw.Flush()
+	sc.cancels.Wait() // a cancel meant for this client must not reach the next one
+	lease.Release()
+	if err != nil {
+		ss.conn.Close() // wakes the session goroutine, which ends
+	}
+	return true
+}
+
+// serverFailed handles a failed read of the server: unless the session is
+// ending anyway, the server is destroyed and the client told and closed.
+func (ss *session) serverFailed(err error) {
+	ss.mu.Lock()
+	if ss.stopping || ss.lease == nil {
+		ss.mu.Unlock()
+		return
+	}
+	lease := ss.lease
+	ss.lease = nil
+	ss.serverDead = true
+	ss.mu.Unlock()
+	ss.log.Warn("server connection lost", zap.Uint32("server_pid", lease.Conn().pid), zap.Error(err))
+	lease.Destroy()
+	ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
+	ss.bw.Flush()
+	ss.conn.Close()
+}
+
+// clientWriteFailed handles a client that stopped reading: the session
+// goroutine is woken to end the session, which settles the server.
+func (ss *session) clientWriteFailed() {
+	ss.conn.Close()
+}
+
+// finish ends the session: it settles the server it holds (reset and back to
+// the pool if clean, else cancelled and closed), tells the client why it is
+// closed if there is something to say, and forgets the session.
+func (ss *session) finish(err error) {
+	ss.mu.Lock()
+	lease := ss.lease
+	ss.lease = nil
+	ss.stopping = true
+	busy := ss.pending > 0
+	clean := lease != nil && ss.pending == 0 && !ss.mid && lease.Conn().txStatus == 'I'
+	done := ss.readerDone
+	ss.mu.Unlock()
+
+	if done != nil {
+		if lease != nil {
+			// Wake relayServer whether it waits on the server or the client.
+			lease.Conn().conn.SetReadDeadline(pastDeadline)
+			ss.conn.SetWriteDeadline(pastDeadline)
+		}
+		<-done
+	}
+	if lease != nil {
+		sc := lease.Conn()
+		sc.conn.SetReadDeadline(time.Time{})
+		if clean && sc.rd.Buffered() == 0 && ss.resetServer(sc) {
+			sc.cancels.Wait()
+			lease.Release()
+		} else {
+			if busy {
+				// A query may still be running: stop it before closing, or it
+				// runs to its end holding its locks.
+				sc.cancel(time.Second)
+			}
+			lease.Destroy()
+		}
+	}
+	var pgErr *protocol.PgError
+	if errors.As(err, &pgErr) {
+		ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		ss.bw.Reset(ss.conn)
+		ss.bw.Write(pgErr.AppendTo(nil))
+		ss.bw.Flush()
+		if pgErr.Code != protocol.CodeAdminShutdown {
+			ss.log.Info("client closed", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message))
+		}
+	}
+	if ss.pid != 0 {
+		ss.srv.unregister(ss)
+	}
+	ss.log.Debug("session closed", zap.Duration("duration", time.Since(ss.start)))
+}
+
+// resetServer runs server_reset_query on a server leaving a session-mode
+// client, and reports whether the server is clean.
+func (ss *session) resetServer(sc *serverConn) bool {
+	q := strings.TrimSpace(ss.srv.opts.ServerResetQuery)
+	if ss.mode != ModeSession || q == "" {
+		return true
+	}
+	sc.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	defer sc.conn.SetDeadline(time.Time{})
+	var failed bool
+	err := sc.simpleQuery(q, func(typ byte, body []byte) {
+		switch typ {
+		case 'E':
+			failed = true
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(body) == nil {
+				sc.noteParam(ps.Name, ps.Value)
+			}
+		}
+	})
+	if err != nil || failed || sc.txStatus != 'I' {
+		return false
+	}
+	// DISCARD ALL resets every setting to the server's start.
+	for k, v := range sc.base {
+		sc.cur[k] = v
+	}
+	for k := range sc.cur {
+		if _, ok := sc.base[k]; !ok {
+			delete(sc.cur, k)
+		}
+	}
+	return true
+}

@@ -1,0 +1,315 @@
+// Package proxy is pgmux's client side: the listener, each client's session
+// (startup, authentication, then relaying its transactions to a backend taken
+// from a pool), cancel forwarding and graceful shutdown.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// Pool modes.
+const (
+	ModeTransaction = "transaction"
+	ModeSession     = "session"
+)
+
+// Database is a database clients may ask for, resolved: every field is set
+// except User and Password, which are optional.
+type Database struct {
+	Host     string
+	Port     int
+	DBName   string // name on the server
+	User     string // fixed backend user; empty means the client's
+	Password string // backend password; empty means the auth file's
+	PoolMode string
+	PoolSize int
+}
+
+// Options configures a Server. Zero durations mean "no limit".
+type Options struct {
+	Logger *zap.Logger
+
+	// Databases resolves the name a client asks for.
+	Databases func(name string) (Database, bool)
+	// AuthType is "trust", "md5" or "scram-sha-256".
+	AuthType string
+	// Users holds the secrets of the auth file.
+	Users map[string]protocol.Secret
+
+	MaxClientConn          int
+	MinPoolSize            int
+	MaxPacketSize          int
+	QueryWaitTimeout       time.Duration
+	ServerConnectTimeout   time.Duration
+	ServerIdleTimeout      time.Duration
+	ServerLifetime         time.Duration
+	ClientIdleTimeout      time.Duration
+	ClientLoginTimeout     time.Duration
+	IdleTransactionTimeout time.Duration
+	ServerResetQuery       string
+}
+
+// Server accepts client connections and serves them from backend pools.
+type Server struct {
+	opts Options
+	log  *zap.Logger
+
+	clients  atomic.Int64 // client connections open, cancel requests included
+	nextID   atomic.Uint64
+	draining atomic.Bool
+
+	mu       sync.Mutex // guards following
+	pools    map[poolKey]*dbPool
+	sessions map[uint32]*session // by the BackendKeyData process id pgmux gave the client
+	lns      []net.Listener
+	closed   bool
+
+	wg     sync.WaitGroup // one per session goroutine
+	doneCh chan struct{}  // closed when Shutdown has finished
+}
+
+// New returns a Server; call Serve to accept connections.
+func New(opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.MaxPacketSize <= 0 {
+		opts.MaxPacketSize = 1 << 30
+	}
+	if opts.MaxClientConn <= 0 {
+		opts.MaxClientConn = 10000
+	}
+	return &Server{
+		opts:     opts,
+		log:      opts.Logger.Named("proxy"),
+		pools:    make(map[poolKey]*dbPool),
+		sessions: make(map[uint32]*session),
+		doneCh:   make(chan struct{}),
+	}
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts connections on ln until Shutdown. It always returns an error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.draining.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of file descriptors or the like: back off, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Error("accept", zap.Error(err), zap.Duration("retry_in", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+		}
+		n := s.clients.Add(1)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.clients.Add(-1)
+			newSession(s, c, n > int64(s.opts.MaxClientConn)).run()
+		}()
+	}
+}
+
+// ListenAndServe listens on addr and serves.
+func (s *Server) ListenAndServe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// ClientCount returns the number of client connections open.
+func (s *Server) ClientCount() int { return int(s.clients.Load()) }
+
+// Shutdown stops accepting, closes idle clients at once and the others as
+// soon as their transaction ends, and when ctx ends closes what is left.
+// It returns when every session and pool is closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		<-s.doneCh
+		return nil
+	}
+	s.closed = true
+	s.draining.Store(true)
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	s.log.Info("shutting down", zap.Int("clients", len(sessions)))
+	for _, ss := range sessions {
+		ss.drain()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for _, ss := range s.sessions {
+			ss.kill()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	s.mu.Lock()
+	for _, p := range s.pools {
+		p.pool.Close()
+	}
+	s.mu.Unlock()
+	close(s.doneCh)
+	return err
+}
+
+// register gives ss a BackendKeyData of its own.
+func (s *Server) register(ss *session) {
+	var b [8]byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		rand.Read(b[:])
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // some clients read it as int32
+		if _, used := s.sessions[pid]; used || pid == 0 {
+			continue
+		}
+		ss.pid, ss.secret = pid, binary.BigEndian.Uint32(b[4:])
+		s.sessions[pid] = ss
+		return
+	}
+}
+
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	if s.sessions[ss.pid] == ss {
+		delete(s.sessions, ss.pid)
+	}
+	s.mu.Unlock()
+}
+
+// cancel forwards a client's CancelRequest to the backend that the session
+// it names holds at this moment, if any. A wrong key is ignored, as
+// PostgreSQL does.
+func (s *Server) cancel(pid uint32, key []byte) {
+	s.mu.Lock()
+	ss := s.sessions[pid]
+	s.mu.Unlock()
+	if ss == nil || len(key) != 4 {
+		return
+	}
+	var want [4]byte
+	binary.BigEndian.PutUint32(want[:], ss.secret)
+	if subtle.ConstantTimeCompare(want[:], key) != 1 {
+		return
+	}
+	sc := ss.holdForCancel()
+	if sc == nil {
+		return
+	}
+	defer sc.cancels.Done()
+	timeout := s.opts.ServerConnectTimeout
+	if timeout <= 0 {
+		timeout = 15 * time.Second
+	}
+	if err := sc.cancel(timeout); err != nil {
+		s.log.Warn("forward cancel", zap.Uint32("server_pid", sc.pid), zap.Error(err))
+	}
+}
+
+// poolKey names the pool of one (database, backend user) pair.
+type poolKey struct{ database, user string }
+
+// dbPool is the pool of one (database, backend user) pair, and the server
+// parameters clients of it are shown at login.
+type dbPool struct {
+	db   Database
+	pool *pool.Pool[*serverConn]
+
+	mu     sync.Mutex // guards params
+	params map[string]string
+}
+
+// poolFor returns the pool for db and the backend user, creating it.
+func (s *Server) poolFor(name string, db Database, user, password string) (*dbPool, error) {
+	key := poolKey{name, user}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.pools[key]; p != nil {
+		return p, nil
+	}
+	if s.closed {
+		return nil, pool.ErrClosed
+	}
+	maxBody := s.opts.MaxPacketSize
+	pl, err := pool.New(pool.Config[*serverConn]{
+		Dial: func(ctx context.Context) (*serverConn, error) {
+			return dialServer(ctx, &db, user, password, maxBody)
+		},
+		MaxSize:        int32(db.PoolSize),
+		MinSize:        int32(s.opts.MinPoolSize),
+		ConnectTimeout: s.opts.ServerConnectTimeout,
+		IdleTimeout:    s.opts.ServerIdleTimeout,
+		MaxLifetime:    s.opts.ServerLifetime,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p := &dbPool{db: db, pool: pl}
+	s.pools[key] = p
+	return p, nil
+}
+
+// PoolStats returns a snapshot of every pool, by database and user.
+func (s *Server) PoolStats() map[[2]string]pool.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[[2]string]pool.Stats, len(s.pools))
+	for k, p := range s.pools {
+		out[[2]string{k.database, k.user}] = p.pool.Stats()
+	}
+	return out
+}

@@ -1,0 +1,611 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// A session is one client connection. Its life:
+//
+//	startup --StartupMessage--> auth --password ok--> idle
+//	idle    --first message of a transaction--> waiting --lease--> active
+//	active  --ReadyForQuery 'I', no request outstanding--> idle  (server released; transaction mode)
+//	active  --ReadyForQuery 'T'/'E'--> active                     (server kept)
+//	any     --Terminate, EOF, error, shutdown--> closed
+//
+// In session mode the session is active from login to close.
+//
+// While active two goroutines run: the session's own, which reads the client
+// and writes the server, and relayServer, which reads the server and writes
+// the client. They agree on when the server may go back to the pool through
+// the fields under mu: the server is released only by relayServer, only at a
+// ReadyForQuery 'I' when every Sync and Query sent has been answered, no
+// extended-protocol sequence is open (mid) and no client message is being
+// written (writing). Each side updates those fields before it does the I/O
+// they announce, and never does I/O while holding mu.
+type session struct {
+	srv       *Server
+	conn      net.Conn
+	rd        *protocol.Reader
+	bw        *bufio.Writer // to the client; owned by relayServer while it runs
+	log       *zap.Logger
+	overLimit bool
+	start     time.Time
+	ctx       context.Context
+	cancelCtx context.CancelFunc
+
+	// Set at login, read-only after.
+	pid, secret uint32
+	dbName      string
+	user        string
+	pool        *dbPool
+	mode        string
+	// want holds the settings the client asked for, by lower-cased name. It
+	// is touched by relayServer (ParameterStatus) and by bind, never by both
+	// at once: bind runs only when no relayServer does.
+	want map[string]string
+
+	mu            sync.Mutex // guards following
+	cond          sync.Cond  // on mu: signals writing went false
+	lease         *pool.Lease[*serverConn]
+	readerDone    chan struct{} // closed when the current relayServer exits
+	pending       int           // Sync, Query and FunctionCall sent, not yet answered by ReadyForQuery
+	mid           bool          // an extended-protocol sequence is open (no Sync since its first message)
+	writing       bool          // the session goroutine is writing a client message to the server
+	readerWaiting bool
+	stopping      bool // the session is ending; relayServer must exit on its next error
+	serverDead    bool // relayServer found the server gone and told the client
+	draining      bool
+	deadline      time.Time // the client read deadline armed
+}
+
+func newSession(srv *Server, c net.Conn, overLimit bool) *session {
+	ss := &session{
+		srv:       srv,
+		conn:      c,
+		rd:        protocol.NewReader(bufio.NewReaderSize(c, 4096), srv.opts.MaxPacketSize),
+		bw:        bufio.NewWriterSize(c, 4096),
+		overLimit: overLimit,
+		start:     time.Now(),
+	}
+	ss.cond.L = &ss.mu
+	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
+	ss.log = srv.log.With(zap.Uint64("conn_id", srv.nextID.Add(1)), zap.String("client_addr", c.RemoteAddr().String()))
+	return ss
+}
+
+// errQuiet ends a session without an error message to the client.
+var errQuiet = errors.New("session ended")
+
+func (ss *session) run() {
+	defer ss.cancelCtx()
+	defer ss.conn.Close()
+	err := ss.login()
+	if err == nil {
+		err = ss.serve()
+	}
+	ss.finish(err)
+}
+
+// login runs the startup and authentication phase, up to the client's first
+// ReadyForQuery.
+func (ss *session) login() error {
+	if t := ss.srv.opts.ClientLoginTimeout; t > 0 {
+		ss.conn.SetDeadline(time.Now().Add(t))
+	}
+	var st *protocol.Startup
+	for tries := 0; ; tries++ {
+		var err error
+		st, err = protocol.ReadStartup(ss.rd.Bufio())
+		if err != nil {
+			return clientReadError(err, "client_login_timeout")
+		}
+		if st.Kind != protocol.KindSSLRequest && st.Kind != protocol.KindGSSENCRequest {
+			break
+		}
+		if tries > 2 {
+			return protocol.Fatal(protocol.CodeProtocolViolation, "too many encryption requests")
+		}
+		// No TLS or GSSAPI yet: say no, and the client goes on in the clear.
+		if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+			return errQuiet
+		}
+	}
+	if st.Kind == protocol.KindCancelRequest {
+		ss.srv.cancel(st.ProcessID, st.SecretKey)
+		return errQuiet
+	}
+	if st.MajorVersion != 3 {
+		return protocol.Fatal(protocol.CodeFeatureNotSupported, fmt.Sprintf(
+			"unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", st.MajorVersion, st.MinorVersion))
+	}
+	var unknownOpts []string
+	for _, p := range st.Params {
+		if strings.HasPrefix(p.Key, "_pq_.") {
+			unknownOpts = append(unknownOpts, p.Key)
+		}
+	}
+	if st.MinorVersion > 0 || len(unknownOpts) > 0 {
+		// As PostgreSQL does: offer 3.0 and name the options it does not know.
+		msg, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknownOpts}).Encode(nil)
+		ss.bw.Write(msg)
+	}
+	if ss.overLimit {
+		return protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
+	}
+	if ss.srv.draining.Load() {
+		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
+	}
+	user, _ := st.Get("user")
+	if user == "" {
+		return protocol.Fatal(protocol.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+	}
+	dbName, ok := st.Get("database")
+	if !ok || dbName == "" {
+		dbName = user
+	}
+	if v, ok := st.Get("replication"); ok && v != "false" && v != "off" && v != "0" && v != "no" {
+		return protocol.Fatal(protocol.CodeFeatureNotSupported, "replication connections are not supported by pgmux")
+	}
+	want, err := startupSettings(st.Params)
+	if err != nil {
+		return err
+	}
+	ss.user, ss.dbName, ss.want = user, dbName, want
+	ss.log = ss.log.With(zap.String("database", dbName), zap.String("user", user))
+	db, ok := ss.srv.opts.Databases(dbName)
+	if !ok {
+		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
+	}
+	if err := ss.authenticate(user); err != nil {
+		return err
+	}
+	backendUser, password := user, db.Password
+	if db.User != "" {
+		backendUser = db.User
+	}
+	if password == "" {
+		password = ss.srv.opts.Users[backendUser].Plain
+	}
+	ss.mode = db.PoolMode
+	ss.pool, err = ss.srv.poolFor(dbName, db, backendUser, password)
+	if err != nil {
+		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
+	}
+	params, err := ss.serverParams()
+	if err != nil {
+		return err
+	}
+	ss.srv.register(ss)
+	if ss.mode == ModeSession {
+		if err := ss.bind(); err != nil {
+			return err
+		}
+	}
+	// Show the client the server's parameters as its own settings make them.
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	buf := make([]byte, 0, 512)
+	for _, name := range names {
+		v := params[name]
+		if w, ok := ss.want[strings.ToLower(name)]; ok {
+			v = w
+		}
+		buf, _ = (&pgproto3.ParameterStatus{Name: name, Value: v}).Encode(buf)
+	}
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: be32(ss.secret)}).Encode(buf)
+	buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
+	ss.bw.Write(buf)
+	if err := ss.bw.Flush(); err != nil {
+		return errQuiet
+	}
+	ss.conn.SetDeadline(time.Time{})
+	ss.mu.Lock()
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+	ss.log.Debug("session opened", zap.String("pool_mode", ss.mode))
+	return nil
+}
+
+func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
+
+// startupSettings returns the run-time settings among the startup parameters,
+// by lower-cased name, including those given as -c name=value in options.
+func startupSettings(params []protocol.Param) (map[string]string, error) {
+	want := make(map[string]string)
+	for _, p := range params {
+		switch {
+		case p.Key == "user" || p.Key == "database" || p.Key == "replication" || strings.HasPrefix(p.Key, "_pq_."):
+		case p.Key == "options":
+			opts, err := parseOptions(p.Value)
+			if err != nil {
+				return nil, err
+			}
+			for k, v := range opts {
+				want[strings.ToLower(k)] = v
+			}
+		default:
+			want[strings.ToLower(p.Key)] = p.Value
+		}
+	}
+	return want, nil
+}
+
+// parseOptions reads the options startup parameter: "-c name=value" and
+// "--name=value" settings separated by spaces, with backslash escapes, as
+// PostgreSQL's pg_split_opts does. Other switches are refused.
+func parseOptions(s string) (map[string]string, error) {
+	var words []string
+	var cur strings.Builder
+	escaped, inWord := false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\':
+			escaped, inWord = true, true
+		case r == ' ' || r == '\t' || r == '\n':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	out := make(map[string]string)
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		var setting string
+		switch {
+		case w == "-c" && i+1 < len(words):
+			i++
+			setting = words[i]
+		case strings.HasPrefix(w, "-c"):
+			setting = w[2:]
+		case strings.HasPrefix(w, "--"):
+			setting = w[2:]
+		default:
+			return nil, protocol.Fatal(protocol.CodeFeatureNotSupported, fmt.Sprintf("unsupported startup option %q: pgmux takes only -c name=value", w))
+		}
+		k, v, ok := strings.Cut(setting, "=")
+		if !ok || k == "" {
+			return nil, protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("invalid startup option %q", w))
+		}
+		out[strings.ReplaceAll(k, "-", "_")] = v
+	}
+	return out, nil
+}
+
+// authenticate checks the client's password as auth_type says and sends
+// AuthenticationOk.
+func (ss *session) authenticate(user string) error {
+	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
+	secret, known := ss.srv.opts.Users[user]
+	switch ss.srv.opts.AuthType {
+	case "trust", "":
+	case "md5":
+		if !known {
+			return failed
+		}
+		if secret.MD5 == "" {
+			return ss.authSCRAM(secret.SCRAM, failed)
+		}
+		if err := ss.authMD5(secret.MD5, failed); err != nil {
+			return err
+		}
+	case "scram-sha-256":
+		if !known {
+			return failed
+		}
+		if secret.SCRAM == nil {
+			ss.log.Error("auth_file holds an md5 secret for this user; SCRAM needs the password or a SCRAM secret")
+			return failed
+		}
+		if err := ss.authSCRAM(secret.SCRAM, failed); err != nil {
+			return err
+		}
+	default:
+		return protocol.Fatal(protocol.CodeInternalError, "unknown auth_type")
+	}
+	ok, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
+	ss.bw.Write(ok)
+	return nil
+}
+
+// readPassword reads the client's next message, which must be a
+// PasswordMessage (or a SASL response, which shares its type).
+func (ss *session) readPassword() ([]byte, error) {
+	if err := ss.bw.Flush(); err != nil {
+		return nil, errQuiet
+	}
+	typ, n, err := ss.rd.Next()
+	if err != nil {
+		return nil, clientReadError(err, "client_login_timeout")
+	}
+	if typ != 'p' {
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ))
+	}
+	if n > protocol.MaxStartupPacketLen {
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, "password response too long")
+	}
+	body, err := ss.rd.Body(n)
+	if err != nil {
+		return nil, clientReadError(err, "client_login_timeout")
+	}
+	return body, nil
+}
+
+func (ss *session) authMD5(secret string, failed error) error {
+	var salt [4]byte
+	rand.Read(salt[:])
+	msg, _ := (&pgproto3.AuthenticationMD5Password{Salt: salt}).Encode(nil)
+	ss.bw.Write(msg)
+	body, err := ss.readPassword()
+	if err != nil {
+		return err
+	}
+	if !protocol.CheckMD5(secret, salt, body) {
+		return failed
+	}
+	return nil
+}
+
+func (ss *session) authSCRAM(secret *protocol.ScramSecret, failed error) error {
+	msg, _ := (&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}).Encode(nil)
+	ss.bw.Write(msg)
+	body, err := ss.readPassword()
+	if err != nil {
+		return err
+	}
+	var initial pgproto3.SASLInitialResponse
+	if err := initial.Decode(body); err != nil || initial.AuthMechanism != "SCRAM-SHA-256" {
+		return protocol.Fatal(protocol.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
+	}
+	sv := protocol.NewScramServer(secret)
+	first, err := sv.First(initial.Data)
+	if err != nil {
+		return protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
+	}
+	msg, _ = (&pgproto3.AuthenticationSASLContinue{Data: first}).Encode(nil)
+	ss.bw.Write(msg)
+	body, err = ss.readPassword()
+	if err != nil {
+		return err
+	}
+	final, err := sv.Final(body)
+	if errors.Is(err, protocol.ErrAuthFailed) {
+		return failed
+	}
+	if err != nil {
+		return protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
+	}
+	msg, _ = (&pgproto3.AuthenticationSASLFinal{Data: final}).Encode(nil)
+	ss.bw.Write(msg)
+	return nil
+}
+
+// serverParams returns the parameters a server of the session's pool reports
+// at its start, connecting once per pool to learn them.
+func (ss *session) serverParams() (map[string]string, error) {
+	p := ss.pool
+	p.mu.Lock()
+	params := p.params
+	p.mu.Unlock()
+	if params != nil {
+		return params, nil
+	}
+	lease, err := ss.acquireLease()
+	if err != nil {
+		return nil, err
+	}
+	sc := lease.Conn()
+	params = make(map[string]string, len(sc.base))
+	for lk, v := range sc.base {
+		params[sc.names[lk]] = v
+	}
+	lease.Release()
+	p.mu.Lock()
+	p.params = params
+	p.mu.Unlock()
+	return params, nil
+}
+
+// clientReadError turns an error reading the client into what the client
+// is told, if anything.
+func clientReadError(err error, timeoutName string) error {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		return errQuiet
+	case errors.As(err, &ne) && ne.Timeout():
+		return protocol.Fatal(protocol.CodeProtocolViolation, timeoutName)
+	case errors.Is(err, protocol.ErrStartupMalformed):
+		return protocol.Fatal(protocol.CodeProtocolViolation, "invalid startup packet: "+err.Error())
+	case errors.Is(err, protocol.ErrMessageTooLarge), errors.Is(err, protocol.ErrMessageMalformed):
+		return protocol.Fatal(protocol.CodeProtocolViolation, "invalid message: "+err.Error())
+	}
+	return errQuiet
+}
+
+// acquireLease takes a healthy server from the pool, waiting at most
+// query_wait_timeout.
+func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
+	ctx := ss.ctx
+	if t := ss.srv.opts.QueryWaitTimeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	for {
+		lease, err := ss.pool.pool.Acquire(ctx)
+		if err != nil {
+			return nil, ss.acquireError(ctx, err)
+		}
+		// A server idle for a while may have gone away (restart, idle
+		// timeout on its side): look before lending it.
+		if lease.IdleDuration() > time.Second && !lease.Conn().alive() {
+			lease.Destroy()
+			continue
+		}
+		return lease, nil
+	}
+}
+
+func (ss *session) acquireError(ctx context.Context, err error) error {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pool.ErrClosed):
+		return protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
+	case errors.As(err, &pgErr):
+		ss.log.Warn("server login failed", zap.Error(err))
+		return &protocol.PgError{Severity: "FATAL", Code: pgErr.Code, Message: "server login failed: " + pgErr.Message}
+	case ss.ctx.Err() != nil:
+		return errQuiet
+	case ctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ctx.Err()):
+		// The dial failed on its own while we waited.
+		fallthrough
+	case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled):
+		ss.log.Warn("server connect failed", zap.Error(err))
+		return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
+	}
+	return protocol.Fatal(protocol.CodeTooManyConnections, fmt.Sprintf(
+		"query_wait_timeout: no server connection available within %s", ss.srv.opts.QueryWaitTimeout))
+}
+
+// bind leases a server, brings its settings to the client's, and starts
+// relaying its output to the client.
+func (ss *session) bind() error {
+	if prev := ss.readerDone; prev != nil {
+		<-prev // the last relayServer may still be flushing to the client
+	}
+	for attempt := 0; ; attempt++ {
+		lease, err := ss.acquireLease()
+		if err != nil {
+			return err
+		}
+		sc := lease.Conn()
+		if err := sc.syncParams(ss.want); err != nil {
+			var pgErr *protocol.PgError
+			if errors.As(err, &pgErr) && sc.txStatus == 'I' {
+				lease.Release()
+				pgErr.Severity = "FATAL"
+				return pgErr
+			}
+			lease.Destroy()
+			if attempt < 2 {
+				continue // a broken server: take another
+			}
+			return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
+		}
+		done := make(chan struct{})
+		ss.mu.Lock()
+		ss.lease, ss.readerDone, ss.pending, ss.mid = lease, done, 0, false
+		ss.armDeadlineLocked()
+		ss.mu.Unlock()
+		go ss.relayServer(sc, done)
+		return nil
+	}
+}
+
+// holdForCancel returns the server the session holds, with a cancel counted
+// against it so that it is not released to another client before the cancel
+// has been delivered; the caller calls sc.cancels.Done.
+func (ss *session) holdForCancel() *serverConn {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.lease == nil {
+		return nil
+	}
+	sc := ss.lease.Conn()
+	sc.cancels.Add(1)
+	return sc
+}
+
+// cleanLocked reports whether no transaction or request is open on the
+// session's server, or it holds none.
+func (ss *session) cleanLocked() bool {
+	return ss.lease == nil || ss.pending == 0 && !ss.mid && ss.lease.Conn().txStatus == 'I'
+}
+
+// pastDeadline is a read deadline that has passed: setting it wakes a reader.
+var pastDeadline = time.Unix(1, 0)
+
+// armDeadlineLocked sets the client read deadline that the session's state
+// calls for: idle and idle-in-transaction timeouts, or now when draining.
+func (ss *session) armDeadlineLocked() {
+	o := &ss.srv.opts
+	var d time.Time
+	switch {
+	case ss.draining && ss.cleanLocked():
+		d = pastDeadline
+	case ss.lease == nil || ss.mode == ModeSession && ss.cleanLocked():
+		if o.ClientIdleTimeout > 0 {
+			d = time.Now().Add(o.ClientIdleTimeout)
+		}
+	case ss.pending == 0 && !ss.mid && ss.lease.Conn().txStatus != 'I':
+		if o.IdleTransactionTimeout > 0 {
+			d = time.Now().Add(o.IdleTransactionTimeout)
+		}
+	}
+	if !d.Equal(ss.deadline) {
+		ss.conn.SetReadDeadline(d)
+		ss.deadline = d
+	}
+}
+
+// drain asks the session to end at its next transaction boundary.
+func (ss *session) drain() {
+	ss.mu.Lock()
+	ss.draining = true
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+}
+
+// kill ends the session now, whatever it is doing.
+func (ss *session) kill() {
+	ss.cancelCtx()
+	ss.conn.Close()
+}
+
+// timeoutError says which timeout fired when a client read timed out, or nil
+// when the deadline has since moved and the read should go on.
+func (ss *session) timeoutError() error {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.deadline.IsZero() || time.Now().Before(ss.deadline) {
+		return nil
+	}
+	switch {
+	case ss.draining && ss.cleanLocked():
+		return protocol.Fatal(protocol.CodeAdminShutdown, "terminating connection: pgmux is shutting down")
+	case ss.lease != nil && ss.lease.Conn().txStatus != 'I':
+		return protocol.Fatal(protocol.CodeIdleInTransactionTimout, "idle_transaction_timeout: terminating connection due to idle-in-transaction timeout")
+	}
+	return protocol.Fatal(protocol.CodeIdleSessionTimeout, "client_idle_timeout: terminating connection due to idle-session timeout")
+}

@@ -76,13 +76,15 @@ func startProxy(t testing.TB, edit func(o *Options, db *Database)) *testProxy {
 	if edit != nil {
 		edit(&o, &db)
 	}
-	o.Databases = func(name string) (Database, bool) {
-		if name == "nosuchdb" {
-			return Database{}, false
+	if o.Databases == nil {
+		o.Databases = func(name string) (Database, bool) {
+			if name == "nosuchdb" {
+				return Database{}, false
+			}
+			d := db
+			d.DBName = name
+			return d, true
 		}
-		d := db
-		d.DBName = name
-		return d, true
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

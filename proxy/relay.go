@@ -87,10 +87,23 @@ func (ss *session) forward(typ byte, n int) error {
 	}
 	sc := ss.lease.Conn()
 	switch typ {
-	case 'S', 'Q', 'F':
+	case 'S', 'F':
 		ss.pending++
 		ss.mid = false
-	case 'P', 'B', 'D', 'E', 'C', 'H':
+	case 'Q':
+		ss.pending++
+		ss.mid, ss.unnamedOpen = false, false
+	case 'P':
+		ss.mid = true
+		// A Parse of the unnamed statement that is not bound before the
+		// Sync (pgx's describe-then-execute) must find the statement on
+		// the same server next time: keep the server until a Bind.
+		if name, err := ss.rd.Bufio().Peek(protocol.HeaderLen + 1); err == nil && n > 0 && name[protocol.HeaderLen] == 0 {
+			ss.unnamedOpen = true
+		}
+	case 'B':
+		ss.mid, ss.unnamedOpen = true, false
+	case 'D', 'E', 'C', 'H':
 		ss.mid = true
 	}
 	ss.writing = true
@@ -199,13 +212,13 @@ func (ss *session) readyForQuery(sc *serverConn, status byte) bool {
 	}
 	sc.txStatus = status
 	release := false
-	if ss.mode == ModeTransaction && status == 'I' && ss.pending == 0 && !ss.mid && !ss.stopping {
+	if ss.mode == ModeTransaction && status == 'I' && ss.pending == 0 && !ss.mid && !ss.unnamedOpen && !ss.stopping {
 		for ss.writing {
 			ss.readerWaiting = true
 			ss.cond.Wait()
 		}
 		ss.readerWaiting = false
-		release = ss.pending == 0 && !ss.mid && !ss.stopping
+		release = ss.pending == 0 && !ss.mid && !ss.unnamedOpen && !ss.stopping
 	}
 	if !release {
 		ss.armDeadlineLocked()

@@ -67,6 +67,7 @@ type session struct {
 	readerDone    chan struct{} // closed when the current relayServer exits
 	pending       int           // Sync, Query and FunctionCall sent, not yet answered by ReadyForQuery
 	mid           bool          // an extended-protocol sequence is open (no Sync since its first message)
+	unnamedOpen   bool          // the unnamed statement was parsed and not yet bound
 	writing       bool          // the session goroutine is writing a client message to the server
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
@@ -525,7 +526,7 @@ func (ss *session) bind() error {
 		}
 		done := make(chan struct{})
 		ss.mu.Lock()
-		ss.lease, ss.readerDone, ss.pending, ss.mid = lease, done, 0, false
+		ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen = lease, done, 0, false, false
 		ss.armDeadlineLocked()
 		ss.mu.Unlock()
 		go ss.relayServer(sc, done)

@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// rawClient speaks the protocol by hand, for what pgx will not send: bad
+// bytes, odd startup packets, cancels followed by an abrupt hang-up.
+type rawClient struct {
+	net.Conn
+	fe       *pgproto3.Frontend
+	pid, key uint32
+}
+
+func dialRaw(t testing.TB, addr string) *rawClient {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawClient{Conn: c, fe: pgproto3.NewFrontend(c, c)}
+}
+
+// startup logs in with trust auth and reads up to ReadyForQuery, keeping
+// the BackendKeyData.
+func (r *rawClient) startup(user, database string, extra ...string) error {
+	params := map[string]string{"user": user, "database": database}
+	for i := 0; i+1 < len(extra); i += 2 {
+		params[extra[i]] = extra[i+1]
+	}
+	r.fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: params})
+	if err := r.fe.Flush(); err != nil {
+		return err
+	}
+	return r.untilReady()
+}
+
+// untilReady reads messages up to ReadyForQuery and returns the first
+// ErrorResponse as an error.
+func (r *rawClient) untilReady() error {
+	var first error
+	for {
+		msg, err := r.fe.Receive()
+		if err != nil {
+			if first != nil {
+				return first
+			}
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.BackendKeyData:
+			r.pid, r.key = m.ProcessID, binary.BigEndian.Uint32(m.SecretKey)
+		case *pgproto3.ErrorResponse:
+			if first == nil {
+				first = &protocol.PgError{Severity: m.Severity, Code: m.Code, Message: m.Message}
+			}
+			if m.Severity == "FATAL" {
+				return first
+			}
+		case *pgproto3.ReadyForQuery:
+			return first
+		}
+	}
+}
+
+// query runs a simple query and returns its first error, if any.
+func (r *rawClient) query(sql string) error {
+	r.fe.Send(&pgproto3.Query{String: sql})
+	if err := r.fe.Flush(); err != nil {
+		return err
+	}
+	return r.untilReady()
+}
+
+// sendCancel sends a CancelRequest for this client's key on a new connection.
+func (r *rawClient) sendCancel(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write(protocol.AppendCancelRequest(nil, r.pid, be32(r.key)))
+	return err
+}
+
+// expectFatal reads until an ErrorResponse and checks its SQLSTATE, then
+// checks that the connection is closed.
+func (r *rawClient) expectFatal(t testing.TB, code string) {
+	t.Helper()
+	err := r.untilReady()
+	var pgErr *protocol.PgError
+	if !errors.As(err, &pgErr) {
+		t.Fatalf("want error %s, got %v", code, err)
+	}
+	if pgErr.Code != code {
+		t.Fatalf("want SQLSTATE %s, got %s (%s)", code, pgErr.Code, pgErr.Message)
+	}
+	r.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.fe.Receive(); err == nil {
+		t.Fatalf("connection still open after FATAL %s", code)
+	}
+}
+
+func sqlstate(err error) string {
+	var pgErr interface{ SQLState() string }
+	if errors.As(err, &pgErr) {
+		return pgErr.SQLState()
+	}
+	var pe *protocol.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return fmt.Sprintf("no SQLSTATE (%v)", err)
+}

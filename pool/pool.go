@@ -114,6 +114,22 @@ func (p *Pool[T]) Acquire(ctx context.Context) (*Lease[T], error) {
 	return &Lease[T]{res: res, p: p}, nil
 }
 
+// ErrNotAvailable is returned by TryAcquire when no connection is idle.
+var ErrNotAvailable = puddle.ErrNotAvailable
+
+// TryAcquire returns an idle connection without waiting, or ErrNotAvailable
+// (when the pool has room, it then starts a new connection in the background).
+func (p *Pool[T]) TryAcquire(ctx context.Context) (*Lease[T], error) {
+	res, err := p.p.TryAcquire(ctx)
+	if err != nil {
+		if errors.Is(err, puddle.ErrClosedPool) {
+			return nil, ErrClosed
+		}
+		return nil, err
+	}
+	return &Lease[T]{res: res, p: p}, nil
+}
+
 // Stats is a snapshot of a pool.
 type Stats struct {
 	Total, Idle, Acquired, Constructing, Max int32

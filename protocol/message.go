@@ -27,6 +27,7 @@ type Reader struct {
 	br      *bufio.Reader
 	maxBody int
 	scratch []byte
+	inMsg   bool // a message is partly consumed: the stream is out of step
 }
 
 // NewReader returns a Reader over br that refuses bodies over maxBody bytes.
@@ -36,6 +37,10 @@ func NewReader(br *bufio.Reader, maxBody int) *Reader {
 
 // Buffered reports how many bytes can be read without blocking.
 func (r *Reader) Buffered() int { return r.br.Buffered() }
+
+// InMessage reports whether a read failed part-way through a message, which
+// leaves the stream unusable.
+func (r *Reader) InMessage() bool { return r.inMsg }
 
 // Bufio returns the underlying reader.
 func (r *Reader) Bufio() *bufio.Reader { return r.br }
@@ -64,6 +69,7 @@ func (r *Reader) Next() (typ byte, bodyLen int, err error) {
 // Body consumes the current message and returns its body. The slice is only
 // valid until the next call on r.
 func (r *Reader) Body(bodyLen int) ([]byte, error) {
+	r.inMsg = true
 	if _, err := r.br.Discard(HeaderLen); err != nil {
 		return nil, err
 	}
@@ -73,6 +79,7 @@ func (r *Reader) Body(bodyLen int) ([]byte, error) {
 			return nil, noEOF(err)
 		}
 		r.br.Discard(bodyLen)
+		r.inMsg = false
 		return b, nil
 	}
 	if cap(r.scratch) < bodyLen {
@@ -85,34 +92,44 @@ func (r *Reader) Body(bodyLen int) ([]byte, error) {
 	if cap(r.scratch) > 1<<20 {
 		r.scratch = nil // do not keep a large buffer for the life of the reader
 	}
+	r.inMsg = false
 	return b, nil
 }
 
 // Relay copies the current message, header included, to w without decoding
 // it and without allocating. A body larger than the read buffer is streamed.
+// When writing fails, the rest of the message is still read and dropped, so
+// that the stream stays in step, and a *WriteError is returned.
 func (r *Reader) Relay(w *bufio.Writer, bodyLen int) error {
+	r.inMsg = true
 	left := HeaderLen + bodyLen
 	for left > 0 {
-		n := min(left, max(r.br.Buffered(), 1))
-		n = min(n, r.br.Size())
+		n := min(left, max(r.br.Buffered(), 1), r.br.Size())
 		b, err := r.br.Peek(n)
 		if err != nil {
 			return noEOF(err)
 		}
 		if _, err := w.Write(b); err != nil {
-			r.br.Discard(len(b))
+			if _, derr := r.br.Discard(left); derr == nil {
+				r.inMsg = false
+			}
 			return &WriteError{Err: err}
 		}
 		r.br.Discard(len(b))
 		left -= len(b)
 	}
+	r.inMsg = false
 	return nil
 }
 
 // Skip consumes the current message without looking at it.
 func (r *Reader) Skip(bodyLen int) error {
-	_, err := r.br.Discard(HeaderLen + bodyLen)
-	return noEOF(err)
+	r.inMsg = true
+	if _, err := r.br.Discard(HeaderLen + bodyLen); err != nil {
+		return noEOF(err)
+	}
+	r.inMsg = false
+	return nil
 }
 
 // WriteError marks an error that happened writing to the other side while

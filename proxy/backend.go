@@ -34,6 +34,7 @@ type serverConn struct {
 	names     map[string]string // lower-cased name -> the server's spelling
 
 	txStatus byte
+	copyIn   bool           // the server waits for COPY data
 	cancels  sync.WaitGroup // cancel requests in flight to this backend
 }
 

@@ -123,3 +123,4 @@ func sqlstate(err error) string {
 	}
 	return fmt.Sprintf("no SQLSTATE (%v)", err)
 }
+

@@ -124,6 +124,10 @@ func (ss *session) forward(typ byte, n int) error {
 	}
 	ss.mu.Unlock()
 	if err != nil {
+		// The server got part of a message at most: it cannot be reused.
+		ss.mu.Lock()
+		ss.serverTorn = true
+		ss.mu.Unlock()
 		var we *protocol.WriteError
 		if errors.As(err, &we) {
 			return protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?")
@@ -157,11 +161,13 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 				ss.serverFailed(fmt.Errorf("bad ReadyForQuery: %v", err))
 				return
 			}
-			if _, err := ss.bw.Write([]byte{'Z', 0, 0, 0, 5, body[0]}); err != nil {
-				ss.clientWriteFailed()
+			sc.copyIn = false
+			_, werr := ss.bw.Write([]byte{'Z', 0, 0, 0, 5, body[0]})
+			if ss.readyForQuery(sc, body[0], werr == nil) {
 				return
 			}
-			if ss.readyForQuery(sc, body[0]) {
+			if werr != nil {
+				ss.clientWriteFailed()
 				return
 			}
 		case 'S':
@@ -183,6 +189,12 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 				return
 			}
 		default:
+			switch typ {
+			case 'G', 'W': // CopyInResponse, CopyBothResponse
+				sc.copyIn = true
+			case 'C', 'E':
+				sc.copyIn = false
+			}
 			if err := sc.rd.Relay(ss.bw, n); err != nil {
 				var we *protocol.WriteError
 				if errors.As(err, &we) {
@@ -203,16 +215,17 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 }
 
 // readyForQuery accounts for a ReadyForQuery relayed from sc and, at a safe
-// point in transaction mode, releases sc. It reports whether relayServer
-// must stop because sc was released.
-func (ss *session) readyForQuery(sc *serverConn, status byte) bool {
+// point in transaction mode, releases sc (unless the client could not be
+// written, mayRelease false). It reports whether relayServer must stop
+// because sc was released.
+func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) bool {
 	ss.mu.Lock()
 	if ss.pending > 0 {
 		ss.pending--
 	}
 	sc.txStatus = status
 	release := false
-	if ss.mode == ModeTransaction && status == 'I' && ss.pending == 0 && !ss.mid && !ss.unnamedOpen && !ss.stopping {
+	if mayRelease && ss.mode == ModeTransaction && status == 'I' && ss.pending == 0 && !ss.mid && !ss.unnamedOpen && !ss.stopping {
 		for ss.writing {
 			ss.readerWaiting = true
 			ss.cond.Wait()
@@ -264,16 +277,15 @@ func (ss *session) clientWriteFailed() {
 	ss.conn.Close()
 }
 
-// finish ends the session: it settles the server it holds (reset and back to
-// the pool if clean, else cancelled and closed), tells the client why it is
-// closed if there is something to say, and forgets the session.
+// finish ends the session: it settles the server it holds (see settle),
+// tells the client why it is closed if there is something to say, and
+// forgets the session.
 func (ss *session) finish(err error) {
 	ss.mu.Lock()
 	lease := ss.lease
 	ss.lease = nil
 	ss.stopping = true
-	busy := ss.pending > 0
-	clean := lease != nil && ss.pending == 0 && !ss.mid && lease.Conn().txStatus == 'I'
+	pending, mid, torn := ss.pending, ss.mid, ss.serverTorn
 	done := ss.readerDone
 	ss.mu.Unlock()
 
@@ -286,17 +298,10 @@ func (ss *session) finish(err error) {
 		<-done
 	}
 	if lease != nil {
-		sc := lease.Conn()
-		sc.conn.SetReadDeadline(time.Time{})
-		if clean && sc.rd.Buffered() == 0 && ss.resetServer(sc) {
-			sc.cancels.Wait()
+		if !torn && ss.settle(lease.Conn(), pending, mid) {
+			lease.Conn().cancels.Wait()
 			lease.Release()
 		} else {
-			if busy {
-				// A query may still be running: stop it before closing, or it
-				// runs to its end holding its locks.
-				sc.cancel(time.Second)
-			}
 			lease.Destroy()
 		}
 	}
@@ -316,6 +321,70 @@ func (ss *session) finish(err error) {
 	ss.log.Debug("session closed", zap.Duration("duration", time.Since(ss.start)))
 }
 
+// settleTimeout bounds how long a server left by its client may take to
+// come back to idle before it is closed instead.
+const settleTimeout = 5 * time.Second
+
+// settle brings a server whose client has gone back to a clean idle state, so
+// that it can return to the pool: a running query is cancelled and its output
+// read to the end, a COPY IN is failed, an open extended-protocol sequence is
+// closed with Sync, an open transaction is rolled back, and in session mode
+// server_reset_query runs. It reports whether the server is clean; if not, the
+// caller closes it. pending and mid are the session's counts for sc.
+func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
+	if sc.rd.InMessage() {
+		return false // the reader stopped inside a message
+	}
+	sc.conn.SetDeadline(time.Now().Add(settleTimeout))
+	defer sc.conn.SetDeadline(time.Time{})
+	if pending > 0 && !sc.copyIn {
+		// Wait until the postmaster has taken the cancel: then it cannot
+		// arrive after the server has gone to another client.
+		if err := sc.cancel(time.Second); err != nil {
+			return false
+		}
+	}
+	if sc.copyIn {
+		msg, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
+		sc.bw.Write(msg)
+	}
+	if mid {
+		sc.bw.Write([]byte{'S', 0, 0, 0, 4})
+		pending++
+	}
+	if err := sc.bw.Flush(); err != nil {
+		return false
+	}
+	for pending > 0 {
+		typ, n, err := sc.rd.Next()
+		if err != nil {
+			return false
+		}
+		body, err := sc.rd.Body(n)
+		if err != nil {
+			return false
+		}
+		switch typ {
+		case 'Z':
+			pending--
+			sc.txStatus, sc.copyIn = body[0], false
+		case 'G', 'W':
+			return false // a COPY started by a message not yet answered: give up
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(body) == nil {
+				sc.noteParam(ps.Name, ps.Value)
+			}
+		}
+	}
+	if sc.txStatus != 'I' {
+		if err := sc.simpleQuery("ROLLBACK", nil); err != nil || sc.txStatus != 'I' {
+			return false
+		}
+	}
+	return ss.resetServer(sc)
+}
+
 // resetServer runs server_reset_query on a server leaving a session-mode
 // client, and reports whether the server is clean.
 func (ss *session) resetServer(sc *serverConn) bool {
@@ -323,7 +392,7 @@ func (ss *session) resetServer(sc *serverConn) bool {
 	if ss.mode != ModeSession || q == "" {
 		return true
 	}
-	sc.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	sc.conn.SetDeadline(time.Now().Add(settleTimeout))
 	defer sc.conn.SetDeadline(time.Time{})
 	var failed bool
 	err := sc.simpleQuery(q, func(typ byte, body []byte) {

@@ -71,6 +71,7 @@ type session struct {
 	writing       bool          // the session goroutine is writing a client message to the server
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
+	serverTorn    bool // a client message reached the server only in part
 	serverDead    bool // relayServer found the server gone and told the client
 	draining      bool
 	deadline      time.Time // the client read deadline armed
@@ -455,7 +456,8 @@ func clientReadError(err error, timeoutName string) error {
 }
 
 // acquireLease takes a healthy server from the pool, waiting at most
-// query_wait_timeout.
+// query_wait_timeout. While it waits it watches the client, so that a client
+// that hangs up leaves the queue at once instead of taking a server later.
 func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 	ctx := ss.ctx
 	if t := ss.srv.opts.QueryWaitTimeout; t > 0 {
@@ -464,7 +466,10 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 		defer cancel()
 	}
 	for {
-		lease, err := ss.pool.pool.Acquire(ctx)
+		lease, err := ss.pool.pool.TryAcquire(ctx)
+		if err != nil {
+			lease, err = ss.acquireWatched(ctx)
+		}
 		if err != nil {
 			return nil, ss.acquireError(ctx, err)
 		}
@@ -478,11 +483,48 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 	}
 }
 
+// errClientGone ends a wait for a server when the client hangs up.
+var errClientGone = errors.New("client disconnected while waiting for a server")
+
+// acquireWatched waits for a server while a second goroutine reads ahead from
+// the client: what it reads stays buffered; end of file or an error cancels
+// the wait.
+func (ss *session) acquireWatched(ctx context.Context) (*pool.Lease[*serverConn], error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watchDone := make(chan struct{})
+	br := ss.rd.Bufio()
+	go func() {
+		defer close(watchDone)
+		for br.Buffered() < br.Size() {
+			if _, err := br.Peek(br.Buffered() + 1); err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					cancel(errClientGone)
+				}
+				return
+			}
+		}
+	}()
+	lease, err := ss.pool.pool.Acquire(ctx)
+	ss.conn.SetReadDeadline(pastDeadline) // stop the watcher
+	<-watchDone
+	ss.mu.Lock()
+	ss.conn.SetReadDeadline(ss.deadline)
+	ss.mu.Unlock()
+	if err != nil && context.Cause(ctx) == errClientGone {
+		return nil, errClientGone
+	}
+	return lease, err
+}
+
 func (ss *session) acquireError(ctx context.Context, err error) error {
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, pool.ErrClosed):
 		return protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
+	case errors.Is(err, errClientGone):
+		return errQuiet
 	case errors.As(err, &pgErr):
 		ss.log.Warn("server login failed", zap.Error(err))
 		return &protocol.PgError{Severity: "FATAL", Code: pgErr.Code, Message: "server login failed: " + pgErr.Message}

@@ -1,0 +1,189 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sync/errgroup"
+)
+
+// TestCancel cancels one client's pg_sleep(30) while other clients of the
+// same pool run queries: the sleeper gets 57014 within 2 s, nobody else is
+// cancelled.
+func TestCancel(t *testing.T) {
+	for _, poolMode := range []string{ModeTransaction, ModeSession} {
+		t.Run(poolMode, func(t *testing.T) {
+			p := startProxy(t, func(o *Options, db *Database) { db.PoolMode = poolMode; db.PoolSize = 4 })
+			ctx := context.Background()
+			sleeper := p.connect(t, "postgres", pgx.QueryExecModeExec)
+			others := make([]*pgx.Conn, 3)
+			for i := range others {
+				others[i] = p.connect(t, "postgres", pgx.QueryExecModeExec)
+			}
+
+			var g errgroup.Group
+			stop := make(chan struct{})
+			for i, c := range others {
+				g.Go(func() error {
+					for n := 0; ; n++ {
+						select {
+						case <-stop:
+							return nil
+						default:
+						}
+						var v int
+						if err := c.QueryRow(ctx, "SELECT $1::int FROM pg_sleep(0.02)", n).Scan(&v); err != nil {
+							return fmt.Errorf("other client %d query %d: %w", i, n, err)
+						}
+					}
+				})
+			}
+
+			errCh := make(chan error, 1)
+			began := time.Now()
+			go func() {
+				_, err := sleeper.Exec(ctx, "SELECT pg_sleep(30)")
+				errCh <- err
+			}()
+			time.Sleep(300 * time.Millisecond)
+			cancelAt := time.Now()
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := sleeper.PgConn().CancelRequest(cctx); err != nil {
+				t.Fatalf("cancel request: %v", err)
+			}
+			cancel()
+			var err error
+			select {
+			case err = <-errCh:
+			case <-time.After(5 * time.Second):
+				t.Fatal("pg_sleep(30) not cancelled within 5 s")
+			}
+			took := time.Since(cancelAt)
+			if code := sqlstate(err); code != "57014" {
+				t.Fatalf("want 57014, got %v after %s", err, time.Since(began))
+			}
+			if took > 2*time.Second {
+				t.Fatalf("cancel took %s", took)
+			}
+			t.Logf("cancelled %s after the request", took.Round(time.Millisecond))
+			time.Sleep(200 * time.Millisecond) // let the others run on after the cancel
+			close(stop)
+			if err := g.Wait(); err != nil {
+				t.Fatal(err)
+			}
+			// The cancelled client goes on.
+			var v int
+			if err := sleeper.QueryRow(ctx, "SELECT 5").Scan(&v); err != nil || v != 5 {
+				t.Fatalf("after cancel: %v", err)
+			}
+		})
+	}
+}
+
+// TestCancelStorm sends thousands of CancelRequests a few milliseconds after
+// queries start, from clients that hang up at once, while a healthy client
+// runs queries on the same pool: the healthy client sees no error and no
+// backend is left in a transaction.
+func TestCancelStorm(t *testing.T) {
+	const dbName = "cancel_storm"
+	if err := cluster.CreateDatabase(dbName); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 5 })
+	ctx := context.Background()
+	healthy := p.connect(t, dbName, pgx.QueryExecModeExec)
+
+	var stop atomic.Bool
+	var healthyQueries atomic.Int64
+	healthyErr := make(chan error, 1)
+	go func() {
+		for n := 0; !stop.Load(); n++ {
+			var v int
+			if err := healthy.QueryRow(ctx, "SELECT $1::int FROM pg_sleep(0.003)", n).Scan(&v); err != nil || v != n {
+				healthyErr <- fmt.Errorf("healthy query %d: got %d, %w", n, v, err)
+				return
+			}
+			healthyQueries.Add(1)
+		}
+		healthyErr <- nil
+	}()
+
+	const total, parallel = 2000, 40
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				c := dialRaw(t, p.addr)
+				if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
+					t.Errorf("storm client %d: %v", i, err)
+					c.Close()
+					continue
+				}
+				c.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(0.05)"})
+				c.fe.Flush()
+				time.Sleep(time.Duration(i%4) * time.Millisecond)
+				if err := c.sendCancel(p.addr); err == nil {
+					sent.Add(1)
+				}
+				c.Close() // hang up without waiting for anything
+			}
+		}()
+	}
+	for i := range total {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	stop.Store(true)
+	if err := <-healthyErr; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d cancels sent; the healthy client ran %d queries meanwhile", sent.Load(), healthyQueries.Load())
+	if healthyQueries.Load() == 0 {
+		t.Fatal("the healthy client ran no query")
+	}
+	waitNoIdleInTransaction(t, dbName)
+	// The pool still serves.
+	var v int
+	if err := healthy.QueryRow(ctx, "SELECT 9").Scan(&v); err != nil || v != 9 {
+		t.Fatalf("after the storm: %v", err)
+	}
+}
+
+// waitNoIdleInTransaction waits up to 2 s for the database to have no
+// backend idle in a transaction or still running a query from a client that left.
+func waitNoIdleInTransaction(t *testing.T, dbName string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var n int
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'`, dbName).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d backends idle in transaction", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+

@@ -309,16 +309,20 @@ func parseOptions(s string) (map[string]string, error) {
 func (ss *session) authenticate(user string) error {
 	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 	secret, known := ss.srv.opts.Users[user]
+	var err error
 	switch ss.srv.opts.AuthType {
 	case "trust", "":
 	case "md5":
 		if !known {
 			return failed
 		}
-		if secret.MD5 == "" {
-			return ss.authSCRAM(secret.SCRAM, failed)
+		// As PostgreSQL does, a SCRAM secret gets SCRAM even under md5.
+		if secret.MD5 != "" {
+			err = ss.authMD5(secret.MD5, failed)
+		} else {
+			err = ss.authSCRAM(secret.SCRAM, failed)
 		}
-		if err := ss.authMD5(secret.MD5, failed); err != nil {
+		if err != nil {
 			return err
 		}
 	case "scram-sha-256":
@@ -329,7 +333,7 @@ func (ss *session) authenticate(user string) error {
 			ss.log.Error("auth_file holds an md5 secret for this user; SCRAM needs the password or a SCRAM secret")
 			return failed
 		}
-		if err := ss.authSCRAM(secret.SCRAM, failed); err != nil {
+		if err = ss.authSCRAM(secret.SCRAM, failed); err != nil {
 			return err
 		}
 	default:

@@ -256,9 +256,14 @@ func (s *ScramServer) First(clientFirst []byte) ([]byte, error) {
 	}
 	var raw [18]byte
 	rand.Read(raw[:])
-	s.nonce = clientNonce + base64.StdEncoding.EncodeToString(raw[:])
+	return s.first(clientNonce, base64.StdEncoding.EncodeToString(raw[:])), nil
+}
+
+// first completes First with the server's part of the nonce.
+func (s *ScramServer) first(clientNonce, serverNonce string) []byte {
+	s.nonce = clientNonce + serverNonce
 	s.serverFirst = fmt.Sprintf("r=%s,s=%s,i=%d", s.nonce, base64.StdEncoding.EncodeToString(s.secret.Salt), s.secret.Iterations)
-	return []byte(s.serverFirst), nil
+	return []byte(s.serverFirst)
 }
 
 // Final takes the client-final-message and returns the server-final-message,

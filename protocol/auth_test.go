@@ -1,0 +1,103 @@
+package protocol
+
+import (
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// TestScramRFC7677 replays the SCRAM-SHA-256 example exchange of RFC 7677
+// section 3 (user "user", password "pencil").
+func TestScramRFC7677(t *testing.T) {
+	salt, _ := base64.StdEncoding.DecodeString("W22ZaJ0SNY7soEsUEjb6gQ==")
+	secret, err := NewScramSecret("pencil", salt, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := NewScramServer(secret)
+	const clientFirst = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+	if _, err := sv.First([]byte(clientFirst)); err != nil {
+		t.Fatal(err)
+	}
+	got := string(sv.first("rOprNGfwEbeRWgbNEkqO", "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"))
+	if want := "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"; got != want {
+		t.Fatalf("server-first:\n got %s\nwant %s", got, want)
+	}
+	final, err := sv.Final([]byte("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="; string(final) != want {
+		t.Fatalf("server-final: got %s want %s", final, want)
+	}
+	// The same exchange with a wrong proof fails as a bad password.
+	sv = NewScramServer(secret)
+	sv.First([]byte(clientFirst))
+	sv.first("rOprNGfwEbeRWgbNEkqO", "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
+	_, err = sv.Final([]byte("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=AHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="))
+	if !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("wrong proof: got %v", err)
+	}
+	// The stored form round-trips.
+	back, err := ParseScramSecret(secret.String())
+	if err != nil || back.String() != secret.String() {
+		t.Fatalf("round trip: %v", err)
+	}
+}
+
+func TestScramRejects(t *testing.T) {
+	secret, _ := NewScramSecret("pw", nil, 4096)
+	for _, first := range []string{"", "n", "p=tls-server-end-point,,n=u,r=x", "x,,n=u,r=abc", "n,,n=u", "n,,r=abc", "n,,n=u,r=abc,m=ext"} {
+		if _, err := NewScramServer(secret).First([]byte(first)); err == nil {
+			t.Errorf("client-first %q accepted", first)
+		}
+	}
+	sv := NewScramServer(secret)
+	sv.First([]byte("n,,n=u,r=abc"))
+	for _, final := range []string{"", "c=biws,r=abc,p=xx", "c=eSws,r=" + sv.nonce + ",p=AAAA", "c=biws,r=" + sv.nonce + ",p=!!"} {
+		if _, err := sv.Final([]byte(final)); err == nil {
+			t.Errorf("client-final %q accepted", final)
+		}
+	}
+}
+
+func TestMD5(t *testing.T) {
+	secret := MD5Secret("alice", "wonder")
+	salt := [4]byte{1, 2, 3, 4}
+	resp := MD5Response(secret, salt)
+	if !CheckMD5(secret, salt, append([]byte(resp), 0)) {
+		t.Fatal("right answer refused")
+	}
+	if CheckMD5(secret, [4]byte{4, 3, 2, 1}, []byte(resp)) {
+		t.Fatal("answer to another salt accepted")
+	}
+}
+
+func TestParseUserlist(t *testing.T) {
+	scram, _ := NewScramSecret("x", nil, 4096)
+	in := `; comment
+# another
+"alice" "plain ""quoted"" pw"
+"bob"   "` + MD5Secret("bob", "pw") + `"
+"carol" "` + scram.String() + `"
+`
+	users, err := ParseUserlist(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := users["alice"]; a.Plain != `plain "quoted" pw` || a.SCRAM == nil || a.MD5 != MD5Secret("alice", `plain "quoted" pw`) {
+		t.Errorf("alice: %+v", a)
+	}
+	if b := users["bob"]; b.Plain != "" || b.MD5 != MD5Secret("bob", "pw") || b.SCRAM != nil {
+		t.Errorf("bob: %+v", b)
+	}
+	if c := users["carol"]; c.SCRAM == nil || c.SCRAM.String() != scram.String() || c.MD5 != "" {
+		t.Errorf("carol: %+v", c)
+	}
+	for _, bad := range []string{`alice pw`, `"alice"`, `"alice" "pw`, `"carol" "SCRAM-SHA-256$x"`} {
+		if _, err := ParseUserlist(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,158 @@
+package proxy
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestTimeouts: each timeout ends the client with an ErrorResponse that
+// names it, and with its own SQLSTATE.
+func TestTimeouts(t *testing.T) {
+	ctx := context.Background()
+	t.Run("query_wait_timeout", func(t *testing.T) {
+		p := startProxy(t, func(o *Options, db *Database) { o.QueryWaitTimeout = 300 * time.Millisecond; db.PoolSize = 1 })
+		holder := p.connect(t, "postgres", pgx.QueryExecModeExec)
+		tx, err := holder.Begin(ctx) // holds the only server
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		waiter := p.connect(t, "postgres", pgx.QueryExecModeExec)
+		start := time.Now()
+		_, err = waiter.Exec(ctx, "SELECT 1")
+		if code := sqlstate(err); code != "53300" {
+			t.Fatalf("want 53300, got %v", err)
+		}
+		if took := time.Since(start); took < 250*time.Millisecond || took > 3*time.Second {
+			t.Fatalf("failed after %s with a 300ms query_wait_timeout", took)
+		}
+		tx.Rollback(ctx)
+	})
+	t.Run("client_idle_timeout", func(t *testing.T) {
+		p := startProxy(t, func(o *Options, db *Database) { o.ClientIdleTimeout = 300 * time.Millisecond })
+		c := dialRaw(t, p.addr)
+		if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.query("SELECT 1"); err != nil { // activity moves the deadline on
+			t.Fatal(err)
+		}
+		c.expectFatal(t, "57P05")
+	})
+	t.Run("idle_transaction_timeout", func(t *testing.T) {
+		const dbName = "idle_tx"
+		if err := cluster.CreateDatabase(dbName); err != nil {
+			t.Fatal(err)
+		}
+		p := startProxy(t, func(o *Options, db *Database) { o.IdleTransactionTimeout = 300 * time.Millisecond })
+		c := dialRaw(t, p.addr)
+		if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.query("BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		c.expectFatal(t, "25P03")
+		waitNoIdleInTransaction(t, dbName)
+		// Idle outside a transaction is not affected.
+		c2 := dialRaw(t, p.addr)
+		if err := c2.startup(cluster.SuperUserName(), dbName); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if err := c2.query("SELECT 1"); err != nil {
+			t.Fatalf("idle outside a transaction: %v", err)
+		}
+	})
+	t.Run("server_idle_timeout and min_pool_size", func(t *testing.T) {
+		const dbName = "server_idle"
+		if err := cluster.CreateDatabase(dbName); err != nil {
+			t.Fatal(err)
+		}
+		p := startProxy(t, func(o *Options, db *Database) {
+			o.ServerIdleTimeout = 500 * time.Millisecond
+			o.MinPoolSize = 1
+			db.PoolSize = 4
+		})
+		conns := make([]*pgx.Conn, 4)
+		for i := range conns {
+			conns[i] = p.connect(t, dbName, pgx.QueryExecModeExec)
+		}
+		// Four transactions at once open four servers.
+		txs := make([]pgx.Tx, 4)
+		for i, c := range conns {
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tx.Exec(ctx, "SELECT 1")
+			txs[i] = tx
+		}
+		for _, tx := range txs {
+			tx.Commit(ctx)
+		}
+		if n := backends(t, dbName); n != 4 {
+			t.Fatalf("want 4 backends, have %d", n)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for backends(t, dbName) != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("idle servers not closed down to min_pool_size: %d left", backends(t, dbName))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+}
+
+func backends(t *testing.T, dbName string) int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", dbName).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestShutdown: Shutdown closes idle clients at once, lets a transaction
+// finish, and when its context ends closes what is left.
+func TestShutdown(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	idle := dialRaw(t, p.addr)
+	if err := idle.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	stuck := p.connect(t, "postgres", pgx.QueryExecModeExec)
+	tx, err := stuck.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.Exec(ctx, "SELECT 1")
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.Shutdown(sctx) }()
+	idle.expectFatal(t, "57P01")
+	select {
+	case err := <-done:
+		if err != context.DeadlineExceeded {
+			t.Fatalf("Shutdown with a transaction left open: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after its context ended")
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("the open transaction survived the forced shutdown")
+	}
+}

@@ -101,4 +101,3 @@ func TestAuth(t *testing.T) {
 		})
 	}
 }
-

@@ -186,4 +186,3 @@ func waitNoIdleInTransaction(t *testing.T, dbName string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

@@ -123,4 +123,3 @@ func sqlstate(err error) string {
 	}
 	return fmt.Sprintf("no SQLSTATE (%v)", err)
 }
-

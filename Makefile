@@ -1,0 +1,35 @@
+# pgmux — see README.md. `make help` lists the targets.
+GO      ?= go
+BIN     ?= bin
+FUZZTIME ?= 30s
+
+.PHONY: help build run test test-short lint fuzz deps bench clean
+
+help: ## List targets.
+	@awk 'BEGIN{FS=":.*##"} /^[a-z-]+:.*##/{printf "  %-12s %s\n",$$1,$$2}' $(MAKEFILE_LIST)
+
+build: ## Build bin/pgmux.
+	$(GO) build -o $(BIN)/pgmux ./cmd/pgmux
+
+run: build ## Run pgmux on 127.0.0.1:6432 in front of the PostgreSQL on 127.0.0.1:5432 (starts one if none answers).
+	scripts/run.sh
+
+test: deps ## Everything, race detector on; starts a throwaway PostgreSQL unless PGMUX_TEST_DSN is set.
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+test-short: ## Unit tests only, no servers.
+	$(GO) test -race -short -count=1 ./...
+
+lint: ## gofmt and go vet.
+	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+fuzz: ## Fuzz the startup parser and the message reader (FUZZTIME=30s each).
+	$(GO) test -run='^$$' -fuzz=FuzzReadStartup -fuzztime=$(FUZZTIME) ./protocol
+	$(GO) test -run='^$$' -fuzz=FuzzReader -fuzztime=$(FUZZTIME) ./protocol
+
+deps: ## Check for PostgreSQL server binaries, pgbench and psql; install them on Debian when run as root.
+	@scripts/deps.sh
+
+clean: ## Remove build output.
+	rm -rf $(BIN)

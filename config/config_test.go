@@ -1,0 +1,83 @@
+package config
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadGood(t *testing.T) {
+	c, err := Load("../testdata/config/full.good.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ServerIdleTimeout != 600*time.Second || c.ServerLifetime != time.Hour || c.QueryWaitTimeout != 2*time.Minute {
+		t.Errorf("durations: %s %s %s", c.ServerIdleTimeout, c.ServerLifetime, c.QueryWaitTimeout)
+	}
+	app, ok := c.Resolved("app")
+	if !ok || app.PoolMode != "session" || app.PoolSize != 10 || app.User != "app" || app.Password != "secret" {
+		t.Errorf("app: %+v", app)
+	}
+	other, ok := c.Resolved("reports")
+	if !ok || other.Host != "10.0.0.1" || other.Port != 5432 || other.DBName != "reports" || other.PoolSize != 20 || other.PoolMode != "transaction" {
+		t.Errorf("wildcard: %+v", other)
+	}
+}
+
+func TestLoadBad(t *testing.T) {
+	want := map[string][]string{
+		"unknown-key.bad.yaml":  {"pool_size_typo"},
+		"bad-values.bad.yaml":   {"listen:", "pool_mode:", "default_pool_size:", "auth_type:", "databases.app.port:", "databases.app.pool_mode:"},
+		"no-databases.bad.yaml": {"databases: at least one"},
+		"md5-no-file.bad.yaml":  {"auth_file: required with auth_type md5"},
+		"bad-duration.bad.yaml": {"query_wait_timeout"},
+	}
+	files, _ := filepath.Glob("../testdata/config/*.bad.yaml")
+	if len(files) != len(want) {
+		t.Fatalf("%d bad files, %d expectations", len(files), len(want))
+	}
+	for _, f := range files {
+		_, err := Load(f, nil)
+		if err == nil {
+			t.Errorf("%s: accepted", f)
+			continue
+		}
+		for _, sub := range want[filepath.Base(f)] {
+			if !strings.Contains(err.Error(), sub) {
+				t.Errorf("%s: error does not name %q:\n%v", f, sub, err)
+			}
+		}
+	}
+}
+
+// TestOverrides: the environment wins over the file, flags over both.
+func TestOverrides(t *testing.T) {
+	t.Setenv("PGMUX_DEFAULT_POOL_SIZE", "7")
+	t.Setenv("PGMUX_POOL_MODE", "session")
+	t.Setenv("PGMUX_QUERY_WAIT_TIMEOUT", "5s")
+	fs := Flags()
+	if err := fs.Parse([]string{"--pool-mode", "transaction", "--max-client-conn", "50", "--server-lifetime", "90s"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load("../testdata/config/full.good.yaml", fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DefaultPoolSize != 7 || c.QueryWaitTimeout != 5*time.Second {
+		t.Errorf("env: pool size %d, wait %s", c.DefaultPoolSize, c.QueryWaitTimeout)
+	}
+	if c.PoolMode != "transaction" || c.MaxClientConn != 50 || c.ServerLifetime != 90*time.Second {
+		t.Errorf("flags: %s %d %s", c.PoolMode, c.MaxClientConn, c.ServerLifetime)
+	}
+	if c.ShutdownTimeout != 30*time.Second {
+		t.Errorf("file value lost: %s", c.ShutdownTimeout)
+	}
+}
+
+// TestRunConfigValid: the configuration `make run` uses loads.
+func TestRunConfigValid(t *testing.T) {
+	if _, err := Load("../testdata/pgmux.yaml", nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,84 @@
+package pgmux_test
+
+import (
+	"go/parser"
+	"go/token"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// badDeps says, per package, which imports would break the layout in
+// DEVELOPERS.md and shared/STYLE.md, and why.
+var badDeps = map[string]map[string]string{
+	"github.com/pgmux/pgmux/protocol": {
+		"go.uber.org/zap":                "protocol does not log",
+		"github.com/prometheus/":         "protocol has no metrics",
+		"github.com/pgmux/pgmux/pool":    "protocol knows nothing of pools",
+		"github.com/pgmux/pgmux/proxy":   "protocol knows nothing of sessions",
+		"github.com/jackc/puddle":        "protocol knows nothing of pools",
+		"github.com/pgmux/pgmux/config":  "only cmd imports config",
+		"github.com/jackc/pgx/v5/pgconn": "protocol stays on pgproto3",
+	},
+	"github.com/pgmux/pgmux/pool": {
+		"github.com/jackc/pgx/v5/pgproto3": "pool knows nothing of the wire",
+		"github.com/pgmux/pgmux/protocol":  "pool knows nothing of the wire",
+		"github.com/pgmux/pgmux/proxy":     "pool knows nothing of sessions",
+		"github.com/prometheus/":           "pool exposes Stats; admin turns them into metrics",
+		"github.com/pgmux/pgmux/config":    "only cmd imports config",
+	},
+	"github.com/pgmux/pgmux/proxy": {
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+		"github.com/pgmux/pgmux/admin":  "admin reads the proxy, not the other way",
+	},
+	"github.com/pgmux/pgmux/admin": {
+		"github.com/pgmux/pgmux/proxy":  "admin reads stats through its own interface",
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+	},
+}
+
+// TestDependencies checks the arrows between packages with go list -deps.
+func TestDependencies(t *testing.T) {
+	for pkg, banned := range badDeps {
+		out, err := exec.Command("go", "list", "-deps", pkg).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v", pkg, err)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			for prefix, why := range banned {
+				if strings.HasPrefix(dep, prefix) {
+					t.Errorf("%s depends on %s: %s", pkg, dep, why)
+				}
+			}
+		}
+	}
+}
+
+// TestPackageComments: every package says what it is.
+func TestPackageComments(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.Dir}}", "./...").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range strings.Fields(string(out)) {
+		pkgs, err := parser.ParseDir(token.NewFileSet(), dir, nil, parser.ParseComments|parser.PackageClauseOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, p := range pkgs {
+			if strings.HasSuffix(name, "_test") {
+				continue
+			}
+			documented := false
+			for _, f := range p.Files {
+				if f.Doc != nil {
+					documented = true
+				}
+			}
+			if !documented {
+				t.Errorf("package %s in %s has no package comment", name, filepath.Base(dir))
+			}
+		}
+	}
+}

@@ -3,12 +3,12 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -87,14 +87,30 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 	return sc, nil
 }
 
-// alive reports whether an idle connection is still open, without blocking:
-// a server that went away has left an EOF (or a FATAL) to read.
+// alive reports whether an idle connection is still usable, without
+// blocking: it peeks at the socket (MSG_PEEK|MSG_DONTWAIT). A server that went
+// away has left an end of file; one that has something to say while idle (a
+// FATAL before closing, a notice) is not trusted either.
 func (sc *serverConn) alive() bool {
-	sc.conn.SetReadDeadline(time.Now())
-	_, err := sc.rd.Bufio().Peek(1)
-	sc.conn.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	if sc.rd.Buffered() > 0 {
+		return false
+	}
+	sys, ok := sc.conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sys.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var rerr error
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	})
+	// Nothing to read is the only good answer: data or end of file are not.
+	return err == nil && (rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK)
 }
 
 // noteParam records a ParameterStatus the server sent.

@@ -106,8 +106,7 @@ func TestServerRestart(t *testing.T) {
 		t.Fatal("a transaction survived the server's restart")
 	}
 	// The others held no server: their next transaction gets a fresh one,
-	// after the dead idle ones are found and dropped.
-	time.Sleep(1100 * time.Millisecond) // idle long enough to be checked before use
+	// the dead idle ones being found and dropped before they are lent.
 	for i, conn := range conns[1:] {
 		var v int
 		if err := conn.QueryRow(ctx, "SELECT $1::int", i).Scan(&v); err != nil || v != i {

@@ -477,9 +477,10 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 		if err != nil {
 			return nil, ss.acquireError(ctx, err)
 		}
-		// A server idle for a while may have gone away (restart, idle
-		// timeout on its side): look before lending it.
-		if lease.IdleDuration() > time.Second && !lease.Conn().alive() {
+		// A server may have gone away while idle (restart, a timeout on
+		// its side): look before lending it. It costs one non-blocking
+		// recv.
+		if !lease.Conn().alive() {
 			lease.Destroy()
 			continue
 		}

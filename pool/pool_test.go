@@ -82,9 +82,8 @@ func TestBoundAndReuse(t *testing.T) {
 	if got := d.n.Load(); got != 2 {
 		t.Fatalf("dialed %d times", got)
 	}
-	if s := p.Stats(); s.Total != 1 || s.Idle != 1 {
-		t.Fatalf("stats after one destroy: %+v", s)
-	}
+	// Destroy closes in the background.
+	waitFor(t, func() bool { s := p.Stats(); return s.Total == 1 && s.Idle == 1 })
 }
 
 func TestIdleTimeoutAndMinSize(t *testing.T) {
@@ -104,13 +103,7 @@ func TestIdleTimeoutAndMinSize(t *testing.T) {
 	for _, l := range leases {
 		l.Release()
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for p.Stats().Total != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("idle connections not reaped to MinSize: %+v", p.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return p.Stats().Total == 1 })
 	closed := 0
 	for _, c := range d.conns {
 		if c.closed.Load() {
@@ -125,13 +118,7 @@ func TestIdleTimeoutAndMinSize(t *testing.T) {
 func TestMinSizeFilled(t *testing.T) {
 	d := &dialer{}
 	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize, c.MinSize = 5, 3 })
-	deadline := time.Now().Add(3 * time.Second)
-	for p.Stats().Total != 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("pool not filled to MinSize: %+v", p.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return p.Stats().Total == 3 })
 }
 
 func TestLifetime(t *testing.T) {
@@ -142,13 +129,7 @@ func TestLifetime(t *testing.T) {
 	old := l.Conn()
 	time.Sleep(80 * time.Millisecond)
 	l.Release() // too old: closed (in the background) instead of pooled
-	deadline := time.Now().Add(2 * time.Second)
-	for !old.closed.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("connection past its lifetime not closed")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, old.closed.Load)
 	l, _ = p.Acquire(ctx)
 	if l.Conn() == old {
 		t.Fatal("got the expired connection back")
@@ -166,13 +147,7 @@ func TestCancelledAcquireKeepsDial(t *testing.T) {
 	if _, err := p.Acquire(ctx); err == nil {
 		t.Fatal("acquire finished before the dial")
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for p.Stats().Idle != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("dial abandoned: %+v", p.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return p.Stats().Idle == 1 })
 }
 
 func TestDialErrorAndClose(t *testing.T) {
@@ -186,5 +161,17 @@ func TestDialErrorAndClose(t *testing.T) {
 	p.Close() // idempotent
 	if _, err := p.Acquire(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: %v", err)
+	}
+}
+
+// waitFor waits up to 3 s for cond.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 3s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

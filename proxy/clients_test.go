@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -76,9 +77,9 @@ func TestPgxThroughProxy(t *testing.T) {
 			for i := range rows {
 				rows[i] = []any{i + 1, fmt.Sprintf("item-%d", i+1), fmt.Sprintf("%d.50", i)}
 			}
-			n, err := conn.CopyFrom(ctx, pgx.Identifier{"items"}, []string{"id", "name", "price"}, pgx.CopyFromRows(rows))
-			if err != nil || n != 1000 {
-				t.Fatalf("copy in: %d rows, %v", n, err)
+			copied, err := conn.CopyFrom(ctx, pgx.Identifier{"items"}, []string{"id", "name", "price"}, pgx.CopyFromRows(rows))
+			if err != nil || copied != 1000 {
+				t.Fatalf("copy in: %d rows, %v", copied, err)
 			}
 			var buf bytes.Buffer
 			tag, err := conn.PgConn().CopyTo(ctx, &buf, "COPY items TO STDOUT")
@@ -89,6 +90,41 @@ func TestPgxThroughProxy(t *testing.T) {
 			if len(lines) != 1000 || lines[999] != "1000\titem-1000\t999.50" {
 				t.Fatalf("copy out: %d lines, last %q", len(lines), lines[len(lines)-1])
 			}
+			// Notices and notifications reach the client.
+			cfg, _ := pgx.ParseConfig(p.dsn(cluster.SuperUserName(), "", dbName))
+			cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
+			notices := make(chan string, 1)
+			cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices <- n.Message }
+			nconn, err := pgx.ConnectConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nconn.Close(ctx)
+			if _, err := nconn.Exec(ctx, "DO $$ BEGIN RAISE NOTICE 'hello from the server'; END $$"); err != nil {
+				t.Fatal(err)
+			}
+			if got := <-notices; got != "hello from the server" {
+				t.Fatalf("notice: %q", got)
+			}
+			// A listener's own notification arrives at its commit, on the
+			// server it holds, in either mode.
+			tx, err := nconn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tx.Exec(ctx, "LISTEN pgmux_test")
+			tx.Exec(ctx, "NOTIFY pgmux_test, 'payload'")
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+			n, err := nconn.WaitForNotification(wctx)
+			wcancel()
+			if err != nil || n.Channel != "pgmux_test" || n.Payload != "payload" {
+				t.Fatalf("notification: %+v %v", n, err)
+			}
+			nconn.Exec(ctx, "UNLISTEN *")
+
 			// A COPY IN that the client fails is rolled back and the session goes on.
 			_, err = conn.PgConn().CopyFrom(ctx, &failingReader{data: "2001\tx\t1\n"}, "COPY items FROM STDIN")
 			if err == nil {
@@ -115,15 +151,21 @@ func (r *failingReader) Read(p []byte) (int, error) {
 	return 0, fmt.Errorf("client gave up")
 }
 
-// TestManyClientsSmallPool runs 500 concurrent clients on a pool of 10 and
-// checks from the server itself that no more than 10 backends serve the
-// database meanwhile.
+// TestManyClientsSmallPool runs 500 concurrent clients on a pool of 10, in
+// each pool mode, and checks from the server itself that no more than 10
+// backends serve the database meanwhile.
 func TestManyClientsSmallPool(t *testing.T) {
-	const dbName, clients = "many_clients", 500
+	for _, poolMode := range []string{ModeTransaction, ModeSession} {
+		t.Run(poolMode, func(t *testing.T) { manyClients(t, poolMode) })
+	}
+}
+
+func manyClients(t *testing.T, poolMode string) {
+	dbName, clients := "many_clients_"+poolMode, 500
 	if err := cluster.CreateDatabase(dbName); err != nil {
 		t.Fatal(err)
 	}
-	p := startProxy(t, nil)
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolMode = poolMode })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	watch, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
@@ -192,6 +234,6 @@ func TestManyClientsSmallPool(t *testing.T) {
 	if m := maxBackends.Load(); m > 10 || m == 0 {
 		t.Fatalf("pg_stat_activity showed up to %d backends for the database; want 1..10", m)
 	} else {
-		t.Logf("500 clients served by at most %d backends", m)
+		t.Logf("%d clients served by at most %d backends", clients, m)
 	}
 }

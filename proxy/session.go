@@ -528,22 +528,21 @@ func (ss *session) acquireError(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, pool.ErrClosed):
 		return protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
-	case errors.Is(err, errClientGone):
+	case errors.Is(err, errClientGone), ss.ctx.Err() != nil:
 		return errQuiet
 	case errors.As(err, &pgErr):
 		ss.log.Warn("server login failed", zap.Error(err))
 		return &protocol.PgError{Severity: "FATAL", Code: pgErr.Code, Message: "server login failed: " + pgErr.Message}
-	case ss.ctx.Err() != nil:
-		return errQuiet
-	case ctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ctx.Err()):
-		// The dial failed on its own while we waited.
-		fallthrough
-	case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled):
-		ss.log.Warn("server connect failed", zap.Error(err))
-		return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
+	case ctx.Err() != nil:
+		return protocol.Fatal(protocol.CodeTooManyConnections, fmt.Sprintf(
+			"query_wait_timeout: no server connection available within %s", ss.srv.opts.QueryWaitTimeout))
+	case errors.Is(err, context.DeadlineExceeded):
+		ss.log.Warn("server connect timed out", zap.Error(err))
+		return protocol.Fatal(protocol.CodeConnectionFailure, fmt.Sprintf(
+			"server_connect_timeout: no answer from the server within %s", ss.srv.opts.ServerConnectTimeout))
 	}
-	return protocol.Fatal(protocol.CodeTooManyConnections, fmt.Sprintf(
-		"query_wait_timeout: no server connection available within %s", ss.srv.opts.QueryWaitTimeout))
+	ss.log.Warn("server connect failed", zap.Error(err))
+	return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
 }
 
 // bind leases a server, brings its settings to the client's, and starts

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -67,6 +68,37 @@ func TestTimeouts(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		if err := c2.query("SELECT 1"); err != nil {
 			t.Fatalf("idle outside a transaction: %v", err)
+		}
+	})
+	t.Run("server_connect_timeout", func(t *testing.T) {
+		// A "server" that accepts and never answers.
+		silent, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer silent.Close()
+		go func() {
+			for {
+				c, err := silent.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+			}
+		}()
+		port := silent.Addr().(*net.TCPAddr).Port
+		p := startProxy(t, func(o *Options, db *Database) {
+			o.ServerConnectTimeout = 300 * time.Millisecond
+			db.Port = port
+		})
+		start := time.Now()
+		c := dialRaw(t, p.addr)
+		err = c.startup(cluster.SuperUserName(), "postgres")
+		if code := sqlstate(err); code != "08006" {
+			t.Fatalf("want 08006, got %v", err)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("failed after %s with a 300ms server_connect_timeout", took)
 		}
 	})
 	t.Run("server_idle_timeout and min_pool_size", func(t *testing.T) {

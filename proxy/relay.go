@@ -98,7 +98,10 @@ func (ss *session) forward(typ byte, n int) error {
 		// A Parse of the unnamed statement that is not bound before the
 		// Sync (pgx's describe-then-execute) must find the statement on
 		// the same server next time: keep the server until a Bind.
-		if name, err := ss.rd.Bufio().Peek(protocol.HeaderLen + 1); err == nil && n > 0 && name[protocol.HeaderLen] == 0 {
+		if n == 0 {
+			break
+		}
+		if name, err := ss.rd.Bufio().Peek(protocol.HeaderLen + 1); err == nil && name[protocol.HeaderLen] == 0 {
 			ss.unnamedOpen = true
 		}
 	case 'B':
@@ -315,9 +318,7 @@ func (ss *session) finish(err error) {
 			ss.log.Info("client closed", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message))
 		}
 	}
-	if ss.pid != 0 {
-		ss.srv.unregister(ss)
-	}
+	ss.srv.remove(ss)
 	ss.log.Debug("session closed", zap.Duration("duration", time.Since(ss.start)))
 }
 

@@ -74,7 +74,8 @@ type Server struct {
 
 	mu       sync.Mutex // guards following
 	pools    map[poolKey]*dbPool
-	sessions map[uint32]*session // by the BackendKeyData process id pgmux gave the client
+	sessions map[*session]struct{} // every open client connection
+	byPID    map[uint32]*session   // logged-in sessions, by the process id of their BackendKeyData
 	lns      []net.Listener
 	closed   bool
 
@@ -97,7 +98,8 @@ func New(opts Options) *Server {
 		opts:     opts,
 		log:      opts.Logger.Named("proxy"),
 		pools:    make(map[poolKey]*dbPool),
-		sessions: make(map[uint32]*session),
+		sessions: make(map[*session]struct{}),
+		byPID:    make(map[uint32]*session),
 		doneCh:   make(chan struct{}),
 	}
 }
@@ -175,7 +177,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	sessions := make([]*session, 0, len(s.sessions))
-	for _, ss := range s.sessions {
+	for ss := range s.sessions {
 		sessions = append(sessions, ss)
 	}
 	s.mu.Unlock()
@@ -191,7 +193,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 		s.mu.Lock()
-		for _, ss := range s.sessions {
+		for ss := range s.sessions {
 			ss.kill()
 		}
 		s.mu.Unlock()
@@ -206,7 +208,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// register gives ss a BackendKeyData of its own.
+// add tracks a new session; it reports false when the server is shutting down.
+func (s *Server) add(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions[ss] = struct{}{}
+	return !s.closed
+}
+
+// register gives a logged-in session a BackendKeyData of its own.
 func (s *Server) register(ss *session) {
 	var b [8]byte
 	s.mu.Lock()
@@ -214,19 +224,21 @@ func (s *Server) register(ss *session) {
 	for {
 		rand.Read(b[:])
 		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // some clients read it as int32
-		if _, used := s.sessions[pid]; used || pid == 0 {
+		if _, used := s.byPID[pid]; used || pid == 0 {
 			continue
 		}
 		ss.pid, ss.secret = pid, binary.BigEndian.Uint32(b[4:])
-		s.sessions[pid] = ss
+		s.byPID[pid] = ss
 		return
 	}
 }
 
-func (s *Server) unregister(ss *session) {
+// remove forgets a session that has ended.
+func (s *Server) remove(ss *session) {
 	s.mu.Lock()
-	if s.sessions[ss.pid] == ss {
-		delete(s.sessions, ss.pid)
+	delete(s.sessions, ss)
+	if ss.pid != 0 && s.byPID[ss.pid] == ss {
+		delete(s.byPID, ss.pid)
 	}
 	s.mu.Unlock()
 }
@@ -236,7 +248,7 @@ func (s *Server) unregister(ss *session) {
 // PostgreSQL does.
 func (s *Server) cancel(pid uint32, key []byte) {
 	s.mu.Lock()
-	ss := s.sessions[pid]
+	ss := s.byPID[pid]
 	s.mu.Unlock()
 	if ss == nil || len(key) != 4 {
 		return

@@ -98,6 +98,9 @@ var errQuiet = errors.New("session ended")
 func (ss *session) run() {
 	defer ss.cancelCtx()
 	defer ss.conn.Close()
+	if !ss.srv.add(ss) {
+		ss.draining = true // Shutdown has begun: login refuses
+	}
 	err := ss.login()
 	if err == nil {
 		err = ss.serve()
@@ -151,7 +154,10 @@ func (ss *session) login() error {
 	if ss.overLimit {
 		return protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
 	}
-	if ss.srv.draining.Load() {
+	ss.mu.Lock()
+	draining := ss.draining
+	ss.mu.Unlock()
+	if draining || ss.srv.draining.Load() {
 		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
 	}
 	user, _ := st.Get("user")
@@ -194,12 +200,13 @@ func (ss *session) login() error {
 	if err != nil {
 		return err
 	}
-	ss.srv.register(ss)
+	var lease *pool.Lease[*serverConn]
 	if ss.mode == ModeSession {
-		if err := ss.bind(); err != nil {
+		if lease, err = ss.acquireSynced(); err != nil {
 			return err
 		}
 	}
+	ss.srv.register(ss)
 	// Show the client the server's parameters as its own settings make them.
 	names := make([]string, 0, len(params))
 	for k := range params {
@@ -218,9 +225,15 @@ func (ss *session) login() error {
 	buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
 	ss.bw.Write(buf)
 	if err := ss.bw.Flush(); err != nil {
+		if lease != nil {
+			lease.Release()
+		}
 		return errQuiet
 	}
 	ss.conn.SetDeadline(time.Time{})
+	if lease != nil {
+		ss.attach(lease) // from now on relayServer owns the client's writer
+	}
 	ss.mu.Lock()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
@@ -551,33 +564,48 @@ func (ss *session) bind() error {
 	if prev := ss.readerDone; prev != nil {
 		<-prev // the last relayServer may still be flushing to the client
 	}
+	lease, err := ss.acquireSynced()
+	if err != nil {
+		return err
+	}
+	ss.attach(lease)
+	return nil
+}
+
+// acquireSynced leases a server whose settings match the client's.
+func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 	for attempt := 0; ; attempt++ {
 		lease, err := ss.acquireLease()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		sc := lease.Conn()
-		if err := sc.syncParams(ss.want); err != nil {
-			var pgErr *protocol.PgError
-			if errors.As(err, &pgErr) && sc.txStatus == 'I' {
-				lease.Release()
-				pgErr.Severity = "FATAL"
-				return pgErr
-			}
-			lease.Destroy()
-			if attempt < 2 {
-				continue // a broken server: take another
-			}
-			return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
+		err = sc.syncParams(ss.want)
+		if err == nil {
+			return lease, nil
 		}
-		done := make(chan struct{})
-		ss.mu.Lock()
-		ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen = lease, done, 0, false, false
-		ss.armDeadlineLocked()
-		ss.mu.Unlock()
-		go ss.relayServer(sc, done)
-		return nil
+		var pgErr *protocol.PgError
+		if errors.As(err, &pgErr) && sc.txStatus == 'I' {
+			lease.Release()
+			pgErr.Severity = "FATAL"
+			return nil, pgErr // the client asked for a setting the server refuses
+		}
+		lease.Destroy()
+		if attempt >= 2 {
+			return nil, protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
+		}
+		// A broken server: take another.
 	}
+}
+
+// attach makes lease the session's server and starts relayServer on it.
+func (ss *session) attach(lease *pool.Lease[*serverConn]) {
+	done := make(chan struct{})
+	ss.mu.Lock()
+	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen = lease, done, 0, false, false
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+	go ss.relayServer(lease.Conn(), done)
 }
 
 // holdForCancel returns the server the session holds, with a cancel counted

@@ -104,7 +104,10 @@ func (l *Lease[T]) Destroy() { l.res.Destroy() }
 // Acquire waits for a connection until ctx ends. Cancelling ctx does not
 // cancel a dial already under way: that connection then goes to the pool.
 func (p *Pool[T]) Acquire(ctx context.Context) (*Lease[T], error) {
-	res, err := p.p.Acquire(ctx)
+	return p.lease(p.p.Acquire(ctx))
+}
+
+func (p *Pool[T]) lease(res *puddle.Resource[T], err error) (*Lease[T], error) {
 	if err != nil {
 		if errors.Is(err, puddle.ErrClosedPool) {
 			return nil, ErrClosed
@@ -120,14 +123,7 @@ var ErrNotAvailable = puddle.ErrNotAvailable
 // TryAcquire returns an idle connection without waiting, or ErrNotAvailable
 // (when the pool has room, it then starts a new connection in the background).
 func (p *Pool[T]) TryAcquire(ctx context.Context) (*Lease[T], error) {
-	res, err := p.p.TryAcquire(ctx)
-	if err != nil {
-		if errors.Is(err, puddle.ErrClosedPool) {
-			return nil, ErrClosed
-		}
-		return nil, err
-	}
-	return &Lease[T]{res: res, p: p}, nil
+	return p.lease(p.p.TryAcquire(ctx))
 }
 
 // Stats is a snapshot of a pool.

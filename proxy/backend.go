@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -177,9 +178,9 @@ func (sc *serverConn) syncParams(want map[string]string) error {
 		case 'S':
 			var ps pgproto3.ParameterStatus
 			if ps.Decode(body) == nil {
-				lk := sc.noteParam(ps.Name, ps.Value)
+				lk := strings.ToLower(ps.Name)
 				if _, ok := want[lk]; ok {
-					want[lk] = ps.Value
+					want[lk] = ps.Value // the server's spelling of the value
 				}
 			}
 		case 'E':
@@ -205,6 +206,13 @@ func (sc *serverConn) simpleQuery(q string, fn func(typ byte, body []byte)) erro
 	if err := sc.bw.Flush(); err != nil {
 		return err
 	}
+	return sc.readUntilReady(fn)
+}
+
+// readUntilReady reads sc's messages up to and including the next
+// ReadyForQuery, noting ParameterStatus and the transaction status, and
+// passes every other message to fn (if not nil).
+func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte)) error {
 	for {
 		typ, n, err := sc.rd.Next()
 		if err != nil {
@@ -214,11 +222,18 @@ func (sc *serverConn) simpleQuery(q string, fn func(typ byte, body []byte)) erro
 		if err != nil {
 			return err
 		}
-		if typ == 'Z' {
-			if len(body) == 1 {
-				sc.txStatus = body[0]
+		switch typ {
+		case 'Z':
+			if len(body) != 1 {
+				return errors.New("bad ReadyForQuery from server")
 			}
+			sc.txStatus, sc.copyIn = body[0], false
 			return nil
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(body) == nil {
+				sc.noteParam(ps.Name, ps.Value)
+			}
 		}
 		if fn != nil {
 			fn(typ, body)

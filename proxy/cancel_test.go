@@ -161,22 +161,12 @@ func TestCancelStorm(t *testing.T) {
 }
 
 // waitNoIdleInTransaction waits up to 2 s for the database to have no
-// backend idle in a transaction or still running a query from a client that left.
+// backend idle in a transaction.
 func waitNoIdleInTransaction(t *testing.T, dbName string) {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		var n int
-		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'`, dbName).Scan(&n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		n := countBackends(t, dbName, "state LIKE 'idle in transaction%'")
 		if n == 0 {
 			return
 		}

@@ -134,3 +134,20 @@ func zapLevelForTests() zapcore.Level {
 	}
 	return zapcore.WarnLevel
 }
+
+// countBackends counts the server's backends for dbName whose row of
+// pg_stat_activity also meets cond (SQL, "true" for all).
+func countBackends(t testing.TB, dbName, cond string) int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND "+cond, dbName).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

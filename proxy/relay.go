@@ -356,26 +356,15 @@ func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
 	if err := sc.bw.Flush(); err != nil {
 		return false
 	}
-	for pending > 0 {
-		typ, n, err := sc.rd.Next()
-		if err != nil {
-			return false
-		}
-		body, err := sc.rd.Body(n)
-		if err != nil {
-			return false
-		}
-		switch typ {
-		case 'Z':
-			pending--
-			sc.txStatus, sc.copyIn = body[0], false
-		case 'G', 'W':
-			return false // a COPY started by a message not yet answered: give up
-		case 'S':
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(body) == nil {
-				sc.noteParam(ps.Name, ps.Value)
+	startedCopy := false
+	for ; pending > 0; pending-- {
+		err := sc.readUntilReady(func(typ byte, _ []byte) {
+			if typ == 'G' || typ == 'W' {
+				startedCopy = true
 			}
+		})
+		if err != nil || startedCopy {
+			return false // a COPY started by a message not yet answered: give up
 		}
 	}
 	if sc.txStatus != 'I' {
@@ -396,15 +385,9 @@ func (ss *session) resetServer(sc *serverConn) bool {
 	sc.conn.SetDeadline(time.Now().Add(settleTimeout))
 	defer sc.conn.SetDeadline(time.Time{})
 	var failed bool
-	err := sc.simpleQuery(q, func(typ byte, body []byte) {
-		switch typ {
-		case 'E':
+	err := sc.simpleQuery(q, func(typ byte, _ []byte) {
+		if typ == 'E' {
 			failed = true
-		case 'S':
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(body) == nil {
-				sc.noteParam(ps.Name, ps.Value)
-			}
 		}
 	})
 	if err != nil || failed || sc.txStatus != 'I' {

@@ -128,32 +128,17 @@ func TestTimeouts(t *testing.T) {
 		for _, tx := range txs {
 			tx.Commit(ctx)
 		}
-		if n := backends(t, dbName); n != 4 {
+		if n := countBackends(t, dbName, "true"); n != 4 {
 			t.Fatalf("want 4 backends, have %d", n)
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for backends(t, dbName) != 1 {
+		for countBackends(t, dbName, "true") != 1 {
 			if time.Now().After(deadline) {
-				t.Fatalf("idle servers not closed down to min_pool_size: %d left", backends(t, dbName))
+				t.Fatalf("idle servers not closed down to min_pool_size: %d left", countBackends(t, dbName, "true"))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
-}
-
-func backends(t *testing.T, dbName string) int {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", dbName).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
 
 // TestShutdown: Shutdown closes idle clients at once, lets a transaction

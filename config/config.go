@@ -40,6 +40,7 @@ type Config struct {
 	ServerResetQuery       string              `mapstructure:"server_reset_query"`
 	ShutdownTimeout        time.Duration       `mapstructure:"shutdown_timeout"`
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
+	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
 	LogLevel               string              `mapstructure:"log_level"`
 	Databases              map[string]Database `mapstructure:"databases"`
 }
@@ -59,21 +60,22 @@ type Database struct {
 // Default returns the configuration used where nothing else is given.
 func Default() Config {
 	return Config{
-		Listen:               "127.0.0.1:6432",
-		AdminListen:          "127.0.0.1:9127",
-		PoolMode:             "transaction",
-		DefaultPoolSize:      20,
-		MaxClientConn:        10000,
-		AuthType:             "scram-sha-256",
-		QueryWaitTimeout:     120 * time.Second,
-		ServerConnectTimeout: 15 * time.Second,
-		ServerIdleTimeout:    600 * time.Second,
-		ServerLifetime:       3600 * time.Second,
-		ClientLoginTimeout:   60 * time.Second,
-		ServerResetQuery:     "DISCARD ALL",
-		ShutdownTimeout:      30 * time.Second,
-		MaxPacketSize:        1 << 30,
-		LogLevel:             "info",
+		Listen:                "127.0.0.1:6432",
+		AdminListen:           "127.0.0.1:9127",
+		PoolMode:              "transaction",
+		DefaultPoolSize:       20,
+		MaxClientConn:         10000,
+		AuthType:              "scram-sha-256",
+		QueryWaitTimeout:      120 * time.Second,
+		ServerConnectTimeout:  15 * time.Second,
+		ServerIdleTimeout:     600 * time.Second,
+		ServerLifetime:        3600 * time.Second,
+		ClientLoginTimeout:    60 * time.Second,
+		ServerResetQuery:      "DISCARD ALL",
+		ShutdownTimeout:       30 * time.Second,
+		MaxPacketSize:         1 << 30,
+		MaxPreparedStatements: 200,
+		LogLevel:              "info",
 	}
 }
 
@@ -214,6 +216,9 @@ func (c *Config) Validate() error {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)
 		}
+	}
+	if c.MaxPreparedStatements < 0 {
+		bad("max_prepared_statements", "must not be negative, got %d", c.MaxPreparedStatements)
 	}
 	if c.MaxPacketSize < 1024 {
 		bad("max_packet_size", "must be at least 1024, got %d", c.MaxPacketSize)

@@ -36,6 +36,8 @@ type serverConn struct {
 
 	txStatus byte
 	copyIn   bool           // the server waits for COPY data
+	prepared preparedSet    // statements prepared under pgmux names
+	psDirty  bool           // a client's DEALLOCATE or DISCARD left prepared unsure
 	cancels  sync.WaitGroup // cancel requests in flight to this backend
 }
 
@@ -239,6 +241,34 @@ func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte)) error {
 			fn(typ, body)
 		}
 	}
+}
+
+// forgetSession records that the server's session state is back to its
+// start, as after DISCARD ALL: settings as at connect, no statements.
+func (sc *serverConn) forgetSession() {
+	clear(sc.cur)
+	for k, v := range sc.base {
+		sc.cur[k] = v
+	}
+	sc.prepared.clear()
+	sc.psDirty = false
+}
+
+// discardAll runs DISCARD ALL on a server nobody else uses.
+func (sc *serverConn) discardAll() error {
+	var pgErr *protocol.PgError
+	err := sc.simpleQuery("DISCARD ALL", func(typ byte, body []byte) {
+		if typ == 'E' {
+			pgErr = decodeError(body)
+		}
+	})
+	if err == nil && pgErr != nil {
+		err = pgErr
+	}
+	if err == nil {
+		sc.forgetSession()
+	}
+	return err
 }
 
 // cancel sends a CancelRequest for this backend on a connection of its own.

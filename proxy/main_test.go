@@ -61,17 +61,18 @@ func startProxy(t testing.TB, edit func(o *Options, db *Database)) *testProxy {
 	c := needPG(t)
 	db := Database{Host: c.Host, Port: c.Port, PoolMode: ModeTransaction, PoolSize: 10}
 	o := Options{
-		Logger:               zaptest.NewLogger(t, zaptest.Level(zapLevelForTests())),
-		AuthType:             "trust",
-		Users:                map[string]protocol.Secret{},
-		MaxClientConn:        10000,
-		MaxPacketSize:        1 << 30,
-		QueryWaitTimeout:     30 * time.Second,
-		ServerConnectTimeout: 5 * time.Second,
-		ServerIdleTimeout:    time.Minute,
-		ServerLifetime:       time.Hour,
-		ClientLoginTimeout:   10 * time.Second,
-		ServerResetQuery:     "DISCARD ALL",
+		Logger:                zaptest.NewLogger(t, zaptest.Level(zapLevelForTests())),
+		AuthType:              "trust",
+		Users:                 map[string]protocol.Secret{},
+		MaxClientConn:         10000,
+		MaxPacketSize:         1 << 30,
+		QueryWaitTimeout:      30 * time.Second,
+		ServerConnectTimeout:  5 * time.Second,
+		ServerIdleTimeout:     time.Minute,
+		ServerLifetime:        time.Hour,
+		ClientLoginTimeout:    10 * time.Second,
+		ServerResetQuery:      "DISCARD ALL",
+		MaxPreparedStatements: 200,
 	}
 	if edit != nil {
 		edit(&o, &db)

@@ -28,7 +28,7 @@ func (ss *session) serve() error {
 			return ss.clientError(err)
 		}
 		switch typ {
-		case 'Q', 'P', 'B', 'D', 'E', 'C', 'H', 'S', 'F':
+		case 'P', 'B', 'D', 'E', 'C', 'H', 'S', 'F':
 		case 'd', 'c', 'f':
 			// Outside COPY PostgreSQL ignores these (a failed COPY leaves a
 			// client still sending); with no server bound there is no COPY.
@@ -41,6 +41,14 @@ func (ss *session) serve() error {
 		case 'X':
 			ss.rd.Skip(n)
 			return errQuiet
+		case 'Q':
+			if ss.psOn && !ss.bound() && ss.stmtCommand(n) {
+				if handled, err := ss.answerLocally(n); err != nil {
+					return err
+				} else if handled {
+					continue
+				}
+			}
 		case 'p':
 			return protocol.Fatal(protocol.CodeProtocolViolation, "unexpected password message after authentication")
 		default:
@@ -86,13 +94,14 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.mu.Lock()
 	}
 	sc := ss.lease.Conn()
+	endsSegment := false
 	switch typ {
 	case 'S', 'F':
 		ss.pending++
-		ss.mid = false
+		ss.mid, endsSegment = false, true
 	case 'Q':
 		ss.pending++
-		ss.mid, ss.unnamedOpen = false, false
+		ss.mid, ss.unnamedOpen, endsSegment = false, false, true
 	case 'P':
 		ss.mid = true
 		// A Parse of the unnamed statement that is not bound before the
@@ -113,7 +122,15 @@ func (ss *session) forward(typ byte, n int) error {
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 
-	err := ss.rd.Relay(sc.bw, n)
+	var err error
+	switch {
+	case ss.psOn && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
+		err = ss.writeMapped(sc, typ, n)
+	case ss.psOn && typ == 'Q' && ss.stmtCommand(n):
+		err = ss.writeMappedQuery(sc, n)
+	default:
+		err = ss.rd.Relay(sc.bw, n)
+	}
 	if err == nil && !ss.rd.Complete() {
 		if ferr := sc.bw.Flush(); ferr != nil {
 			err = &protocol.WriteError{Err: ferr}
@@ -121,6 +138,9 @@ func (ss *session) forward(typ byte, n int) error {
 	}
 
 	ss.mu.Lock()
+	if endsSegment {
+		ss.segSent++ // after the write: what it carried belongs to this segment
+	}
 	ss.writing = false
 	if ss.readerWaiting {
 		ss.cond.Broadcast()
@@ -173,6 +193,49 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 				ss.clientWriteFailed()
 				return
 			}
+		case '1', '3': // ParseComplete, CloseComplete
+			if !ss.psOn {
+				if err := sc.rd.Relay(ss.bw, n); err != nil {
+					ss.relayFailed(err)
+					return
+				}
+				break
+			}
+			if err := sc.rd.Skip(n); err != nil {
+				ss.serverFailed(err)
+				return
+			}
+			if out := ss.psAnswer(sc, typ); out != 0 {
+				if _, err := ss.bw.Write([]byte{out, 0, 0, 0, 4}); err != nil {
+					ss.clientWriteFailed()
+					return
+				}
+			}
+		case 'E':
+			sc.copyIn = false
+			ss.mu.Lock()
+			dup := ss.dupPending > 0
+			ss.mu.Unlock()
+			if !dup {
+				if err := sc.rd.Relay(ss.bw, n); err != nil {
+					ss.relayFailed(err)
+					return
+				}
+				break
+			}
+			body, err := sc.rd.Body(n)
+			if err != nil {
+				ss.serverFailed(err)
+				return
+			}
+			out := ss.dupError(body)
+			if out == nil {
+				out = append(protocol.AppendHeader(nil, 'E', n), body...)
+			}
+			if _, err := ss.bw.Write(out); err != nil {
+				ss.clientWriteFailed()
+				return
+			}
 		case 'S':
 			body, err := sc.rd.Body(n)
 			if err != nil {
@@ -195,16 +258,11 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 			switch typ {
 			case 'G', 'W': // CopyInResponse, CopyBothResponse
 				sc.copyIn = true
-			case 'C', 'E':
+			case 'C':
 				sc.copyIn = false
 			}
 			if err := sc.rd.Relay(ss.bw, n); err != nil {
-				var we *protocol.WriteError
-				if errors.As(err, &we) {
-					ss.clientWriteFailed()
-				} else {
-					ss.serverFailed(err)
-				}
+				ss.relayFailed(err)
 				return
 			}
 		}
@@ -217,6 +275,16 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 	}
 }
 
+// relayFailed ends relaying after a failed Relay from the server.
+func (ss *session) relayFailed(err error) {
+	var we *protocol.WriteError
+	if errors.As(err, &we) {
+		ss.clientWriteFailed()
+	} else {
+		ss.serverFailed(err)
+	}
+}
+
 // readyForQuery accounts for a ReadyForQuery relayed from sc and, at a safe
 // point in transaction mode, releases sc (unless the client could not be
 // written, mayRelease false). It reports whether relayServer must stop
@@ -225,6 +293,9 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	ss.mu.Lock()
 	if ss.pending > 0 {
 		ss.pending--
+	}
+	if ss.psOn {
+		ss.psSegmentDoneLocked(sc)
 	}
 	sc.txStatus = status
 	release := false
@@ -248,7 +319,11 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 
 	err := ss.bw.Flush()
 	sc.cancels.Wait() // a cancel meant for this client must not reach the next one
-	lease.Release()
+	if sc.psDirty && sc.discardAll() != nil {
+		lease.Destroy()
+	} else {
+		lease.Release()
+	}
 	if err != nil {
 		ss.conn.Close() // wakes the session goroutine, which ends
 	}
@@ -336,6 +411,9 @@ func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
 	if sc.rd.InMessage() {
 		return false // the reader stopped inside a message
 	}
+	if ss.psOn && (len(ss.psQueue) > 0 || sc.prepared.hasPending() || sc.psDirty) {
+		return false // which statements the server holds is no longer sure
+	}
 	sc.conn.SetDeadline(time.Now().Add(settleTimeout))
 	defer sc.conn.SetDeadline(time.Time{})
 	if pending > 0 && !sc.copyIn {
@@ -393,14 +471,6 @@ func (ss *session) resetServer(sc *serverConn) bool {
 	if err != nil || failed || sc.txStatus != 'I' {
 		return false
 	}
-	// DISCARD ALL resets every setting to the server's start.
-	for k, v := range sc.base {
-		sc.cur[k] = v
-	}
-	for k := range sc.cur {
-		if _, ok := sc.base[k]; !ok {
-			delete(sc.cur, k)
-		}
-	}
+	sc.forgetSession() // as DISCARD ALL does
 	return true
 }

@@ -61,6 +61,10 @@ type Options struct {
 	ClientLoginTimeout     time.Duration
 	IdleTransactionTimeout time.Duration
 	ServerResetQuery       string
+	// MaxPreparedStatements bounds the statements pgmux keeps prepared on
+	// each server in transaction mode; 0 turns the mapping off and names
+	// pass through untouched.
+	MaxPreparedStatements int
 }
 
 // Server accepts client connections and serves them from backend pools.
@@ -68,6 +72,7 @@ type Server struct {
 	opts Options
 	log  *zap.Logger
 
+	ps       preparedCounters
 	clients  atomic.Int64 // client connections open, cancel requests included
 	nextID   atomic.Uint64
 	draining atomic.Bool
@@ -314,6 +319,9 @@ func (s *Server) poolFor(name string, db Database, user, password string) (*dbPo
 	s.pools[key] = p
 	return p, nil
 }
+
+// PreparedStats returns the prepared-statement mapping's counters.
+func (s *Server) PreparedStats() PreparedStats { return s.ps.snapshot() }
 
 // PoolStats returns a snapshot of every pool, by database and user.
 func (s *Server) PoolStats() map[[2]string]pool.Stats {

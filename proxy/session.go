@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"sort"
 	"strings"
@@ -59,7 +60,14 @@ type session struct {
 	// want holds the settings the client asked for, by lower-cased name. It
 	// is touched by relayServer (ParameterStatus) and by bind, never by both
 	// at once: bind runs only when no relayServer does.
-	want map[string]string
+	want        map[string]string
+	startupWant map[string]string // want as the startup packet gave it
+
+	// Prepared-statement mapping (see prepared.go), on in transaction mode
+	// unless max_prepared_statements is 0. psBuf belongs to the session
+	// goroutine.
+	psOn  bool
+	psBuf []byte
 
 	mu            sync.Mutex // guards following
 	cond          sync.Cond  // on mu: signals writing went false
@@ -74,7 +82,12 @@ type session struct {
 	serverTorn    bool // a client message reached the server only in part
 	serverDead    bool // relayServer found the server gone and told the client
 	draining      bool
-	deadline      time.Time // the client read deadline armed
+	deadline      time.Time              // the client read deadline armed
+	psQueue       []psEntry              // Parse and Close requests awaiting their answer
+	segSent       uint64                 // Sync, Query and FunctionCall messages sent
+	segDone       uint64                 // ReadyForQuery messages received
+	dupPending    int                    // duplicate-Parse stand-ins awaiting their error
+	stmts         map[string]*clientStmt // the client's named statements
 }
 
 func newSession(srv *Server, c net.Conn, overLimit bool) *session {
@@ -175,7 +188,7 @@ func (ss *session) login() error {
 	if err != nil {
 		return err
 	}
-	ss.user, ss.dbName, ss.want = user, dbName, want
+	ss.user, ss.dbName, ss.want, ss.startupWant = user, dbName, want, maps.Clone(want)
 	ss.log = ss.log.With(zap.String("database", dbName), zap.String("user", user))
 	db, ok := ss.srv.opts.Databases(dbName)
 	if !ok {
@@ -192,6 +205,10 @@ func (ss *session) login() error {
 		password = ss.srv.opts.Users[backendUser].Plain
 	}
 	ss.mode = db.PoolMode
+	if ss.mode == ModeTransaction && ss.srv.opts.MaxPreparedStatements > 0 {
+		ss.psOn = true
+		ss.stmts = make(map[string]*clientStmt)
+	}
 	ss.pool, err = ss.srv.poolFor(dbName, db, backendUser, password)
 	if err != nil {
 		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
@@ -581,6 +598,9 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 		}
 		sc := lease.Conn()
 		err = sc.syncParams(ss.want)
+		if err == nil && ss.psOn {
+			err = ss.trimPrepared(sc, ss.srv.opts.MaxPreparedStatements)
+		}
 		if err == nil {
 			return lease, nil
 		}
@@ -603,6 +623,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	done := make(chan struct{})
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen = lease, done, 0, false, false
+	ss.psQueue, ss.dupPending, ss.segDone = ss.psQueue[:0], 0, ss.segSent
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	go ss.relayServer(lease.Conn(), done)

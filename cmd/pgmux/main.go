@@ -149,5 +149,6 @@ func proxyOptions(cfg *config.Config, log *zap.Logger) (proxy.Options, error) {
 		ClientLoginTimeout:     cfg.ClientLoginTimeout,
 		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 		ServerResetQuery:       cfg.ServerResetQuery,
+		MaxPreparedStatements:  cfg.MaxPreparedStatements,
 	}, nil
 }

@@ -3,19 +3,22 @@ GO      ?= go
 BIN     ?= bin
 FUZZTIME ?= 30s
 
-.PHONY: help build run test test-short lint fuzz deps bench clean
+.PHONY: help build run demo test test-short lint fuzz deps bench clean
 
 help: ## List targets.
 	@awk 'BEGIN{FS=":.*##"} /^[a-z-]+:.*##/{printf "  %-12s %s\n",$$1,$$2}' $(MAKEFILE_LIST)
 
-build: ## Build bin/pgmux.
-	$(GO) build -o $(BIN)/pgmux ./cmd/pgmux
+build: ## Build bin/pgmux, bin/pgmux-demo and bin/pgmux-load.
+	$(GO) build -o $(BIN)/ ./cmd/pgmux ./cmd/pgmux-demo ./cmd/pgmux-load
+
+demo: build ## The main job: pgmux, the demo API and a 20 s load on a throwaway PostgreSQL and Redis; prints the report.
+	scripts/demo.sh
 
 run: build ## Run pgmux on 127.0.0.1:6432 in front of the PostgreSQL on 127.0.0.1:5432 (starts one if none answers).
 	scripts/run.sh
 
-test: deps ## Everything, race detector on; starts a throwaway PostgreSQL unless PGMUX_TEST_DSN is set.
-	$(GO) test -race -count=1 -timeout 15m ./...
+test: deps ## Everything, race detector on; starts throwaway PostgreSQL and Redis unless PGMUX_TEST_DSN / PGMUX_TEST_REDIS_URL are set.
+	$(GO) test -race -count=1 -p 1 -timeout 15m ./...
 
 test-short: ## Unit tests only, no servers.
 	$(GO) test -race -short -count=1 ./...

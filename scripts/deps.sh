@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Makes sure what the tests and `make run` need is installed: PostgreSQL's
-# server binaries (initdb, pg_ctl, postgres), psql and pgbench. On Debian as
-# root it installs what is missing; otherwise it stops with the command to run.
+# Makes sure what the tests, `make run` and `make demo` need is installed:
+# PostgreSQL's server binaries (initdb, pg_ctl, postgres), psql, pgbench,
+# redis-server, curl. On Debian as root it installs what is missing; otherwise
+# it stops with the command to run.
 set -euo pipefail
 
 have_server() {
@@ -12,21 +13,21 @@ have_pgbench() {
   command -v pgbench >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1
 }
 
-missing=()
-have_server || missing+=(postgresql)
-command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
-have_pgbench || missing+=(postgresql-contrib)
-[ ${#missing[@]} -eq 0 ] && exit 0
+pkgs=()
+have_server || pkgs+=(postgresql)
+command -v psql >/dev/null 2>&1 || pkgs+=(postgresql-client)
+have_pgbench || pkgs+=(postgresql-contrib)
+command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
+command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+[ ${#pkgs[@]} -eq 0 ] && exit 0
 
-# postgresql pulls in the client and pgbench on Debian.
-pkgs="postgresql postgresql-contrib"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "deps: installing $pkgs (missing: ${missing[*]})" >&2
+  echo "deps: installing ${pkgs[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends $pkgs >&2
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
   exit 0
 fi
-echo "deps: missing ${missing[*]}. Install with:" >&2
-echo "  sudo apt-get update && sudo apt-get install -y $pkgs" >&2
+echo "deps: missing ${pkgs[*]}. Install with:" >&2
+echo "  sudo apt-get update && sudo apt-get install -y ${pkgs[*]}" >&2
 exit 1

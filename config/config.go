@@ -24,6 +24,9 @@ import (
 type Config struct {
 	Listen                 string              `mapstructure:"listen"`
 	AdminListen            string              `mapstructure:"admin_listen"`
+	AdminToken             string              `mapstructure:"admin_token"`
+	AdminUsers             []string            `mapstructure:"admin_users"`
+	StatsUsers             []string            `mapstructure:"stats_users"`
 	PoolMode               string              `mapstructure:"pool_mode"`
 	DefaultPoolSize        int                 `mapstructure:"default_pool_size"`
 	MinPoolSize            int                 `mapstructure:"min_pool_size"`
@@ -132,7 +135,7 @@ func Load(path string, fs *pflag.FlagSet) (*Config, error) {
 	}
 	var c Config
 	if err := v.UnmarshalExact(&c, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
-		secondsHook, mapstructure.StringToTimeDurationHookFunc()))); err != nil {
+		secondsHook, mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(",")))); err != nil {
 		return nil, fmt.Errorf("parse config %s: %w", path, err)
 	}
 	if err := c.Validate(); err != nil {
@@ -178,6 +181,9 @@ func (c *Config) Validate() error {
 	}
 	checkAddr("listen", c.Listen, false)
 	checkAddr("admin_listen", c.AdminListen, true)
+	if c.AdminListen != "" && c.AdminToken == "" && !loopback(c.AdminListen) {
+		bad("admin_token", "required when admin_listen (%s) is not a loopback address", c.AdminListen)
+	}
 	checkMode := func(key, mode string) {
 		if mode != "transaction" && mode != "session" {
 			bad(key, "%q is not transaction or session", mode)
@@ -253,6 +259,74 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Redacted returns a copy of c fit to show: passwords and the admin token
+// replaced.
+func (c *Config) Redacted() Config {
+	out := *c
+	if out.AdminToken != "" {
+		out.AdminToken = "(redacted)"
+	}
+	out.Databases = make(map[string]Database, len(c.Databases))
+	for k, d := range c.Databases {
+		if d.Password != "" {
+			d.Password = "(redacted)"
+		}
+		out.Databases[k] = d
+	}
+	return out
+}
+
+// Map returns the configuration keyed as in the file, for display.
+func (c Config) Map() map[string]any {
+	out := map[string]any{}
+	rv := reflect.ValueOf(c)
+	for i := range rv.NumField() {
+		key := rv.Type().Field(i).Tag.Get("mapstructure")
+		switch f := rv.Field(i).Interface().(type) {
+		case time.Duration:
+			out[key] = f.String()
+		case map[string]Database:
+			dbs := map[string]any{}
+			for name, d := range f {
+				m := map[string]any{}
+				dv := reflect.ValueOf(d)
+				for j := range dv.NumField() {
+					m[dv.Type().Field(j).Tag.Get("mapstructure")] = dv.Field(j).Interface()
+				}
+				dbs[name] = m
+			}
+			out[key] = dbs
+		default:
+			out[key] = f
+		}
+	}
+	return out
+}
+
+// ReadyDatabases are the databases named in the file (not "*").
+func (c *Config) ReadyDatabases() []string {
+	var out []string
+	for k := range c.Databases {
+		if k != "*" {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Resolved returns the entry for database name with its defaults filled in:

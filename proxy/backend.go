@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,10 @@ type serverConn struct {
 	cur, base map[string]string
 	names     map[string]string // lower-cased name -> the server's spelling
 
+	owner     *dbPool
+	connected time.Time
+	leased    atomic.Bool // lent to a client (for reports)
+
 	txStatus byte
 	copyIn   bool           // the server waits for COPY data
 	prepared preparedSet    // statements prepared under pgmux names
@@ -43,7 +48,24 @@ type serverConn struct {
 
 var _ pool.Conn = (*serverConn)(nil)
 
-func (sc *serverConn) Close() error { return sc.conn.Close() }
+func (sc *serverConn) Close() error {
+	if sc.owner != nil {
+		sc.owner.forget(sc)
+	}
+	return sc.conn.Close()
+}
+
+// releaseLease gives a clean server back to its pool.
+func releaseLease(l *pool.Lease[*serverConn]) {
+	l.Conn().leased.Store(false)
+	l.Release()
+}
+
+// destroyLease closes a server that must not be reused.
+func destroyLease(l *pool.Lease[*serverConn]) {
+	l.Conn().leased.Store(false)
+	l.Destroy()
+}
 
 // dialServer opens and authenticates a backend connection with pgconn, which
 // answers whatever the server asks (trust, password, md5, SCRAM-SHA-256),

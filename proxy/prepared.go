@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/stats"
 )
 
 // Prepared statements under transaction pooling.
@@ -65,8 +66,9 @@ type psEntry struct {
 // least-recently-used order. Guarded by the mutex of the session holding the
 // server.
 type preparedSet struct {
-	m   map[string]*list.Element // name -> element whose Value is *psState
-	lru list.List                // front: most recently used
+	m     map[string]*list.Element // name -> element whose Value is *psState
+	lru   list.List                // front: most recently used
+	count atomic.Int64             // len(m), for reports read without the mutex
 }
 
 type psState struct {
@@ -95,18 +97,21 @@ func (p *preparedSet) add(name string) {
 		return
 	}
 	p.m[name] = p.lru.PushFront(&psState{name: name})
+	p.count.Store(int64(len(p.m)))
 }
 
 func (p *preparedSet) remove(name string) {
 	if e, ok := p.m[name]; ok {
 		p.lru.Remove(e)
 		delete(p.m, name)
+		p.count.Store(int64(len(p.m)))
 	}
 }
 
 func (p *preparedSet) clear() {
 	p.m = nil
 	p.lru.Init()
+	p.count.Store(0)
 }
 
 func (p *preparedSet) len() int { return len(p.m) }
@@ -132,20 +137,12 @@ func (p *preparedSet) hasPending() bool {
 	return false
 }
 
-// PreparedStats counts the work of prepared-statement mapping.
-type PreparedStats struct {
-	Prepared  int64 // statements prepared on servers (a Parse sent under a pgmux name)
-	Hits      int64 // uses that found the statement prepared on the server at hand
-	Misses    int64 // uses that had to prepare it there first
-	Evictions int64 // statements closed on servers to stay within max_prepared_statements
-}
-
 type preparedCounters struct {
 	prepared, hits, misses, evictions atomic.Int64
 }
 
-func (c *preparedCounters) snapshot() PreparedStats {
-	return PreparedStats{c.prepared.Load(), c.hits.Load(), c.misses.Load(), c.evictions.Load()}
+func (c *preparedCounters) snapshot() stats.Prepared {
+	return stats.Prepared{Prepared: c.prepared.Load(), Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load()}
 }
 
 // serverStmtName is the server name of a statement: identical query text

@@ -88,7 +88,7 @@ func TestPgxStatementCache(t *testing.T) {
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	st := p.PreparedStats()
+	st := p.Prepared()
 	t.Logf("%d queries by 200 clients; statements prepared on servers %d, hits %d, misses %d", queries.Load(), st.Prepared, st.Hits, st.Misses)
 	if st.Hits == 0 || st.Prepared == 0 {
 		t.Fatalf("mapping counters did not move: %+v", st)
@@ -148,7 +148,7 @@ func TestPreparedPerBackend(t *testing.T) {
 			if len(seen) != poolSize {
 				t.Fatalf("looked at %d distinct backends, want %d", len(seen), poolSize)
 			}
-			if st := p.PreparedStats(); max == 2 && st.Evictions == 0 {
+			if st := p.Prepared(); max == 2 && st.Evictions == 0 {
 				t.Fatalf("no eviction with max_prepared_statements=2: %+v", st)
 			}
 		})

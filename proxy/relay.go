@@ -118,6 +118,15 @@ func (ss *session) forward(typ byte, n int) error {
 	case 'D', 'E', 'C', 'H':
 		ss.mid = true
 	}
+	now := time.Now().UnixNano()
+	if ss.txStart == 0 {
+		ss.txStart = now
+	}
+	if endsSegment && ss.segLen < len(ss.segStarts) {
+		ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
+		ss.segLen++
+	}
+	ss.bytesIn += int64(protocol.HeaderLen + n)
 	ss.writing = true
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
@@ -177,6 +186,7 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 			ss.serverFailed(err)
 			return
 		}
+		ss.bytesOut += int64(protocol.HeaderLen + n)
 		switch typ {
 		case 'Z':
 			body, err := sc.rd.Body(n)
@@ -213,24 +223,24 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 			}
 		case 'E':
 			sc.copyIn = false
-			ss.mu.Lock()
-			dup := ss.dupPending > 0
-			ss.mu.Unlock()
-			if !dup {
-				if err := sc.rd.Relay(ss.bw, n); err != nil {
-					ss.relayFailed(err)
-					return
-				}
-				break
-			}
 			body, err := sc.rd.Body(n)
 			if err != nil {
 				ss.serverFailed(err)
 				return
 			}
-			out := ss.dupError(body)
+			ss.pool.countError(errorCode(body))
+			var out []byte
+			if ss.psOn {
+				ss.mu.Lock()
+				dup := ss.dupPending > 0
+				ss.mu.Unlock()
+				if dup {
+					out = ss.dupError(body)
+				}
+			}
 			if out == nil {
-				out = append(protocol.AppendHeader(nil, 'E', n), body...)
+				ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'E', n))
+				out = body
 			}
 			if _, err := ss.bw.Write(out); err != nil {
 				ss.clientWriteFailed()
@@ -249,7 +259,7 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 					ss.want[lk] = ps.Value
 				}
 			}
-			ss.bw.Write(protocol.AppendHeader(nil, 'S', n))
+			ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'S', n))
 			if _, err := ss.bw.Write(body); err != nil {
 				ss.clientWriteFailed()
 				return
@@ -290,6 +300,7 @@ func (ss *session) relayFailed(err error) {
 // written, mayRelease false). It reports whether relayServer must stop
 // because sc was released.
 func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) bool {
+	now := time.Now().UnixNano()
 	ss.mu.Lock()
 	if ss.pending > 0 {
 		ss.pending--
@@ -298,6 +309,17 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 		ss.psSegmentDoneLocked(sc)
 	}
 	sc.txStatus = status
+	if ss.segLen > 0 {
+		ss.pool.observeQuery(time.Duration(now - ss.segStarts[ss.segHead]))
+		ss.segHead = (ss.segHead + 1) % len(ss.segStarts)
+		ss.segLen--
+	}
+	if status == 'I' && ss.txStart != 0 {
+		ss.pool.observeTransaction(time.Duration(now - ss.txStart))
+		ss.txStart = 0
+	}
+	ss.pool.addBytes(ss.bytesIn, ss.bytesOut)
+	ss.bytesIn, ss.bytesOut = 0, 0
 	release := false
 	if mayRelease && ss.mode == ModeTransaction && status == 'I' && ss.pending == 0 && !ss.mid && !ss.unnamedOpen && !ss.stopping {
 		for ss.writing {
@@ -316,13 +338,14 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	ss.lease = nil
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
+	ss.setState(stateIdle)
 
 	err := ss.bw.Flush()
 	sc.cancels.Wait() // a cancel meant for this client must not reach the next one
 	if sc.psDirty && sc.discardAll() != nil {
-		lease.Destroy()
+		destroyLease(lease)
 	} else {
-		lease.Release()
+		releaseLease(lease)
 	}
 	if err != nil {
 		ss.conn.Close() // wakes the session goroutine, which ends
@@ -343,7 +366,7 @@ func (ss *session) serverFailed(err error) {
 	ss.serverDead = true
 	ss.mu.Unlock()
 	ss.log.Warn("server connection lost", zap.Uint32("server_pid", lease.Conn().pid), zap.Error(err))
-	lease.Destroy()
+	destroyLease(lease)
 	ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
 	ss.bw.Flush()
 	ss.conn.Close()
@@ -363,7 +386,7 @@ func (ss *session) finish(err error) {
 	lease := ss.lease
 	ss.lease = nil
 	ss.stopping = true
-	pending, mid, torn := ss.pending, ss.mid, ss.serverTorn
+	pending, mid, torn, serverDead := ss.pending, ss.mid, ss.serverTorn, ss.serverDead
 	done := ss.readerDone
 	ss.mu.Unlock()
 
@@ -378,12 +401,23 @@ func (ss *session) finish(err error) {
 	if lease != nil {
 		if !torn && ss.settle(lease.Conn(), pending, mid) {
 			lease.Conn().cancels.Wait()
-			lease.Release()
+			releaseLease(lease)
 		} else {
-			lease.Destroy()
+			destroyLease(lease)
 		}
 	}
+	ss.setState(stateClosed)
 	var pgErr *protocol.PgError
+	reason := reasonClient
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == protocol.CodeAdminShutdown:
+		reason = reasonShutdown
+	case errors.As(err, &pgErr):
+		reason = reasonError
+	case serverDead:
+		reason = reasonServer
+	}
+	ss.srv.metrics.disconnects.WithLabelValues(reason).Inc()
 	if errors.As(err, &pgErr) {
 		ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		ss.bw.Reset(ss.conn)
@@ -456,7 +490,7 @@ func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
 // resetServer runs server_reset_query on a server leaving a session-mode
 // client, and reports whether the server is clean.
 func (ss *session) resetServer(sc *serverConn) bool {
-	q := strings.TrimSpace(ss.srv.opts.ServerResetQuery)
+	q := strings.TrimSpace(ss.srv.options().ServerResetQuery)
 	if ss.mode != ModeSession || q == "" {
 		return true
 	}
@@ -473,4 +507,20 @@ func (ss *session) resetServer(sc *serverConn) bool {
 	}
 	sc.forgetSession() // as DISCARD ALL does
 	return true
+}
+
+// errorCode returns the SQLSTATE field of an ErrorResponse body.
+func errorCode(body []byte) string {
+	for len(body) > 1 {
+		typ := body[0]
+		end := 1
+		for end < len(body) && body[end] != 0 {
+			end++
+		}
+		if typ == 'C' {
+			return string(body[1:end])
+		}
+		body = body[min(end+1, len(body)):]
+	}
+	return ""
 }

@@ -15,10 +15,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/stats"
 )
 
 // Pool modes.
@@ -61,24 +62,43 @@ type Options struct {
 	ClientLoginTimeout     time.Duration
 	IdleTransactionTimeout time.Duration
 	ServerResetQuery       string
+	// Registerer receives pgmux's Prometheus metrics; nil means none.
+	Registerer prometheus.Registerer
+	// ReadyDatabases are checked by Ready: each must reach a server.
+	ReadyDatabases []string
 	// MaxPreparedStatements bounds the statements pgmux keeps prepared on
 	// each server in transaction mode; 0 turns the mapping off and names
 	// pass through untouched.
 	MaxPreparedStatements int
 }
 
+func (o *Options) defaults() {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.MaxPacketSize <= 0 {
+		o.MaxPacketSize = 1 << 30
+	}
+	if o.MaxClientConn <= 0 {
+		o.MaxClientConn = 10000
+	}
+}
+
 // Server accepts client connections and serves them from backend pools.
 type Server struct {
-	opts Options
+	opts atomic.Pointer[Options] // replaced whole by Update
 	log  *zap.Logger
 
 	ps       preparedCounters
+	metrics  *metrics
 	clients  atomic.Int64 // client connections open, cancel requests included
 	nextID   atomic.Uint64
 	draining atomic.Bool
 
 	mu       sync.Mutex // guards following
 	pools    map[poolKey]*dbPool
+	paused   bool
+	resumeCh chan struct{}          // closed while not paused
 	sessions map[*session]struct{} // every open client connection
 	byPID    map[uint32]*session   // logged-in sessions, by the process id of their BackendKeyData
 	lns      []net.Listener
@@ -90,24 +110,23 @@ type Server struct {
 
 // New returns a Server; call Serve to accept connections.
 func New(opts Options) *Server {
-	if opts.Logger == nil {
-		opts.Logger = zap.NewNop()
-	}
-	if opts.MaxPacketSize <= 0 {
-		opts.MaxPacketSize = 1 << 30
-	}
-	if opts.MaxClientConn <= 0 {
-		opts.MaxClientConn = 10000
-	}
-	return &Server{
-		opts:     opts,
+	opts.defaults()
+	s := &Server{
 		log:      opts.Logger.Named("proxy"),
 		pools:    make(map[poolKey]*dbPool),
 		sessions: make(map[*session]struct{}),
 		byPID:    make(map[uint32]*session),
 		doneCh:   make(chan struct{}),
+		resumeCh: make(chan struct{}),
 	}
+	close(s.resumeCh) // not paused
+	s.opts.Store(&opts)
+	s.metrics = newMetrics(opts.Registerer, s)
+	return s
 }
+
+// options returns the options in force; they change only as a whole.
+func (s *Server) options() *Options { return s.opts.Load() }
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("proxy: server closed")
@@ -149,7 +168,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		go func() {
 			defer s.wg.Done()
 			defer s.clients.Add(-1)
-			newSession(s, c, n > int64(s.opts.MaxClientConn)).run()
+			newSession(s, c, n > int64(s.options().MaxClientConn)).run()
 		}()
 	}
 }
@@ -206,7 +225,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	for _, p := range s.pools {
-		p.pool.Close()
+		p.pool.Load().Close()
 	}
 	s.mu.Unlock()
 	close(s.doneCh)
@@ -268,7 +287,7 @@ func (s *Server) cancel(pid uint32, key []byte) {
 		return
 	}
 	defer sc.cancels.Done()
-	timeout := s.opts.ServerConnectTimeout
+	timeout := s.options().ServerConnectTimeout
 	if timeout <= 0 {
 		timeout = 15 * time.Second
 	}
@@ -277,59 +296,5 @@ func (s *Server) cancel(pid uint32, key []byte) {
 	}
 }
 
-// poolKey names the pool of one (database, backend user) pair.
-type poolKey struct{ database, user string }
-
-// dbPool is the pool of one (database, backend user) pair, and the server
-// parameters clients of it are shown at login.
-type dbPool struct {
-	db   Database
-	pool *pool.Pool[*serverConn]
-
-	mu     sync.Mutex // guards params
-	params map[string]string
-}
-
-// poolFor returns the pool for db and the backend user, creating it.
-func (s *Server) poolFor(name string, db Database, user, password string) (*dbPool, error) {
-	key := poolKey{name, user}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if p := s.pools[key]; p != nil {
-		return p, nil
-	}
-	if s.closed {
-		return nil, pool.ErrClosed
-	}
-	maxBody := s.opts.MaxPacketSize
-	pl, err := pool.New(pool.Config[*serverConn]{
-		Dial: func(ctx context.Context) (*serverConn, error) {
-			return dialServer(ctx, &db, user, password, maxBody)
-		},
-		MaxSize:        int32(db.PoolSize),
-		MinSize:        int32(s.opts.MinPoolSize),
-		ConnectTimeout: s.opts.ServerConnectTimeout,
-		IdleTimeout:    s.opts.ServerIdleTimeout,
-		MaxLifetime:    s.opts.ServerLifetime,
-	})
-	if err != nil {
-		return nil, err
-	}
-	p := &dbPool{db: db, pool: pl}
-	s.pools[key] = p
-	return p, nil
-}
-
-// PreparedStats returns the prepared-statement mapping's counters.
-func (s *Server) PreparedStats() PreparedStats { return s.ps.snapshot() }
-
-// PoolStats returns a snapshot of every pool, by database and user.
-func (s *Server) PoolStats() map[[2]string]pool.Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[[2]string]pool.Stats, len(s.pools))
-	for k, p := range s.pools {
-		out[[2]string{k.database, k.user}] = p.pool.Stats()
-	}
-	return out
-}
+// Prepared returns the prepared-statement mapping's counters.
+func (s *Server) Prepared() stats.Prepared { return s.ps.snapshot() }

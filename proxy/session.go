@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/stats"
 )
 
 // A session is one client connection. Its life:
@@ -42,6 +44,7 @@ import (
 // they announce, and never does I/O while holding mu.
 type session struct {
 	srv       *Server
+	id        uint64
 	conn      net.Conn
 	rd        *protocol.Reader
 	bw        *bufio.Writer // to the client; owned by relayServer while it runs
@@ -88,20 +91,75 @@ type session struct {
 	segDone       uint64                 // ReadyForQuery messages received
 	dupPending    int                    // duplicate-Parse stand-ins awaiting their error
 	stmts         map[string]*clientStmt // the client's named statements
+
+	// For reports: the state, and timing of what is under way.
+	state        atomic.Int32 // a clientState
+	waitingSince atomic.Int64 // unix nanoseconds; 0 when not waiting
+	appName      string
+	txStart      int64     // under mu: when the open transaction's first message was sent
+	segStarts    [32]int64 // under mu: when each answered-awaited Sync or Query was sent
+	segHead      int       // under mu
+	segLen       int       // under mu
+	bytesIn      int64     // under mu: relayed to the server, not yet counted
+	bytesOut     int64     // relayServer's: relayed to the client, not yet counted
+	hdr          [protocol.HeaderLen]byte // relayServer's scratch for a header
+}
+
+// clientState is what a client is doing, for reports.
+type clientState int32
+
+const (
+	stateLogin clientState = iota
+	stateIdle
+	stateWaiting
+	stateActive
+	stateClosed
+)
+
+var stateNames = [...]string{"login", "idle", "waiting", "active", "closed"}
+
+// setState moves the session to next and the pool's client gauges with it.
+func (ss *session) setState(next clientState) {
+	prev := clientState(ss.state.Swap(int32(next)))
+	if prev == next || ss.pool == nil {
+		return
+	}
+	if c := ss.pool.clientGauge(prev); c != nil {
+		c.Add(-1)
+	}
+	if c := ss.pool.clientGauge(next); c != nil {
+		c.Add(1)
+	}
+}
+
+// snapshot reports the session.
+func (ss *session) snapshot() stats.Client {
+	c := stats.Client{ID: ss.id, Addr: ss.conn.RemoteAddr().String(), ConnectTime: ss.start,
+		State: stateNames[ss.state.Load()]}
+	if ss.state.Load() != int32(stateLogin) {
+		c.Database, c.User, c.ApplicationName = ss.dbName, ss.user, ss.appName
+	}
+	ss.mu.Lock()
+	if ss.lease != nil {
+		c.ServerPID = ss.lease.Conn().pid
+	}
+	ss.mu.Unlock()
+	return c
 }
 
 func newSession(srv *Server, c net.Conn, overLimit bool) *session {
 	ss := &session{
 		srv:       srv,
 		conn:      c,
-		rd:        protocol.NewReader(bufio.NewReaderSize(c, 4096), srv.opts.MaxPacketSize),
+		rd:        protocol.NewReader(bufio.NewReaderSize(c, 4096), srv.options().MaxPacketSize),
 		bw:        bufio.NewWriterSize(c, 4096),
 		overLimit: overLimit,
 		start:     time.Now(),
 	}
 	ss.cond.L = &ss.mu
 	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
-	ss.log = srv.log.With(zap.Uint64("conn_id", srv.nextID.Add(1)), zap.String("client_addr", c.RemoteAddr().String()))
+	ss.id = srv.nextID.Add(1)
+	ss.log = srv.log.With(zap.Uint64("conn_id", ss.id), zap.String("client_addr", c.RemoteAddr().String()))
 	return ss
 }
 
@@ -124,7 +182,7 @@ func (ss *session) run() {
 // login runs the startup and authentication phase, up to the client's first
 // ReadyForQuery.
 func (ss *session) login() error {
-	if t := ss.srv.opts.ClientLoginTimeout; t > 0 {
+	if t := ss.srv.options().ClientLoginTimeout; t > 0 {
 		ss.conn.SetDeadline(time.Now().Add(t))
 	}
 	var st *protocol.Startup
@@ -189,8 +247,9 @@ func (ss *session) login() error {
 		return err
 	}
 	ss.user, ss.dbName, ss.want, ss.startupWant = user, dbName, want, maps.Clone(want)
+	ss.appName = want["application_name"]
 	ss.log = ss.log.With(zap.String("database", dbName), zap.String("user", user))
-	db, ok := ss.srv.opts.Databases(dbName)
+	db, ok := ss.srv.options().Databases(dbName)
 	if !ok {
 		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
 	}
@@ -202,10 +261,10 @@ func (ss *session) login() error {
 		backendUser = db.User
 	}
 	if password == "" {
-		password = ss.srv.opts.Users[backendUser].Plain
+		password = ss.srv.options().Users[backendUser].Plain
 	}
 	ss.mode = db.PoolMode
-	if ss.mode == ModeTransaction && ss.srv.opts.MaxPreparedStatements > 0 {
+	if ss.mode == ModeTransaction && ss.srv.options().MaxPreparedStatements > 0 {
 		ss.psOn = true
 		ss.stmts = make(map[string]*clientStmt)
 	}
@@ -243,11 +302,12 @@ func (ss *session) login() error {
 	ss.bw.Write(buf)
 	if err := ss.bw.Flush(); err != nil {
 		if lease != nil {
-			lease.Release()
+			releaseLease(lease)
 		}
 		return errQuiet
 	}
 	ss.conn.SetDeadline(time.Time{})
+	ss.setState(stateIdle)
 	if lease != nil {
 		ss.attach(lease) // from now on relayServer owns the client's writer
 	}
@@ -338,9 +398,9 @@ func parseOptions(s string) (map[string]string, error) {
 // AuthenticationOk.
 func (ss *session) authenticate(user string) error {
 	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
-	secret, known := ss.srv.opts.Users[user]
+	secret, known := ss.srv.options().Users[user]
 	var err error
-	switch ss.srv.opts.AuthType {
+	switch ss.srv.options().AuthType {
 	case "trust", "":
 	case "md5":
 		if !known {
@@ -465,7 +525,7 @@ func (ss *session) serverParams() (map[string]string, error) {
 	for lk, v := range sc.base {
 		params[sc.names[lk]] = v
 	}
-	lease.Release()
+	releaseLease(lease)
 	p.mu.Lock()
 	p.params = params
 	p.mu.Unlock()
@@ -494,13 +554,13 @@ func clientReadError(err error, timeoutName string) error {
 // that hangs up leaves the queue at once instead of taking a server later.
 func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 	ctx := ss.ctx
-	if t := ss.srv.opts.QueryWaitTimeout; t > 0 {
+	if t := ss.srv.options().QueryWaitTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
 	for {
-		lease, err := ss.pool.pool.TryAcquire(ctx)
+		lease, err := ss.pool.pool.Load().TryAcquire(ctx)
 		if err != nil {
 			lease, err = ss.acquireWatched(ctx)
 		}
@@ -511,9 +571,10 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 		// its side): look before lending it. It costs one non-blocking
 		// recv.
 		if !lease.Conn().alive() {
-			lease.Destroy()
+			destroyLease(lease)
 			continue
 		}
+		lease.Conn().leased.Store(true)
 		return lease, nil
 	}
 }
@@ -541,7 +602,7 @@ func (ss *session) acquireWatched(ctx context.Context) (*pool.Lease[*serverConn]
 			}
 		}
 	}()
-	lease, err := ss.pool.pool.Acquire(ctx)
+	lease, err := ss.pool.pool.Load().Acquire(ctx)
 	ss.conn.SetReadDeadline(pastDeadline) // stop the watcher
 	<-watchDone
 	ss.mu.Lock()
@@ -565,11 +626,11 @@ func (ss *session) acquireError(ctx context.Context, err error) error {
 		return &protocol.PgError{Severity: "FATAL", Code: pgErr.Code, Message: "server login failed: " + pgErr.Message}
 	case ctx.Err() != nil:
 		return protocol.Fatal(protocol.CodeTooManyConnections, fmt.Sprintf(
-			"query_wait_timeout: no server connection available within %s", ss.srv.opts.QueryWaitTimeout))
+			"query_wait_timeout: no server connection available within %s", ss.srv.options().QueryWaitTimeout))
 	case errors.Is(err, context.DeadlineExceeded):
 		ss.log.Warn("server connect timed out", zap.Error(err))
 		return protocol.Fatal(protocol.CodeConnectionFailure, fmt.Sprintf(
-			"server_connect_timeout: no answer from the server within %s", ss.srv.opts.ServerConnectTimeout))
+			"server_connect_timeout: no answer from the server within %s", ss.srv.options().ServerConnectTimeout))
 	}
 	ss.log.Warn("server connect failed", zap.Error(err))
 	return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
@@ -581,8 +642,14 @@ func (ss *session) bind() error {
 	if prev := ss.readerDone; prev != nil {
 		<-prev // the last relayServer may still be flushing to the client
 	}
+	ss.setState(stateWaiting)
+	if err := ss.srv.waitResumed(ss.ctx); err != nil {
+		ss.setState(stateIdle)
+		return errQuiet
+	}
 	lease, err := ss.acquireSynced()
 	if err != nil {
+		ss.setState(stateIdle)
 		return err
 	}
 	ss.attach(lease)
@@ -591,26 +658,32 @@ func (ss *session) bind() error {
 
 // acquireSynced leases a server whose settings match the client's.
 func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
+	start := time.Now()
+	ss.waitingSince.Store(start.UnixNano())
+	defer ss.waitingSince.Store(0)
 	for attempt := 0; ; attempt++ {
 		lease, err := ss.acquireLease()
 		if err != nil {
 			return nil, err
 		}
+		if attempt == 0 {
+			ss.pool.observeWait(time.Since(start))
+		}
 		sc := lease.Conn()
 		err = sc.syncParams(ss.want)
 		if err == nil && ss.psOn {
-			err = ss.trimPrepared(sc, ss.srv.opts.MaxPreparedStatements)
+			err = ss.trimPrepared(sc, ss.srv.options().MaxPreparedStatements)
 		}
 		if err == nil {
 			return lease, nil
 		}
 		var pgErr *protocol.PgError
 		if errors.As(err, &pgErr) && sc.txStatus == 'I' {
-			lease.Release()
+			releaseLease(lease)
 			pgErr.Severity = "FATAL"
 			return nil, pgErr // the client asked for a setting the server refuses
 		}
-		lease.Destroy()
+		destroyLease(lease)
 		if attempt >= 2 {
 			return nil, protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
 		}
@@ -623,9 +696,11 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	done := make(chan struct{})
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen = lease, done, 0, false, false
+	ss.segLen, ss.txStart = 0, 0
 	ss.psQueue, ss.dupPending, ss.segDone = ss.psQueue[:0], 0, ss.segSent
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
+	ss.setState(stateActive)
 	go ss.relayServer(lease.Conn(), done)
 }
 
@@ -655,7 +730,7 @@ var pastDeadline = time.Unix(1, 0)
 // armDeadlineLocked sets the client read deadline that the session's state
 // calls for: idle and idle-in-transaction timeouts, or now when draining.
 func (ss *session) armDeadlineLocked() {
-	o := &ss.srv.opts
+	o := ss.srv.options()
 	var d time.Time
 	switch {
 	case ss.draining && ss.cleanLocked():

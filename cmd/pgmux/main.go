@@ -5,6 +5,12 @@
 // Every key of the file can also be set by an environment variable
 // PGMUX_<KEY> and by a flag --<key-with-dashes>; flags win over the
 // environment, which wins over the file.
+//
+// Signals: SIGHUP reloads the configuration (a bad one is refused and the
+// old one stays); SIGTERM and SIGINT drain: readiness fails, the listener
+// closes, clients are closed as their transactions end, and after
+// shutdown_timeout whatever is left. The listener uses SO_REUSEPORT, so a
+// new pgmux can take the address while the old one drains.
 package main
 
 import (
@@ -15,12 +21,16 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgmux/pgmux/admin"
 	"github.com/pgmux/pgmux/config"
@@ -33,6 +43,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "pgmux:", err)
 		os.Exit(1)
 	}
+}
+
+// app holds what reload changes.
+type app struct {
+	path string
+	fs   *pflag.FlagSet
+	log  *zap.Logger
+	srv  *proxy.Server
+	reg  *prometheus.Registry
+
+	mu  sync.Mutex // guards cfg
+	cfg *config.Config
+
+	drain func()
 }
 
 func run(args []string) error {
@@ -54,12 +78,14 @@ func run(args []string) error {
 	}
 	defer log.Sync()
 
-	opts, err := proxyOptions(cfg, log)
+	a := &app{path: path, fs: fs, log: log, cfg: cfg, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts, err := a.proxyOptions(cfg)
 	if err != nil {
 		return err
 	}
-	srv := proxy.New(opts)
-	ln, err := net.Listen("tcp", cfg.Listen)
+	a.srv = proxy.New(opts)
+	ln, err := listen(cfg.Listen)
 	if err != nil {
 		return err
 	}
@@ -67,17 +93,29 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	ctx, a.drain = context.WithCancel(ctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, proxy.ErrServerClosed) {
+		if err := a.srv.Serve(ln); !errors.Is(err, proxy.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
 	var adminSrv *http.Server
 	if cfg.AdminListen != "" {
-		adminSrv = &http.Server{Addr: cfg.AdminListen, Handler: admin.Handler(srv)}
-		aln, err := net.Listen("tcp", cfg.AdminListen)
+		adminSrv = &http.Server{Handler: admin.Handler(admin.Options{
+			Source:   a.srv,
+			Control:  a,
+			Config:   a.redactedConfig,
+			Gatherer: a.reg,
+			Token:    cfg.AdminToken,
+			Logger:   log,
+		})}
+		aln, err := listen(cfg.AdminListen)
 		if err != nil {
 			return fmt.Errorf("admin_listen: %w", err)
 		}
@@ -89,20 +127,48 @@ func run(args []string) error {
 		})
 	}
 	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+				a.Reload()
+			}
+		}
+	})
+	g.Go(func() error {
 		<-gctx.Done()
-		log.Info("shutting down", zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		timeout := a.config().ShutdownTimeout
+		log.Info("draining", zap.Duration("shutdown_timeout", timeout))
+		sctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		err := srv.Shutdown(sctx)
+		err := a.srv.Shutdown(sctx)
 		if adminSrv != nil {
 			adminSrv.Close()
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			log.Warn("shutdown_timeout reached; closed remaining clients")
 		}
+		log.Info("stopped")
 		return nil
 	})
 	return g.Wait()
+}
+
+// listen listens on addr with SO_REUSEPORT, so that a second pgmux can
+// listen on the same address while this one drains.
+func listen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	return lc.Listen(context.Background(), "tcp", addr)
 }
 
 func newLogger(level string) (*zap.Logger, error) {
@@ -116,8 +182,46 @@ func newLogger(level string) (*zap.Logger, error) {
 	return zc.Build()
 }
 
+func (a *app) config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+func (a *app) redactedConfig() any {
+	c := a.config().Redacted()
+	return c.Map()
+}
+
+// Reload reads the configuration again and puts it in force; a bad one is
+// refused, logged, and the one in force stays.
+func (a *app) Reload() error {
+	cfg, err := config.Load(a.path, a.fs)
+	if err == nil {
+		var opts proxy.Options
+		if opts, err = a.proxyOptions(cfg); err == nil {
+			a.srv.Update(opts)
+			a.mu.Lock()
+			a.cfg = cfg
+			a.mu.Unlock()
+			a.log.Info("configuration reloaded", zap.String("config", a.path))
+			return nil
+		}
+	}
+	a.log.Error("configuration refused; the previous one stays in force", zap.String("config", a.path), zap.Error(err))
+	return err
+}
+
+// The admin API's Control.
+func (a *app) Ready(ctx context.Context) error { return a.srv.Ready(ctx) }
+func (a *app) Pause(ctx context.Context) error { return a.srv.Pause(ctx) }
+func (a *app) Resume()                         { a.srv.Resume() }
+func (a *app) Drain()                          { a.drain() }
+
+var _ admin.Control = (*app)(nil)
+
 // proxyOptions turns the configuration into the proxy's options.
-func proxyOptions(cfg *config.Config, log *zap.Logger) (proxy.Options, error) {
+func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 	users := map[string]protocol.Secret{}
 	if cfg.AuthFile != "" {
 		f, err := os.Open(cfg.AuthFile)
@@ -131,7 +235,7 @@ func proxyOptions(cfg *config.Config, log *zap.Logger) (proxy.Options, error) {
 		}
 	}
 	return proxy.Options{
-		Logger: log,
+		Logger: a.log,
 		Databases: func(name string) (proxy.Database, bool) {
 			d, ok := cfg.Resolved(name)
 			return proxy.Database(d), ok
@@ -150,5 +254,7 @@ func proxyOptions(cfg *config.Config, log *zap.Logger) (proxy.Options, error) {
 		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 		ServerResetQuery:       cfg.ServerResetQuery,
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
+		Registerer:             a.reg,
+		ReadyDatabases:         cfg.ReadyDatabases(),
 	}, nil
 }

@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/stats"
+)
+
+// poolKey names the pool of one (database, backend user) pair.
+type poolKey struct{ database, user string }
+
+// dbPool is everything pgmux keeps for one (database, backend user) pair:
+// the pool of server connections (replaced whole when a reload resizes it),
+// the server parameters shown to clients at login, and the pair's counters.
+type dbPool struct {
+	key  poolKey
+	db   Database
+	pool atomic.Pointer[pool.Pool[*serverConn]]
+
+	mu      sync.Mutex // guards following
+	params  map[string]string
+	servers map[*serverConn]struct{}
+	errors  map[string]int64 // ErrorResponse from servers, by SQLSTATE class
+
+	clientsIdle, clientsWaiting, clientsActive atomic.Int64
+	transactions, queries                      atomic.Int64
+	bytesIn, bytesOut                          atomic.Int64
+	txNanos, queryNanos, waitNanos             atomic.Int64
+	txWin, queryWin, waitWin                   stats.Window
+
+	m poolMetrics
+}
+
+// newPoolFor builds the server pool of db for the options in force.
+func (s *Server) newPoolFor(p *dbPool, db Database, user, password string) (*pool.Pool[*serverConn], error) {
+	o := s.options()
+	maxBody := o.MaxPacketSize
+	return pool.New(pool.Config[*serverConn]{
+		Dial: func(ctx context.Context) (*serverConn, error) {
+			sc, err := dialServer(ctx, &db, user, password, maxBody)
+			if err == nil {
+				sc.owner = p
+				sc.connected = time.Now()
+				p.mu.Lock()
+				p.servers[sc] = struct{}{}
+				p.mu.Unlock()
+			}
+			s.metrics.serverConnects(err)
+			return sc, err
+		},
+		MaxSize:        int32(db.PoolSize),
+		MinSize:        int32(o.MinPoolSize),
+		ConnectTimeout: o.ServerConnectTimeout,
+		IdleTimeout:    o.ServerIdleTimeout,
+		MaxLifetime:    o.ServerLifetime,
+	})
+}
+
+// poolFor returns the pool for a database and backend user, creating it.
+func (s *Server) poolFor(name string, db Database, user, password string) (*dbPool, error) {
+	key := poolKey{name, user}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.pools[key]; p != nil {
+		return p, nil
+	}
+	if s.closed {
+		return nil, pool.ErrClosed
+	}
+	p := &dbPool{key: key, db: db, servers: map[*serverConn]struct{}{}, errors: map[string]int64{}}
+	p.m = s.metrics.forPool(name, user)
+	pl, err := s.newPoolFor(p, db, user, password)
+	if err != nil {
+		return nil, err
+	}
+	p.pool.Store(pl)
+	s.pools[key] = p
+	return p, nil
+}
+
+// forget drops a closed server connection from the pool's registry.
+func (p *dbPool) forget(sc *serverConn) {
+	p.mu.Lock()
+	delete(p.servers, sc)
+	p.mu.Unlock()
+}
+
+func (p *dbPool) countError(code string) {
+	class := "??"
+	if len(code) >= 2 {
+		class = code[:2]
+	}
+	p.mu.Lock()
+	p.errors[class]++
+	p.mu.Unlock()
+	p.m.errors.WithLabelValues(class).Inc()
+}
+
+func (p *dbPool) observeWait(d time.Duration) {
+	p.waitNanos.Add(int64(d))
+	p.waitWin.Observe(d)
+	p.m.wait.Observe(d.Seconds())
+}
+
+func (p *dbPool) observeQuery(d time.Duration) {
+	p.queries.Add(1)
+	p.queryNanos.Add(int64(d))
+	p.queryWin.Observe(d)
+	p.m.queries.Inc()
+	p.m.query.Observe(d.Seconds())
+}
+
+func (p *dbPool) observeTransaction(d time.Duration) {
+	p.transactions.Add(1)
+	p.txNanos.Add(int64(d))
+	p.txWin.Observe(d)
+	p.m.transactions.Inc()
+	p.m.transaction.Observe(d.Seconds())
+}
+
+func (p *dbPool) addBytes(in, out int64) {
+	if in > 0 {
+		p.bytesIn.Add(in)
+		p.m.bytesIn.Add(float64(in))
+	}
+	if out > 0 {
+		p.bytesOut.Add(out)
+		p.m.bytesOut.Add(float64(out))
+	}
+}
+
+// snapshot reports the pool.
+func (p *dbPool) snapshot(maxWait time.Duration) stats.Pool {
+	ps := p.pool.Load().Stats()
+	p.mu.Lock()
+	mode := p.db.PoolMode
+	p.mu.Unlock()
+	st := stats.Pool{
+		Database: p.key.database, User: p.key.user, PoolMode: mode,
+		ClientsActive: int(p.clientsActive.Load()), ClientsWaiting: int(p.clientsWaiting.Load()), ClientsIdle: int(p.clientsIdle.Load()),
+		ServersActive: int(ps.Acquired), ServersIdle: int(ps.Idle), ServersConnecting: int(ps.Constructing), PoolSize: int(ps.Max),
+		Transactions: p.transactions.Load(), Queries: p.queries.Load(),
+		BytesReceived: p.bytesIn.Load(), BytesSent: p.bytesOut.Load(),
+		TotalTransactionTime: time.Duration(p.txNanos.Load()), TotalQueryTime: time.Duration(p.queryNanos.Load()),
+		TotalWaitTime: time.Duration(p.waitNanos.Load()), MaxWait: maxWait,
+		TransactionTime: p.txWin.Summary(), QueryTime: p.queryWin.Summary(), WaitTime: p.waitWin.Summary(),
+		Errors: map[string]int64{},
+	}
+	p.mu.Lock()
+	for k, v := range p.errors {
+		st.Errors[k] = v
+	}
+	p.mu.Unlock()
+	return st
+}
+
+// Pools reports every pool.
+func (s *Server) Pools() []stats.Pool {
+	waits := map[*dbPool]time.Duration{}
+	now := time.Now()
+	s.mu.Lock()
+	pools := make([]*dbPool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	for ss := range s.sessions {
+		if t := ss.waitingSince.Load(); t != 0 && ss.pool != nil {
+			waits[ss.pool] = max(waits[ss.pool], now.Sub(time.Unix(0, t)))
+		}
+	}
+	s.mu.Unlock()
+	out := make([]stats.Pool, 0, len(pools))
+	for _, p := range pools {
+		out = append(out, p.snapshot(waits[p]))
+	}
+	sortPools(out)
+	return out
+}
+
+// Clients reports every client connection.
+func (s *Server) Clients() []stats.Client {
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	out := make([]stats.Client, 0, len(sessions))
+	for _, ss := range sessions {
+		out = append(out, ss.snapshot())
+	}
+	return out
+}
+
+// Servers reports every server connection.
+func (s *Server) Servers() []stats.Server {
+	s.mu.Lock()
+	pools := make([]*dbPool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	s.mu.Unlock()
+	var out []stats.Server
+	for _, p := range pools {
+		p.mu.Lock()
+		for sc := range p.servers {
+			state := "idle"
+			if sc.leased.Load() {
+				state = "active"
+			}
+			out = append(out, stats.Server{Database: p.key.database, User: p.key.user, Addr: sc.addr, PID: sc.pid,
+				State: state, ConnectTime: sc.connected, Prepared: int(sc.prepared.count.Load())})
+		}
+		p.mu.Unlock()
+	}
+	return out
+}
+
+func sortPools(ps []stats.Pool) {
+	for i := 1; i < len(ps); i++ {
+		for j := i; j > 0 && (ps[j].Database < ps[j-1].Database || ps[j].Database == ps[j-1].Database && ps[j].User < ps[j-1].User); j-- {
+			ps[j], ps[j-1] = ps[j-1], ps[j]
+		}
+	}
+}
+
+// poolMetrics are one pool's Prometheus children, obtained once.
+type poolMetrics struct {
+	transactions, queries, bytesIn, bytesOut prometheus.Counter
+	wait, transaction, query                 prometheus.Observer
+	errors                                   *prometheus.CounterVec // curried with database, user
+}
+
+// clientGauge is the pool's count of clients in state st, if it has one.
+func (p *dbPool) clientGauge(st clientState) *atomic.Int64 {
+	switch st {
+	case stateIdle:
+		return &p.clientsIdle
+	case stateWaiting:
+		return &p.clientsWaiting
+	case stateActive:
+		return &p.clientsActive
+	}
+	return nil
+}

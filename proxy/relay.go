@@ -336,6 +336,9 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	}
 	lease := ss.lease
 	ss.lease = nil
+	if ss.draining {
+		ss.drainAt = pastDeadline // its transaction is over: close it now
+	}
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	ss.setState(stateIdle)

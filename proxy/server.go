@@ -66,6 +66,14 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// ReadyDatabases are checked by Ready: each must reach a server.
 	ReadyDatabases []string
+	// AdminUsers may use the admin console (database "pgmux" or
+	// "pgbouncer") in full; StatsUsers may only SHOW.
+	AdminUsers, StatsUsers []string
+	// OnReload and OnShutdown carry out the console's RELOAD and SHUTDOWN;
+	// ConfigRows answers SHOW CONFIG (key, value, default, changeable).
+	OnReload   func() error
+	OnShutdown func()
+	ConfigRows func() [][]string
 	// MaxPreparedStatements bounds the statements pgmux keeps prepared on
 	// each server in transaction mode; 0 turns the mapping off and names
 	// pass through untouched.
@@ -98,14 +106,15 @@ type Server struct {
 	mu       sync.Mutex // guards following
 	pools    map[poolKey]*dbPool
 	paused   bool
-	resumeCh chan struct{}          // closed while not paused
+	resumeCh chan struct{}         // closed while not paused
 	sessions map[*session]struct{} // every open client connection
 	byPID    map[uint32]*session   // logged-in sessions, by the process id of their BackendKeyData
 	lns      []net.Listener
 	closed   bool
 
-	wg     sync.WaitGroup // one per session goroutine
-	doneCh chan struct{}  // closed when Shutdown has finished
+	started time.Time
+	wg      sync.WaitGroup // one per session goroutine
+	doneCh  chan struct{}  // closed when Shutdown has finished
 }
 
 // New returns a Server; call Serve to accept connections.
@@ -118,6 +127,7 @@ func New(opts Options) *Server {
 		byPID:    make(map[uint32]*session),
 		doneCh:   make(chan struct{}),
 		resumeCh: make(chan struct{}),
+		started:  time.Now(),
 	}
 	close(s.resumeCh) // not paused
 	s.opts.Store(&opts)

@@ -85,6 +85,7 @@ type session struct {
 	serverTorn    bool // a client message reached the server only in part
 	serverDead    bool // relayServer found the server gone and told the client
 	draining      bool
+	drainAt       time.Time              // when draining, close the client once clean and past this
 	deadline      time.Time              // the client read deadline armed
 	psQueue       []psEntry              // Parse and Close requests awaiting their answer
 	segSent       uint64                 // Sync, Query and FunctionCall messages sent
@@ -96,12 +97,12 @@ type session struct {
 	state        atomic.Int32 // a clientState
 	waitingSince atomic.Int64 // unix nanoseconds; 0 when not waiting
 	appName      string
-	txStart      int64     // under mu: when the open transaction's first message was sent
-	segStarts    [32]int64 // under mu: when each answered-awaited Sync or Query was sent
-	segHead      int       // under mu
-	segLen       int       // under mu
-	bytesIn      int64     // under mu: relayed to the server, not yet counted
-	bytesOut     int64     // relayServer's: relayed to the client, not yet counted
+	txStart      int64                    // under mu: when the open transaction's first message was sent
+	segStarts    [32]int64                // under mu: when each answered-awaited Sync or Query was sent
+	segHead      int                      // under mu
+	segLen       int                      // under mu
+	bytesIn      int64                    // under mu: relayed to the server, not yet counted
+	bytesOut     int64                    // relayServer's: relayed to the client, not yet counted
 	hdr          [protocol.HeaderLen]byte // relayServer's scratch for a header
 }
 
@@ -170,7 +171,8 @@ func (ss *session) run() {
 	defer ss.cancelCtx()
 	defer ss.conn.Close()
 	if !ss.srv.add(ss) {
-		ss.draining = true // Shutdown has begun: login refuses
+		// Accepted as Shutdown began: served like the others, then closed.
+		ss.draining, ss.drainAt = true, time.Now().Add(drainIdleGrace)
 	}
 	err := ss.login()
 	if err == nil {
@@ -225,12 +227,6 @@ func (ss *session) login() error {
 	if ss.overLimit {
 		return protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
 	}
-	ss.mu.Lock()
-	draining := ss.draining
-	ss.mu.Unlock()
-	if draining || ss.srv.draining.Load() {
-		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
-	}
 	user, _ := st.Get("user")
 	if user == "" {
 		return protocol.Fatal(protocol.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
@@ -245,6 +241,10 @@ func (ss *session) login() error {
 	want, err := startupSettings(st.Params)
 	if err != nil {
 		return err
+	}
+	if consoleDatabase(dbName) {
+		ss.user = user
+		return ss.console(user)
 	}
 	ss.user, ss.dbName, ss.want, ss.startupWant = user, dbName, want, maps.Clone(want)
 	ss.appName = want["application_name"]
@@ -560,9 +560,13 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 		defer cancel()
 	}
 	for {
-		lease, err := ss.pool.pool.Load().TryAcquire(ctx)
+		pl := ss.pool.pool.Load()
+		lease, err := pl.TryAcquire(ctx)
 		if err != nil {
-			lease, err = ss.acquireWatched(ctx)
+			lease, err = ss.acquireWatched(ctx, pl)
+		}
+		if errors.Is(err, pool.ErrClosed) && ss.pool.pool.Load() != pl {
+			continue // a reload replaced the pool meanwhile
 		}
 		if err != nil {
 			return nil, ss.acquireError(ctx, err)
@@ -585,7 +589,7 @@ var errClientGone = errors.New("client disconnected while waiting for a server")
 // acquireWatched waits for a server while a second goroutine reads ahead from
 // the client: what it reads stays buffered; end of file or an error cancels
 // the wait.
-func (ss *session) acquireWatched(ctx context.Context) (*pool.Lease[*serverConn], error) {
+func (ss *session) acquireWatched(ctx context.Context, pl *pool.Pool[*serverConn]) (*pool.Lease[*serverConn], error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watchDone := make(chan struct{})
@@ -602,7 +606,7 @@ func (ss *session) acquireWatched(ctx context.Context) (*pool.Lease[*serverConn]
 			}
 		}
 	}()
-	lease, err := ss.pool.pool.Load().Acquire(ctx)
+	lease, err := pl.Acquire(ctx)
 	ss.conn.SetReadDeadline(pastDeadline) // stop the watcher
 	<-watchDone
 	ss.mu.Lock()
@@ -734,7 +738,7 @@ func (ss *session) armDeadlineLocked() {
 	var d time.Time
 	switch {
 	case ss.draining && ss.cleanLocked():
-		d = pastDeadline
+		d = ss.drainAt
 	case ss.lease == nil || ss.mode == ModeSession && ss.cleanLocked():
 		if o.ClientIdleTimeout > 0 {
 			d = time.Now().Add(o.ClientIdleTimeout)
@@ -753,10 +757,16 @@ func (ss *session) armDeadlineLocked() {
 // drain asks the session to end at its next transaction boundary.
 func (ss *session) drain() {
 	ss.mu.Lock()
-	ss.draining = true
+	ss.draining, ss.drainAt = true, time.Now().Add(drainIdleGrace)
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 }
+
+// drainIdleGrace is how long a client idle when the drain begins may still
+// start a transaction before it is closed. A client that has just connected
+// (a connection per transaction, as pgbench -C) is served; a client whose
+// transaction ends during the drain is closed at once.
+const drainIdleGrace = 250 * time.Millisecond
 
 // kill ends the session now, whatever it is doing.
 func (ss *session) kill() {

@@ -93,7 +93,7 @@ type Window struct {
 
 const (
 	windowSeconds = 60
-	subBuckets    = 4  // per power of two: values within ~19%
+	subBuckets    = 4               // per power of two: values within ~19%
 	numBuckets    = 42 * subBuckets // up to 2^42 ns, about 73 minutes
 )
 

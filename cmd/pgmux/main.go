@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sort"
 	"sync"
 	"syscall"
 
@@ -256,5 +257,30 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
 		Registerer:             a.reg,
 		ReadyDatabases:         cfg.ReadyDatabases(),
+		AdminUsers:             cfg.AdminUsers,
+		StatsUsers:             cfg.StatsUsers,
+		OnReload:               a.Reload,
+		OnShutdown:             func() { a.drain() },
+		ConfigRows:             a.configRows,
 	}, nil
+}
+
+// configRows answers the console's SHOW CONFIG.
+func (a *app) configRows() [][]string {
+	cur := a.config().Redacted()
+	m := cur.Map()
+	def := config.Default()
+	d := def.Map()
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		if k != "databases" {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	rows := make([][]string, 0, len(keys))
+	for _, k := range keys {
+		rows = append(rows, []string{k, fmt.Sprint(m[k]), fmt.Sprint(d[k]), "yes"})
+	}
+	return rows
 }

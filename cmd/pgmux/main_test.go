@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -61,29 +62,89 @@ func TestMain(m *testing.M) {
 // pgmuxProc is a pgmux process started by a test.
 type pgmuxProc struct {
 	cmd       *exec.Cmd
+	path      string
 	port      int
 	adminPort int
-	out       *bytes.Buffer
+	token     string
+	out       *syncBuffer
 	exited    chan error
+}
+
+// syncBuffer is a bytes.Buffer safe for the process's output copier and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// writeConfig (re)writes the process's configuration file.
+func (p *pgmuxProc) writeConfig(t *testing.T, config string) {
+	t.Helper()
+	config = strings.NewReplacer("LISTEN_PORT", fmt.Sprint(p.port), "ADMIN_PORT", fmt.Sprint(p.adminPort),
+		"PG_PORT", fmt.Sprint(cluster.Port)).Replace(config)
+	if i := strings.Index(config, "admin_token: "); i >= 0 {
+		p.token = strings.TrimSpace(strings.SplitN(config[i+len("admin_token: "):], "\n", 2)[0])
+	}
+	if err := os.WriteFile(p.path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// admin calls the admin API with the process's token.
+func (p *pgmuxProc) admin(method, path string) (*http.Response, error) {
+	req, _ := http.NewRequest(method, fmt.Sprintf("http://127.0.0.1:%d%s", p.adminPort, path), nil)
+	if p.token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
+	return http.DefaultClient.Do(req)
+}
+
+// adminJSON calls the admin API and decodes its answer into v.
+func (p *pgmuxProc) adminJSON(t *testing.T, method, path string, v any) int {
+	t.Helper()
+	resp, err := p.admin(method, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if v != nil {
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+	}
+	return resp.StatusCode
 }
 
 // startPgmux writes config (with LISTEN_PORT, ADMIN_PORT and PG_PORT filled
 // in) and runs pgmux with it until it listens.
 func startPgmux(t *testing.T, config string) *pgmuxProc {
 	t.Helper()
+	port, _ := pgtest.FreePort()
+	return startPgmuxOn(t, config, port)
+}
+
+// startPgmuxOn is startPgmux on a given client port.
+func startPgmuxOn(t *testing.T, config string, port int) *pgmuxProc {
+	t.Helper()
 	if cluster == nil {
 		t.Skip("needs PostgreSQL (not started under -short)")
 	}
-	port, _ := pgtest.FreePort()
 	adminPort, _ := pgtest.FreePort()
-	config = strings.NewReplacer("LISTEN_PORT", fmt.Sprint(port), "ADMIN_PORT", fmt.Sprint(adminPort),
-		"PG_PORT", fmt.Sprint(cluster.Port)).Replace(config)
-	path := filepath.Join(t.TempDir(), "pgmux.yaml")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := &pgmuxProc{port: port, adminPort: adminPort, out: &bytes.Buffer{}, exited: make(chan error, 1)}
-	p.cmd = exec.Command(binPath, "--config", path, "--log-level", "warn")
+	p := &pgmuxProc{port: port, adminPort: adminPort, out: &syncBuffer{}, exited: make(chan error, 1)}
+	p.path = filepath.Join(t.TempDir(), "pgmux.yaml")
+	p.writeConfig(t, config)
+	p.cmd = exec.Command(binPath, "--config", p.path, "--log-level", "warn")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -98,7 +159,7 @@ func startPgmux(t *testing.T, config string) *pgmuxProc {
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", adminPort))
+		resp, err := p.admin("GET", "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {

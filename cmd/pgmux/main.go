@@ -24,6 +24,7 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -61,6 +62,9 @@ type app struct {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && args[0] == "probe" {
+		return probe(args[1:])
+	}
 	fs := config.Flags()
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -283,4 +287,34 @@ func (a *app) configRows() [][]string {
 		rows = append(rows, []string{k, fmt.Sprint(m[k]), fmt.Sprint(d[k]), "yes"})
 	}
 	return rows
+}
+
+// probe is `pgmux probe [--post] URL`: a request to pgmux's admin API for
+// exec probes and hooks in images without curl. It sends PGMUX_ADMIN_TOKEN as
+// the bearer token when set, and fails unless the answer is 2xx.
+func probe(args []string) error {
+	method := http.MethodGet
+	if len(args) > 0 && args[0] == "--post" {
+		method, args = http.MethodPost, args[1:]
+	}
+	if len(args) != 1 {
+		return errors.New("usage: pgmux probe [--post] URL")
+	}
+	req, err := http.NewRequest(method, args[0], nil)
+	if err != nil {
+		return err
+	}
+	if tok := os.Getenv("PGMUX_ADMIN_TOKEN"); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s: %s", method, args[0], resp.Status)
+	}
+	return nil
 }

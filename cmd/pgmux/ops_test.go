@@ -540,3 +540,33 @@ func TestAdminToken(t *testing.T) {
 		t.Fatalf("/config does not show the password as redacted:\n%s", b)
 	}
 }
+
+// TestProbe: `pgmux probe` succeeds on a 2xx answer and fails otherwise; it
+// sends PGMUX_ADMIN_TOKEN; --post drains.
+func TestProbe(t *testing.T) {
+	p := startPgmux(t, opsConfig+"admin_token: probe-token\n")
+	url := fmt.Sprintf("http://127.0.0.1:%d", p.adminPort)
+	probe := func(token string, args ...string) error {
+		cmd := exec.Command(binPath, append([]string{"probe"}, args...)...)
+		cmd.Env = append(os.Environ(), "PGMUX_ADMIN_TOKEN="+token)
+		return cmd.Run()
+	}
+	if err := probe("probe-token", url+"/healthz"); err != nil {
+		t.Fatalf("healthz: %v", err)
+	}
+	if err := probe("wrong", url+"/healthz"); err == nil {
+		t.Fatal("probe with a wrong token succeeded")
+	}
+	if err := probe("probe-token", url+"/readyz"); err != nil {
+		t.Fatalf("readyz: %v", err)
+	}
+	if err := probe("probe-token", "--post", url+"/drain"); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	select {
+	case <-p.exited:
+		p.exited <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("pgmux did not stop after /drain")
+	}
+}

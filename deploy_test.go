@@ -1,0 +1,129 @@
+package pgmux_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pgmux/pgmux/config"
+)
+
+// TestKubernetesManifests parses deploy/kubernetes as Kubernetes objects
+// (unknown fields are errors), loads the pgmux configuration they carry, and
+// checks the sidecar's probes, drain hook and grace period.
+func TestKubernetesManifests(t *testing.T) {
+	files, _ := filepath.Glob("deploy/kubernetes/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no manifests")
+	}
+	var deployments []appsv1.Deployment
+	var configs []corev1.ConfigMap
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, doc := range bytes.Split(b, []byte("\n---\n")) {
+			var meta struct{ Kind string }
+			if err := yaml.Unmarshal(doc, &meta); err != nil {
+				t.Fatalf("%s document %d: %v", f, i, err)
+			}
+			switch meta.Kind {
+			case "Deployment":
+				var d appsv1.Deployment
+				if err := yaml.UnmarshalStrict(doc, &d); err != nil {
+					t.Fatalf("%s: Deployment: %v", f, err)
+				}
+				deployments = append(deployments, d)
+			case "ConfigMap":
+				var c corev1.ConfigMap
+				if err := yaml.UnmarshalStrict(doc, &c); err != nil {
+					t.Fatalf("%s: ConfigMap: %v", f, err)
+				}
+				configs = append(configs, c)
+			case "Secret":
+				var s corev1.Secret
+				if err := yaml.UnmarshalStrict(doc, &s); err != nil {
+					t.Fatalf("%s: Secret: %v", f, err)
+				}
+			default:
+				t.Fatalf("%s document %d: unexpected kind %q", f, i, meta.Kind)
+			}
+		}
+	}
+	if len(deployments) != 1 || len(configs) != 1 {
+		t.Fatalf("want one Deployment and one ConfigMap, got %d and %d", len(deployments), len(configs))
+	}
+	// The configuration validates (its auth_file is mounted from the Secret).
+	dir := t.TempDir()
+	conf := strings.ReplaceAll(configs[0].Data["pgmux.yaml"], "/etc/pgmux/secret/userlist.txt", filepath.Join(dir, "userlist.txt"))
+	os.WriteFile(filepath.Join(dir, "userlist.txt"), []byte(`"app" "x"`+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "pgmux.yaml"), []byte(conf), 0o600)
+	cfg, err := config.Load(filepath.Join(dir, "pgmux.yaml"), nil)
+	if err != nil {
+		t.Fatalf("the ConfigMap's pgmux.yaml: %v", err)
+	}
+	spec := deployments[0].Spec.Template.Spec
+	var pgmux *corev1.Container
+	for i := range spec.Containers {
+		if spec.Containers[i].Name == "pgmux" {
+			pgmux = &spec.Containers[i]
+		}
+	}
+	if pgmux == nil {
+		t.Fatal("no pgmux container")
+	}
+	cmd := func(h *corev1.ProbeHandler) string {
+		if h == nil || h.Exec == nil {
+			return ""
+		}
+		return strings.Join(h.Exec.Command, " ")
+	}
+	if p := pgmux.ReadinessProbe; p == nil || !strings.HasSuffix(cmd(&p.ProbeHandler), "/readyz") {
+		t.Error("readiness probe does not call /readyz")
+	}
+	if p := pgmux.LivenessProbe; p == nil || !strings.HasSuffix(cmd(&p.ProbeHandler), "/healthz") {
+		t.Error("liveness probe does not call /healthz")
+	}
+	if l := pgmux.Lifecycle; l == nil || l.PreStop == nil || l.PreStop.Exec == nil || !strings.Contains(strings.Join(l.PreStop.Exec.Command, " "), "--post http://127.0.0.1:9127/drain") {
+		t.Error("preStop does not POST /drain")
+	}
+	grace := spec.TerminationGracePeriodSeconds
+	if grace == nil || time.Duration(*grace)*time.Second <= cfg.ShutdownTimeout {
+		t.Errorf("terminationGracePeriodSeconds must exceed shutdown_timeout (%s)", cfg.ShutdownTimeout)
+	}
+}
+
+// TestDockerfileBuild builds pgmux with the Dockerfile's own build command
+// (no Docker engine runs here) and checks the result is a static binary that
+// runs.
+func TestDockerfileBuild(t *testing.T) {
+	b, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^RUN (CGO_ENABLED=0 go build .*) -o /out/pgmux (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no `RUN CGO_ENABLED=0 go build … -o /out/pgmux …` line in the Dockerfile")
+	}
+	out := filepath.Join(t.TempDir(), "pgmux")
+	line := string(m[1]) + " -o " + out + " " + string(m[2]) // as the shell in the build stage runs it
+	if o, err := exec.Command("sh", "-c", line).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", line, err, o)
+	}
+	if o, _ := exec.Command("go", "version", "-m", out).Output(); !bytes.Contains(o, []byte("CGO_ENABLED=0")) {
+		t.Fatalf("not built with CGO_ENABLED=0:\n%s", o)
+	}
+	if o, err := exec.Command(out, "--help").CombinedOutput(); err != nil {
+		t.Fatalf("the binary does not run: %v\n%s", err, o)
+	}
+}

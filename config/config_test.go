@@ -32,6 +32,7 @@ func TestLoadBad(t *testing.T) {
 		"no-databases.bad.yaml": {"databases: at least one"},
 		"md5-no-file.bad.yaml":  {"auth_file: required with auth_type md5"},
 		"bad-duration.bad.yaml": {"query_wait_timeout"},
+		"admin-open.bad.yaml":   {"admin_token: required when admin_listen (0.0.0.0:9127) is not a loopback address"},
 	}
 	files, _ := filepath.Glob("../testdata/config/*.bad.yaml")
 	if len(files) != len(want) {

@@ -34,5 +34,11 @@ fuzz: ## Fuzz the startup parser and the message reader (FUZZTIME=30s each).
 deps: ## Check for PostgreSQL server binaries, pgbench and psql; install them on Debian when run as root.
 	@scripts/deps.sh
 
+bench: ## Side-by-side pgbench matrix: direct, PgBouncer and pgmux (bench/run.sh; BENCH_DURATION=10 seconds a point).
+	bench/run.sh
+
+bench-go: ## Go micro-benchmarks of the hot paths (relay, prepared-statement mapping).
+	$(GO) test -short -run='^$$' -bench=. -benchmem -count=5 ./proxy ./protocol ./stats
+
 clean: ## Remove build output.
 	rm -rf $(BIN)

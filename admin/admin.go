@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -42,6 +43,7 @@ type Options struct {
 	Config   func() any // the configuration in force, secrets redacted
 	Gatherer prometheus.Gatherer
 	Token    string // when set, every request must carry "Authorization: Bearer <Token>"
+	Pprof    bool   // serve Go's profiles under /debug/pprof/
 	Logger   *zap.Logger
 }
 
@@ -93,6 +95,11 @@ func Handler(o Options) http.Handler {
 		o.Control.Drain()
 		writeJSON(w, 202, map[string]string{"status": "draining"})
 	})
+	if o.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	if o.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	}

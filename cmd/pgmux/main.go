@@ -118,6 +118,7 @@ func run(args []string) error {
 			Config:   a.redactedConfig,
 			Gatherer: a.reg,
 			Token:    cfg.AdminToken,
+			Pprof:    os.Getenv("PGMUX_PPROF") == "1",
 			Logger:   log,
 		})}
 		aln, err := listen(cfg.AdminListen)

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# `make bench`: the same pgbench matrix against PostgreSQL directly, through
+# PgBouncer and through pgmux, interleaved point by point, then idle-client
+# memory through each pooler. Writes bench/results/results.csv,
+# bench/results/memory.csv, bench/results/chart.png and prints a table of
+# ratios. See README.md, "Benchmarks".
+#
+# CPU pinning: each pooler runs on core 0 only (taskset -c 0; pgmux then runs
+# with GOMAXPROCS=1, as the Go runtime follows the affinity mask), pgbench on
+# core 1 (taskset -c 1), PostgreSQL unpinned. Both poolers get the same pool
+# size (20) in transaction mode. An extra run lets pgmux use both cores.
+#
+# Environment: BENCH_DURATION (seconds per point, default 10), BENCH_CLIENTS
+# (default "10 100 1000"), BENCH_IDLE (default "1000 10000"), BENCH_SCALE
+# (pgbench scale, default 10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+scripts/deps.sh
+
+DURATION=${BENCH_DURATION:-10}
+CLIENTS=${BENCH_CLIENTS:-"10 100 1000"}
+IDLE=${BENCH_IDLE:-"1000 10000"}
+SCALE=${BENCH_SCALE:-10}
+POOL=20
+OUT=bench/results
+mkdir -p "$OUT"
+
+need=()
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bench: installing ${need[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 \
+      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; }
+  else
+    echo "bench: missing ${need[*]}; install with: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+fi
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+PGBENCH=$(command -v pgbench || echo "$(pg_bindir)/pgbench")
+echo "bench: $($PGBOUNCER --version | head -1), $("$PGBENCH" --version), $(go version | cut -d' ' -f3), $(nproc) cores" >&2
+
+make -s build
+go build -o bin/idleclients ./bench/idleclients
+
+work=$(mktemp -d /tmp/pgmux-bench-XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_pg "$work/pg"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# PostgreSQL, tuned for benchmarking: no fsync, room for 1,000 direct clients.
+pg_port=$(free_port)
+mkdir -p "$work/pg"
+chmod 755 "$work/pg"
+[ "$(id -u)" = 0 ] && chown postgres: "$work/pg"
+runas "$(pg_bindir)/initdb" -D "$work/pg/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+runas "$(pg_bindir)/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -o "-p $pg_port -k $work/pg \
+  -c listen_addresses=127.0.0.1 -c max_connections=1200 -c fsync=off -c synchronous_commit=off \
+  -c full_page_writes=off -c shared_buffers=256MB" start >/dev/null
+"$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+bouncer_port=$(free_port)
+start_bouncer() {
+  cat > "$work/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pg_port dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = 20000
+ignore_startup_parameters = extra_float_digits
+logfile = $work/pgbouncer.log
+pidfile =
+log_connections = 0
+log_disconnections = 0
+INI
+  echo '"postgres" ""' > "$work/userlist.txt"
+  chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
+  touch "$work/pgbouncer.log"; chmod 666 "$work/pgbouncer.log"
+  if [ "$(id -u)" = 0 ]; then
+    taskset -c 0 runuser -u postgres -- "$PGBOUNCER" -q "$work/pgbouncer.ini" 2>/dev/null &
+  else
+    taskset -c 0 "$PGBOUNCER" -q "$work/pgbouncer.ini" &
+  fi
+  bouncer_launcher=$!
+  pids+=("$bouncer_launcher")
+  for _ in $(seq 100); do
+    bouncer_pid=$(pgrep -n -x pgbouncer || true)
+    [ -n "$bouncer_pid" ] && "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$bouncer_port" && return 0
+    sleep 0.1
+  done
+  echo "pgbouncer did not start" >&2; cat "$work/pgbouncer.log" >&2; exit 1
+}
+
+pgmux_port=$(free_port)
+pgmux_admin=$(free_port)
+start_pgmux() { # $1: taskset CPU list
+  cat > "$work/pgmux.yaml" <<YAML
+listen: 127.0.0.1:$pgmux_port
+admin_listen: 127.0.0.1:$pgmux_admin
+pool_mode: transaction
+default_pool_size: $POOL
+max_client_conn: 20000
+auth_type: trust
+log_level: error
+databases:
+  postgres: {host: 127.0.0.1, port: $pg_port}
+YAML
+  taskset -c "$1" bin/pgmux --config "$work/pgmux.yaml" &
+  pgmux_pid=$!
+  pids+=("$pgmux_pid")
+  wait_http "http://127.0.0.1:$pgmux_admin/healthz"
+}
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+start_bouncer
+start_pgmux 0
+
+CSV="$OUT/results.csv"
+echo "workload,mode,clients,target,tps,latency_avg_ms,p99_ms,cpu_us_per_tx,rss_kb" > "$CSV"
+
+# point WORKLOAD MODE CLIENTS TARGET PORT POOLER_PID
+point() {
+  local workload=$1 mode=$2 clients=$3 target=$4 port=$5 pid=${6:-}
+  local args=(-h 127.0.0.1 -p "$port" -U postgres -c "$clients" -j 2 -T "$DURATION" -M "$mode" -n -l
+    --log-prefix="$work/log" postgres)
+  [ "$workload" = select ] && args=(-S "${args[@]}")
+  rm -f "$work"/log.*
+  local t0=0
+  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+  local out
+  if ! out=$(PGSSLMODE=disable taskset -c 1 "$PGBENCH" "${args[@]}" 2>&1); then
+    echo "bench: $workload -M $mode -c $clients via $target failed:" >&2
+    echo "$out" | tail -5 >&2
+    echo "$workload,$mode,$clients,$target,,,,," >> "$CSV"
+    return 0
+  fi
+  local tps lat n p99 cpu="" rss=""
+  tps=$(echo "$out" | awk -F'= ' '/^tps = .*without initial connection time/ {split($2,a," "); print a[1]}')
+  lat=$(echo "$out" | awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}')
+  n=$(echo "$out" | awk -F': ' '/number of transactions actually processed/ {print $2}')
+  p99=$(cat "$work"/log.* | awk '{print $3}' | sort -n | awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", v[i]/1000}')
+  if [ -n "$pid" ]; then
+    local t1; t1=$(cpu_ticks "$pid")
+    cpu=$(awk -v d=$((t1 - t0)) -v n="$n" 'BEGIN {if (n>0) printf "%.1f", d*10000/n}') # 100 ticks/s: 1 tick = 10000 µs
+    rss=$(rss_kb "$pid")
+  fi
+  echo "$workload,$mode,$clients,$target,$tps,$lat,$p99,$cpu,$rss" >> "$CSV"
+  printf "  %-7s %-9s %5s clients  %-9s %9s tps  p99 %8s ms  cpu %6s us/tx\n" "$workload" "$mode" "$clients" "$target" "$tps" "$p99" "${cpu:--}" >&2
+}
+
+echo "bench: pgbench points of ${DURATION}s, interleaved direct / pgbouncer / pgmux" >&2
+for c in $CLIENTS; do
+  for mode in simple extended; do
+    point select "$mode" "$c" direct "$pg_port"
+    point select "$mode" "$c" pgbouncer "$bouncer_port" "$bouncer_pid"
+    point select "$mode" "$c" pgmux "$pgmux_port" "$pgmux_pid"
+  done
+  # PgBouncer before 1.21 cannot keep prepared statements in transaction mode.
+  point select prepared "$c" direct "$pg_port"
+  if "$PGBOUNCER" --version | head -1 | awk '{split($2,v,"."); exit !(v[1]>1 || v[2]>=21)}'; then
+    point select prepared "$c" pgbouncer "$bouncer_port" "$bouncer_pid"
+  fi
+  point select prepared "$c" pgmux "$pgmux_port" "$pgmux_pid"
+done
+point tpcb simple 100 direct "$pg_port"
+point tpcb simple 100 pgbouncer "$bouncer_port" "$bouncer_pid"
+point tpcb simple 100 pgmux "$pgmux_port" "$pgmux_pid"
+
+# pgmux on both cores.
+stop_pid "$pgmux_pid"
+start_pgmux 0,1
+for c in 100 1000; do
+  [[ " $CLIENTS " == *" $c "* ]] || continue
+  point select simple "$c" pgmux-2cores "$pgmux_port" "$pgmux_pid"
+  point select extended "$c" pgmux-2cores "$pgmux_port" "$pgmux_pid"
+done
+stop_pid "$pgmux_pid"
+
+# Memory: N idle clients after one query each, through each pooler, fresh.
+MEM="$OUT/memory.csv"
+echo "target,clients,rss_base_kb,rss_kb,bytes_per_client" > "$MEM"
+memory_point() { # target port pid n
+  local target=$1 port=$2 pid=$3 n=$4
+  local base; base=$(rss_kb "$pid")
+  coproc HOLD { bin/idleclients -addr "127.0.0.1:$port" -n "$n"; }
+  local ready=""
+  read -r -t 300 ready <&"${HOLD[0]}" || true
+  if [ "$ready" != ready ]; then
+    echo "bench: $n idle clients through $target failed" >&2
+    echo "$target,$n,$base,,," >> "$MEM"
+  else
+    sleep 1
+    local rss; rss=$(rss_kb "$pid")
+    local per=$(( (rss - base) * 1024 / n ))
+    echo "$target,$n,$base,$rss,$per" >> "$MEM"
+    printf "  %-9s %6s idle clients  RSS %7s KiB -> %7s KiB  %6s bytes/client\n" "$target" "$n" "$base" "$rss" "$per" >&2
+  fi
+  exec {HOLD[1]}>&-
+  wait "$HOLD_PID" 2>/dev/null || true
+}
+echo "bench: idle clients" >&2
+for n in $IDLE; do
+  kill "$bouncer_pid" 2>/dev/null || true; stop_pid "$bouncer_launcher"; start_bouncer
+  PGSSLMODE=disable "$PGBENCH" -h 127.0.0.1 -p "$bouncer_port" -U postgres -S -c 1 -t 10 -n postgres >/dev/null 2>&1
+  memory_point pgbouncer "$bouncer_port" "$bouncer_pid" "$n"
+  start_pgmux 0
+  PGSSLMODE=disable "$PGBENCH" -h 127.0.0.1 -p "$pgmux_port" -U postgres -S -c 1 -t 10 -n postgres >/dev/null 2>&1
+  memory_point pgmux "$pgmux_port" "$pgmux_pid" "$n"
+  stop_pid "$pgmux_pid"
+done
+
+# The table of ratios.
+echo
+echo "pgbench, transaction mode, pool $POOL, pooler pinned to one core; ${DURATION}s per point"
+awk -F, 'NR>1 {k=$1","$2","sprintf("%05d",$3); key[k]=1; tps[k","$4]=$5; p99[k","$4]=$7; cpu[k","$4]=$8}
+  function r(a,b) { return (a!="" && b!="" && b>0) ? sprintf("%.2f", a/b) : "-" }
+  function v(x) { return x=="" ? "-" : x }
+  END {
+    fmt="%-7s %-9s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %7s %7s %5s | %9s\n"
+    printf fmt, "script","mode","clients","direct","pgbouncer","pgmux","mux/pgb","mux/dir","p99 dir","p99 pgb","p99 mux","cpu pgb","cpu mux","ratio","mux 2core"
+    n=asorti(key, ks)
+    for (i=1;i<=n;i++) { k=ks[i]; split(k, part, ",")
+      printf fmt, part[1], part[2], part[3]+0, v(tps[k",direct"]), v(tps[k",pgbouncer"]), v(tps[k",pgmux"]),
+        r(tps[k",pgmux"],tps[k",pgbouncer"]), r(tps[k",pgmux"],tps[k",direct"]),
+        v(p99[k",direct"]), v(p99[k",pgbouncer"]), v(p99[k",pgmux"]),
+        v(cpu[k",pgbouncer"]), v(cpu[k",pgmux"]), r(cpu[k",pgmux"],cpu[k",pgbouncer"]), v(tps[k",pgmux-2cores"]) }
+  }' "$CSV" | tee "$OUT/table.txt"
+echo
+echo "idle clients (RSS growth per client connection):"
+column -t -s, "$MEM"
+
+# Chart: TPS and P99 by clients, select-only, simple and extended.
+if command -v gnuplot >/dev/null; then
+  for m in simple extended; do
+    for t in direct pgbouncer pgmux; do
+      awk -F, -v m=$m -v t=$t '$1=="select" && $2==m && $4==t && $5!="" {print $3, $5, $7}' "$CSV" | sort -n > "$work/$m-$t.dat"
+    done
+  done
+  gnuplot <<GP
+set terminal pngcairo size 1200,800 font ",10" noenhanced
+set output "$OUT/chart.png"
+set multiplot layout 2,2 title "pgbench -S, transaction mode, pool $POOL, pooler on one core (${DURATION}s per point)"
+set logscale x
+set xlabel "clients"
+set key left top
+do for [m in "simple extended"] {
+  set title "TPS, -M ".m
+  set ylabel "TPS"
+  plot for [t in "direct pgbouncer pgmux"] "$work/".m."-".t.".dat" using 1:2 with linespoints title t
+}
+do for [m in "simple extended"] {
+  set title "P99 latency, -M ".m
+  set ylabel "ms"
+  plot for [t in "direct pgbouncer pgmux"] "$work/".m."-".t.".dat" using 1:3 with linespoints title t
+}
+unset multiplot
+GP
+  echo "chart: $OUT/chart.png"
+fi
+echo "csv: $CSV, $MEM"

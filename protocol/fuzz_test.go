@@ -47,19 +47,22 @@ func FuzzReader(f *testing.F) {
 	f.Add([]byte{'Q', 0xff, 0xff, 0xff, 0xff}, uint8(1))
 	f.Add([]byte{'Q', 0, 0, 0, 2}, uint8(2))
 	f.Fuzz(func(t *testing.T, data []byte, how uint8) {
-		r := NewReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 4096)
+		r := NewReader(bytes.NewReader(data), 16, 4096)
 		var out, want bytes.Buffer
 		w := bufio.NewWriter(&out)
 		off := 0 // each message taken whole moves the input on by 5+n bytes
 		for i := 0; i < 1000; i++ {
+			if (int(how)+i)%5 == 4 {
+				r.Release() // as an idle session does; a no-op unless empty
+			}
 			_, n, err := r.Next()
 			if err != nil {
 				break
 			}
 			switch (int(how) + i) % 3 {
 			case 0:
-				b, err := r.Body(n)
-				if err != nil {
+				var b []byte
+				if b, err = r.Body(n); err != nil {
 					break
 				}
 				if !bytes.Equal(b, data[off+HeaderLen:off+HeaderLen+n]) {

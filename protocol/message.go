@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // HeaderLen is the length of a regular message's header: a type byte and a
@@ -19,37 +20,156 @@ var (
 	ErrMessageMalformed = errors.New("malformed message length")
 )
 
-// Reader frames regular (post-startup) messages from a buffered stream. It
-// peeks headers and lets the caller decide per message whether to decode the
-// body, to relay it raw (Relay) or to skip it, so that relayed messages are
-// never copied into a message of their own.
+// Reader frames regular (post-startup) messages from a stream. It peeks
+// headers and lets the caller decide per message whether to decode the body,
+// to relay it raw (Relay) or to skip it, so that relayed messages are never
+// copied into a message of their own.
+//
+// Its buffer can be given back while nothing is buffered (Release) — an idle
+// client then holds no read buffer — and is taken again from a pool when data
+// arrives; the blocking read that waits for it goes into a few bytes of the
+// Reader's own.
 type Reader struct {
-	br      *bufio.Reader
+	rd      io.Reader
+	pool    *sync.Pool // of *[]byte of len size
+	size    int
+	buf     []byte // nil while released
+	bp      *[]byte
+	r, w    int
+	err     error
+	small   [64]byte
 	maxBody int
 	scratch []byte
 	inMsg   bool // a message is partly consumed: the stream is out of step
 }
 
-// NewReader returns a Reader over br that refuses bodies over maxBody bytes.
-func NewReader(br *bufio.Reader, maxBody int) *Reader {
-	return &Reader{br: br, maxBody: maxBody}
-}
+var bufPools sync.Map // size -> *sync.Pool
 
-// Buffered reports how many bytes can be read without blocking.
-func (r *Reader) Buffered() int { return r.br.Buffered() }
+// NewReader returns a Reader of rd with a buffer of size bytes that refuses
+// message bodies over maxBody bytes.
+func NewReader(rd io.Reader, size, maxBody int) *Reader {
+	p, _ := bufPools.LoadOrStore(size, &sync.Pool{New: func() any { b := make([]byte, size); return &b }})
+	return &Reader{rd: rd, pool: p.(*sync.Pool), size: size, maxBody: maxBody}
+}
 
 // InMessage reports whether a read failed part-way through a message, which
 // leaves the stream unusable.
 func (r *Reader) InMessage() bool { return r.inMsg }
 
-// Bufio returns the underlying reader.
-func (r *Reader) Bufio() *bufio.Reader { return r.br }
+// Size is the buffer's size: the most Peek can return.
+func (r *Reader) Size() int { return r.size }
+
+// Buffered reports how many bytes can be read without blocking.
+func (r *Reader) Buffered() int { return r.w - r.r }
+
+// Release gives the buffer back to the pool if nothing is buffered. Slices
+// returned earlier are invalid afterwards.
+func (r *Reader) Release() {
+	if r.buf != nil && r.r == r.w {
+		r.pool.Put(r.bp)
+		r.buf, r.bp, r.r, r.w = nil, nil, 0, 0
+	}
+}
+
+func (r *Reader) readErr() error {
+	err := r.err
+	r.err = nil
+	return err
+}
+
+// fill reads more into the buffer, taking one from the pool first if needed.
+func (r *Reader) fill() {
+	if r.buf == nil {
+		// Wait for data with a few bytes of our own, so that a Reader blocked
+		// on an idle peer holds no buffer.
+		n, err := r.rd.Read(r.small[:min(len(r.small), r.size)])
+		r.bp = r.pool.Get().(*[]byte)
+		r.buf = *r.bp
+		r.r, r.w = 0, copy(*r.bp, r.small[:n])
+		if err != nil {
+			r.err = err
+		}
+		return
+	}
+	if r.r > 0 {
+		copy(r.buf, r.buf[r.r:r.w])
+		r.w -= r.r
+		r.r = 0
+	}
+	for i := 0; i < 100; i++ {
+		n, err := r.rd.Read(r.buf[r.w:])
+		r.w += n
+		if err != nil {
+			r.err = err
+			return
+		}
+		if n > 0 {
+			return
+		}
+	}
+	r.err = io.ErrNoProgress
+}
+
+// Peek returns the next n bytes without consuming them, valid until the next
+// call on r. It fails with bufio.ErrBufferFull for n over Size.
+func (r *Reader) Peek(n int) ([]byte, error) {
+	if n > r.size {
+		return nil, bufio.ErrBufferFull
+	}
+	for r.w-r.r < n && r.err == nil {
+		r.fill()
+	}
+	if avail := r.w - r.r; avail < n {
+		if r.buf == nil {
+			return nil, r.readErr()
+		}
+		return r.buf[r.r:r.w], r.readErr()
+	}
+	return r.buf[r.r : r.r+n], nil
+}
+
+// Discard skips the next n bytes.
+func (r *Reader) Discard(n int) (int, error) {
+	done := 0
+	for done < n {
+		if r.r == r.w {
+			if r.err != nil {
+				return done, r.readErr()
+			}
+			r.fill()
+			continue
+		}
+		k := min(n-done, r.w-r.r)
+		r.r += k
+		done += k
+	}
+	return done, nil
+}
+
+// Read reads into p (for ReadStartup and the like).
+func (r *Reader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if r.r == r.w {
+		if r.err != nil {
+			return 0, r.readErr()
+		}
+		r.fill()
+		if r.r == r.w {
+			return 0, r.readErr()
+		}
+	}
+	n := copy(p, r.buf[r.r:r.w])
+	r.r += n
+	return n, nil
+}
 
 // Next waits for the next message's header and returns its type and body
 // length. The header is not consumed: follow Next with exactly one of Relay,
 // Body or Skip.
 func (r *Reader) Next() (typ byte, bodyLen int, err error) {
-	hdr, err := r.br.Peek(HeaderLen)
+	hdr, err := r.Peek(HeaderLen)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
 			err = io.ErrUnexpectedEOF
@@ -70,15 +190,15 @@ func (r *Reader) Next() (typ byte, bodyLen int, err error) {
 // valid until the next call on r.
 func (r *Reader) Body(bodyLen int) ([]byte, error) {
 	r.inMsg = true
-	if _, err := r.br.Discard(HeaderLen); err != nil {
+	if _, err := r.Discard(HeaderLen); err != nil {
 		return nil, err
 	}
-	if bodyLen <= r.br.Size() {
-		b, err := r.br.Peek(bodyLen)
+	if bodyLen <= r.size {
+		b, err := r.Peek(bodyLen)
 		if err != nil {
 			return nil, noEOF(err)
 		}
-		r.br.Discard(bodyLen)
+		r.Discard(bodyLen)
 		r.inMsg = false
 		return b, nil
 	}
@@ -86,7 +206,7 @@ func (r *Reader) Body(bodyLen int) ([]byte, error) {
 		r.scratch = make([]byte, bodyLen)
 	}
 	b := r.scratch[:bodyLen]
-	if _, err := io.ReadFull(r.br, b); err != nil {
+	if _, err := io.ReadFull(r, b); err != nil {
 		return nil, noEOF(err)
 	}
 	if cap(r.scratch) > 1<<20 {
@@ -104,18 +224,18 @@ func (r *Reader) Relay(w *bufio.Writer, bodyLen int) error {
 	r.inMsg = true
 	left := HeaderLen + bodyLen
 	for left > 0 {
-		n := min(left, max(r.br.Buffered(), 1), r.br.Size())
-		b, err := r.br.Peek(n)
+		n := min(left, max(r.Buffered(), 1), r.size)
+		b, err := r.Peek(n)
 		if err != nil {
 			return noEOF(err)
 		}
 		if _, err := w.Write(b); err != nil {
-			if _, derr := r.br.Discard(left); derr == nil {
+			if _, derr := r.Discard(left); derr == nil {
 				r.inMsg = false
 			}
 			return &WriteError{Err: err}
 		}
-		r.br.Discard(len(b))
+		r.Discard(len(b))
 		left -= len(b)
 	}
 	r.inMsg = false
@@ -125,7 +245,7 @@ func (r *Reader) Relay(w *bufio.Writer, bodyLen int) error {
 // Skip consumes the current message without looking at it.
 func (r *Reader) Skip(bodyLen int) error {
 	r.inMsg = true
-	if _, err := r.br.Discard(HeaderLen + bodyLen); err != nil {
+	if _, err := r.Discard(HeaderLen + bodyLen); err != nil {
 		return noEOF(err)
 	}
 	r.inMsg = false
@@ -155,10 +275,10 @@ func AppendHeader(dst []byte, typ byte, bodyLen int) []byte {
 // Complete reports whether a whole message is already buffered, so that a
 // relay can hold back a flush while more of a pipeline is at hand.
 func (r *Reader) Complete() bool {
-	b := r.br.Buffered()
+	b := r.Buffered()
 	if b < HeaderLen {
 		return false
 	}
-	hdr, _ := r.br.Peek(HeaderLen)
+	hdr, _ := r.Peek(HeaderLen)
 	return b >= 1+int(binary.BigEndian.Uint32(hdr[1:]))
 }

@@ -84,7 +84,7 @@ func TestReaderFraming(t *testing.T) {
 	in = AppendHeader(in, 'd', len(big))
 	in = append(in, big...)
 	in = AppendHeader(in, 'S', 0)
-	r := NewReader(bufio.NewReaderSize(bytes.NewReader(in), 64), 1<<20)
+	r := NewReader(bytes.NewReader(in), 64, 1<<20)
 	var out bytes.Buffer
 	w := bufio.NewWriter(&out)
 	for {
@@ -111,7 +111,7 @@ func TestReaderFraming(t *testing.T) {
 		"too large": binary.BigEndian.AppendUint32([]byte{'Q'}, 1<<20+5),
 		"too small": binary.BigEndian.AppendUint32([]byte{'Q'}, 3),
 	} {
-		r := NewReader(bufio.NewReader(bytes.NewReader(b)), 1<<20)
+		r := NewReader(bytes.NewReader(b), 4096, 1<<20)
 		if _, _, err := r.Next(); !errors.Is(err, ErrMessageTooLarge) && !errors.Is(err, ErrMessageMalformed) {
 			t.Errorf("%s: got %v", name, err)
 		}
@@ -130,7 +130,7 @@ func TestRelayKeepsStep(t *testing.T) {
 	in = AppendHeader(in, 'D', 5000)
 	in = append(in, bytes.Repeat([]byte("y"), 5000)...)
 	in = append(AppendHeader(in, 'Z', 1), 'I')
-	r := NewReader(bufio.NewReaderSize(bytes.NewReader(in), 16), 1<<20)
+	r := NewReader(bytes.NewReader(in), 16, 1<<20)
 	_, n, _ := r.Next()
 	var we *WriteError
 	if err := r.Relay(bufio.NewWriterSize(errWriter{}, 16), n); !errors.As(err, &we) {

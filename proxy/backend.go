@@ -42,6 +42,9 @@ type serverConn struct {
 	txStatus byte
 	copyIn   bool           // the server waits for COPY data
 	prepared preparedSet    // statements prepared under pgmux names
+	// syncedFor and syncedGen name the session (and its settings'
+	// generation) that syncParams last matched the server to.
+	syncedFor, syncedGen uint64
 	psDirty  bool           // a client's DEALLOCATE or DISCARD left prepared unsure
 	cancels  sync.WaitGroup // cancel requests in flight to this backend
 }
@@ -95,7 +98,7 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 	}
 	sc := &serverConn{
 		conn:     hc.Conn,
-		rd:       protocol.NewReader(bufio.NewReaderSize(hc.Conn, 16<<10), maxBody),
+		rd:       protocol.NewReader(hc.Conn, 16<<10, maxBody),
 		bw:       bufio.NewWriterSize(hc.Conn, 16<<10),
 		addr:     net.JoinHostPort(db.Host, strconv.Itoa(db.Port)),
 		pid:      hc.PID,
@@ -274,6 +277,7 @@ func (sc *serverConn) forgetSession() {
 	}
 	sc.prepared.clear()
 	sc.psDirty = false
+	sc.syncedFor = 0
 }
 
 // discardAll runs DISCARD ALL on a server nobody else uses.

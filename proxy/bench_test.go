@@ -77,7 +77,7 @@ func BenchmarkBindRelay(b *testing.B) {
 	for _, on := range []bool{true, false} {
 		b.Run(fmt.Sprintf("mapping=%v", on), func(b *testing.B) {
 			ss := &session{srv: &Server{}, psOn: on, stmts: map[string]*clientStmt{}}
-			ss.rd = protocol.NewReader(bufio.NewReaderSize(&cyclicReader{b: bind}, 4096), 1<<20)
+			ss.rd = protocol.NewReader(&cyclicReader{b: bind}, 4096, 1<<20)
 			sc := &serverConn{bw: bufio.NewWriterSize(io.Discard, 16<<10)}
 			cs := &clientStmt{server: serverStmtName([]byte("SELECT $1, $2\x00\x00\x00")), query: []byte("SELECT $1, $2\x00\x00\x00")}
 			ss.stmts["stmtcache_0123456789abcdef"] = cs

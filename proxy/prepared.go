@@ -221,6 +221,9 @@ func (ss *session) writeMapped(sc *serverConn, typ byte, n int) error {
 			break
 		}
 		cs := &clientStmt{server: serverStmtName(query), query: append([]byte(nil), query...)}
+		if ss.stmts == nil {
+			ss.stmts = make(map[string]*clientStmt)
+		}
 		ss.stmts[string(name)] = cs
 		if _, ok := sc.prepared.get(cs.server); ok {
 			// Already there: a Close of nothing answers in its place.
@@ -352,7 +355,7 @@ func (ss *session) dropEntryLocked(sc *serverConn, e psEntry) {
 	if e.parsed != "" && ss.stmts[e.parsed] == e.cs {
 		delete(ss.stmts, e.parsed)
 	}
-	if e.closed != "" && ss.stmts[e.closed] == nil {
+	if e.closed != "" && ss.stmts[e.closed] == nil && ss.stmts != nil {
 		ss.stmts[e.closed] = e.cs
 	}
 }
@@ -445,6 +448,10 @@ func (ss *session) localQuery(q string) (reply []byte, ok bool) {
 		clear(ss.stmts)
 		ss.mu.Unlock()
 		ss.want = maps.Clone(ss.startupWant)
+		if ss.want == nil {
+			ss.want = map[string]string{}
+		}
+		ss.wantGen++
 		return commandComplete("DISCARD ALL"), true
 	}
 	return nil, false
@@ -476,7 +483,7 @@ func commandComplete(tag string) []byte {
 // consumed) may be a DEALLOCATE or DISCARD, which prepared-statement mapping
 // must see. It only peeks at what is buffered.
 func (ss *session) stmtCommand(n int) bool {
-	b, _ := ss.rd.Bufio().Peek(min(protocol.HeaderLen+n, ss.rd.Bufio().Size(), protocol.HeaderLen+64))
+	b, _ := ss.rd.Peek(min(protocol.HeaderLen+n, ss.rd.Size(), protocol.HeaderLen+64))
 	if len(b) <= protocol.HeaderLen {
 		return false
 	}
@@ -487,10 +494,10 @@ func (ss *session) stmtCommand(n int) bool {
 // answerLocally answers a DEALLOCATE or DISCARD ALL while the session holds
 // no server. It reports false, consuming nothing, for any other query.
 func (ss *session) answerLocally(n int) (bool, error) {
-	if protocol.HeaderLen+n > ss.rd.Bufio().Size() {
+	if protocol.HeaderLen+n > ss.rd.Size() {
 		return false, nil
 	}
-	b, err := ss.rd.Bufio().Peek(protocol.HeaderLen + n)
+	b, err := ss.rd.Peek(protocol.HeaderLen + n)
 	if err != nil {
 		return false, clientReadError(err, "timeout")
 	}
@@ -502,12 +509,14 @@ func (ss *session) answerLocally(n int) (bool, error) {
 	if prev := ss.readerDone; prev != nil {
 		<-prev // the last relayServer may still be flushing to the client
 	}
-	ss.bw.Write(reply)
-	ss.bw.Write([]byte{'Z', 0, 0, 0, 5, 'I'})
+	w := ss.writer()
+	w.Write(reply)
+	w.Write([]byte{'Z', 0, 0, 0, 5, 'I'})
 	if !ss.rd.Complete() {
-		if err := ss.bw.Flush(); err != nil {
+		if err := w.Flush(); err != nil {
 			return true, errQuiet
 		}
+		ss.putWriter()
 	}
 	return true, nil
 }

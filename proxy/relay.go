@@ -16,6 +16,9 @@ import (
 // serve reads the client's messages after login until it leaves.
 func (ss *session) serve() error {
 	for {
+		if ss.rd.Buffered() == 0 {
+			ss.rd.Release() // an idle client holds no read buffer
+		}
 		typ, n, err := ss.rd.Next()
 		if err != nil {
 			var ne net.Error
@@ -110,7 +113,7 @@ func (ss *session) forward(typ byte, n int) error {
 		if n == 0 {
 			break
 		}
-		if name, err := ss.rd.Bufio().Peek(protocol.HeaderLen + 1); err == nil && name[protocol.HeaderLen] == 0 {
+		if name, err := ss.rd.Peek(protocol.HeaderLen + 1); err == nil && name[protocol.HeaderLen] == 0 {
 			ss.unnamedOpen = true
 		}
 	case 'B':
@@ -257,6 +260,7 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 				lk := sc.noteParam(ps.Name, ps.Value)
 				if _, ok := ss.want[lk]; ok || trackedSettings[lk] {
 					ss.want[lk] = ps.Value
+					ss.wantGen++
 				}
 			}
 			ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'S', n))
@@ -344,6 +348,7 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	ss.setState(stateIdle)
 
 	err := ss.bw.Flush()
+	ss.putWriter()
 	sc.cancels.Wait() // a cancel meant for this client must not reach the next one
 	if sc.psDirty && sc.discardAll() != nil {
 		destroyLease(lease)
@@ -368,7 +373,7 @@ func (ss *session) serverFailed(err error) {
 	ss.lease = nil
 	ss.serverDead = true
 	ss.mu.Unlock()
-	ss.log.Warn("server connection lost", zap.Uint32("server_pid", lease.Conn().pid), zap.Error(err))
+	ss.logger().Warn("server connection lost", zap.Uint32("server_pid", lease.Conn().pid), zap.Error(err))
 	destroyLease(lease)
 	ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
 	ss.bw.Flush()
@@ -423,15 +428,16 @@ func (ss *session) finish(err error) {
 	ss.srv.metrics.disconnects.WithLabelValues(reason).Inc()
 	if errors.As(err, &pgErr) {
 		ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		ss.bw.Reset(ss.conn)
+		ss.writer().Reset(ss.conn)
 		ss.bw.Write(pgErr.AppendTo(nil))
 		ss.bw.Flush()
 		if pgErr.Code != protocol.CodeAdminShutdown {
-			ss.log.Info("client closed", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message))
+			ss.logger().Info("client closed", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message))
 		}
 	}
+	ss.putWriter()
 	ss.srv.remove(ss)
-	ss.log.Debug("session closed", zap.Duration("duration", time.Since(ss.start)))
+	ss.logger().Debug("session closed", zap.Duration("duration", time.Since(ss.start)))
 }
 
 // settleTimeout bounds how long a server left by its client may take to

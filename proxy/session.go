@@ -47,8 +47,7 @@ type session struct {
 	id        uint64
 	conn      net.Conn
 	rd        *protocol.Reader
-	bw        *bufio.Writer // to the client; owned by relayServer while it runs
-	log       *zap.Logger
+	bw        *bufio.Writer // to the client, from writerPool; owned by relayServer while it runs
 	overLimit bool
 	start     time.Time
 	ctx       context.Context
@@ -64,6 +63,7 @@ type session struct {
 	// is touched by relayServer (ParameterStatus) and by bind, never by both
 	// at once: bind runs only when no relayServer does.
 	want        map[string]string
+	wantGen     uint64            // bumped whenever want changes
 	startupWant map[string]string // want as the startup packet gave it
 
 	// Prepared-statement mapping (see prepared.go), on in transaction mode
@@ -152,16 +152,43 @@ func newSession(srv *Server, c net.Conn, overLimit bool) *session {
 	ss := &session{
 		srv:       srv,
 		conn:      c,
-		rd:        protocol.NewReader(bufio.NewReaderSize(c, 4096), srv.options().MaxPacketSize),
-		bw:        bufio.NewWriterSize(c, 4096),
+		rd:        protocol.NewReader(c, 4096, srv.options().MaxPacketSize),
 		overLimit: overLimit,
 		start:     time.Now(),
 	}
 	ss.cond.L = &ss.mu
 	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
 	ss.id = srv.nextID.Add(1)
-	ss.log = srv.log.With(zap.Uint64("conn_id", ss.id), zap.String("client_addr", c.RemoteAddr().String()))
 	return ss
+}
+
+// logger returns the session's logger. It is built when something is to be
+// logged, which is rare, rather than kept: a logger with fields costs an idle
+// session more than the rest of its state.
+func (ss *session) logger() *zap.Logger {
+	return ss.srv.log.With(zap.Uint64("conn_id", ss.id), zap.String("client_addr", ss.conn.RemoteAddr().String()),
+		zap.String("database", ss.dbName), zap.String("user", ss.user))
+}
+
+// writerPool holds the client write buffers of sessions that are idle.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+
+// writer returns the session's client writer, taking one from the pool.
+func (ss *session) writer() *bufio.Writer {
+	if ss.bw == nil {
+		ss.bw = writerPool.Get().(*bufio.Writer)
+		ss.bw.Reset(ss.conn)
+	}
+	return ss.bw
+}
+
+// putWriter gives an empty client writer back to the pool.
+func (ss *session) putWriter() {
+	if ss.bw != nil && ss.bw.Buffered() == 0 {
+		ss.bw.Reset(nil)
+		writerPool.Put(ss.bw)
+		ss.bw = nil
+	}
 }
 
 // errQuiet ends a session without an error message to the client.
@@ -184,13 +211,14 @@ func (ss *session) run() {
 // login runs the startup and authentication phase, up to the client's first
 // ReadyForQuery.
 func (ss *session) login() error {
+	ss.writer()
 	if t := ss.srv.options().ClientLoginTimeout; t > 0 {
 		ss.conn.SetDeadline(time.Now().Add(t))
 	}
 	var st *protocol.Startup
 	for tries := 0; ; tries++ {
 		var err error
-		st, err = protocol.ReadStartup(ss.rd.Bufio())
+		st, err = protocol.ReadStartup(ss.rd)
 		if err != nil {
 			return clientReadError(err, "client_login_timeout")
 		}
@@ -246,9 +274,11 @@ func (ss *session) login() error {
 		ss.user = user
 		return ss.console(user)
 	}
-	ss.user, ss.dbName, ss.want, ss.startupWant = user, dbName, want, maps.Clone(want)
+	ss.user, ss.dbName, ss.want = user, dbName, want
+	if len(want) > 0 {
+		ss.startupWant = maps.Clone(want)
+	}
 	ss.appName = want["application_name"]
-	ss.log = ss.log.With(zap.String("database", dbName), zap.String("user", user))
 	db, ok := ss.srv.options().Databases(dbName)
 	if !ok {
 		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
@@ -266,7 +296,6 @@ func (ss *session) login() error {
 	ss.mode = db.PoolMode
 	if ss.mode == ModeTransaction && ss.srv.options().MaxPreparedStatements > 0 {
 		ss.psOn = true
-		ss.stmts = make(map[string]*clientStmt)
 	}
 	ss.pool, err = ss.srv.poolFor(dbName, db, backendUser, password)
 	if err != nil {
@@ -310,11 +339,13 @@ func (ss *session) login() error {
 	ss.setState(stateIdle)
 	if lease != nil {
 		ss.attach(lease) // from now on relayServer owns the client's writer
+	} else {
+		ss.putWriter()
 	}
 	ss.mu.Lock()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
-	ss.log.Debug("session opened", zap.String("pool_mode", ss.mode))
+	ss.logger().Debug("session opened", zap.String("pool_mode", ss.mode))
 	return nil
 }
 
@@ -420,7 +451,7 @@ func (ss *session) authenticate(user string) error {
 			return failed
 		}
 		if secret.SCRAM == nil {
-			ss.log.Error("auth_file holds an md5 secret for this user; SCRAM needs the password or a SCRAM secret")
+			ss.logger().Error("auth_file holds an md5 secret for this user; SCRAM needs the password or a SCRAM secret")
 			return failed
 		}
 		if err = ss.authSCRAM(secret.SCRAM, failed); err != nil {
@@ -553,28 +584,25 @@ func clientReadError(err error, timeoutName string) error {
 // query_wait_timeout. While it waits it watches the client, so that a client
 // that hangs up leaves the queue at once instead of taking a server later.
 func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
-	ctx := ss.ctx
-	if t := ss.srv.options().QueryWaitTimeout; t > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t)
-		defer cancel()
-	}
 	for {
 		pl := ss.pool.pool.Load()
-		lease, err := pl.TryAcquire(ctx)
-		if err != nil {
-			lease, err = ss.acquireWatched(ctx, pl)
+		lease, err := pl.TryAcquire(ss.ctx) // the common case: a server is idle
+		if err != nil && !errors.Is(err, pool.ErrClosed) {
+			lease, err = ss.acquireWait(pl)
 		}
 		if errors.Is(err, pool.ErrClosed) && ss.pool.pool.Load() != pl {
 			continue // a reload replaced the pool meanwhile
 		}
-		if err != nil {
-			return nil, ss.acquireError(ctx, err)
+		if errors.Is(err, pool.ErrClosed) {
+			return nil, errPoolClosed
 		}
-		// A server may have gone away while idle (restart, a timeout on
-		// its side): look before lending it. It costs one non-blocking
-		// recv.
-		if !lease.Conn().alive() {
+		if err != nil {
+			return nil, err
+		}
+		// A server may have gone away while idle (restart, a timeout on its
+		// side): look before lending one that sat for a while. It costs one
+		// non-blocking recv.
+		if lease.IdleDuration() > aliveCheckAfter && !lease.Conn().alive() {
 			destroyLease(lease)
 			continue
 		}
@@ -582,6 +610,29 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 		return lease, nil
 	}
 }
+
+// aliveCheckAfter is how long a server must have been idle to be checked
+// before it is lent: one that died within this time of its last use fails
+// its next client with "server conn crashed?", as in PgBouncer.
+const aliveCheckAfter = 100 * time.Millisecond
+
+// acquireWait waits for a server of pl, at most query_wait_timeout.
+func (ss *session) acquireWait(pl *pool.Pool[*serverConn]) (*pool.Lease[*serverConn], error) {
+	ctx := ss.ctx
+	if t := ss.srv.options().QueryWaitTimeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	lease, err := ss.acquireWatched(ctx, pl)
+	if err != nil && !errors.Is(err, pool.ErrClosed) {
+		return nil, ss.acquireError(ctx, err)
+	}
+	return lease, err
+}
+
+// errPoolClosed is the client's error when pgmux shuts its pools.
+var errPoolClosed = protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
 
 // errClientGone ends a wait for a server when the client hangs up.
 var errClientGone = errors.New("client disconnected while waiting for a server")
@@ -593,7 +644,7 @@ func (ss *session) acquireWatched(ctx context.Context, pl *pool.Pool[*serverConn
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watchDone := make(chan struct{})
-	br := ss.rd.Bufio()
+	br := ss.rd
 	go func() {
 		defer close(watchDone)
 		for br.Buffered() < br.Size() {
@@ -622,21 +673,21 @@ func (ss *session) acquireError(ctx context.Context, err error) error {
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, pool.ErrClosed):
-		return protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
+		return errPoolClosed
 	case errors.Is(err, errClientGone), ss.ctx.Err() != nil:
 		return errQuiet
 	case errors.As(err, &pgErr):
-		ss.log.Warn("server login failed", zap.Error(err))
+		ss.logger().Warn("server login failed", zap.Error(err))
 		return &protocol.PgError{Severity: "FATAL", Code: pgErr.Code, Message: "server login failed: " + pgErr.Message}
 	case ctx.Err() != nil:
 		return protocol.Fatal(protocol.CodeTooManyConnections, fmt.Sprintf(
 			"query_wait_timeout: no server connection available within %s", ss.srv.options().QueryWaitTimeout))
 	case errors.Is(err, context.DeadlineExceeded):
-		ss.log.Warn("server connect timed out", zap.Error(err))
+		ss.logger().Warn("server connect timed out", zap.Error(err))
 		return protocol.Fatal(protocol.CodeConnectionFailure, fmt.Sprintf(
 			"server_connect_timeout: no answer from the server within %s", ss.srv.options().ServerConnectTimeout))
 	}
-	ss.log.Warn("server connect failed", zap.Error(err))
+	ss.logger().Warn("server connect failed", zap.Error(err))
 	return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
 }
 
@@ -674,7 +725,13 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 			ss.pool.observeWait(time.Since(start))
 		}
 		sc := lease.Conn()
-		err = sc.syncParams(ss.want)
+		// Settings need no look when this session was the server's last
+		// user and has not changed them since.
+		if sc.syncedFor != ss.id || sc.syncedGen != ss.wantGen {
+			if err = sc.syncParams(ss.want); err == nil {
+				sc.syncedFor, sc.syncedGen = ss.id, ss.wantGen
+			}
+		}
 		if err == nil && ss.psOn {
 			err = ss.trimPrepared(sc, ss.srv.options().MaxPreparedStatements)
 		}
@@ -698,6 +755,7 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 // attach makes lease the session's server and starts relayServer on it.
 func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	done := make(chan struct{})
+	ss.writer()
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen = lease, done, 0, false, false
 	ss.segLen, ss.txStart = 0, 0

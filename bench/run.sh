@@ -95,7 +95,8 @@ INI
   chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
   touch "$work/pgbouncer.log"; chmod 666 "$work/pgbouncer.log"
   if [ "$(id -u)" = 0 ]; then
-    taskset -c 0 runuser -u postgres -- "$PGBOUNCER" -q "$work/pgbouncer.ini" 2>/dev/null &
+    # setpriv, unlike runuser, keeps the raised open-files limit.
+    taskset -c 0 setpriv --reuid=postgres --regid=postgres --clear-groups "$PGBOUNCER" -q "$work/pgbouncer.ini" &
   else
     taskset -c 0 "$PGBOUNCER" -q "$work/pgbouncer.ini" &
   fi
@@ -203,11 +204,18 @@ echo "target,clients,rss_base_kb,rss_kb,bytes_per_client" > "$MEM"
 memory_point() { # target port pid n
   local target=$1 port=$2 pid=$3 n=$4
   local base; base=$(rss_kb "$pid")
-  coproc HOLD { bin/idleclients -addr "127.0.0.1:$port" -n "$n"; }
-  local ready=""
-  read -r -t 300 ready <&"${HOLD[0]}" || true
-  if [ "$ready" != ready ]; then
-    echo "bench: $n idle clients through $target failed" >&2
+  rm -f "$work/hold" "$work/idle.out"
+  mkfifo "$work/hold"
+  bin/idleclients -addr "127.0.0.1:$port" -n "$n" < "$work/hold" > "$work/idle.out" 2>&1 &
+  local hold=$!
+  exec 7>"$work/hold" # idleclients holds its connections until this closes
+  for _ in $(seq 3000); do
+    grep -q ready "$work/idle.out" 2>/dev/null && break
+    kill -0 "$hold" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q ready "$work/idle.out" 2>/dev/null; then
+    echo "bench: $n idle clients through $target failed: $(head -3 "$work/idle.out")" >&2
     echo "$target,$n,$base,,," >> "$MEM"
   else
     sleep 1
@@ -216,8 +224,8 @@ memory_point() { # target port pid n
     echo "$target,$n,$base,$rss,$per" >> "$MEM"
     printf "  %-9s %6s idle clients  RSS %7s KiB -> %7s KiB  %6s bytes/client\n" "$target" "$n" "$base" "$rss" "$per" >&2
   fi
-  exec {HOLD[1]}>&-
-  wait "$HOLD_PID" 2>/dev/null || true
+  exec 7>&-
+  wait "$hold" 2>/dev/null || true
 }
 echo "bench: idle clients" >&2
 for n in $IDLE; do

@@ -40,13 +40,13 @@ type serverConn struct {
 	leased    atomic.Bool // lent to a client (for reports)
 
 	txStatus byte
-	copyIn   bool           // the server waits for COPY data
-	prepared preparedSet    // statements prepared under pgmux names
+	copyIn   bool        // the server waits for COPY data
+	prepared preparedSet // statements prepared under pgmux names
 	// syncedFor and syncedGen name the session (and its settings'
 	// generation) that syncParams last matched the server to.
 	syncedFor, syncedGen uint64
-	psDirty  bool           // a client's DEALLOCATE or DISCARD left prepared unsure
-	cancels  sync.WaitGroup // cancel requests in flight to this backend
+	psDirty              bool           // a client's DEALLOCATE or DISCARD left prepared unsure
+	cancels              sync.WaitGroup // cancel requests in flight to this backend
 }
 
 var _ pool.Conn = (*serverConn)(nil)
@@ -116,29 +116,51 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 }
 
 // alive reports whether an idle connection is still usable, without
-// blocking: it peeks at the socket (MSG_PEEK|MSG_DONTWAIT). A server that went
-// away has left an end of file; one that has something to say while idle (a
-// FATAL before closing, a notice) is not trusted either.
+// blocking: a server that went away has left an end of file; one that has
+// something to say while idle (a FATAL before closing, a notice) is not
+// trusted either.
 func (sc *serverConn) alive() bool {
-	if sc.rd.Buffered() > 0 {
-		return false
-	}
-	sys, ok := sc.conn.(syscall.Conn)
+	return sc.rd.Buffered() == 0 && peek(sc.conn) == peekEmpty
+}
+
+// peerClosed reports whether c's peer has closed its end (and sent nothing
+// still unread).
+func peerClosed(c net.Conn) bool { return peek(c) == peekEOF }
+
+type peekResult uint8
+
+const (
+	peekEmpty peekResult = iota // nothing to read: the peer is there and quiet
+	peekData                    // bytes are waiting
+	peekEOF                     // the peer closed, or the socket failed
+)
+
+// peek looks at c's socket without blocking or consuming (MSG_PEEK|MSG_DONTWAIT).
+func peek(c net.Conn) peekResult {
+	sys, ok := c.(syscall.Conn)
 	if !ok {
-		return true
+		return peekEmpty
 	}
 	raw, err := sys.SyscallConn()
 	if err != nil {
-		return false
+		return peekEOF
 	}
+	var n int
 	var rerr error
 	err = raw.Read(func(fd uintptr) bool {
 		var b [1]byte
-		_, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return true
 	})
-	// Nothing to read is the only good answer: data or end of file are not.
-	return err == nil && (rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK)
+	switch {
+	case err != nil:
+		return peekEOF
+	case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK:
+		return peekEmpty
+	case rerr == nil && n > 0:
+		return peekData
+	}
+	return peekEOF
 }
 
 // noteParam records a ParameterStatus the server sent.

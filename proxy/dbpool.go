@@ -102,24 +102,24 @@ func (p *dbPool) countError(code string) {
 	p.m.errors.WithLabelValues(class).Inc()
 }
 
-func (p *dbPool) observeWait(d time.Duration) {
+func (p *dbPool) observeWait(d time.Duration, now int64) {
 	p.waitNanos.Add(int64(d))
-	p.waitWin.Observe(d)
+	p.waitWin.ObserveAt(d, now/1e9)
 	p.m.wait.Observe(d.Seconds())
 }
 
-func (p *dbPool) observeQuery(d time.Duration) {
+func (p *dbPool) observeQuery(d time.Duration, now int64) {
 	p.queries.Add(1)
 	p.queryNanos.Add(int64(d))
-	p.queryWin.Observe(d)
+	p.queryWin.ObserveAt(d, now/1e9)
 	p.m.queries.Inc()
 	p.m.query.Observe(d.Seconds())
 }
 
-func (p *dbPool) observeTransaction(d time.Duration) {
+func (p *dbPool) observeTransaction(d time.Duration, now int64) {
 	p.transactions.Add(1)
 	p.txNanos.Add(int64(d))
-	p.txWin.Observe(d)
+	p.txWin.ObserveAt(d, now/1e9)
 	p.m.transactions.Inc()
 	p.m.transaction.Observe(d.Seconds())
 }

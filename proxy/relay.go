@@ -314,12 +314,12 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	}
 	sc.txStatus = status
 	if ss.segLen > 0 {
-		ss.pool.observeQuery(time.Duration(now - ss.segStarts[ss.segHead]))
+		ss.pool.observeQuery(time.Duration(now-ss.segStarts[ss.segHead]), now)
 		ss.segHead = (ss.segHead + 1) % len(ss.segStarts)
 		ss.segLen--
 	}
 	if status == 'I' && ss.txStart != 0 {
-		ss.pool.observeTransaction(time.Duration(now - ss.txStart))
+		ss.pool.observeTransaction(time.Duration(now-ss.txStart), now)
 		ss.txStart = 0
 	}
 	ss.pool.addBytes(ss.bytesIn, ss.bytesOut)

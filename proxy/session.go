@@ -616,7 +616,10 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 // its next client with "server conn crashed?", as in PgBouncer.
 const aliveCheckAfter = 100 * time.Millisecond
 
-// acquireWait waits for a server of pl, at most query_wait_timeout.
+// acquireWait waits for a server of pl, at most query_wait_timeout. A
+// client that hung up while it waited gives the server straight back (its
+// first message, already read, goes nowhere), so that a crowd of clients that
+// left does not keep the others waiting.
 func (ss *session) acquireWait(pl *pool.Pool[*serverConn]) (*pool.Lease[*serverConn], error) {
 	ctx := ss.ctx
 	if t := ss.srv.options().QueryWaitTimeout; t > 0 {
@@ -624,57 +627,29 @@ func (ss *session) acquireWait(pl *pool.Pool[*serverConn]) (*pool.Lease[*serverC
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
-	lease, err := ss.acquireWatched(ctx, pl)
-	if err != nil && !errors.Is(err, pool.ErrClosed) {
+	lease, err := pl.Acquire(ctx)
+	if err != nil {
+		if errors.Is(err, pool.ErrClosed) {
+			return nil, err
+		}
 		return nil, ss.acquireError(ctx, err)
 	}
-	return lease, err
+	if peerClosed(ss.conn) {
+		releaseLease(lease)
+		return nil, errQuiet
+	}
+	return lease, nil
 }
 
 // errPoolClosed is the client's error when pgmux shuts its pools.
 var errPoolClosed = protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
-
-// errClientGone ends a wait for a server when the client hangs up.
-var errClientGone = errors.New("client disconnected while waiting for a server")
-
-// acquireWatched waits for a server while a second goroutine reads ahead from
-// the client: what it reads stays buffered; end of file or an error cancels
-// the wait.
-func (ss *session) acquireWatched(ctx context.Context, pl *pool.Pool[*serverConn]) (*pool.Lease[*serverConn], error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	watchDone := make(chan struct{})
-	br := ss.rd
-	go func() {
-		defer close(watchDone)
-		for br.Buffered() < br.Size() {
-			if _, err := br.Peek(br.Buffered() + 1); err != nil {
-				var ne net.Error
-				if !errors.As(err, &ne) || !ne.Timeout() {
-					cancel(errClientGone)
-				}
-				return
-			}
-		}
-	}()
-	lease, err := pl.Acquire(ctx)
-	ss.conn.SetReadDeadline(pastDeadline) // stop the watcher
-	<-watchDone
-	ss.mu.Lock()
-	ss.conn.SetReadDeadline(ss.deadline)
-	ss.mu.Unlock()
-	if err != nil && context.Cause(ctx) == errClientGone {
-		return nil, errClientGone
-	}
-	return lease, err
-}
 
 func (ss *session) acquireError(ctx context.Context, err error) error {
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, pool.ErrClosed):
 		return errPoolClosed
-	case errors.Is(err, errClientGone), ss.ctx.Err() != nil:
+	case ss.ctx.Err() != nil:
 		return errQuiet
 	case errors.As(err, &pgErr):
 		ss.logger().Warn("server login failed", zap.Error(err))
@@ -722,7 +697,8 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 			return nil, err
 		}
 		if attempt == 0 {
-			ss.pool.observeWait(time.Since(start))
+			now := time.Now()
+			ss.pool.observeWait(now.Sub(start), now.UnixNano())
 		}
 		sc := lease.Conn()
 		// Settings need no look when this session was the server's last

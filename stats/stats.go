@@ -124,8 +124,11 @@ func bucketValue(b int) float64 {
 }
 
 // Observe records one duration.
-func (w *Window) Observe(d time.Duration) {
-	now := time.Now().Unix()
+func (w *Window) Observe(d time.Duration) { w.ObserveAt(d, time.Now().Unix()) }
+
+// ObserveAt records one duration observed at the given Unix second, for a
+// caller that already knows the time.
+func (w *Window) ObserveAt(d time.Duration, now int64) {
 	s := &w.slots[now%windowSeconds]
 	if s.second.Load() != now {
 		w.mu.Lock()

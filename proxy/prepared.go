@@ -177,6 +177,26 @@ func appendClose(dst []byte, kind byte, name string) []byte {
 	return append(dst, 0)
 }
 
+// namesStatement reports, from the start of a Parse, Bind, Describe or
+// Close body (head, of a body of n bytes), whether the message names a
+// prepared statement, so that mapping must rewrite it. The unnamed statement
+// and portals pass as they are.
+func namesStatement(typ byte, head []byte, n int) bool {
+	switch typ {
+	case 'P':
+		return head[0] != 0
+	case 'B':
+		portal := bytes.IndexByte(head, 0)
+		if portal < 0 || portal+1 >= len(head) {
+			return true // names too long to see here: let writeMapped read them
+		}
+		return head[portal+1] != 0
+	case 'D', 'C':
+		return n >= 2 && head[0] == 'S' && (len(head) < 2 || head[1] != 0)
+	}
+	return false
+}
+
 // ensureLocked makes sure the server statement name is prepared on sc, or
 // will be by the time the message being written reaches it: if not, it
 // appends a Parse to out and queues its swallowed answer.

@@ -84,6 +84,21 @@ func (ss *session) clientError(err error) error {
 // forward relays one client message to the session's server, binding one
 // first if it holds none.
 func (ss *session) forward(typ byte, n int) error {
+	// Look at the start of the body, outside the lock: whether a Parse is of
+	// the unnamed statement, and whether a message names a statement that
+	// prepared-statement mapping must rewrite.
+	unnamedParse, mapped := false, false
+	switch typ {
+	case 'P', 'B', 'D', 'C':
+		head, _ := ss.rd.Peek(protocol.HeaderLen + min(n, 64))
+		if len(head) > protocol.HeaderLen {
+			body := head[protocol.HeaderLen:]
+			unnamedParse = typ == 'P' && body[0] == 0
+			mapped = ss.psOn && namesStatement(typ, body, n)
+		} else {
+			mapped = ss.psOn && n > 0
+		}
+	}
 	ss.mu.Lock()
 	if ss.serverDead {
 		ss.mu.Unlock()
@@ -106,28 +121,29 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.pending++
 		ss.mid, ss.unnamedOpen, endsSegment = false, false, true
 	case 'P':
-		ss.mid = true
 		// A Parse of the unnamed statement that is not bound before the
 		// Sync (pgx's describe-then-execute) must find the statement on
 		// the same server next time: keep the server until a Bind.
-		if n == 0 {
-			break
-		}
-		if name, err := ss.rd.Peek(protocol.HeaderLen + 1); err == nil && name[protocol.HeaderLen] == 0 {
-			ss.unnamedOpen = true
-		}
+		ss.mid = true
+		ss.unnamedOpen = ss.unnamedOpen || unnamedParse
 	case 'B':
 		ss.mid, ss.unnamedOpen = true, false
 	case 'D', 'E', 'C', 'H':
 		ss.mid = true
 	}
-	now := time.Now().UnixNano()
-	if ss.txStart == 0 {
-		ss.txStart = now
+	if ss.psOn && !mapped && (typ == 'P' || typ == 'C') {
+		// Relayed as it is, but its answer must still be matched.
+		ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: typ})
 	}
-	if endsSegment && ss.segLen < len(ss.segStarts) {
-		ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
-		ss.segLen++
+	if ss.txStart == 0 || endsSegment {
+		now := time.Now().UnixNano()
+		if ss.txStart == 0 {
+			ss.txStart = now
+		}
+		if endsSegment && ss.segLen < len(ss.segStarts) {
+			ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
+			ss.segLen++
+		}
 	}
 	ss.bytesIn += int64(protocol.HeaderLen + n)
 	ss.writing = true
@@ -136,7 +152,7 @@ func (ss *session) forward(typ byte, n int) error {
 
 	var err error
 	switch {
-	case ss.psOn && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
+	case mapped:
 		err = ss.writeMapped(sc, typ, n)
 	case ss.psOn && typ == 'Q' && ss.stmtCommand(n):
 		err = ss.writeMappedQuery(sc, n)

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -141,21 +140,18 @@ type Totals struct {
 
 func statsReport(src Source) Report {
 	r := Report{WindowSeconds: 60, Pools: src.Pools(), Prepared: src.Prepared()}
-	r.Totals.Errors = map[string]int64{}
+	var sum stats.Pool
 	for _, p := range r.Pools {
-		t := &r.Totals
-		t.ClientsActive += p.ClientsActive
-		t.ClientsWaiting += p.ClientsWaiting
-		t.ClientsIdle += p.ClientsIdle
-		t.ServersActive += p.ServersActive
-		t.ServersIdle += p.ServersIdle
-		t.Transactions += p.Transactions
-		t.Queries += p.Queries
-		t.BytesReceived += p.BytesReceived
-		t.BytesSent += p.BytesSent
-		for k, v := range p.Errors {
-			t.Errors[k] += v
-		}
+		sum.Add(p)
+	}
+	r.Totals = Totals{
+		ClientsActive: sum.ClientsActive, ClientsWaiting: sum.ClientsWaiting, ClientsIdle: sum.ClientsIdle,
+		ServersActive: sum.ServersActive, ServersIdle: sum.ServersIdle,
+		Transactions: sum.Transactions, Queries: sum.Queries,
+		BytesReceived: sum.BytesReceived, BytesSent: sum.BytesSent, Errors: sum.Errors,
+	}
+	if r.Totals.Errors == nil {
+		r.Totals.Errors = map[string]int64{}
 	}
 	return r
 }
@@ -166,15 +162,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
-}
-
-// Loopback reports whether an admin_listen address only takes local
-// connections, where the token may be left out.
-func Loopback(addr string) bool {
-	host := addr
-	if i := strings.LastIndex(addr, ":"); i >= 0 {
-		host = addr[:i]
-	}
-	host = strings.Trim(host, "[]")
-	return host == "localhost" || strings.HasPrefix(host, "127.") || host == "::1"
 }

@@ -229,14 +229,7 @@ func (s *Server) showStats() []byte {
 			byDB[p.Database] = a
 			names = append(names, p.Database)
 		}
-		a.Transactions += p.Transactions
-		a.Queries += p.Queries
-		a.BytesReceived += p.BytesReceived
-		a.BytesSent += p.BytesSent
-		a.TotalTransactionTime += p.TotalTransactionTime
-		a.TotalQueryTime += p.TotalQueryTime
-		a.TotalWaitTime += p.TotalWaitTime
-		a.WaitTime.Count += p.WaitTime.Count
+		a.Add(p)
 	}
 	slices.Sort(names)
 	up := max(time.Since(s.started).Seconds(), 1)

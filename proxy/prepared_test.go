@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -343,38 +341,12 @@ func TestPreparedDifferential(t *testing.T) {
 // TestPgbenchPrepared: pgbench -M prepared through transaction mode, the
 // select-only script at 100 clients and TPC-B-like at 10, pool of 10.
 func TestPgbenchPrepared(t *testing.T) {
-	c := needPG(t)
-	bin := pgbenchPath(t)
-	const dbName = "pgbench_prepared"
-	if err := c.CreateDatabase(dbName); err != nil {
-		t.Fatal(err)
-	}
-	user := c.SuperUserName()
-	if out, err := exec.Command(bin, "-i", "-q", "-s", "1", "-h", c.Host, "-p", strconv.Itoa(c.Port), "-U", user, dbName).CombinedOutput(); err != nil {
-		t.Fatalf("pgbench -i: %v\n%s", err, out)
-	}
+	bin := pgbenchDB(t, "pgbench_prepared")
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 10 })
-	for _, run := range []struct {
-		name string
-		args []string
-	}{
-		{"select-only 100 clients", []string{"-S", "-c", "100"}},
-		{"tpcb 10 clients", []string{"-c", "10"}},
-	} {
-		t.Run(run.name, func(t *testing.T) {
-			args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(p.port), "-U", user, "-j", "2", "-T", "4", "-M", "prepared", "-n"}, run.args...)
-			cmd := exec.Command(bin, append(args, dbName)...)
-			cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("pgbench: %v\n%s", err, out)
-			}
-			failed := pgbenchFailed.FindSubmatch(out)
-			processed := pgbenchProcessed.FindSubmatch(out)
-			if failed == nil || processed == nil || string(failed[1]) != "0" || string(processed[1]) == "0" {
-				t.Fatalf("pgbench -M prepared:\n%s", out)
-			}
-			t.Logf("%s: %s transactions, none failed", run.name, processed[1])
-		})
-	}
+	t.Run("select-only 100 clients", func(t *testing.T) {
+		runPgbench(t, bin, p, "pgbench_prepared", "-M", "prepared", "-S", "-c", "100")
+	})
+	t.Run("tpcb 10 clients", func(t *testing.T) {
+		runPgbench(t, bin, p, "pgbench_prepared", "-M", "prepared", "-c", "10")
+	})
 }

@@ -45,6 +45,30 @@ type Pool struct {
 	WaitTime        Summary `json:"wait_time"` // for a server: pgmux's own contribution
 }
 
+// Add accumulates q's counts and cumulative times into p (not its
+// percentiles, which do not add up).
+func (p *Pool) Add(q Pool) {
+	p.ClientsActive += q.ClientsActive
+	p.ClientsWaiting += q.ClientsWaiting
+	p.ClientsIdle += q.ClientsIdle
+	p.ServersActive += q.ServersActive
+	p.ServersIdle += q.ServersIdle
+	p.ServersConnecting += q.ServersConnecting
+	p.Transactions += q.Transactions
+	p.Queries += q.Queries
+	p.BytesReceived += q.BytesReceived
+	p.BytesSent += q.BytesSent
+	p.TotalTransactionTime += q.TotalTransactionTime
+	p.TotalQueryTime += q.TotalQueryTime
+	p.TotalWaitTime += q.TotalWaitTime
+	if len(q.Errors) > 0 && p.Errors == nil {
+		p.Errors = map[string]int64{}
+	}
+	for k, v := range q.Errors {
+		p.Errors[k] += v
+	}
+}
+
 // Summary is a latency distribution over a recent window, in seconds.
 type Summary struct {
 	Count int64   `json:"count"`

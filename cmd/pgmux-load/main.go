@@ -19,12 +19,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/signal"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -103,7 +105,10 @@ func (r *result) failed() int {
 func run(o options) *result {
 	res := &result{latencies: map[string][]time.Duration{}, outcomes: map[string]int{}}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, MaxConnsPerHost: o.concurrency}, Timeout: 30 * time.Second}
-	ctx, cancel := context.WithTimeout(context.Background(), o.duration)
+	// Ctrl-C or SIGTERM ends the run early; the report covers what ran.
+	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sig, o.duration)
 	defer cancel()
 	var done atomic.Int64
 	var failed atomic.Int64

@@ -51,7 +51,7 @@ func msg(typ byte, body string) []byte {
 // FATAL with SQLSTATE and is closed; a healthy client alongside never fails.
 func TestBadInput(t *testing.T) {
 	const dbName = "bad_input"
-	if err := cluster.CreateDatabase(dbName); err != nil {
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, func(o *Options, db *Database) {

@@ -92,7 +92,7 @@ func TestCancel(t *testing.T) {
 // backend is left in a transaction.
 func TestCancelStorm(t *testing.T) {
 	const dbName = "cancel_storm"
-	if err := cluster.CreateDatabase(dbName); err != nil {
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 5 })

@@ -29,7 +29,7 @@ func TestPgxThroughProxy(t *testing.T) {
 	for _, poolMode := range []string{ModeTransaction, ModeSession} {
 		t.Run(poolMode, func(t *testing.T) {
 			dbName := "pgx_" + poolMode
-			if err := cluster.CreateDatabase(dbName); err != nil {
+			if err := needPG(t).CreateDatabase(dbName); err != nil {
 				t.Fatal(err)
 			}
 			p := startProxy(t, func(o *Options, db *Database) { db.PoolMode = poolMode })
@@ -162,7 +162,7 @@ func TestManyClientsSmallPool(t *testing.T) {
 
 func manyClients(t *testing.T, poolMode string) {
 	dbName, clients := "many_clients_"+poolMode, 500
-	if err := cluster.CreateDatabase(dbName); err != nil {
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolMode = poolMode })

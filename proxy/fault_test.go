@@ -14,10 +14,10 @@ import (
 // 1 s, and no backend is left idle in transaction.
 func TestClientKilledHoldingLock(t *testing.T) {
 	const dbName = "killed_client"
-	if err := cluster.CreateDatabase(dbName); err != nil {
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.Exec(dbName, "CREATE TABLE accounts (id int PRIMARY KEY, balance int); INSERT INTO accounts VALUES (1, 100)"); err != nil {
+	if err := needPG(t).Exec(dbName, "CREATE TABLE accounts (id int PRIMARY KEY, balance int); INSERT INTO accounts VALUES (1, 100)"); err != nil {
 		t.Fatal(err)
 	}
 	for _, poolMode := range []string{ModeTransaction, ModeSession} {

@@ -20,10 +20,10 @@ import (
 // different queries in and out of transactions for several seconds.
 func TestPgxStatementCache(t *testing.T) {
 	const dbName = "stmt_cache"
-	if err := cluster.CreateDatabase(dbName); err != nil {
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.Exec(dbName, "CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g"); err != nil {
+	if err := needPG(t).Exec(dbName, "CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g"); err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 5 })

@@ -47,10 +47,10 @@ func TestSessionModeResets(t *testing.T) {
 // transaction mode: each always sees its own settings, whichever backend
 // serves it.
 func TestStartupParamsFollowClient(t *testing.T) {
-	if err := cluster.CreateDatabase("params"); err != nil {
+	if err := needPG(t).CreateDatabase("params"); err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.Exec("params", "CREATE SCHEMA s1; CREATE SCHEMA s2"); err != nil {
+	if err := needPG(t).Exec("params", "CREATE SCHEMA s1; CREATE SCHEMA s2"); err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })

@@ -47,7 +47,7 @@ func TestTimeouts(t *testing.T) {
 	})
 	t.Run("idle_transaction_timeout", func(t *testing.T) {
 		const dbName = "idle_tx"
-		if err := cluster.CreateDatabase(dbName); err != nil {
+		if err := needPG(t).CreateDatabase(dbName); err != nil {
 			t.Fatal(err)
 		}
 		p := startProxy(t, func(o *Options, db *Database) { o.IdleTransactionTimeout = 300 * time.Millisecond })
@@ -103,7 +103,7 @@ func TestTimeouts(t *testing.T) {
 	})
 	t.Run("server_idle_timeout and min_pool_size", func(t *testing.T) {
 		const dbName = "server_idle"
-		if err := cluster.CreateDatabase(dbName); err != nil {
+		if err := needPG(t).CreateDatabase(dbName); err != nil {
 			t.Fatal(err)
 		}
 		p := startProxy(t, func(o *Options, db *Database) {

@@ -179,6 +179,15 @@ func startPgmuxOn(t *testing.T, config string, port int) *pgmuxProc {
 	}
 }
 
+// needPG skips a test under -short, where no server is started.
+func needPG(t testing.TB) *pgtest.Cluster {
+	t.Helper()
+	if cluster == nil {
+		t.Skip("needs PostgreSQL (not started under -short)")
+	}
+	return cluster
+}
+
 func (p *pgmuxProc) dsn(user, database string) string {
 	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable", p.port, user, database)
 }
@@ -319,10 +328,10 @@ func login(addr, user string) (net.Conn, error) {
 // once with 57P01, lets a client inside a transaction commit, then closes it
 // too, and exits 0.
 func TestSIGTERM(t *testing.T) {
-	if err := cluster.CreateDatabase("sigterm"); err != nil {
+	if err := needPG(t).CreateDatabase("sigterm"); err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.Exec("sigterm", "CREATE TABLE t (v int)"); err != nil {
+	if err := needPG(t).Exec("sigterm", "CREATE TABLE t (v int)"); err != nil {
 		t.Fatal(err)
 	}
 	p := startPgmux(t, baseConfig)

@@ -109,7 +109,7 @@ func metricValue(t *testing.T, p *pgmuxProc, name, labels string) float64 {
 // pool is too small for its clients.
 func TestStatsAndMetrics(t *testing.T) {
 	for _, db := range []string{"statsdb", "smalldb"} {
-		if err := cluster.CreateDatabase(db); err != nil {
+		if err := needPG(t).CreateDatabase(db); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -170,7 +170,7 @@ func TestConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal("psql not installed")
 	}
-	if err := cluster.CreateDatabase("statsdb"); err != nil {
+	if err := needPG(t).CreateDatabase("statsdb"); err != nil {
 		t.Fatal(err)
 	}
 	p := startPgmux(t, opsConfig)
@@ -248,7 +248,7 @@ func loopClients(t *testing.T, p *pgmuxProc, db string, n int, stop chan struct{
 // TestReload: under load, a reload changes a pool's size with no client
 // error; a broken file is refused and the old configuration keeps serving.
 func TestReload(t *testing.T) {
-	if err := cluster.CreateDatabase("reloaddb"); err != nil {
+	if err := needPG(t).CreateDatabase("reloaddb"); err != nil {
 		t.Fatal(err)
 	}
 	cfg := func(size string) string {
@@ -298,10 +298,10 @@ func TestReload(t *testing.T) {
 // transactions.
 func TestDrainLosesNothing(t *testing.T) {
 	const db = "draindb"
-	if err := cluster.CreateDatabase(db); err != nil {
+	if err := needPG(t).CreateDatabase(db); err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.Exec(db, "CREATE TABLE ledger (client int, seq int, PRIMARY KEY (client, seq))"); err != nil {
+	if err := needPG(t).Exec(db, "CREATE TABLE ledger (client int, seq int, PRIMARY KEY (client, seq))"); err != nil {
 		t.Fatal(err)
 	}
 	p := startPgmux(t, strings.Replace(opsConfig, "  smalldb:", "  draindb: {host: 127.0.0.1, port: PG_PORT, pool_size: 10}\n  smalldb:", 1))
@@ -389,7 +389,7 @@ func TestRollingRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { os.WriteFile(migrate, old, 0) })
 	const db = "rollingdb"
-	if err := cluster.CreateDatabase(db); err != nil {
+	if err := needPG(t).CreateDatabase(db); err != nil {
 		t.Fatal(err)
 	}
 	cfg := strings.Replace(opsConfig, "  smalldb:", "  rollingdb: {host: 127.0.0.1, port: PG_PORT, pool_size: 10}\n  smalldb:", 1)

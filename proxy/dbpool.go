@@ -170,8 +170,8 @@ func (s *Server) Pools() []stats.Pool {
 		pools = append(pools, p)
 	}
 	for ss := range s.sessions {
-		if t := ss.waitingSince.Load(); t != 0 && ss.pool != nil {
-			waits[ss.pool] = max(waits[ss.pool], now.Sub(time.Unix(0, t)))
+		if t, p := ss.waitingSince.Load(), ss.statsPool.Load(); t != 0 && p != nil {
+			waits[p] = max(waits[p], now.Sub(time.Unix(0, t)))
 		}
 	}
 	s.mu.Unlock()

@@ -96,6 +96,7 @@ type session struct {
 	// For reports: the state, and timing of what is under way.
 	state        atomic.Int32 // a clientState
 	waitingSince atomic.Int64 // unix nanoseconds; 0 when not waiting
+	statsPool    atomic.Pointer[dbPool] // pool, for reports read from other goroutines
 	appName      string
 	txStart      int64                    // under mu: when the open transaction's first message was sent
 	segStarts    [32]int64                // under mu: when each answered-awaited Sync or Query was sent
@@ -301,6 +302,7 @@ func (ss *session) login() error {
 	if err != nil {
 		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
 	}
+	ss.statsPool.Store(ss.pool)
 	params, err := ss.serverParams()
 	if err != nil {
 		return err

@@ -94,8 +94,8 @@ type session struct {
 	stmts         map[string]*clientStmt // the client's named statements
 
 	// For reports: the state, and timing of what is under way.
-	state        atomic.Int32 // a clientState
-	waitingSince atomic.Int64 // unix nanoseconds; 0 when not waiting
+	state        atomic.Int32           // a clientState
+	waitingSince atomic.Int64           // unix nanoseconds; 0 when not waiting
 	statsPool    atomic.Pointer[dbPool] // pool, for reports read from other goroutines
 	appName      string
 	txStart      int64                    // under mu: when the open transaction's first message was sent

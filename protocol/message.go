@@ -37,7 +37,7 @@ type Reader struct {
 	bp      *[]byte
 	r, w    int
 	err     error
-	small   [64]byte
+	small   [256]byte // the first read after idle goes here: most requests fit
 	maxBody int
 	scratch []byte
 	inMsg   bool // a message is partly consumed: the stream is out of step

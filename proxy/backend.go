@@ -33,7 +33,8 @@ type serverConn struct {
 	// Settings as the server last reported or as pgmux set them, by
 	// lower-cased name; base holds the values it started with.
 	cur, base map[string]string
-	names     map[string]string // lower-cased name -> the server's spelling
+	names     map[string]string   // lower-cased name -> the server's spelling
+	differs   map[string]struct{} // keys of cur that differ from base (or are not in it)
 
 	owner     *dbPool
 	connected time.Time
@@ -166,11 +167,34 @@ func peek(c net.Conn) peekResult {
 // noteParam records a ParameterStatus the server sent.
 func (sc *serverConn) noteParam(name, value string) string {
 	lk := strings.ToLower(name)
-	sc.cur[lk] = value
+	sc.setCur(lk, value)
 	if _, ok := sc.names[lk]; !ok {
 		sc.names[lk] = name
 	}
 	return lk
+}
+
+// setCur records a setting's current value, keeping differs up to date.
+func (sc *serverConn) setCur(k, v string) {
+	sc.cur[k] = v
+	if base, ok := sc.base[k]; ok && base == v {
+		delete(sc.differs, k)
+	} else {
+		if sc.differs == nil {
+			sc.differs = map[string]struct{}{}
+		}
+		sc.differs[k] = struct{}{}
+	}
+}
+
+// resetCur records that a setting is back to the server's start.
+func (sc *serverConn) resetCur(k string) {
+	if base, ok := sc.base[k]; ok {
+		sc.cur[k] = base
+	} else {
+		delete(sc.cur, k)
+	}
+	delete(sc.differs, k)
 }
 
 // syncParams makes the server's settings match what the client asked for at
@@ -196,12 +220,11 @@ func (sc *serverConn) syncParams(want map[string]string) error {
 	if q.Len() > 0 {
 		q.WriteString(";")
 	}
-	for k, cur := range sc.cur {
-		if _, wanted := want[k]; wanted {
-			continue
-		}
-		if base, ok := sc.base[k]; !ok || base != cur {
+	var reset []string
+	for k := range sc.differs {
+		if _, wanted := want[k]; !wanted {
 			fmt.Fprintf(&q, "RESET %s;", quoteIdent(k))
+			reset = append(reset, k)
 		}
 	}
 	if q.Len() == 0 {
@@ -210,16 +233,10 @@ func (sc *serverConn) syncParams(want map[string]string) error {
 	// Values pgmux SET are not all reported back (search_path is not, before
 	// PostgreSQL 18), so record them now; reported ones are overwritten below.
 	for k, v := range want {
-		sc.cur[k] = v
+		sc.setCur(k, v)
 	}
-	for k := range sc.cur {
-		if _, wanted := want[k]; !wanted {
-			if base, ok := sc.base[k]; ok {
-				sc.cur[k] = base
-			} else {
-				delete(sc.cur, k)
-			}
-		}
+	for _, k := range reset {
+		sc.resetCur(k)
 	}
 	var pgErr *protocol.PgError
 	err := sc.simpleQuery(q.String(), func(typ byte, body []byte) {
@@ -297,6 +314,7 @@ func (sc *serverConn) forgetSession() {
 	for k, v := range sc.base {
 		sc.cur[k] = v
 	}
+	clear(sc.differs)
 	sc.prepared.clear()
 	sc.psDirty = false
 	sc.syncedFor = 0

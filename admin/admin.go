@@ -13,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/stats"
 )
@@ -43,15 +42,11 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	Token    string // when set, every request must carry "Authorization: Bearer <Token>"
 	Pprof    bool   // serve Go's profiles under /debug/pprof/
-	Logger   *zap.Logger
 }
 
 // Handler returns the admin API. Field names of its JSON are stable; the
 // README documents them.
 func Handler(o Options) http.Handler {
-	if o.Logger == nil {
-		o.Logger = zap.NewNop()
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, map[string]string{"status": "ok"})

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,7 +181,9 @@ func (s *Server) Pools() []stats.Pool {
 	for _, p := range pools {
 		out = append(out, p.snapshot(waits[p]))
 	}
-	sortPools(out)
+	slices.SortFunc(out, func(a, b stats.Pool) int {
+		return cmp.Or(cmp.Compare(a.Database, b.Database), cmp.Compare(a.User, b.User))
+	})
 	return out
 }
 
@@ -220,14 +224,6 @@ func (s *Server) Servers() []stats.Server {
 		p.mu.Unlock()
 	}
 	return out
-}
-
-func sortPools(ps []stats.Pool) {
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && (ps[j].Database < ps[j-1].Database || ps[j].Database == ps[j-1].Database && ps[j].User < ps[j-1].User); j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
 }
 
 // poolMetrics are one pool's Prometheus children, obtained once.

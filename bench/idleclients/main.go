@@ -75,24 +75,20 @@ func open(addr, user, db string) (net.Conn, error) {
 	}
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	fe := pgproto3.NewFrontend(c, c)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
-		Parameters: map[string]string{"user": user, "database": db}})
-	if err := fe.Flush(); err != nil {
-		c.Close()
-		return nil, err
-	}
-	if err := untilReady(fe); err != nil {
-		c.Close()
-		return nil, err
-	}
-	fe.Send(&pgproto3.Query{String: "SELECT 1"})
-	if err := fe.Flush(); err != nil {
-		c.Close()
-		return nil, err
-	}
-	if err := untilReady(fe); err != nil {
-		c.Close()
-		return nil, err
+	for _, msg := range []pgproto3.FrontendMessage{
+		&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+			Parameters: map[string]string{"user": user, "database": db}},
+		&pgproto3.Query{String: "SELECT 1"},
+	} {
+		fe.Send(msg)
+		err := fe.Flush()
+		if err == nil {
+			err = untilReady(fe)
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
 	c.SetDeadline(time.Time{})
 	return c, nil

@@ -119,7 +119,6 @@ func run(args []string) error {
 			Gatherer: a.reg,
 			Token:    cfg.AdminToken,
 			Pprof:    os.Getenv("PGMUX_PPROF") == "1",
-			Logger:   log,
 		})}
 		aln, err := listen(cfg.AdminListen)
 		if err != nil {

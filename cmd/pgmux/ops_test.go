@@ -505,8 +505,7 @@ func closedBetweenTransactions(err error) bool {
 // TestAdminToken: with admin_token set, every endpoint answers 401 without
 // it; /config never shows a password.
 func TestAdminToken(t *testing.T) {
-	p := startPgmux(t, opsConfig+"admin_token: s3cret-token\n"+
-		"  \n")
+	p := startPgmux(t, opsConfig+"admin_token: s3cret-token\n")
 	p.writeConfig(t, strings.Replace(opsConfig, "statsdb:  {host: 127.0.0.1, port: PG_PORT, pool_size: 10}",
 		"statsdb:  {host: 127.0.0.1, port: PG_PORT, pool_size: 10, password: topsecret-pw}", 1)+"admin_token: s3cret-token\n")
 	if code := p.adminJSON(t, "POST", "/reload", nil); code != 200 {

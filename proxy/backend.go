@@ -46,8 +46,11 @@ type serverConn struct {
 	// syncedFor and syncedGen name the session (and its settings'
 	// generation) that syncParams last matched the server to.
 	syncedFor, syncedGen uint64
-	psDirty              bool           // a client's DEALLOCATE or DISCARD left prepared unsure
-	cancels              sync.WaitGroup // cancel requests in flight to this backend
+	psDirty              bool // a client's DEALLOCATE or DISCARD left prepared unsure
+	// checkAt is when the read deadline armed by armCheck falls (unix
+	// nanoseconds), 0 when none is.
+	checkAt int64
+	cancels sync.WaitGroup // cancel requests in flight to this backend
 }
 
 var _ pool.Conn = (*serverConn)(nil)
@@ -57,6 +60,37 @@ func (sc *serverConn) Close() error {
 		sc.owner.forget(sc)
 	}
 	return sc.conn.Close()
+}
+
+// slowServer is how long a session waits inline for its server's answer
+// (see awaitServer) before relayServer takes over and the client is watched.
+const slowServer = 250 * time.Millisecond
+
+// armCheck makes sure a read deadline at least slowServer away is armed. It
+// moves the deadline only when less than that is left, so that a busy server
+// sees a timer change about once per slowServer, not once per transaction.
+func (sc *serverConn) armCheck() {
+	now := time.Now().UnixNano()
+	if sc.checkAt-now < int64(slowServer) {
+		sc.checkAt = now + 2*int64(slowServer)
+		sc.conn.SetReadDeadline(time.Unix(0, sc.checkAt))
+	}
+}
+
+// clearDeadline removes the deadline armCheck set, before a read that must
+// not time out; it returns true, to be used in a condition.
+func (sc *serverConn) clearDeadline() bool {
+	if sc.checkAt != 0 {
+		sc.checkAt = 0
+		sc.conn.SetReadDeadline(time.Time{})
+	}
+	return true
+}
+
+// setDeadline sets sc's read and write deadline, replacing armCheck's.
+func (sc *serverConn) setDeadline(t time.Time) {
+	sc.checkAt = 0
+	sc.conn.SetDeadline(t)
 }
 
 // releaseLease gives a clean server back to its pool.
@@ -97,10 +131,11 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 		pc.Close(ctx)
 		return nil, err
 	}
+	sock := newSysConn(hc.Conn)
 	sc := &serverConn{
 		conn:     hc.Conn,
-		rd:       protocol.NewReader(hc.Conn, 16<<10, maxBody),
-		bw:       bufio.NewWriterSize(hc.Conn, 16<<10),
+		rd:       protocol.NewReader(sock, 16<<10, maxBody),
+		bw:       bufio.NewWriterSize(sock, 16<<10),
 		addr:     net.JoinHostPort(db.Host, strconv.Itoa(db.Port)),
 		pid:      hc.PID,
 		key:      hc.SecretKey,

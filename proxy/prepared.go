@@ -406,6 +406,7 @@ func (ss *session) trimPrepared(sc *serverConn, max int) error {
 	if over <= 0 {
 		return nil
 	}
+	sc.clearDeadline()
 	names := sc.prepared.oldest(over)
 	var out []byte
 	for _, name := range names {

@@ -17,6 +17,13 @@ import (
 func (ss *session) serve() error {
 	for {
 		if ss.rd.Buffered() == 0 {
+			if ss.readerDone == nil && ss.lease != nil {
+				// Nothing relays the server and the client is to be waited
+				// for: first take the answers it is owed.
+				if err := ss.awaitOwed(); err != nil {
+					return err
+				}
+			}
 			ss.rd.Release() // an idle client holds no read buffer
 		}
 		typ, n, err := ss.rd.Next()
@@ -116,10 +123,10 @@ func (ss *session) forward(typ byte, n int) error {
 	switch typ {
 	case 'S', 'F':
 		ss.pending++
-		ss.mid, endsSegment = false, true
+		ss.mid, ss.flushOpen, endsSegment = false, false, true
 	case 'Q':
 		ss.pending++
-		ss.mid, ss.unnamedOpen, endsSegment = false, false, true
+		ss.mid, ss.unnamedOpen, ss.flushOpen, endsSegment = false, false, false, true
 	case 'P':
 		// A Parse of the unnamed statement that is not bound before the
 		// Sync (pgx's describe-then-execute) must find the statement on
@@ -128,8 +135,10 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.unnamedOpen = ss.unnamedOpen || unnamedParse
 	case 'B':
 		ss.mid, ss.unnamedOpen = true, false
-	case 'D', 'E', 'C', 'H':
+	case 'D', 'E', 'C':
 		ss.mid = true
+	case 'H':
+		ss.mid, ss.flushOpen = true, true
 	}
 	if ss.psOn && !mapped && (typ == 'P' || typ == 'C') {
 		// Relayed as it is, but its answer must still be matched.
@@ -146,6 +155,13 @@ func (ss *session) forward(typ byte, n int) error {
 		}
 	}
 	ss.bytesIn += int64(protocol.HeaderLen + n)
+	if ss.readerDone == nil {
+		if ss.inlineBytes += protocol.HeaderLen + n; ss.inlineBytes > inlineMaxBytes {
+			ss.mu.Unlock()
+			ss.goRelay(sc)
+			ss.mu.Lock()
+		}
+	}
 	ss.writing = true
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
@@ -195,114 +211,201 @@ var trackedSettings = map[string]bool{
 	"intervalstyle": true, "standard_conforming_strings": true, "search_path": true,
 }
 
+// relayStep is what relaying one server message led to.
+type relayStep int8
+
+const (
+	stepMore     relayStep = iota // go on reading the server
+	stepReleased                  // sc went back to the pool
+	stepEnded                     // relaying ended on a failure, already handled
+	stepSlow                      // the server's answer is late (inline waits only; see awaitServer)
+)
+
 // relayServer copies sc's output to the client while the session holds sc,
 // and gives sc back to the pool at the first safe point (see session).
 func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 	defer close(done)
-	for {
-		typ, n, err := sc.rd.Next()
-		if err != nil {
-			ss.serverFailed(err)
-			return
-		}
-		ss.bytesOut += int64(protocol.HeaderLen + n)
-		switch typ {
-		case 'Z':
-			body, err := sc.rd.Body(n)
-			if err != nil || n != 1 {
-				ss.serverFailed(fmt.Errorf("bad ReadyForQuery: %v", err))
-				return
+	for ss.relayMessage(sc) == stepMore {
+	}
+}
+
+// awaitServer relays sc's answers to the client from the session goroutine
+// itself while every Sync and Query sent awaits its ReadyForQuery: the common
+// transaction then takes no second goroutine and no hand-off. It returns when
+// all are answered (sc released or kept for the client's next message) or
+// hands the rest of the lease to relayServer when the server's answer is slow
+// (a long query, during which the client must be watched) or when the server
+// waits for the client (COPY FROM STDIN). A non-nil error ends the session.
+func (ss *session) awaitServer(sc *serverConn) error {
+	for ss.pending > 0 { // only this goroutine changes pending while no relayServer runs
+		sc.armCheck()
+		switch ss.relayMessage(sc) {
+		case stepMore:
+			if sc.copyIn {
+				ss.goRelay(sc)
+				return nil
 			}
-			sc.copyIn = false
-			_, werr := ss.bw.Write([]byte{'Z', 0, 0, 0, 5, body[0]})
-			if ss.readyForQuery(sc, body[0], werr == nil) {
-				return
+		case stepReleased:
+			return nil
+		case stepEnded:
+			return ss.clientError(net.ErrClosed)
+		case stepSlow:
+			if ss.ctx.Err() != nil {
+				return errQuiet
 			}
-			if werr != nil {
-				ss.clientWriteFailed()
-				return
-			}
-		case '1', '3': // ParseComplete, CloseComplete
-			if !ss.psOn {
-				if err := sc.rd.Relay(ss.bw, n); err != nil {
-					ss.relayFailed(err)
-					return
-				}
-				break
-			}
-			if err := sc.rd.Skip(n); err != nil {
-				ss.serverFailed(err)
-				return
-			}
-			if out := ss.psAnswer(sc, typ); out != 0 {
-				if _, err := ss.bw.Write([]byte{out, 0, 0, 0, 4}); err != nil {
-					ss.clientWriteFailed()
-					return
-				}
-			}
-		case 'E':
-			sc.copyIn = false
-			body, err := sc.rd.Body(n)
-			if err != nil {
-				ss.serverFailed(err)
-				return
-			}
-			ss.pool.countError(errorCode(body))
-			var out []byte
-			if ss.psOn {
-				ss.mu.Lock()
-				dup := ss.dupPending > 0
-				ss.mu.Unlock()
-				if dup {
-					out = ss.dupError(body)
-				}
-			}
-			if out == nil {
-				ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'E', n))
-				out = body
-			}
-			if _, err := ss.bw.Write(out); err != nil {
-				ss.clientWriteFailed()
-				return
-			}
-		case 'S':
-			body, err := sc.rd.Body(n)
-			if err != nil {
-				ss.serverFailed(err)
-				return
-			}
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(body) == nil {
-				lk := sc.noteParam(ps.Name, ps.Value)
-				if _, ok := ss.want[lk]; ok || trackedSettings[lk] {
-					ss.want[lk] = ps.Value
-					ss.wantGen++
-				}
-			}
-			ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'S', n))
-			if _, err := ss.bw.Write(body); err != nil {
-				ss.clientWriteFailed()
-				return
-			}
-		default:
-			switch typ {
-			case 'G', 'W': // CopyInResponse, CopyBothResponse
-				sc.copyIn = true
-			case 'C':
-				sc.copyIn = false
-			}
-			if err := sc.rd.Relay(ss.bw, n); err != nil {
-				ss.relayFailed(err)
-				return
-			}
-		}
-		if !sc.rd.Complete() {
-			if err := ss.bw.Flush(); err != nil {
-				ss.clientWriteFailed()
-				return
-			}
+			ss.goRelay(sc)
+			return nil
 		}
 	}
+	return nil
+}
+
+// awaitOwed relays, before the session waits for its client, what the server
+// owes: the answers to every Sync and Query sent (inline), or, after a Flush
+// that no Sync followed, whatever comes, by relayServer.
+func (ss *session) awaitOwed() error {
+	sc := ss.lease.Conn()
+	if ss.pending > 0 {
+		if err := ss.awaitServer(sc); err != nil {
+			return err
+		}
+		ss.inlineBytes = 0
+	}
+	if ss.readerDone == nil && ss.lease != nil && ss.flushOpen {
+		ss.goRelay(sc)
+	}
+	return nil
+}
+
+// inlineMaxBytes bounds what a session writes to its server between inline
+// waits: a client that pipelines more than socket buffers hold while it
+// reads its answers must have them relayed as it writes (by relayServer), or
+// the server, blocked writing answers nobody reads, stops reading too.
+const inlineMaxBytes = 256 << 10
+
+// goRelay starts relayServer on the lease the session holds.
+func (ss *session) goRelay(sc *serverConn) {
+	// Before the goroutine starts: finish may set a deadline to wake it.
+	sc.clearDeadline()
+	done := make(chan struct{})
+	ss.mu.Lock()
+	ss.readerDone = done
+	ss.mu.Unlock()
+	go ss.relayServer(sc, done)
+}
+
+// relayMessage relays one message of sc's to the client.
+func (ss *session) relayMessage(sc *serverConn) relayStep {
+	typ, n, err := sc.rd.Next()
+	if err != nil {
+		var ne net.Error
+		if sc.checkAt != 0 && errors.As(err, &ne) && ne.Timeout() {
+			return stepSlow
+		}
+		ss.serverFailed(err)
+		return stepEnded
+	}
+	if sc.checkAt != 0 && !sc.rd.Complete() {
+		sc.clearDeadline() // a long message: the check must not cut it in two
+	}
+	ss.bytesOut += int64(protocol.HeaderLen + n)
+	switch typ {
+	case 'Z':
+		body, err := sc.rd.Body(n)
+		if err != nil || n != 1 {
+			ss.serverFailed(fmt.Errorf("bad ReadyForQuery: %v", err))
+			return stepEnded
+		}
+		sc.copyIn = false
+		_, werr := ss.bw.Write([]byte{'Z', 0, 0, 0, 5, body[0]})
+		if ss.readyForQuery(sc, body[0], werr == nil) {
+			return stepReleased
+		}
+		if werr != nil {
+			ss.clientWriteFailed()
+			return stepEnded
+		}
+	case '1', '3': // ParseComplete, CloseComplete
+		if !ss.psOn {
+			if err := sc.rd.Relay(ss.bw, n); err != nil {
+				ss.relayFailed(err)
+				return stepEnded
+			}
+			break
+		}
+		if err := sc.rd.Skip(n); err != nil {
+			ss.serverFailed(err)
+			return stepEnded
+		}
+		if out := ss.psAnswer(sc, typ); out != 0 {
+			if _, err := ss.bw.Write([]byte{out, 0, 0, 0, 4}); err != nil {
+				ss.clientWriteFailed()
+				return stepEnded
+			}
+		}
+	case 'E':
+		sc.copyIn = false
+		body, err := sc.rd.Body(n)
+		if err != nil {
+			ss.serverFailed(err)
+			return stepEnded
+		}
+		ss.pool.countError(errorCode(body))
+		var out []byte
+		if ss.psOn {
+			ss.mu.Lock()
+			dup := ss.dupPending > 0
+			ss.mu.Unlock()
+			if dup {
+				out = ss.dupError(body)
+			}
+		}
+		if out == nil {
+			ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'E', n))
+			out = body
+		}
+		if _, err := ss.bw.Write(out); err != nil {
+			ss.clientWriteFailed()
+			return stepEnded
+		}
+	case 'S':
+		body, err := sc.rd.Body(n)
+		if err != nil {
+			ss.serverFailed(err)
+			return stepEnded
+		}
+		var ps pgproto3.ParameterStatus
+		if ps.Decode(body) == nil {
+			lk := sc.noteParam(ps.Name, ps.Value)
+			if _, ok := ss.want[lk]; ok || trackedSettings[lk] {
+				ss.want[lk] = ps.Value
+				ss.wantGen++
+			}
+		}
+		ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'S', n))
+		if _, err := ss.bw.Write(body); err != nil {
+			ss.clientWriteFailed()
+			return stepEnded
+		}
+	default:
+		switch typ {
+		case 'G', 'W': // CopyInResponse, CopyBothResponse
+			sc.copyIn = true
+		case 'C':
+			sc.copyIn = false
+		}
+		if err := sc.rd.Relay(ss.bw, n); err != nil {
+			ss.relayFailed(err)
+			return stepEnded
+		}
+	}
+	if !sc.rd.Complete() {
+		if err := ss.bw.Flush(); err != nil {
+			ss.clientWriteFailed()
+			return stepEnded
+		}
+	}
+	return stepMore
 }
 
 // relayFailed ends relaying after a failed Relay from the server.
@@ -366,7 +469,7 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	err := ss.bw.Flush()
 	ss.putWriter()
 	sc.cancels.Wait() // a cancel meant for this client must not reach the next one
-	if sc.psDirty && sc.discardAll() != nil {
+	if sc.psDirty && sc.clearDeadline() && sc.discardAll() != nil {
 		destroyLease(lease)
 	} else {
 		releaseLease(lease)
@@ -444,7 +547,7 @@ func (ss *session) finish(err error) {
 	ss.srv.metrics.disconnects.WithLabelValues(reason).Inc()
 	if errors.As(err, &pgErr) {
 		ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		ss.writer().Reset(ss.conn)
+		ss.writer().Reset(ss.sock)
 		ss.bw.Write(pgErr.AppendTo(nil))
 		ss.bw.Flush()
 		if pgErr.Code != protocol.CodeAdminShutdown {
@@ -473,8 +576,8 @@ func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
 	if ss.psOn && (len(ss.psQueue) > 0 || sc.prepared.hasPending() || sc.psDirty) {
 		return false // which statements the server holds is no longer sure
 	}
-	sc.conn.SetDeadline(time.Now().Add(settleTimeout))
-	defer sc.conn.SetDeadline(time.Time{})
+	sc.setDeadline(time.Now().Add(settleTimeout))
+	defer sc.setDeadline(time.Time{})
 	if pending > 0 && !sc.copyIn {
 		// Wait until the postmaster has taken the cancel: then it cannot
 		// arrive after the server has gone to another client.
@@ -519,8 +622,8 @@ func (ss *session) resetServer(sc *serverConn) bool {
 	if ss.mode != ModeSession || q == "" {
 		return true
 	}
-	sc.conn.SetDeadline(time.Now().Add(settleTimeout))
-	defer sc.conn.SetDeadline(time.Time{})
+	sc.setDeadline(time.Now().Add(settleTimeout))
+	defer sc.setDeadline(time.Time{})
 	var failed bool
 	err := sc.simpleQuery(q, func(typ byte, _ []byte) {
 		if typ == 'E' {

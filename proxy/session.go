@@ -34,18 +34,28 @@ import (
 //
 // In session mode the session is active from login to close.
 //
-// While active two goroutines run: the session's own, which reads the client
-// and writes the server, and relayServer, which reads the server and writes
-// the client. They agree on when the server may go back to the pool through
-// the fields under mu: the server is released only by relayServer, only at a
-// ReadyForQuery 'I' when every Sync and Query sent has been answered, no
-// extended-protocol sequence is open (mid) and no client message is being
-// written (writing). Each side updates those fields before it does the I/O
-// they announce, and never does I/O while holding mu.
+// In transaction mode the session's goroutine does the whole of a common
+// transaction: it reads the client, writes the server and, before it waits
+// for the client again, relays the server's answers up to the ReadyForQuery
+// of every Sync and Query sent (awaitServer). No second goroutine, no
+// hand-off. It starts relayServer, a goroutine that reads the server and
+// writes the client, for the rest of the lease when one goroutine would not
+// do: the answer is slow (the client must be watched for a hang-up meanwhile),
+// the server waits for COPY data, a Flush asks for answers with no Sync, or a
+// pipeline outgrows what socket buffers hold. In session mode relayServer
+// always runs, as the server may speak while the client is idle.
+//
+// While relayServer runs the two goroutines agree on when the server may go
+// back to the pool through the fields under mu: the server is released only
+// by relayServer, only at a ReadyForQuery 'I' when every Sync and Query sent
+// has been answered, no extended-protocol sequence is open (mid) and no client
+// message is being written (writing). Each side updates those fields before it
+// does the I/O they announce, and never does I/O while holding mu.
 type session struct {
 	srv       *Server
 	id        uint64
 	conn      net.Conn
+	sock      io.ReadWriter // conn's reads and writes (see sysConn)
 	rd        *protocol.Reader
 	bw        *bufio.Writer // to the client, from writerPool; owned by relayServer while it runs
 	overLimit bool
@@ -75,10 +85,12 @@ type session struct {
 	mu            sync.Mutex // guards following
 	cond          sync.Cond  // on mu: signals writing went false
 	lease         *pool.Lease[*serverConn]
-	readerDone    chan struct{} // closed when the current relayServer exits
+	readerDone    chan struct{} // closed when the current relayServer exits; nil while the lease has none
 	pending       int           // Sync, Query and FunctionCall sent, not yet answered by ReadyForQuery
 	mid           bool          // an extended-protocol sequence is open (no Sync since its first message)
 	unnamedOpen   bool          // the unnamed statement was parsed and not yet bound
+	flushOpen     bool          // a Flush was sent and no Sync since: answers may come unbidden
+	inlineBytes   int           // written to the server since the last inline wait (see awaitOwed)
 	writing       bool          // the session goroutine is writing a client message to the server
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
@@ -150,10 +162,12 @@ func (ss *session) snapshot() stats.Client {
 }
 
 func newSession(srv *Server, c net.Conn, overLimit bool) *session {
+	sock := newSysConn(c)
 	ss := &session{
 		srv:       srv,
 		conn:      c,
-		rd:        protocol.NewReader(c, 4096, srv.options().MaxPacketSize),
+		sock:      sock,
+		rd:        protocol.NewReader(sock, 4096, srv.options().MaxPacketSize),
 		overLimit: overLimit,
 		start:     time.Now(),
 	}
@@ -178,7 +192,7 @@ var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 409
 func (ss *session) writer() *bufio.Writer {
 	if ss.bw == nil {
 		ss.bw = writerPool.Get().(*bufio.Writer)
-		ss.bw.Reset(ss.conn)
+		ss.bw.Reset(ss.sock)
 	}
 	return ss.bw
 }
@@ -604,7 +618,7 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 		// A server may have gone away while idle (restart, a timeout on its
 		// side): look before lending one that sat for a while. It costs one
 		// non-blocking recv.
-		if lease.IdleDuration() > aliveCheckAfter && !lease.Conn().alive() {
+		if lease.IdleDuration() > aliveCheckAfter && lease.Conn().clearDeadline() && !lease.Conn().alive() {
 			destroyLease(lease)
 			continue
 		}
@@ -706,6 +720,7 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 		// Settings need no look when this session was the server's last
 		// user and has not changed them since.
 		if sc.syncedFor != ss.id || sc.syncedGen != ss.wantGen {
+			sc.clearDeadline()
 			if err = sc.syncParams(ss.want); err == nil {
 				sc.syncedFor, sc.syncedGen = ss.id, ss.wantGen
 			}
@@ -730,18 +745,23 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 	}
 }
 
-// attach makes lease the session's server and starts relayServer on it.
+// attach makes lease the session's server (and starts relayServer on it in
+// session mode).
 func (ss *session) attach(lease *pool.Lease[*serverConn]) {
-	done := make(chan struct{})
 	ss.writer()
 	ss.mu.Lock()
-	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen = lease, done, 0, false, false
+	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen, ss.flushOpen = lease, nil, 0, false, false, false
+	ss.inlineBytes = 0
 	ss.segLen, ss.txStart = 0, 0
 	ss.psQueue, ss.dupPending, ss.segDone = ss.psQueue[:0], 0, ss.segSent
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	ss.setState(stateActive)
-	go ss.relayServer(lease.Conn(), done)
+	if ss.mode != ModeTransaction {
+		// In session mode the server may speak while the client is idle
+		// (notifications): it is relayed by a goroutine of its own.
+		ss.goRelay(lease.Conn())
+	}
 }
 
 // holdForCancel returns the server the session holds, with a cancel counted

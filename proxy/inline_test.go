@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// The session goroutine relays a transaction's answers itself (awaitServer)
+// and hands over to relayServer when that would be wrong; these tests take
+// each way over.
+
+// TestSlowQueryClientGone: a client that hangs up during a long query, before
+// and after relayServer takes the wait over, leaves its server cancelled and
+// back in the pool (of one) for the next client.
+func TestSlowQueryClientGone(t *testing.T) {
+	const dbName = "slow_query_gone"
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+	for _, after := range []time.Duration{50 * time.Millisecond, 3 * slowServer} {
+		c := dialRaw(t, p.addr)
+		if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
+			t.Fatal(err)
+		}
+		c.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(30)"})
+		if err := c.fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(after)
+		c.Close()
+
+		start := time.Now()
+		next := p.connect(t, dbName, pgx.QueryExecModeSimpleProtocol)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var one int
+		err := next.QueryRow(ctx, "SELECT 1").Scan(&one)
+		cancel()
+		if err != nil || one != 1 {
+			t.Fatalf("hang-up after %s: next client: %v", after, err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("hang-up after %s: next client served after %s", after, took)
+		}
+		if n := countBackends(t, dbName, "query LIKE '%pg_sleep%' AND state = 'active'"); n != 0 {
+			t.Fatalf("hang-up after %s: %d backends still sleeping", after, n)
+		}
+		next.Close(context.Background())
+	}
+}
+
+// TestFlushWithoutSync: a client that sends Flush and waits for the answers
+// before it sends anything more gets them.
+func TestFlushWithoutSync(t *testing.T) {
+	p := startProxy(t, nil)
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.fe.Send(&pgproto3.Parse{Query: "SELECT $1::int + 1"})
+	c.fe.Send(&pgproto3.Describe{ObjectType: 'S'})
+	c.fe.Send(&pgproto3.Flush{})
+	if err := c.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"*pgproto3.ParseComplete", "*pgproto3.ParameterDescription", "*pgproto3.RowDescription"} {
+		msg, err := c.fe.Receive()
+		if err != nil {
+			t.Fatalf("waiting for %s after Flush: %v", want, err)
+		}
+		if got := fmt.Sprintf("%T", msg); got != want {
+			t.Fatalf("after Flush: got %s, want %s", got, want)
+		}
+	}
+	c.fe.Send(&pgproto3.Bind{Parameters: [][]byte{[]byte("41")}})
+	c.fe.Send(&pgproto3.Execute{})
+	c.fe.Send(&pgproto3.Sync{})
+	if err := c.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for {
+		msg, err := c.fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok := msg.(*pgproto3.DataRow); ok {
+			got = string(d.Values[0])
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if got != "42" {
+		t.Fatalf("got %q, want 42", got)
+	}
+}
+
+// TestPipelineBothWays: a client that writes a long pipeline while it reads
+// the answers (as libpq's and pgx's pipeline modes do), with more each way
+// than socket buffers hold, is not left waiting.
+func TestPipelineBothWays(t *testing.T) {
+	p := startProxy(t, nil)
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000 // × 4 KB each way: 12 MB
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	q := "SELECT repeat('x', 4000) /* " + strings.Repeat("p", 4000) + " */"
+	msg, _ := (&pgproto3.Query{String: q}).Encode(nil)
+	werr := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			if _, err := c.Write(msg); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- nil
+	}()
+	for i := 0; i < n; i++ {
+		if err := c.untilReady(); err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -43,10 +43,10 @@ type serverConn struct {
 	txStatus byte
 	copyIn   bool        // the server waits for COPY data
 	prepared preparedSet // statements prepared under pgmux names
-	// syncedFor and syncedGen name the session (and its settings'
-	// generation) that syncParams last matched the server to.
-	syncedFor, syncedGen uint64
-	psDirty              bool // a client's DEALLOCATE or DISCARD left prepared unsure
+	// syncedFP is the fingerprint of the settings (see settingsFP) that
+	// syncParams last matched the server to, 0 once they may have changed.
+	syncedFP uint64
+	psDirty  bool // a client's DEALLOCATE or DISCARD left prepared unsure
 	// checkAt is when the read deadline armed by armCheck falls (unix
 	// nanoseconds), 0 when none is.
 	checkAt int64
@@ -211,6 +211,7 @@ func (sc *serverConn) noteParam(name, value string) string {
 
 // setCur records a setting's current value, keeping differs up to date.
 func (sc *serverConn) setCur(k, v string) {
+	sc.syncedFP = 0
 	sc.cur[k] = v
 	if base, ok := sc.base[k]; ok && base == v {
 		delete(sc.differs, k)
@@ -224,6 +225,7 @@ func (sc *serverConn) setCur(k, v string) {
 
 // resetCur records that a setting is back to the server's start.
 func (sc *serverConn) resetCur(k string) {
+	sc.syncedFP = 0
 	if base, ok := sc.base[k]; ok {
 		sc.cur[k] = base
 	} else {
@@ -352,7 +354,7 @@ func (sc *serverConn) forgetSession() {
 	clear(sc.differs)
 	sc.prepared.clear()
 	sc.psDirty = false
-	sc.syncedFor = 0
+	sc.syncedFP = 0
 }
 
 // discardAll runs DISCARD ALL on a server nobody else uses.

@@ -508,8 +508,14 @@ func (ss *session) stmtCommand(n int) bool {
 	if len(b) <= protocol.HeaderLen {
 		return false
 	}
-	q := bytes.TrimLeft(b[protocol.HeaderLen:], " \t\r\n")
-	return len(q) > 0 && (q[0]|0x20 == 'd')
+	for _, c := range b[protocol.HeaderLen:] {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		}
+		return c|0x20 == 'd'
+	}
+	return false
 }
 
 // answerLocally answers a DEALLOCATE or DISCARD ALL while the session holds

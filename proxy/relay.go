@@ -237,8 +237,11 @@ func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 // (a long query, during which the client must be watched) or when the server
 // waits for the client (COPY FROM STDIN). A non-nil error ends the session.
 func (ss *session) awaitServer(sc *serverConn) error {
+	sc.armCheck()        // a timeout at any message boundary hands over to relayServer
 	for ss.pending > 0 { // only this goroutine changes pending while no relayServer runs
-		sc.armCheck()
+		if sc.checkAt == 0 {
+			sc.armCheck() // again after a long message (see relayMessage)
+		}
 		switch ss.relayMessage(sc) {
 		case stepMore:
 			if sc.copyIn {

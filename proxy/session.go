@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"maps"
 	"net"
@@ -73,7 +74,9 @@ type session struct {
 	// is touched by relayServer (ParameterStatus) and by bind, never by both
 	// at once: bind runs only when no relayServer does.
 	want        map[string]string
-	wantGen     uint64            // bumped whenever want changes
+	wantGen     uint64 // bumped whenever want changes
+	wantFP      uint64 // settingsFP's value for want at fpGen
+	fpGen       uint64
 	startupWant map[string]string // want as the startup packet gave it
 
 	// Prepared-statement mapping (see prepared.go), on in transaction mode
@@ -643,6 +646,7 @@ func (ss *session) acquireWait(pl *pool.Pool[*serverConn]) (*pool.Lease[*serverC
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
+	start := time.Now()
 	lease, err := pl.Acquire(ctx)
 	if err != nil {
 		if errors.Is(err, pool.ErrClosed) {
@@ -650,12 +654,18 @@ func (ss *session) acquireWait(pl *pool.Pool[*serverConn]) (*pool.Lease[*serverC
 		}
 		return nil, ss.acquireError(ctx, err)
 	}
-	if peerClosed(ss.conn) {
+	// Under load every transaction waits a little: look only after a wait
+	// long enough for a client to have given up.
+	if time.Since(start) > hangupCheckAfter && peerClosed(ss.conn) {
 		releaseLease(lease)
 		return nil, errQuiet
 	}
 	return lease, nil
 }
+
+// hangupCheckAfter is how long a client must have waited for a server to be
+// checked for a hang-up before the server is lent to it.
+const hangupCheckAfter = 20 * time.Millisecond
 
 // errPoolClosed is the client's error when pgmux shuts its pools.
 var errPoolClosed = protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
@@ -717,12 +727,13 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 			ss.pool.observeWait(now.Sub(start), now.UnixNano())
 		}
 		sc := lease.Conn()
-		// Settings need no look when this session was the server's last
-		// user and has not changed them since.
-		if sc.syncedFor != ss.id || sc.syncedGen != ss.wantGen {
+		// Settings need no look when the server was last matched to the
+		// same settings (this client's, or another's that are the same) and
+		// has not changed since.
+		if fp := ss.settingsFP(); sc.syncedFP != fp {
 			sc.clearDeadline()
 			if err = sc.syncParams(ss.want); err == nil {
-				sc.syncedFor, sc.syncedGen = ss.id, ss.wantGen
+				sc.syncedFP = fp
 			}
 		}
 		if err == nil && ss.psOn {
@@ -762,6 +773,31 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 		// (notifications): it is relayed by a goroutine of its own.
 		ss.goRelay(lease.Conn())
 	}
+}
+
+// fpSeed seeds settings fingerprints.
+var fpSeed = maphash.MakeSeed()
+
+// settingsFP returns a fingerprint of the settings the client asked for
+// (never 0), recomputed only when they change. Two clients asking for the
+// same settings have the same fingerprint, so that a server matched to one
+// needs no look for the other.
+func (ss *session) settingsFP() uint64 {
+	if ss.wantFP != 0 && ss.fpGen == ss.wantGen {
+		return ss.wantFP
+	}
+	var fp uint64
+	var h maphash.Hash
+	h.SetSeed(fpSeed)
+	for k, v := range ss.want {
+		h.Reset()
+		h.WriteString(k)
+		h.WriteByte(0)
+		h.WriteString(v)
+		fp += h.Sum64() // a sum: the order of the map does not matter
+	}
+	ss.wantFP, ss.fpGen = fp|1, ss.wantGen
+	return ss.wantFP
 }
 
 // holdForCancel returns the server the session holds, with a cancel counted

@@ -218,7 +218,7 @@ memory_point() { # target port pid n
     echo "bench: $n idle clients through $target failed: $(head -3 "$work/idle.out")" >&2
     echo "$target,$n,$base,,," >> "$MEM"
   else
-    sleep 1
+    sleep 3 # idle for a few seconds: pgmux parks idle clients after one to two (see proxy/park.go)
     local rss; rss=$(rss_kb "$pid")
     local per=$(( (rss - base) * 1024 / n ))
     echo "$target,$n,$base,$rss,$per" >> "$MEM"

@@ -30,6 +30,11 @@ func (ss *session) serve() error {
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
+				if requested, parked := ss.tryPark(); parked {
+					return errParked
+				} else if requested {
+					continue
+				}
 				if terr := ss.timeoutError(); terr != nil {
 					return terr
 				}

@@ -112,6 +112,7 @@ type Server struct {
 	lns      []net.Listener
 	closed   bool
 
+	parker  *parker
 	started time.Time
 	wg      sync.WaitGroup // one per session goroutine
 	doneCh  chan struct{}  // closed when Shutdown has finished
@@ -128,7 +129,9 @@ func New(opts Options) *Server {
 		doneCh:   make(chan struct{}),
 		resumeCh: make(chan struct{}),
 		started:  time.Now(),
+		parker:   newParker(),
 	}
+	go s.sweep()
 	close(s.resumeCh) // not paused
 	s.opts.Store(&opts)
 	s.metrics = newMetrics(opts.Registerer, s)
@@ -174,12 +177,8 @@ func (s *Server) Serve(ln net.Listener) error {
 			tc.SetKeepAlive(true)
 		}
 		n := s.clients.Add(1)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.clients.Add(-1)
-			newSession(s, c, n > int64(s.options().MaxClientConn)).run()
-		}()
+		s.wg.Add(1) // both undone when the session closes (see serveAndClose)
+		go newSession(s, c, n > int64(s.options().MaxClientConn)).run()
 	}
 }
 

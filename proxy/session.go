@@ -107,6 +107,14 @@ type session struct {
 	segDone       uint64                 // ReadyForQuery messages received
 	dupPending    int                    // duplicate-Parse stand-ins awaiting their error
 	stmts         map[string]*clientStmt // the client's named statements
+	parkReq       bool                   // the sweep asked the session to park (see tryPark)
+
+	// Parking (see park.go).
+	activity  atomic.Uint32 // bumped at each transaction's start
+	sweepSeen uint32        // the sweep's: activity when it last looked
+	parkToken uint64        // under the parker's mu: the key while parked, 0 if not
+	parkedFd  int           // under the parker's mu
+	parkTimer *time.Timer   // under the parker's mu: wakes a parked session at its deadline
 
 	// For reports: the state, and timing of what is under way.
 	state        atomic.Int32           // a clientState
@@ -138,6 +146,9 @@ var stateNames = [...]string{"login", "idle", "waiting", "active", "closed"}
 // setState moves the session to next and the pool's client gauges with it.
 func (ss *session) setState(next clientState) {
 	prev := clientState(ss.state.Swap(int32(next)))
+	if next == stateActive {
+		ss.activity.Add(1) // seen by the parking sweep
+	}
 	if prev == next || ss.pool == nil {
 		return
 	}
@@ -213,18 +224,31 @@ func (ss *session) putWriter() {
 var errQuiet = errors.New("session ended")
 
 func (ss *session) run() {
-	defer ss.cancelCtx()
-	defer ss.conn.Close()
 	if !ss.srv.add(ss) {
 		// Accepted as Shutdown began: served like the others, then closed.
 		ss.draining, ss.drainAt = true, time.Now().Add(drainIdleGrace)
 	}
-	err := ss.login()
+	ss.serveAndClose(ss.login())
+}
+
+// serveAndClose serves the client after a successful login (err nil) until it
+// leaves or is parked; then it closes the session, unless parked.
+func (ss *session) serveAndClose(err error) {
 	if err == nil {
 		err = ss.serve()
 	}
+	if err == errParked {
+		return // another goroutine may own the session already
+	}
 	ss.finish(err)
+	ss.conn.Close()
+	ss.cancelCtx()
+	ss.srv.clients.Add(-1)
+	ss.srv.wg.Done()
 }
+
+// errParked ends a session goroutine whose session was parked.
+var errParked = errors.New("session parked")
 
 // login runs the startup and authentication phase, up to the client's first
 // ReadyForQuery.
@@ -852,6 +876,7 @@ func (ss *session) drain() {
 	ss.draining, ss.drainAt = true, time.Now().Add(drainIdleGrace)
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
+	ss.wake()
 }
 
 // drainIdleGrace is how long a client idle when the drain begins may still
@@ -864,6 +889,7 @@ const drainIdleGrace = 250 * time.Millisecond
 func (ss *session) kill() {
 	ss.cancelCtx()
 	ss.conn.Close()
+	ss.wake()
 }
 
 // timeoutError says which timeout fired when a client read timed out, or nil

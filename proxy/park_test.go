@@ -1,0 +1,84 @@
+package proxy
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// TestIdleClientsPark: idle clients give up their goroutines, are served
+// again when they speak, close when they hang up, and are closed by an idle
+// timeout and by a shutdown while parked.
+func TestIdleClientsPark(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { o.ClientIdleTimeout = 6 * time.Second })
+	const n = 50
+	before := runtime.NumGoroutine()
+	clients := make([]*rawClient, n)
+	for i := range clients {
+		c := dialRaw(t, p.addr)
+		if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.query("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		clients[i] = c
+	}
+	waitFor(t, 4*parkSweep, func() bool { return p.parker.count() == n })
+	if g := runtime.NumGoroutine(); g > before+n/2 {
+		t.Fatalf("%d goroutines with %d clients parked (%d before they came)", g, n, before)
+	}
+	for i, c := range clients[:n/2] {
+		if err := c.query("SELECT 2"); err != nil {
+			t.Fatalf("client %d after parking: %v", i, err)
+		}
+	}
+	if got := p.parker.count(); got != n-n/2 {
+		t.Fatalf("%d parked after half the clients spoke, want %d", got, n-n/2)
+	}
+	clients[n-1].Close() // a parked client hangs up
+	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == n-1 })
+
+	// The idle timeout closes parked clients (those that spoke included,
+	// once parked again), with 57P05.
+	start := time.Now()
+	clients[0].expectFatal(t, "57P05")
+	if took := time.Since(start); took > 8*time.Second {
+		t.Fatalf("idle timeout came after %s", took)
+	}
+}
+
+// TestShutdownWakesParked: a shutdown closes parked clients at once.
+func TestShutdownWakesParked(t *testing.T) {
+	p := startProxy(t, nil)
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.query("SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 4*parkSweep, func() bool { return p.parker.count() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("shutdown took %s with a parked client", took)
+	}
+	c.expectFatal(t, "57P01")
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

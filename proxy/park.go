@@ -95,13 +95,15 @@ func (p *parker) park(ss *session) bool {
 func (p *parker) unpark(ss *session) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.takeLocked(ss.parkToken)
+	return p.takeLocked(ss.parkToken) != nil
 }
 
-func (p *parker) takeLocked(token uint64) bool {
+// takeLocked takes the session parked under token out of the epoll set and
+// returns it, or nil if none is.
+func (p *parker) takeLocked(token uint64) *session {
 	ss, ok := p.parked[token]
-	if !ok || token == 0 {
-		return false
+	if !ok {
+		return nil
 	}
 	delete(p.parked, token)
 	if ss.parkTimer != nil {
@@ -110,7 +112,7 @@ func (p *parker) takeLocked(token uint64) bool {
 	}
 	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, ss.parkedFd, nil)
 	ss.parkToken, ss.parkedFd = 0, -1
-	return true
+	return ss
 }
 
 // count returns how many sessions are parked.
@@ -133,10 +135,9 @@ func (p *parker) loop(epfd int) {
 		for _, ev := range events[:n] {
 			token := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			p.mu.Lock()
-			ss := p.parked[token]
-			ok := p.takeLocked(token)
+			ss := p.takeLocked(token)
 			p.mu.Unlock()
-			if ok {
+			if ss != nil {
 				go ss.resume()
 			}
 		}
@@ -227,10 +228,7 @@ func (ss *session) wake() {
 // resume serves a parked session again, in a goroutine of its own.
 func (ss *session) resume() {
 	ss.mu.Lock()
-	ss.conn.SetReadDeadline(ss.deadline)
-	if !ss.deadline.IsZero() && !time.Now().Before(ss.deadline) {
-		ss.conn.SetReadDeadline(pastDeadline)
-	}
+	ss.conn.SetReadDeadline(ss.deadline) // replaces the park request's; one already past fires at once
 	ss.mu.Unlock()
 	ss.serveAndClose(nil)
 }

@@ -3,6 +3,15 @@
 // them when they have been idle or alive too long. It is built on puddle and
 // knows nothing of the wire protocol: connections are made by a Dial function
 // and only need to be closable.
+//
+// puddle holds the connections (idle stack, creation, counts). Waiting is the
+// pool's own: a caller that finds no idle connection queues, first come first
+// served, and a released connection goes straight from the releaser to the
+// longest waiter without passing through the idle stack. In transaction
+// pooling nearly every acquire waits once the pool is busy, so this is the hot
+// path; it costs a mutex, a list link and one channel send per transaction,
+// with no context, timer or semaphore per wait (one timer per pool serves
+// every waiter's deadline).
 package pool
 
 import (
@@ -31,16 +40,33 @@ type Config[T Conn] struct {
 	ReapInterval   time.Duration // how often idle connections are checked; default 1s
 }
 
-// ErrClosed is returned by Acquire once the pool is closed.
-var ErrClosed = errors.New("pool closed")
+var (
+	// ErrClosed is returned by Acquire once the pool is closed.
+	ErrClosed = errors.New("pool closed")
+	// ErrWaitTimeout is returned by AcquireWithin when no connection came
+	// within the time allowed.
+	ErrWaitTimeout = errors.New("timed out waiting for a connection")
+)
 
 // Pool is a bounded set of connections. Its methods are safe for concurrent use.
 type Pool[T Conn] struct {
 	cfg    Config[T]
 	p      *puddle.Pool[T]
 	stopCh chan struct{}
-	done   sync.WaitGroup
+	done   sync.WaitGroup // the reaper, dials and closes started by the pool
 	once   sync.Once
+
+	mu      sync.Mutex // guards following; taken before puddle's own lock, never after
+	waiters waitList[T]
+	// The pool's own counts, kept in step with puddle's (every dial, idle
+	// push and take, and destroy goes through the pool), so that the hot
+	// path does not ask puddle for a Stat, which allocates.
+	idle    int32 // connections in the idle stack
+	size    int32 // connections open or being dialed
+	dialing int32 // dials under way
+	closed  bool
+	timer   *time.Timer // fires at the earliest waiter deadline
+	timerAt int64       // when timer fires (Unix ns), or 0 when stopped
 }
 
 // New creates a pool and starts its reaper. Callers MUST call Close.
@@ -71,6 +97,8 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 	if err != nil {
 		return nil, err
 	}
+	pl.timer = time.AfterFunc(time.Hour, pl.expire)
+	pl.timer.Stop()
 	pl.done.Add(1)
 	go pl.reap()
 	return pl, nil
@@ -80,69 +108,253 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 type Lease[T Conn] struct {
 	res *puddle.Resource[T]
 	p   *Pool[T]
+	// handed: the connection came straight from another holder, so it was
+	// not idle at all.
+	handed bool
 }
 
 // Conn returns the leased connection.
 func (l *Lease[T]) Conn() T { return l.res.Value() }
 
 // IdleDuration is how long the connection sat in the pool before this lease.
-func (l *Lease[T]) IdleDuration() time.Duration { return l.res.IdleDuration() }
-
-// Release gives a clean connection back. A connection past its lifetime is
-// closed instead.
-func (l *Lease[T]) Release() {
-	if l.p.cfg.MaxLifetime > 0 && time.Since(l.res.CreationTime()) > l.p.cfg.MaxLifetime {
-		l.res.Destroy()
-		return
+func (l *Lease[T]) IdleDuration() time.Duration {
+	if l.handed {
+		return 0
 	}
-	l.res.Release()
+	return l.res.IdleDuration()
 }
 
-// Destroy closes a connection that must not be reused.
-func (l *Lease[T]) Destroy() { l.res.Destroy() }
+// Release gives a clean connection back: to the longest waiter if there is
+// one, else to the idle stack. A connection past its lifetime is closed
+// instead.
+func (l *Lease[T]) Release() {
+	p := l.p
+	if p.cfg.MaxLifetime > 0 && time.Since(l.res.CreationTime()) > p.cfg.MaxLifetime {
+		l.Destroy()
+		return
+	}
+	p.mu.Lock()
+	if w := p.waiters.pop(); w != nil {
+		p.mu.Unlock()
+		l.handed = true
+		w.ch <- handoff[T]{lease: l}
+		return
+	}
+	// Under p.mu, so that a caller that found no idle connection and queued
+	// cannot miss this one.
+	l.res.Release()
+	p.idle++
+	p.mu.Unlock()
+}
+
+// Destroy closes a connection that must not be reused. Its place in the pool
+// is free at once; a waiter gets a new connection.
+func (l *Lease[T]) Destroy() {
+	p := l.p
+	l.res.Hijack() // puddle forgets it now, not after the close
+	c := l.res.Value()
+	p.done.Add(1)
+	go func() {
+		defer p.done.Done()
+		c.Close()
+	}()
+	p.mu.Lock()
+	p.size--
+	p.serveLocked()
+	p.mu.Unlock()
+}
 
 // Acquire waits for a connection until ctx ends. Cancelling ctx does not
 // cancel a dial already under way: that connection then goes to the pool.
 func (p *Pool[T]) Acquire(ctx context.Context) (*Lease[T], error) {
-	return p.lease(p.p.Acquire(ctx))
+	return p.AcquireWithin(ctx, 0)
 }
 
-func (p *Pool[T]) lease(res *puddle.Resource[T], err error) (*Lease[T], error) {
-	if err != nil {
-		if errors.Is(err, puddle.ErrClosedPool) {
-			return nil, ErrClosed
-		}
-		return nil, err
+// AcquireWithin is Acquire that waits at most timeout (0: no bound besides
+// ctx) and then fails with ErrWaitTimeout.
+func (p *Pool[T]) AcquireWithin(ctx context.Context, timeout time.Duration) (*Lease[T], error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
 	}
-	return &Lease[T]{res: res, p: p}, nil
+	if l := p.takeIdleLocked(); l != nil {
+		p.mu.Unlock()
+		return l, nil
+	}
+	w := getWaiter[T]()
+	if timeout > 0 {
+		w.deadline = time.Now().Add(timeout).UnixNano()
+		p.armLocked(w.deadline)
+	}
+	p.waiters.push(w)
+	p.serveLocked() // a dial for it, if there is room
+	p.mu.Unlock()
+
+	select {
+	case h := <-w.ch:
+		putWaiter(w)
+		return h.lease, h.err
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	if w.queued {
+		p.waiters.remove(w)
+		p.mu.Unlock()
+		putWaiter(w)
+		return nil, ctx.Err()
+	}
+	p.mu.Unlock()
+	// Taken off the queue by someone now sending it a connection or an error.
+	h := <-w.ch
+	putWaiter(w)
+	if h.lease != nil {
+		h.lease.Release() // to the next waiter
+	}
+	return nil, ctx.Err()
+}
+
+// takeIdleLocked leases an idle connection, if there is one.
+func (p *Pool[T]) takeIdleLocked() *Lease[T] {
+	// Every taker of idle connections holds p.mu, so TryAcquire cannot
+	// find the idle stack empty and start a dial of its own.
+	if p.idle == 0 {
+		return nil
+	}
+	res, err := p.p.TryAcquire(context.Background())
+	if err != nil {
+		return nil
+	}
+	p.idle--
+	return &Lease[T]{res: res, p: p}
+}
+
+// serveLocked gives idle connections to waiters, then starts dials for
+// waiters that no dial under way will serve, as far as the size allows.
+func (p *Pool[T]) serveLocked() {
+	for p.waiters.len > 0 {
+		l := p.takeIdleLocked()
+		if l == nil {
+			break
+		}
+		p.waiters.pop().ch <- handoff[T]{lease: l}
+	}
+	if p.closed {
+		return
+	}
+	for p.waiters.len > p.dialing && p.size < p.cfg.MaxSize {
+		p.startDialLocked()
+		go p.dial() //nolint:errcheck // a failure goes to the waiter
+	}
+}
+
+// startDialLocked counts a dial about to start.
+func (p *Pool[T]) startDialLocked() {
+	p.dialing++
+	p.size++
+	p.done.Add(1)
+}
+
+// dial makes one connection into the idle stack and serves waiters with it;
+// a failure is the error of the longest waiter.
+func (p *Pool[T]) dial() error {
+	defer p.done.Done()
+	err := p.p.CreateResource(context.Background())
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialing--
+	if err != nil {
+		p.size--
+		if errors.Is(err, puddle.ErrNotAvailable) {
+			return nil // cannot be while the counts agree; nothing lost
+		}
+		if errors.Is(err, puddle.ErrClosedPool) {
+			err = ErrClosed
+		}
+		if w := p.waiters.pop(); w != nil {
+			w.ch <- handoff[T]{err: err}
+		}
+		p.serveLocked() // the next waiter gets a dial of its own
+		return err
+	}
+	p.idle++
+	p.serveLocked()
+	return nil
+}
+
+// armLocked makes the timer fire by at (Unix ns).
+func (p *Pool[T]) armLocked(at int64) {
+	if p.timerAt != 0 && p.timerAt <= at {
+		return
+	}
+	p.timerAt = at
+	p.timer.Reset(time.Until(time.Unix(0, at)))
+}
+
+// expire fails the waiters whose deadline has passed and re-arms the timer
+// for the next one.
+func (p *Pool[T]) expire() {
+	now := time.Now().UnixNano()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.timerAt = 0
+	next := int64(0)
+	for w := p.waiters.head; w != nil; {
+		nw := w.next
+		switch {
+		case w.deadline == 0:
+		case w.deadline <= now:
+			p.waiters.remove(w)
+			w.ch <- handoff[T]{err: ErrWaitTimeout}
+		case next == 0 || w.deadline < next:
+			next = w.deadline
+		}
+		w = nw
+	}
+	if next != 0 {
+		p.armLocked(next)
+	}
 }
 
 // ErrNotAvailable is returned by TryAcquire when no connection is idle.
 var ErrNotAvailable = puddle.ErrNotAvailable
 
-// TryAcquire returns an idle connection without waiting, or ErrNotAvailable
-// (when the pool has room, it then starts a new connection in the background).
-func (p *Pool[T]) TryAcquire(ctx context.Context) (*Lease[T], error) {
-	return p.lease(p.p.TryAcquire(ctx))
+// TryAcquire returns an idle connection without waiting, or ErrNotAvailable.
+func (p *Pool[T]) TryAcquire() (*Lease[T], error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	if l := p.takeIdleLocked(); l != nil {
+		return l, nil
+	}
+	return nil, ErrNotAvailable
 }
 
 // Stats is a snapshot of a pool.
 type Stats struct {
 	Total, Idle, Acquired, Constructing, Max int32
+	Waiting                                  int32 // callers queued for a connection
 	AcquireCount, EmptyAcquireCount          int64
 	AcquireDuration                          time.Duration
 	CanceledAcquireCount                     int64
 }
 
-// Stats returns a snapshot of the pool's counters.
+// Stats returns a snapshot of the pool's counters. Acquired counts
+// connections held, including those handed from holder to holder.
 func (p *Pool[T]) Stats() Stats {
 	s := p.p.Stat()
+	p.mu.Lock()
+	waiting := p.waiters.len
+	p.mu.Unlock()
 	return Stats{
 		Total:                s.TotalResources(),
 		Idle:                 s.IdleResources(),
 		Acquired:             s.AcquiredResources(),
 		Constructing:         s.ConstructingResources(),
 		Max:                  s.MaxResources(),
+		Waiting:              waiting,
 		AcquireCount:         s.AcquireCount(),
 		EmptyAcquireCount:    s.EmptyAcquireCount(),
 		AcquireDuration:      s.AcquireDuration(),
@@ -150,10 +362,17 @@ func (p *Pool[T]) Stats() Stats {
 	}
 }
 
-// Close closes idle connections now and each acquired one when it is given
-// back, and stops the reaper. It is idempotent.
+// Close fails every waiter, closes idle connections now and each acquired
+// one when it is given back, and stops the reaper. It is idempotent.
 func (p *Pool[T]) Close() {
 	p.once.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		for w := p.waiters.pop(); w != nil; w = p.waiters.pop() {
+			w.ch <- handoff[T]{err: ErrClosed}
+		}
+		p.timer.Stop()
+		p.mu.Unlock()
 		close(p.stopCh)
 		p.done.Wait()
 		p.p.Close()
@@ -177,24 +396,109 @@ func (p *Pool[T]) reap() {
 // reapOnce closes idle connections past their idle timeout or lifetime, then
 // tops the pool up to MinSize.
 func (p *Pool[T]) reapOnce() {
+	p.mu.Lock()
 	idle := p.p.AcquireAllIdle()
-	total := p.p.Stat().TotalResources()
+	p.idle = 0
+	total := p.size
+	p.mu.Unlock()
 	for _, res := range idle {
 		tooIdle := p.cfg.IdleTimeout > 0 && res.IdleDuration() > p.cfg.IdleTimeout && total > p.cfg.MinSize
 		tooOld := p.cfg.MaxLifetime > 0 && time.Since(res.CreationTime()) > p.cfg.MaxLifetime
+		l := &Lease[T]{res: res, p: p}
 		if tooIdle || tooOld {
-			res.Destroy()
+			l.Destroy()
 			total--
 			continue
 		}
-		res.ReleaseUnused()
+		p.mu.Lock()
+		if w := p.waiters.pop(); w != nil {
+			w.ch <- handoff[T]{lease: l}
+		} else {
+			res.ReleaseUnused()
+			p.idle++
+		}
+		p.mu.Unlock()
 	}
-	for i := p.p.Stat().TotalResources(); i < p.cfg.MinSize; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), max(p.cfg.ConnectTimeout, time.Second))
-		err := p.p.CreateResource(ctx)
-		cancel()
-		if err != nil {
-			break // the server is unreachable; try again next tick
+	for {
+		p.mu.Lock()
+		if p.closed || p.size >= p.cfg.MinSize {
+			p.mu.Unlock()
+			return
+		}
+		p.startDialLocked()
+		p.mu.Unlock()
+		if p.dial() != nil {
+			return // the server is unreachable; try again next tick
 		}
 	}
+}
+
+// handoff is what a waiter is woken with: a connection or an error.
+type handoff[T Conn] struct {
+	lease *Lease[T]
+	err   error
+}
+
+// waiter is one caller queued for a connection.
+type waiter[T Conn] struct {
+	ch         chan handoff[T] // buffered: a sender never blocks
+	deadline   int64           // Unix ns, or 0 for none
+	prev, next *waiter[T]
+	queued     bool
+}
+
+// waitList is a FIFO of waiters, linked through them so that one that gives
+// up leaves from the middle without a search.
+type waitList[T Conn] struct {
+	head, tail *waiter[T]
+	len        int32
+}
+
+func (q *waitList[T]) push(w *waiter[T]) {
+	w.prev, w.next, w.queued = q.tail, nil, true
+	if q.tail != nil {
+		q.tail.next = w
+	} else {
+		q.head = w
+	}
+	q.tail = w
+	q.len++
+}
+
+func (q *waitList[T]) pop() *waiter[T] {
+	w := q.head
+	if w != nil {
+		q.remove(w)
+	}
+	return w
+}
+
+func (q *waitList[T]) remove(w *waiter[T]) {
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		q.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		q.tail = w.prev
+	}
+	w.prev, w.next, w.queued = nil, nil, false
+	q.len--
+}
+
+// waiters are recycled: one is needed per transaction under load.
+var waiterPool sync.Pool
+
+func getWaiter[T Conn]() *waiter[T] {
+	if w, ok := waiterPool.Get().(*waiter[T]); ok {
+		return w
+	}
+	return &waiter[T]{ch: make(chan handoff[T], 1)}
+}
+
+func putWaiter[T Conn](w *waiter[T]) {
+	w.deadline = 0
+	waiterPool.Put(w)
 }

@@ -3,6 +3,8 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -68,7 +70,7 @@ func TestBoundAndReuse(t *testing.T) {
 	if _, err := p.Acquire(short); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("third acquire on a pool of 2: %v", err)
 	}
-	if _, err := p.TryAcquire(ctx); !errors.Is(err, ErrNotAvailable) {
+	if _, err := p.TryAcquire(); !errors.Is(err, ErrNotAvailable) {
 		t.Fatalf("TryAcquire on a full pool: %v", err)
 	}
 	first := a.Conn()
@@ -164,6 +166,31 @@ func TestDialErrorAndClose(t *testing.T) {
 	}
 }
 
+// fullPool returns a pool of one connection and the lease that holds it.
+func fullPool(t *testing.T, d *dialer) (*Pool[*fakeConn], *Lease[*fakeConn]) {
+	t.Helper()
+	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 1 })
+	held, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, held
+}
+
+// acquireAsync acquires from p in the background, gives the connection
+// straight back, and reports how the acquire ended.
+func acquireAsync(p *Pool[*fakeConn], ctx context.Context, timeout time.Duration) <-chan error {
+	res := make(chan error, 1)
+	go func() {
+		l, err := p.AcquireWithin(ctx, timeout)
+		if err == nil {
+			l.Release()
+		}
+		res <- err
+	}()
+	return res
+}
+
 // waitFor waits up to 3 s for cond.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
@@ -173,5 +200,225 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 3s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestHandOffInOrder: with the pool full, released connections go to the
+// waiters first come first served, straight from hand to hand.
+func TestHandOffInOrder(t *testing.T) {
+	d := &dialer{}
+	p, held := fullPool(t, d)
+	ctx := context.Background()
+	const n = 5
+	order := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := p.Acquire(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- i
+			if l.IdleDuration() != 0 {
+				t.Errorf("a handed-over connection was idle %s", l.IdleDuration())
+			}
+			l.Release()
+		}()
+		waitFor(t, func() bool { return p.Stats().Waiting == int32(i+1) })
+	}
+	held.Release()
+	wg.Wait()
+	close(order)
+	want := 0
+	for got := range order {
+		if got != want {
+			t.Fatalf("waiter %d served in place %d", got, want)
+		}
+		want++
+	}
+	if d.n.Load() != 1 {
+		t.Fatalf("dialed %d times for one connection", d.n.Load())
+	}
+}
+
+// TestWaitTimeout: a waiter gives up after its own timeout; the others keep
+// their place and are served later.
+func TestWaitTimeout(t *testing.T) {
+	d := &dialer{}
+	p, held := fullPool(t, d)
+	ctx := context.Background()
+	patient := acquireAsync(p, ctx, 10*time.Second)
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	start := time.Now()
+	if _, err := p.AcquireWithin(ctx, 100*time.Millisecond); !errors.Is(err, ErrWaitTimeout) {
+		t.Fatalf("want ErrWaitTimeout, got %v", err)
+	}
+	if took := time.Since(start); took < 100*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("a 100ms wait took %s", took)
+	}
+	if w := p.Stats().Waiting; w != 1 {
+		t.Fatalf("%d waiting after the timeout, want the patient one", w)
+	}
+	held.Release()
+	if err := <-patient; err != nil {
+		t.Fatalf("patient waiter: %v", err)
+	}
+}
+
+// TestCancelledWaiter: a waiter whose context ends leaves the queue, and a
+// connection released at the same moment is not lost.
+func TestCancelledWaiter(t *testing.T) {
+	d := &dialer{}
+	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 1 })
+	for range 50 {
+		held, err := p.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		res := acquireAsync(p, ctx, 0)
+		waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+		go cancel()
+		held.Release() // races with the cancel: either way the connection survives
+		<-res
+		waitFor(t, func() bool { s := p.Stats(); return s.Idle == 1 && s.Waiting == 0 })
+	}
+	if d.n.Load() != 1 {
+		t.Fatalf("dialed %d times", d.n.Load())
+	}
+}
+
+// TestDestroyServesWaiter: a destroyed connection frees its place at once,
+// and a waiter gets a new connection.
+func TestDestroyServesWaiter(t *testing.T) {
+	d := &dialer{}
+	p, held := fullPool(t, d)
+	ctx := context.Background()
+	got := make(chan *Lease[*fakeConn], 1)
+	go func() {
+		l, err := p.AcquireWithin(ctx, 5*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	old := held.Conn()
+	held.Destroy()
+	l := <-got
+	if l == nil || l.Conn() == old {
+		t.Fatal("waiter did not get a new connection")
+	}
+	waitFor(t, old.closed.Load)
+	l.Release()
+}
+
+// TestCloseFailsWaiters: Close wakes every waiter with ErrClosed.
+func TestCloseFailsWaiters(t *testing.T) {
+	d := &dialer{}
+	p, held := fullPool(t, d)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := p.Acquire(context.Background())
+			errs <- err
+		}()
+	}
+	waitFor(t, func() bool { return p.Stats().Waiting == 3 })
+	go p.Close()
+	for range 3 {
+		if err := <-errs; !errors.Is(err, ErrClosed) {
+			t.Fatalf("waiter woken with %v", err)
+		}
+	}
+	held.Release()
+}
+
+// TestStress: many callers over a small pool, some giving up, some
+// destroying; the pool never exceeds its size and ends with every
+// connection back.
+func TestStress(t *testing.T) {
+	d := &dialer{}
+	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 3 })
+	var held atomic.Int32
+	var wg sync.WaitGroup
+	for g := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 300 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%7)*time.Millisecond+time.Microsecond)
+				l, err := p.Acquire(ctx)
+				cancel()
+				if err != nil {
+					continue
+				}
+				if n := held.Add(1); n > 3 {
+					t.Errorf("%d connections held at once from a pool of 3", n)
+				}
+				held.Add(-1)
+				if (g+i)%17 == 0 {
+					l.Destroy()
+				} else {
+					l.Release()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, func() bool { s := p.Stats(); return s.Acquired == 0 && s.Waiting == 0 && s.Total <= 3 })
+}
+
+// BenchmarkAcquireRelease is the pool under transaction pooling: callers
+// take a connection, hold it for a moment and give it back, over a pool of
+// 20.
+func BenchmarkAcquireRelease(b *testing.B) {
+	for _, callers := range []int{10, 100} {
+		b.Run(fmt.Sprintf("size=20/callers=%d", callers), func(b *testing.B) {
+			d := &dialer{}
+			p, err := New(Config[*fakeConn]{Dial: d.dial, MaxSize: 20})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			b.ReportAllocs()
+			b.SetParallelism((callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					l, err := p.AcquireWithin(context.Background(), time.Minute)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					runtime.Gosched()
+					l.Release()
+				}
+			})
+		})
+	}
+}
+
+// TestDialErrorsReachEveryWaiter: with the server refusing, each waiter of
+// a pool of one gets a dial of its own and its error, none is left waiting.
+func TestDialErrorsReachEveryWaiter(t *testing.T) {
+	d := &dialer{delay: 20 * time.Millisecond}
+	d.fail.Store(true)
+	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 1 })
+	var errs []<-chan error
+	for range 4 {
+		errs = append(errs, acquireAsync(p, context.Background(), time.Minute))
+	}
+	for _, ch := range errs {
+		select {
+		case err := <-ch:
+			if err == nil || err.Error() != "refused" {
+				t.Fatalf("want the dial error, got %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a waiter was left waiting after failed dials")
+		}
 	}
 }

@@ -590,7 +590,7 @@ func (ss *session) serverParams() (map[string]string, error) {
 	if params != nil {
 		return params, nil
 	}
-	lease, err := ss.acquireLease()
+	lease, err := ss.acquireLease(time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -624,32 +624,35 @@ func clientReadError(err error, timeoutName string) error {
 }
 
 // acquireLease takes a healthy server from the pool, waiting at most
-// query_wait_timeout. While it waits it watches the client, so that a client
-// that hangs up leaves the queue at once instead of taking a server later.
-func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
+// query_wait_timeout (from start). A client that hung up while it waited
+// gives the server straight back (its first message, already read, goes
+// nowhere), so that a crowd of clients that left does not keep the others
+// waiting.
+func (ss *session) acquireLease(start time.Time) (*pool.Lease[*serverConn], error) {
 	for {
 		pl := ss.pool.pool.Load()
-		lease, err := pl.TryAcquire(ss.ctx) // the common case: a server is idle
-		if err != nil && !errors.Is(err, pool.ErrClosed) {
-			lease, err = ss.acquireWait(pl)
-		}
+		lease, err := pl.AcquireWithin(ss.ctx, ss.srv.options().QueryWaitTimeout)
 		if errors.Is(err, pool.ErrClosed) && ss.pool.pool.Load() != pl {
 			continue // a reload replaced the pool meanwhile
 		}
-		if errors.Is(err, pool.ErrClosed) {
-			return nil, errPoolClosed
-		}
 		if err != nil {
-			return nil, err
+			return nil, ss.acquireError(err)
 		}
+		sc := lease.Conn()
 		// A server may have gone away while idle (restart, a timeout on its
 		// side): look before lending one that sat for a while. It costs one
 		// non-blocking recv.
-		if lease.IdleDuration() > aliveCheckAfter && lease.Conn().clearDeadline() && !lease.Conn().alive() {
+		if lease.IdleDuration() > aliveCheckAfter && sc.clearDeadline() && !sc.alive() {
 			destroyLease(lease)
 			continue
 		}
-		lease.Conn().leased.Store(true)
+		// Under load every transaction waits a little: look for a hang-up
+		// only after a wait long enough for a client to have given up.
+		if time.Since(start) > hangupCheckAfter && peerClosed(ss.conn) {
+			releaseLease(lease)
+			return nil, errQuiet
+		}
+		sc.leased.Store(true)
 		return lease, nil
 	}
 }
@@ -659,34 +662,6 @@ func (ss *session) acquireLease() (*pool.Lease[*serverConn], error) {
 // its next client with "server conn crashed?", as in PgBouncer.
 const aliveCheckAfter = 100 * time.Millisecond
 
-// acquireWait waits for a server of pl, at most query_wait_timeout. A
-// client that hung up while it waited gives the server straight back (its
-// first message, already read, goes nowhere), so that a crowd of clients that
-// left does not keep the others waiting.
-func (ss *session) acquireWait(pl *pool.Pool[*serverConn]) (*pool.Lease[*serverConn], error) {
-	ctx := ss.ctx
-	if t := ss.srv.options().QueryWaitTimeout; t > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t)
-		defer cancel()
-	}
-	start := time.Now()
-	lease, err := pl.Acquire(ctx)
-	if err != nil {
-		if errors.Is(err, pool.ErrClosed) {
-			return nil, err
-		}
-		return nil, ss.acquireError(ctx, err)
-	}
-	// Under load every transaction waits a little: look only after a wait
-	// long enough for a client to have given up.
-	if time.Since(start) > hangupCheckAfter && peerClosed(ss.conn) {
-		releaseLease(lease)
-		return nil, errQuiet
-	}
-	return lease, nil
-}
-
 // hangupCheckAfter is how long a client must have waited for a server to be
 // checked for a hang-up before the server is lent to it.
 const hangupCheckAfter = 20 * time.Millisecond
@@ -694,7 +669,7 @@ const hangupCheckAfter = 20 * time.Millisecond
 // errPoolClosed is the client's error when pgmux shuts its pools.
 var errPoolClosed = protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
 
-func (ss *session) acquireError(ctx context.Context, err error) error {
+func (ss *session) acquireError(err error) error {
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, pool.ErrClosed):
@@ -704,7 +679,7 @@ func (ss *session) acquireError(ctx context.Context, err error) error {
 	case errors.As(err, &pgErr):
 		ss.logger().Warn("server login failed", zap.Error(err))
 		return &protocol.PgError{Severity: "FATAL", Code: pgErr.Code, Message: "server login failed: " + pgErr.Message}
-	case ctx.Err() != nil:
+	case errors.Is(err, pool.ErrWaitTimeout):
 		return protocol.Fatal(protocol.CodeTooManyConnections, fmt.Sprintf(
 			"query_wait_timeout: no server connection available within %s", ss.srv.options().QueryWaitTimeout))
 	case errors.Is(err, context.DeadlineExceeded):
@@ -742,7 +717,7 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 	ss.waitingSince.Store(start.UnixNano())
 	defer ss.waitingSince.Store(0)
 	for attempt := 0; ; attempt++ {
-		lease, err := ss.acquireLease()
+		lease, err := ss.acquireLease(start)
 		if err != nil {
 			return nil, err
 		}

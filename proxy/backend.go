@@ -183,10 +183,11 @@ func peek(c net.Conn) peekResult {
 	}
 	var n int
 	var rerr error
-	err = raw.Read(func(fd uintptr) bool {
+	// Control, not Read: the look does not wait, so the read deadline (past,
+	// when a park request or a drain has just set it) has no say in it.
+	err = raw.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true
 	})
 	switch {
 	case err != nil:

@@ -189,7 +189,7 @@ func (s *Server) sweep() {
 func (ss *session) requestPark() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.lease != nil || ss.draining || ss.parkReq || ss.mode != ModeTransaction {
+	if ss.lease != nil || ss.binding || ss.draining || ss.parkReq || ss.mode != ModeTransaction {
 		return
 	}
 	ss.parkReq = true

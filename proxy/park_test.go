@@ -82,3 +82,48 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestParkRequestWhileQueued: the sweep picks sessions that were idle when it
+// looked; one may have started a transaction since and be queued for a
+// server when the park request comes. The request must not touch it: the
+// client is served, and is not taken for one that hung up (which a past read
+// deadline made the hang-up check believe).
+func TestParkRequestWhileQueued(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+	holder := dialRaw(t, p.addr)
+	if err := holder.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.query("BEGIN"); err != nil { // holds the only server
+		t.Fatal(err)
+	}
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() { res <- c.query("SELECT 1") }()
+	var queued *session
+	waitFor(t, 2*time.Second, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for ss := range p.sessions {
+			if clientState(ss.state.Load()) == stateWaiting {
+				queued = ss
+				return true
+			}
+		}
+		return false
+	})
+	queued.requestPark() // as a sweep that saw it idle a moment before
+	time.Sleep(hangupCheckAfter + 50*time.Millisecond)
+	if err := holder.query("COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("queued client after a park request: %v", err)
+	}
+	if err := c.query("SELECT 2"); err != nil {
+		t.Fatalf("queued client's next query: %v", err)
+	}
+}

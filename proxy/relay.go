@@ -117,7 +117,6 @@ func (ss *session) forward(typ byte, n int) error {
 		return errQuiet
 	}
 	if ss.lease == nil {
-		ss.mu.Unlock()
 		if err := ss.bind(); err != nil {
 			return err
 		}

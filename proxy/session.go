@@ -108,6 +108,7 @@ type session struct {
 	dupPending    int                    // duplicate-Parse stand-ins awaiting their error
 	stmts         map[string]*clientStmt // the client's named statements
 	parkReq       bool                   // the sweep asked the session to park (see tryPark)
+	binding       bool                   // between its first message and a server: not idle, whatever its state says
 
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
@@ -696,8 +697,18 @@ func (ss *session) acquireError(err error) error {
 }
 
 // bind leases a server, brings its settings to the client's, and starts
-// relaying its output to the client.
+// relaying its output to the client. It is called with ss.mu held, and
+// releases it.
 func (ss *session) bind() error {
+	// A sweep that saw the session idle a moment ago may have asked it to
+	// park: it is not idle any more, and the request's past read deadline
+	// must not fail the reads (and the hang-up check) of its transaction.
+	ss.binding = true
+	if ss.parkReq {
+		ss.parkReq = false
+		ss.conn.SetReadDeadline(ss.deadline)
+	}
+	ss.mu.Unlock()
 	if prev := ss.readerDone; prev != nil {
 		<-prev // the last relayServer may still be flushing to the client
 	}
@@ -765,6 +776,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.writer()
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen, ss.flushOpen = lease, nil, 0, false, false, false
+	ss.binding = false
 	ss.inlineBytes = 0
 	ss.segLen, ss.txStart = 0, 0
 	ss.psQueue, ss.dupPending, ss.segDone = ss.psQueue[:0], 0, ss.segSent

@@ -160,6 +160,11 @@ point() {
   tps=$(echo "$out" | awk -F'= ' '/^tps = .*without initial connection time/ {split($2,a," "); print a[1]}')
   lat=$(echo "$out" | awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}')
   n=$(echo "$out" | awk -F': ' '/number of transactions actually processed/ {print $2}')
+  if [ "${n:-0}" = 0 ]; then
+    # pgbench counts its connection time in -T: 1,000 direct connections
+    # (1,000 backends forked) can take longer than a point on a slow machine.
+    echo "bench: $workload -M $mode -c $clients via $target: no transaction within ${DURATION}s (connecting took it all)" >&2
+  fi
   p99=$(cat "$work"/log.* | awk '{print $3}' | sort -n | awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", v[i]/1000}')
   if [ -n "$pid" ]; then
     local t1; t1=$(cpu_ticks "$pid")

@@ -177,6 +177,20 @@ func fullPool(t *testing.T, d *dialer) (*Pool[*fakeConn], *Lease[*fakeConn]) {
 	return p, held
 }
 
+// leaseAsync acquires from p in the background, waiting up to 5 s, and
+// hands over the lease (nil on failure).
+func leaseAsync(t *testing.T, p *Pool[*fakeConn]) <-chan *Lease[*fakeConn] {
+	got := make(chan *Lease[*fakeConn], 1)
+	go func() {
+		l, err := p.AcquireWithin(context.Background(), 5*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	return got
+}
+
 // acquireAsync acquires from p in the background, gives the connection
 // straight back, and reports how the acquire ended.
 func acquireAsync(p *Pool[*fakeConn], ctx context.Context, timeout time.Duration) <-chan error {
@@ -291,29 +305,33 @@ func TestCancelledWaiter(t *testing.T) {
 	}
 }
 
-// TestDestroyServesWaiter: a destroyed connection frees its place at once,
-// and a waiter gets a new connection.
-func TestDestroyServesWaiter(t *testing.T) {
-	d := &dialer{}
-	p, held := fullPool(t, d)
-	ctx := context.Background()
-	got := make(chan *Lease[*fakeConn], 1)
-	go func() {
-		l, err := p.AcquireWithin(ctx, 5*time.Second)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- l
-	}()
-	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
-	old := held.Conn()
-	held.Destroy()
-	l := <-got
-	if l == nil || l.Conn() == old {
-		t.Fatal("waiter did not get a new connection")
+// TestWaiterGetsNewConnection: a connection destroyed, or released past its
+// lifetime, while a caller waits is closed rather than handed over; its
+// place is free at once and the waiter gets a new connection.
+func TestWaiterGetsNewConnection(t *testing.T) {
+	for name, end := range map[string]func(*Lease[*fakeConn]){
+		"destroyed": (*Lease[*fakeConn]).Destroy,
+		"expired":   func(l *Lease[*fakeConn]) { time.Sleep(80 * time.Millisecond); l.Release() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			d := &dialer{}
+			p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize, c.MaxLifetime = 1, 50*time.Millisecond })
+			held, err := p.Acquire(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := leaseAsync(t, p)
+			waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+			old := held.Conn()
+			end(held)
+			l := <-got
+			if l == nil || l.Conn() == old {
+				t.Fatal("the waiter did not get a new connection")
+			}
+			waitFor(t, old.closed.Load)
+			l.Release()
+		})
 	}
-	waitFor(t, old.closed.Load)
-	l.Release()
 }
 
 // TestCloseFailsWaiters: Close wakes every waiter with ErrClosed.

@@ -316,22 +316,6 @@ func (p *Pool[T]) expire() {
 	}
 }
 
-// ErrNotAvailable is returned by TryAcquire when no connection is idle.
-var ErrNotAvailable = puddle.ErrNotAvailable
-
-// TryAcquire returns an idle connection without waiting, or ErrNotAvailable.
-func (p *Pool[T]) TryAcquire() (*Lease[T], error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil, ErrClosed
-	}
-	if l := p.takeIdleLocked(); l != nil {
-		return l, nil
-	}
-	return nil, ErrNotAvailable
-}
-
 // Stats is a snapshot of a pool.
 type Stats struct {
 	Total, Idle, Acquired, Constructing, Max int32

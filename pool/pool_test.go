@@ -70,8 +70,8 @@ func TestBoundAndReuse(t *testing.T) {
 	if _, err := p.Acquire(short); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("third acquire on a pool of 2: %v", err)
 	}
-	if _, err := p.TryAcquire(); !errors.Is(err, ErrNotAvailable) {
-		t.Fatalf("TryAcquire on a full pool: %v", err)
+	if _, err := p.AcquireWithin(ctx, 50*time.Millisecond); !errors.Is(err, ErrWaitTimeout) {
+		t.Fatalf("third acquire on a pool of 2, with a wait timeout: %v", err)
 	}
 	first := a.Conn()
 	a.Release()

@@ -625,7 +625,8 @@ func clientReadError(err error, timeoutName string) error {
 }
 
 // acquireLease takes a healthy server from the pool, waiting at most
-// query_wait_timeout (from start). A client that hung up while it waited
+// query_wait_timeout for each try (a try fails when the server it got was
+// found dead); start is when the client began to wait. A client that hung up while it waited
 // gives the server straight back (its first message, already read, goes
 // nowhere), so that a crowd of clients that left does not keep the others
 // waiting.

@@ -153,15 +153,23 @@ func (l *Lease[T]) Destroy() {
 	p := l.p
 	l.res.Hijack() // puddle forgets it now, not after the close
 	c := l.res.Value()
-	p.done.Add(1)
-	go func() {
-		defer p.done.Done()
-		c.Close()
-	}()
 	p.mu.Lock()
 	p.size--
+	// Close waits for the closes started before it, not for those of leases
+	// given back after it (a pool replaced by a reload), which would race
+	// with its Wait.
+	counted := !p.closed
+	if counted {
+		p.done.Add(1)
+	}
 	p.serveLocked()
 	p.mu.Unlock()
+	go func() {
+		if counted {
+			defer p.done.Done()
+		}
+		c.Close()
+	}()
 }
 
 // Acquire waits for a connection until ctx ends. Cancelling ctx does not

@@ -440,3 +440,41 @@ func TestDialErrorsReachEveryWaiter(t *testing.T) {
 		}
 	}
 }
+
+// TestGiveBackAfterClose: leases given back while and after the pool closes
+// (a pool replaced by a reload closes while its servers are still lent) are
+// closed, and Close returns once they are back.
+func TestGiveBackAfterClose(t *testing.T) {
+	d := &dialer{}
+	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 4 })
+	var leases []*Lease[*fakeConn]
+	for range 4 {
+		l, err := p.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l)
+	}
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	for i, l := range leases {
+		if i%2 == 0 {
+			l.Destroy()
+		} else {
+			l.Release()
+		}
+	}
+	select {
+	case <-closed:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close did not return once every lease was back")
+	}
+	waitFor(t, func() bool {
+		for _, c := range d.conns {
+			if !c.closed.Load() {
+				return false
+			}
+		}
+		return true
+	})
+}

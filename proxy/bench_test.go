@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/internal/testio"
 	"github.com/pgmux/pgmux/protocol"
 )
 
@@ -54,22 +55,6 @@ func BenchmarkPreparedMapping(b *testing.B) {
 	}
 }
 
-// cyclicReader repeats one byte string forever.
-type cyclicReader struct {
-	b   []byte
-	off int
-}
-
-func (r *cyclicReader) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], r.b[r.off:])
-		n += c
-		r.off = (r.off + c) % len(r.b)
-	}
-	return n, nil
-}
-
 // BenchmarkBindRelay isolates what the mapping adds to a Bind: relayed raw
 // (mapping off) versus decoded, looked up and rewritten (mapping on).
 func BenchmarkBindRelay(b *testing.B) {
@@ -77,7 +62,7 @@ func BenchmarkBindRelay(b *testing.B) {
 	for _, on := range []bool{true, false} {
 		b.Run(fmt.Sprintf("mapping=%v", on), func(b *testing.B) {
 			ss := &session{srv: &Server{}, psOn: on, stmts: map[string]*clientStmt{}}
-			ss.rd = protocol.NewReader(&cyclicReader{b: bind}, 4096, 1<<20)
+			ss.rd = protocol.NewReader(&testio.Cyclic{B: bind}, 4096, 1<<20)
 			sc := &serverConn{bw: bufio.NewWriterSize(io.Discard, 16<<10)}
 			cs := &clientStmt{server: serverStmtName([]byte("SELECT $1, $2\x00\x00\x00")), query: []byte("SELECT $1, $2\x00\x00\x00")}
 			ss.stmts["stmtcache_0123456789abcdef"] = cs

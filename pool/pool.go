@@ -328,9 +328,6 @@ func (p *Pool[T]) expire() {
 type Stats struct {
 	Total, Idle, Acquired, Constructing, Max int32
 	Waiting                                  int32 // callers queued for a connection
-	AcquireCount, EmptyAcquireCount          int64
-	AcquireDuration                          time.Duration
-	CanceledAcquireCount                     int64
 }
 
 // Stats returns a snapshot of the pool's counters. Acquired counts
@@ -341,16 +338,12 @@ func (p *Pool[T]) Stats() Stats {
 	waiting := p.waiters.len
 	p.mu.Unlock()
 	return Stats{
-		Total:                s.TotalResources(),
-		Idle:                 s.IdleResources(),
-		Acquired:             s.AcquiredResources(),
-		Constructing:         s.ConstructingResources(),
-		Max:                  s.MaxResources(),
-		Waiting:              waiting,
-		AcquireCount:         s.AcquireCount(),
-		EmptyAcquireCount:    s.EmptyAcquireCount(),
-		AcquireDuration:      s.AcquireDuration(),
-		CanceledAcquireCount: s.CanceledAcquireCount(),
+		Total:        s.TotalResources(),
+		Idle:         s.IdleResources(),
+		Acquired:     s.AcquiredResources(),
+		Constructing: s.ConstructingResources(),
+		Max:          s.MaxResources(),
+		Waiting:      waiting,
 	}
 }
 

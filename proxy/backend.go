@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -131,9 +132,14 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 		pc.Close(ctx)
 		return nil, err
 	}
-	sock := newSysConn(hc.Conn)
+	conn, err := takeOver(hc.Conn)
+	if err != nil {
+		hc.Conn.Close()
+		return nil, err
+	}
+	sock := newSysConn(conn)
 	sc := &serverConn{
-		conn:     hc.Conn,
+		conn:     conn,
 		rd:       protocol.NewReader(sock, 16<<10, maxBody),
 		bw:       bufio.NewWriterSize(sock, 16<<10),
 		addr:     net.JoinHostPort(db.Host, strconv.Itoa(db.Port)),
@@ -149,6 +155,30 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 		sc.cur[lk], sc.base[lk], sc.names[lk] = v, v, k
 	}
 	return sc, nil
+}
+
+// takeOver returns a connection of its own to c's socket and closes c. pgconn
+// starts a background reader when a write of its takes over 15 ms (a busy
+// machine at login); stopping it does not end a Read already blocked, which
+// would then take the first bytes the server sends after the hijack, and the
+// session waiting for them would wait forever. Closing c ends that Read; the
+// socket lives on in the duplicate descriptor.
+func takeOver(c net.Conn) (net.Conn, error) {
+	fc, ok := c.(interface{ File() (*os.File, error) })
+	if !ok {
+		return c, nil // not a socket (a test's pipe): nothing reads behind us
+	}
+	f, err := fc.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	own, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	c.Close()
+	return own, nil
 }
 
 // alive reports whether an idle connection is still usable, without

@@ -251,7 +251,7 @@ func (ss *session) awaitServer(sc *serverConn) error {
 	// proxy, on the proxy's core, while the others and the second core idle.
 	// pgbench -S through pgmux pinned to one core (pool 20): at 10 and 100
 	// clients 0.58 and 0.77 preemptions a transaction without this, 0.31 and
-	// 0.36 with it, and 17-20% more transactions; at 1,000 clients, where
+	// 0.36 with it, and 10-22% more transactions; at 1,000 clients, where
 	// the wait queue interleaves sessions anyway, about 4% fewer (the yield
 	// costs more with a thousand goroutines to go round).
 	runtime.Gosched()

@@ -137,7 +137,7 @@ func (l *Lease[T]) Release() {
 	if w := p.waiters.pop(); w != nil {
 		p.mu.Unlock()
 		l.handed = true
-		w.ch <- handoff[T]{lease: l}
+		w.deliver(handoff[T]{lease: l})
 		return
 	}
 	// Under p.mu, so that a caller that found no idle connection and queued
@@ -222,6 +222,46 @@ func (p *Pool[T]) AcquireWithin(ctx context.Context, timeout time.Duration) (*Le
 	return nil, ctx.Err()
 }
 
+// Wait is a place in the queue taken by AcquireAsync.
+type Wait[T Conn] struct{ w *waiter[T] }
+
+// AcquireAsync is AcquireWithin for a caller that cannot block: it returns
+// an idle connection at once if there is one; if not, it queues and returns
+// the Wait, and fn is called later, exactly once, with a connection or the
+// error (ErrWaitTimeout after timeout, if not 0). fn may be called with
+// the pool's lock held, from whichever goroutine gives the connection back:
+// it must only take note and return, never call into the pool.
+func (p *Pool[T]) AcquireAsync(timeout time.Duration, fn func(*Lease[T], error)) (*Lease[T], Wait[T], error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, Wait[T]{}, ErrClosed
+	}
+	if l := p.takeIdleLocked(); l != nil {
+		return l, Wait[T]{}, nil
+	}
+	w := &waiter[T]{fn: fn}
+	if timeout > 0 {
+		w.deadline = time.Now().Add(timeout).UnixNano()
+		p.armLocked(w.deadline)
+	}
+	p.waiters.push(w)
+	p.serveLocked()
+	return nil, Wait[T]{w}, nil
+}
+
+// CancelWait takes a Wait from AcquireAsync out of the queue and reports
+// whether it was still there; if not, its fn has been or is being called.
+func (p *Pool[T]) CancelWait(wt Wait[T]) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if wt.w == nil || !wt.w.queued {
+		return false
+	}
+	p.waiters.remove(wt.w)
+	return true
+}
+
 // takeIdleLocked leases an idle connection, if there is one.
 func (p *Pool[T]) takeIdleLocked() *Lease[T] {
 	// Every taker of idle connections holds p.mu, so TryAcquire cannot
@@ -245,7 +285,7 @@ func (p *Pool[T]) serveLocked() {
 		if l == nil {
 			break
 		}
-		p.waiters.pop().ch <- handoff[T]{lease: l}
+		p.waiters.pop().deliver(handoff[T]{lease: l})
 	}
 	if p.closed {
 		return
@@ -280,7 +320,7 @@ func (p *Pool[T]) dial() error {
 			err = ErrClosed
 		}
 		if w := p.waiters.pop(); w != nil {
-			w.ch <- handoff[T]{err: err}
+			w.deliver(handoff[T]{err: err})
 		}
 		p.serveLocked() // the next waiter gets a dial of its own
 		return err
@@ -313,7 +353,7 @@ func (p *Pool[T]) expire() {
 		case w.deadline == 0:
 		case w.deadline <= now:
 			p.waiters.remove(w)
-			w.ch <- handoff[T]{err: ErrWaitTimeout}
+			w.deliver(handoff[T]{err: ErrWaitTimeout})
 		case next == 0 || w.deadline < next:
 			next = w.deadline
 		}
@@ -354,7 +394,7 @@ func (p *Pool[T]) Close() {
 		p.mu.Lock()
 		p.closed = true
 		for w := p.waiters.pop(); w != nil; w = p.waiters.pop() {
-			w.ch <- handoff[T]{err: ErrClosed}
+			w.deliver(handoff[T]{err: ErrClosed})
 		}
 		p.timer.Stop()
 		p.mu.Unlock()
@@ -397,7 +437,7 @@ func (p *Pool[T]) reapOnce() {
 		}
 		p.mu.Lock()
 		if w := p.waiters.pop(); w != nil {
-			w.ch <- handoff[T]{lease: l}
+			w.deliver(handoff[T]{lease: l})
 		} else {
 			res.ReleaseUnused()
 			p.idle++
@@ -426,10 +466,20 @@ type handoff[T Conn] struct {
 
 // waiter is one caller queued for a connection.
 type waiter[T Conn] struct {
-	ch         chan handoff[T] // buffered: a sender never blocks
-	deadline   int64           // Unix ns, or 0 for none
+	ch         chan handoff[T]        // buffered: a sender never blocks
+	fn         func(*Lease[T], error) // AcquireAsync's, instead of ch
+	deadline   int64                  // Unix ns, or 0 for none
 	prev, next *waiter[T]
 	queued     bool
+}
+
+// deliver hands h to the waiter, which has left the queue.
+func (w *waiter[T]) deliver(h handoff[T]) {
+	if w.fn != nil {
+		w.fn(h.lease, h.err)
+		return
+	}
+	w.ch <- h
 }
 
 // waitList is a FIFO of waiters, linked through them so that one that gives

@@ -478,3 +478,75 @@ func TestGiveBackAfterClose(t *testing.T) {
 		return true
 	})
 }
+
+// TestAcquireAsync: a caller that cannot block gets an idle connection at
+// once, or its place in the queue: its callback gets a released connection
+// in turn with blocking waiters, or the wait timeout; a cancelled place
+// leaves the queue, and a connection handed over as it is cancelled is not
+// lost.
+func TestAcquireAsync(t *testing.T) {
+	d := &dialer{}
+	p, held := fullPool(t, d)
+	got := make(chan *Lease[*fakeConn], 1)
+	errs := make(chan error, 1)
+	cb := func(l *Lease[*fakeConn], err error) {
+		if err != nil {
+			errs <- err
+			return
+		}
+		got <- l
+	}
+	l, wt, err := p.AcquireAsync(0, cb)
+	if l != nil || err != nil || wt.w == nil {
+		t.Fatalf("full pool: got lease %v, err %v, no wait %v", l, err, wt.w == nil)
+	}
+	blocking := acquireAsync(p, context.Background(), 0) // queued after the callback
+	waitFor(t, func() bool { return p.Stats().Waiting == 2 })
+	held.Release()
+	var first *Lease[*fakeConn]
+	select {
+	case first = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the queued callback got nothing")
+	}
+	if p.CancelWait(wt) {
+		t.Fatal("CancelWait found a wait already served")
+	}
+	first.Release()
+	if err := <-blocking; err != nil {
+		t.Fatalf("blocking waiter after the callback: %v", err)
+	}
+	waitFor(t, func() bool { return p.Stats().Idle == 1 })
+
+	// An idle connection comes back at once.
+	l, _, err = p.AcquireAsync(0, cb)
+	if l == nil || err != nil {
+		t.Fatalf("idle pool: lease %v, err %v", l, err)
+	}
+	// The wait timeout reaches the callback.
+	if _, _, err := p.AcquireAsync(50*time.Millisecond, cb); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		if !errors.Is(err, ErrWaitTimeout) {
+			t.Fatalf("want ErrWaitTimeout, got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no timeout reached the callback")
+	}
+	// A cancelled wait leaves the queue and gets nothing.
+	_, wt, _ = p.AcquireAsync(0, cb)
+	if !p.CancelWait(wt) || p.Stats().Waiting != 0 {
+		t.Fatalf("cancel: waiting %d", p.Stats().Waiting)
+	}
+	l.Release()
+	select {
+	case <-got:
+		t.Fatal("a cancelled wait got a connection")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if s := p.Stats(); s.Idle != 1 {
+		t.Fatalf("idle %d after the release, want 1", s.Idle)
+	}
+}

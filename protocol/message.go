@@ -110,6 +110,33 @@ func (r *Reader) fill() {
 	r.err = io.ErrNoProgress
 }
 
+// FillFrom reads once into the buffer with read, which must not block (an
+// event loop's non-blocking read), taking a buffer from the pool first if
+// the Reader has none. It returns what read returned; an error is not kept.
+func (r *Reader) FillFrom(read func([]byte) (int, error)) (int, error) {
+	if r.buf == nil {
+		r.bp = r.pool.Get().(*[]byte)
+		r.buf = *r.bp
+		r.r, r.w = 0, 0
+	} else if r.r > 0 {
+		copy(r.buf, r.buf[r.r:r.w])
+		r.w -= r.r
+		r.r = 0
+	}
+	if r.w == len(r.buf) {
+		return 0, bufio.ErrBufferFull
+	}
+	n, err := read(r.buf[r.w:])
+	if n > 0 {
+		r.w += n
+	}
+	return n, err
+}
+
+// BufferedBytes returns the bytes buffered, unconsumed: valid until the next call
+// on r.
+func (r *Reader) BufferedBytes() []byte { return r.buf[r.r:r.w] }
+
 // Peek returns the next n bytes without consuming them, valid until the next
 // call on r. It fails with bufio.ErrBufferFull for n over Size.
 func (r *Reader) Peek(n int) ([]byte, error) {

@@ -44,6 +44,7 @@ type Config struct {
 	ShutdownTimeout        time.Duration       `mapstructure:"shutdown_timeout"`
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
 	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
+	RelayLoop              bool                `mapstructure:"relay_loop"`
 	LogLevel               string              `mapstructure:"log_level"`
 	Databases              map[string]Database `mapstructure:"databases"`
 }

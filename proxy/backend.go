@@ -25,6 +25,8 @@ import (
 // pool lease; only cancels reach it from elsewhere, through cancels.
 type serverConn struct {
 	conn net.Conn
+	sys  *sysConn // conn's, for the loop; nil if it has no descriptor
+	fd   int      // conn's descriptor, valid while conn is open
 	rd   *protocol.Reader
 	bw   *bufio.Writer
 	addr string // host:port, where cancels go
@@ -140,6 +142,7 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 	sock := newSysConn(conn)
 	sc := &serverConn{
 		conn:     conn,
+		fd:       -1,
 		rd:       protocol.NewReader(sock, 16<<10, maxBody),
 		bw:       bufio.NewWriterSize(sock, 16<<10),
 		addr:     net.JoinHostPort(db.Host, strconv.Itoa(db.Port)),
@@ -153,6 +156,9 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 	for k, v := range hc.ParameterStatuses {
 		lk := strings.ToLower(k)
 		sc.cur[lk], sc.base[lk], sc.names[lk] = v, v, k
+	}
+	if sys, ok := sock.(*sysConn); ok {
+		sys.raw.Control(func(fd uintptr) { sc.sys, sc.fd = sys, int(fd) })
 	}
 	return sc, nil
 }

@@ -508,7 +508,12 @@ func (ss *session) stmtCommand(n int) bool {
 	if len(b) <= protocol.HeaderLen {
 		return false
 	}
-	for _, c := range b[protocol.HeaderLen:] {
+	return stmtCommandText(b[protocol.HeaderLen:])
+}
+
+// stmtCommandText is stmtCommand on a Query's body, or its start.
+func stmtCommandText(b []byte) bool {
+	for _, c := range b {
 		switch c {
 		case ' ', '\t', '\r', '\n':
 			continue

@@ -26,6 +26,9 @@ func (ss *session) serve() error {
 				}
 			}
 			ss.rd.Release() // an idle client holds no read buffer
+			if ss.enterLoop() {
+				return errParked
+			}
 		}
 		typ, n, err := ss.rd.Next()
 		if err != nil {
@@ -76,6 +79,33 @@ func (ss *session) serve() error {
 	}
 }
 
+// enterLoop hands the session, waiting for its client's next query with no
+// server, to the relay loop (see loop.go), and reports whether it did: the
+// goroutine must then return without touching the session.
+func (ss *session) enterLoop() bool {
+	if !ss.srv.options().RelayLoop || ss.mode != ModeTransaction || ss.bw != nil {
+		return false
+	}
+	if ss.lc != nil && ss.lc.ejected {
+		ss.lc.ejected = false // this time the goroutine reads
+		return false
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.lease != nil || ss.draining || ss.parkReq || ss.serverDead || ss.stopping || ss.rd.Buffered() != 0 {
+		return false
+	}
+	if done := ss.readerDone; done != nil {
+		select {
+		case <-done: // the last relayServer has finished
+			ss.readerDone = nil
+		default:
+			return false
+		}
+	}
+	return ss.srv.parker.park(ss)
+}
+
 func (ss *session) bound() bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -124,42 +154,7 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.mu.Lock()
 	}
 	sc := ss.lease.Conn()
-	endsSegment := false
-	switch typ {
-	case 'S', 'F':
-		ss.pending++
-		ss.mid, ss.flushOpen, endsSegment = false, false, true
-	case 'Q':
-		ss.pending++
-		ss.mid, ss.unnamedOpen, ss.flushOpen, endsSegment = false, false, false, true
-	case 'P':
-		// A Parse of the unnamed statement that is not bound before the
-		// Sync (pgx's describe-then-execute) must find the statement on
-		// the same server next time: keep the server until a Bind.
-		ss.mid = true
-		ss.unnamedOpen = ss.unnamedOpen || unnamedParse
-	case 'B':
-		ss.mid, ss.unnamedOpen = true, false
-	case 'D', 'E', 'C':
-		ss.mid = true
-	case 'H':
-		ss.mid, ss.flushOpen = true, true
-	}
-	if ss.psOn && !mapped && (typ == 'P' || typ == 'C') {
-		// Relayed as it is, but its answer must still be matched.
-		ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: typ})
-	}
-	if ss.txStart == 0 || endsSegment {
-		now := time.Now().UnixNano()
-		if ss.txStart == 0 {
-			ss.txStart = now
-		}
-		if endsSegment && ss.segLen < len(ss.segStarts) {
-			ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
-			ss.segLen++
-		}
-	}
-	ss.bytesIn += int64(protocol.HeaderLen + n)
+	endsSegment := ss.noteSentLocked(typ, n, unnamedParse, mapped)
 	if ss.readerDone == nil {
 		if ss.inlineBytes += protocol.HeaderLen + n; ss.inlineBytes > inlineMaxBytes {
 			ss.mu.Unlock()
@@ -207,6 +202,49 @@ func (ss *session) forward(typ byte, n int) error {
 		return ss.clientError(err)
 	}
 	return nil
+}
+
+// noteSentLocked accounts for a client message of type typ, with a body of n
+// bytes, about to be written to the session's server, and reports whether
+// it ends a segment (its answer ends with ReadyForQuery). mapped says that
+// prepared-statement mapping rewrites it.
+func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, mapped bool) (endsSegment bool) {
+	switch typ {
+	case 'S', 'F':
+		ss.pending++
+		ss.mid, ss.flushOpen, endsSegment = false, false, true
+	case 'Q':
+		ss.pending++
+		ss.mid, ss.unnamedOpen, ss.flushOpen, endsSegment = false, false, false, true
+	case 'P':
+		// A Parse of the unnamed statement that is not bound before the
+		// Sync (pgx's describe-then-execute) must find the statement on
+		// the same server next time: keep the server until a Bind.
+		ss.mid = true
+		ss.unnamedOpen = ss.unnamedOpen || unnamedParse
+	case 'B':
+		ss.mid, ss.unnamedOpen = true, false
+	case 'D', 'E', 'C':
+		ss.mid = true
+	case 'H':
+		ss.mid, ss.flushOpen = true, true
+	}
+	if ss.psOn && !mapped && (typ == 'P' || typ == 'C') {
+		// Relayed as it is, but its answer must still be matched.
+		ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: typ})
+	}
+	if ss.txStart == 0 || endsSegment {
+		now := time.Now().UnixNano()
+		if ss.txStart == 0 {
+			ss.txStart = now
+		}
+		if endsSegment && ss.segLen < len(ss.segStarts) {
+			ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
+			ss.segLen++
+		}
+	}
+	ss.bytesIn += int64(protocol.HeaderLen + n)
+	return endsSegment
 }
 
 // trackedSettings are the reported settings that follow a client from

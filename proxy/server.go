@@ -78,6 +78,9 @@ type Options struct {
 	// each server in transaction mode; 0 turns the mapping off and names
 	// pass through untouched.
 	MaxPreparedStatements int
+	// RelayLoop serves transaction-mode clients' ordinary transactions in
+	// an event loop instead of a goroutine per client (see loop.go).
+	RelayLoop bool
 }
 
 func (o *Options) defaults() {
@@ -129,8 +132,8 @@ func New(opts Options) *Server {
 		doneCh:   make(chan struct{}),
 		resumeCh: make(chan struct{}),
 		started:  time.Now(),
-		parker:   newParker(),
 	}
+	s.parker = newParker(s)
 	go s.sweep()
 	close(s.resumeCh) // not paused
 	s.opts.Store(&opts)

@@ -116,6 +116,8 @@ type session struct {
 	parkToken uint64        // under the parker's mu: the key while parked, 0 if not
 	parkedFd  int           // under the parker's mu
 	parkTimer *time.Timer   // under the parker's mu: wakes a parked session at its deadline
+	inLoop    atomic.Bool   // the session is in the loop (see loop.go)
+	lc        *loopState    // made when it first enters the loop; the loop's while it is there
 
 	// For reports: the state, and timing of what is under way.
 	state        atomic.Int32           // a clientState

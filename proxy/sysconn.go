@@ -28,6 +28,7 @@ type sysOp struct {
 	n     int
 	errno syscall.Errno
 	fn    func(fd uintptr) bool // the method value, made once
+	try   func(fd uintptr) bool // fn that never waits (see TryRead), made once
 }
 
 // newSysConn returns c's sysConn, or c itself when c has no descriptor
@@ -43,6 +44,8 @@ func newSysConn(c net.Conn) io.ReadWriter {
 	}
 	s := &sysConn{raw: raw}
 	s.rd.fn, s.wr.fn = s.rd.read, s.wr.write
+	s.rd.try = func(fd uintptr) bool { s.rd.read(fd); return true }
+	s.wr.try = func(fd uintptr) bool { s.wr.write(fd); return true }
 	return s
 }
 
@@ -82,13 +85,25 @@ func (s *sysConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	return s.read(p, s.rd.fn, 0)
+}
+
+// TryRead is Read that does not wait: with nothing to read it returns
+// errWouldBlock. It is for an event loop that waits on the descriptor itself.
+func (s *sysConn) TryRead(p []byte) (int, error) {
+	return s.read(p, s.rd.try, syscall.EAGAIN) // o.read leaves errno as it is on EAGAIN
+}
+
+func (s *sysConn) read(p []byte, fn func(uintptr) bool, errno syscall.Errno) (int, error) {
 	o := &s.rd
-	o.p, o.n, o.errno = p, 0, 0
-	err := s.raw.Read(o.fn)
+	o.p, o.n, o.errno = p, 0, errno
+	err := s.raw.Read(fn)
 	o.p = nil
 	switch {
 	case err != nil:
 		return 0, err
+	case o.errno == syscall.EAGAIN: // only TryRead's call returns with it
+		return 0, errWouldBlock
 	case o.errno != 0:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Err: o.errno}
 	case o.n == 0:
@@ -101,9 +116,23 @@ func (s *sysConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	return s.write(p, s.wr.fn)
+}
+
+// TryWrite is Write that does not wait: it writes what the socket takes now
+// and returns errWouldBlock if that is not all of p.
+func (s *sysConn) TryWrite(p []byte) (int, error) {
+	n, err := s.write(p, s.wr.try)
+	if err == nil && n < len(p) {
+		err = errWouldBlock
+	}
+	return n, err
+}
+
+func (s *sysConn) write(p []byte, fn func(uintptr) bool) (int, error) {
 	o := &s.wr
 	o.p, o.n, o.errno = p, 0, 0
-	err := s.raw.Write(o.fn)
+	err := s.raw.Write(fn)
 	o.p = nil
 	switch {
 	case err != nil:
@@ -113,6 +142,9 @@ func (s *sysConn) Write(p []byte) (int, error) {
 	}
 	return o.n, nil
 }
+
+// errWouldBlock is TryRead's and TryWrite's "not now".
+var errWouldBlock = syscall.EAGAIN
 
 // bufPtr is the address of b's first byte, for a raw system call.
 func bufPtr(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }

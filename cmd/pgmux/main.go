@@ -259,6 +259,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 		ServerResetQuery:       cfg.ServerResetQuery,
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
+		RelayLoop:              cfg.RelayLoop,
 		Registerer:             a.reg,
 		ReadyDatabases:         cfg.ReadyDatabases(),
 		AdminUsers:             cfg.AdminUsers,

@@ -1,0 +1,623 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// The parker is also the relay loop. Sessions without a goroutine (parked
+// idle clients, and with relay_loop on every transaction-mode client waiting
+// for its next query) sit in one epoll set that a single goroutine watches.
+// With relay_loop on, that goroutine serves the common transaction itself,
+// as PgBouncer's event loop does: it reads the client's query, queues for a
+// server without blocking (pool.AcquireAsync), writes the query, relays the
+// answer up to ReadyForQuery and gives the server back — no goroutine woken
+// per message, and one look at every ready socket per wake-up. Anything out of
+// the ordinary (COPY, a named statement to map, a transaction left open, a
+// client that reads slowly, a query larger than a buffer, a hang-up, a
+// drain, a pause, an error) ejects the session to a goroutine of its own at a
+// message boundary, with its state as the goroutine path keeps it, and the
+// goroutine path goes on from there. See relayLoopNote in README.md for the
+// measurements.
+//
+// Only the loop goroutine touches a session while it is in the loop; other
+// goroutines reach it through post (wake, a server handed over by the pool).
+
+// parker holds the sessions in the loop.
+type parker struct {
+	srv  *Server
+	once sync.Once
+	ok   bool // the loop started
+	epfd int
+	wake [2]int // a pipe: a byte written wakes the loop for its inbox
+
+	mu     sync.Mutex // guards following
+	parked map[uint64]*session
+	next   uint64
+	inbox  []loopMsg
+	busy   bool // the loop is at work and will look at the inbox before it waits
+}
+
+// loopMsg is work posted to the loop.
+type loopMsg struct {
+	ss    *session
+	wake  bool // eject the session to a goroutine
+	lease *pool.Lease[*serverConn]
+	err   error
+}
+
+// srvBit marks an epoll token as a session's server, not its client.
+const srvBit = 1 << 63
+
+// loopPhase is where a session in the loop is in its transaction.
+type loopPhase int8
+
+const (
+	phaseIdle    loopPhase = iota // waiting for the client's query
+	phaseWaiting                  // queued for a server (lc.wait)
+	phaseActive                   // the query sent, relaying the answer
+)
+
+// loopState is a session's state in the loop, made the first time it enters.
+type loopState struct {
+	ss        *session
+	cs        *sysConn // the client's
+	phase     loopPhase
+	wait      pool.Wait[*serverConn]
+	queued    bool // wait is in the pool's queue, its server not yet come
+	waitStart time.Time
+	srvFd     int // the server's descriptor while registered, else -1
+	orphans   int // the loop's: servers on their way for waits given up
+	spill     []byte
+	toServer  []byte
+	endErr    error // the error the resumed goroutine ends the session with
+	// ejected: the session left the loop and its goroutine has not read
+	// the client since; it must before it may enter again, or a client
+	// whose socket the loop cannot read (EOF, an error) would go round.
+	ejected bool
+	deliver func(*pool.Lease[*serverConn], error)
+	out     loopWriter
+}
+
+// loopWriter is the client writer's target while the loop relays: it
+// writes what the socket takes now and keeps the rest in spill, for the
+// goroutine the session is then ejected to, so the loop never waits on a
+// client.
+type loopWriter struct{ lc *loopState }
+
+func (w loopWriter) Write(p []byte) (int, error) {
+	lc := w.lc
+	if len(lc.spill) > 0 {
+		lc.spill = append(lc.spill, p...)
+		return len(p), nil
+	}
+	n, err := lc.cs.TryWrite(p)
+	if err == errWouldBlock {
+		lc.spill = append(lc.spill, p[n:]...)
+		return len(p), nil
+	}
+	return n, err
+}
+
+func newParker(srv *Server) *parker {
+	return &parker{srv: srv, epfd: -1, parked: make(map[uint64]*session)}
+}
+
+// start creates the epoll set and its goroutine on first use.
+func (p *parker) start() bool {
+	p.once.Do(func() {
+		fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			return
+		}
+		if err := unix.Pipe2(p.wake[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+			syscall.Close(fd)
+			return
+		}
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+		if syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, p.wake[0], &ev) != nil {
+			return
+		}
+		// Waited on through Go's poller, so that waiting costs no thread.
+		if err := syscall.SetNonblock(fd, true); err != nil {
+			return
+		}
+		f := os.NewFile(uintptr(fd), "pgmux-loop")
+		raw, err := f.SyscallConn()
+		if err != nil {
+			return
+		}
+		p.epfd, p.ok = fd, true
+		go p.loop(f, raw)
+	})
+	return p.ok
+}
+
+// park adds ss to the loop and reports whether it did; from then on the
+// caller must not touch ss, which the loop may already be serving.
+// ss.mu is held by the caller.
+func (p *parker) park(ss *session) bool {
+	if !p.start() {
+		return false
+	}
+	if ss.lc == nil {
+		cs, ok := ss.sock.(*sysConn)
+		if !ok {
+			return false
+		}
+		lc := &loopState{ss: ss, cs: cs, srvFd: -1}
+		lc.out.lc = lc
+		lc.deliver = func(l *pool.Lease[*serverConn], err error) {
+			p.post(loopMsg{ss: ss, lease: l, err: err})
+		}
+		ss.lc = lc
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.next++
+	token := p.next
+	ok := false
+	ss.lc.cs.raw.Control(func(fd uintptr) {
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
+		*(*uint64)(unsafe.Pointer(&ev.Fd)) = token
+		ok = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev) == nil
+		if ok {
+			ss.parkedFd = int(fd)
+		}
+	})
+	if !ok {
+		return false
+	}
+	ss.parkToken = token
+	ss.lc.phase = phaseIdle
+	p.parked[token] = ss
+	ss.inLoop.Store(true)
+	p.armTimerLocked(ss, ss.deadline)
+	return true
+}
+
+// armTimerLocked makes the session's idle timeout, d (ss.deadline, read
+// under ss.mu), wake it in the loop.
+func (p *parker) armTimerLocked(ss *session, d time.Time) {
+	if d.IsZero() {
+		return
+	}
+	if ss.parkTimer == nil {
+		ss.parkTimer = time.AfterFunc(time.Until(d), ss.wake)
+	} else {
+		ss.parkTimer.Reset(time.Until(d))
+	}
+}
+
+// count returns how many sessions are in the loop.
+func (p *parker) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
+
+// post hands m to the loop.
+func (p *parker) post(m loopMsg) {
+	p.mu.Lock()
+	if m.wake && m.ss.parkToken == 0 {
+		p.mu.Unlock()
+		return // not in the loop: its goroutine sees what changed
+	}
+	p.inbox = append(p.inbox, m)
+	signal := !p.busy
+	p.mu.Unlock()
+	if signal {
+		unix.Write(p.wake[1], []byte{1})
+	}
+}
+
+func (p *parker) loop(f *os.File, raw syscall.RawConn) {
+	defer f.Close()
+	events := make([]syscall.EpollEvent, 256)
+	var n int
+	wait := func(uintptr) bool {
+		r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, uintptr(p.epfd),
+			uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		if e != 0 {
+			r = 0
+		}
+		n = int(r)
+		return n > 0
+	}
+	var inbox []loopMsg
+	for {
+		if err := raw.Read(wait); err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.busy = true
+		p.mu.Unlock()
+		for _, ev := range events[:n] {
+			token := *(*uint64)(unsafe.Pointer(&ev.Fd))
+			if token == 0 {
+				var b [64]byte
+				for {
+					if n, _ := unix.Read(p.wake[0], b[:]); n < len(b) {
+						break
+					}
+				}
+				continue
+			}
+			p.mu.Lock()
+			ss := p.parked[token&^srvBit]
+			p.mu.Unlock()
+			if ss == nil {
+				continue // ejected since
+			}
+			if token&srvBit != 0 {
+				p.serverReady(ss)
+			} else {
+				p.clientReady(ss)
+			}
+		}
+		for {
+			p.mu.Lock()
+			inbox, p.inbox = p.inbox, inbox[:0]
+			if len(inbox) == 0 {
+				p.busy = false
+				p.mu.Unlock()
+				break
+			}
+			p.mu.Unlock()
+			for i, m := range inbox {
+				p.handle(m)
+				inbox[i] = loopMsg{}
+			}
+		}
+	}
+}
+
+// handle does what was posted.
+func (p *parker) handle(m loopMsg) {
+	ss := m.ss
+	if m.wake {
+		p.eject(ss)
+		return
+	}
+	lc := ss.lc
+	orphan := lc.orphans > 0
+	if orphan {
+		lc.orphans--
+	}
+	p.mu.Lock()
+	here := ss.parkToken != 0 && lc.phase == phaseWaiting
+	p.mu.Unlock()
+	if orphan || !here {
+		if m.lease != nil {
+			releaseLease(m.lease)
+		}
+		return
+	}
+	p.gotServer(ss, m.lease, m.err)
+}
+
+// eject takes ss out of the loop and resumes it in a goroutine of its own.
+func (p *parker) eject(ss *session) {
+	p.mu.Lock()
+	if ss.parkToken == 0 {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.parked, ss.parkToken)
+	if ss.parkTimer != nil {
+		ss.parkTimer.Stop()
+		ss.parkTimer = nil
+	}
+	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, ss.parkedFd, nil)
+	ss.parkToken, ss.parkedFd = 0, -1
+	lc := ss.lc
+	if lc.srvFd >= 0 {
+		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, lc.srvFd, nil)
+		lc.srvFd = -1
+	}
+	p.mu.Unlock()
+	// Not under p.mu: the pool calls post with its own lock held.
+	if lc.queued && !ss.pool.pool.Load().CancelWait(lc.wait) {
+		lc.orphans++ // its server is on the way: given back when it comes
+	}
+	lc.queued = false
+	if lc.phase == phaseWaiting {
+		ss.waitingSince.Store(0)
+		ss.mu.Lock()
+		ss.binding = false
+		ss.mu.Unlock()
+		ss.setState(stateIdle)
+	}
+	lc.phase, lc.wait = phaseIdle, pool.Wait[*serverConn]{}
+	if ss.bw != nil {
+		ss.bw.Flush() // into lc.spill what the client does not take now
+		ss.bw.Reset(ss.sock)
+	}
+	ss.inLoop.Store(false)
+	lc.ejected = true
+	go ss.resumeFromLoop()
+}
+
+// resumeFromLoop serves an ejected session in its own goroutine: it first
+// writes what the loop could not, then goes on as the goroutine path does.
+func (ss *session) resumeFromLoop() {
+	lc := ss.lc
+	if len(lc.spill) > 0 {
+		if _, err := ss.sock.Write(lc.spill); err != nil {
+			ss.conn.Close() // the session ends at its next read
+		}
+		lc.spill = nil
+	}
+	if len(lc.toServer) > 0 {
+		if _, err := ss.lease.Conn().sys.Write(lc.toServer); err != nil {
+			ss.mu.Lock()
+			ss.serverTorn = true
+			ss.mu.Unlock()
+			lc.endErr = errServerCrashed
+		}
+		lc.toServer = nil
+	}
+	if err := lc.endErr; err != nil {
+		lc.endErr = nil
+		ss.serveAndClose(err)
+		return
+	}
+	ss.resume()
+}
+
+// errServerCrashed is the client's error when its server failed mid-request.
+var errServerCrashed = protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?")
+
+// clientReady is an event on a session's client socket.
+func (p *parker) clientReady(ss *session) {
+	lc := ss.lc
+	if lc.phase != phaseIdle || !ss.srv.options().RelayLoop {
+		// A client speaking out of turn (or hanging up) while its query
+		// is served, or a parked client without the loop: a goroutine's.
+		p.eject(ss)
+		return
+	}
+	_, err := ss.rd.FillFrom(lc.cs.TryRead)
+	switch {
+	case err == errWouldBlock:
+		return
+	case err != nil:
+		p.eject(ss) // EOF, an error, a message larger than the buffer: the goroutine tells
+		return
+	}
+	p.startTx(ss)
+}
+
+// startTx begins the transaction whose first messages the client has sent,
+// if they are ordinary and whole; if they are not whole it waits for more.
+func (p *parker) startTx(ss *session) {
+	buf := ss.rd.BufferedBytes()
+	i := 0
+	var last byte
+	for len(buf)-i >= protocol.HeaderLen {
+		typ := buf[i]
+		l := int(binary.BigEndian.Uint32(buf[i+1:]))
+		if l < 4 || l-4 > ss.srv.options().MaxPacketSize {
+			p.eject(ss) // the goroutine path says what is wrong with it
+			return
+		}
+		switch typ {
+		case 'Q', 'P', 'B', 'D', 'C', 'E', 'S':
+		default:
+			p.eject(ss) // anything else is the goroutine path's, at once
+			return
+		}
+		if len(buf)-i < 1+l {
+			break
+		}
+		body := buf[i+protocol.HeaderLen : i+1+l]
+		switch typ {
+		case 'Q':
+			if ss.psOn && stmtCommandText(body) {
+				p.eject(ss) // DEALLOCATE or DISCARD: the mapping's
+				return
+			}
+		case 'P', 'B', 'D', 'C':
+			if ss.psOn && len(body) > 0 && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
+				p.eject(ss) // a named statement: the mapping's
+				return
+			}
+		}
+		last = typ
+		i += 1 + l
+	}
+	if i < len(buf) || last != 'Q' && last != 'S' {
+		// More is to come before the server can answer.
+		if len(buf) >= ss.rd.Size() {
+			p.eject(ss)
+		}
+		return
+	}
+	ss.mu.Lock()
+	if ss.draining || ss.serverDead || ss.lease != nil {
+		ss.mu.Unlock()
+		p.eject(ss)
+		return
+	}
+	ss.binding = true
+	ss.mu.Unlock()
+	if ss.srv.Paused() {
+		p.eject(ss) // waits for RESUME in a goroutine
+		return
+	}
+	ss.setState(stateWaiting)
+	lc := ss.lc
+	lc.waitStart = time.Now()
+	ss.waitingSince.Store(lc.waitStart.UnixNano())
+	lc.phase = phaseWaiting
+	lease, wt, err := ss.pool.pool.Load().AcquireAsync(ss.srv.options().QueryWaitTimeout, lc.deliver)
+	if err != nil {
+		p.eject(ss) // a closed pool: the goroutine path retries or tells
+		return
+	}
+	if lease == nil {
+		lc.wait, lc.queued = wt, true
+		return
+	}
+	p.gotServer(ss, lease, nil)
+}
+
+// gotServer goes on with a server (or the error) the session waited for.
+func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err error) {
+	lc := ss.lc
+	lc.wait, lc.queued = pool.Wait[*serverConn]{}, false
+	if err != nil {
+		if !errors.Is(err, pool.ErrClosed) {
+			lc.endErr = ss.acquireError(err)
+		}
+		p.eject(ss)
+		return
+	}
+	sc := lease.Conn()
+	sc.clearDeadline() // an inline wait's, which would fail the loop's reads
+	now := time.Now()
+	// The checks acquireLease makes, without blocking.
+	if lease.IdleDuration() > aliveCheckAfter && !sc.alive() {
+		destroyLease(lease)
+		p.eject(ss) // the goroutine path takes another
+		return
+	}
+	if now.Sub(lc.waitStart) > hangupCheckAfter && peerClosed(ss.conn) {
+		releaseLease(lease)
+		p.eject(ss) // the goroutine finds the client gone
+		return
+	}
+	if sc.syncedFP != ss.settingsFP() || sc.sys == nil ||
+		ss.psOn && sc.prepared.len() > ss.srv.options().MaxPreparedStatements {
+		releaseLease(lease)
+		p.eject(ss) // settings to bring in line, statements to trim: bind's
+		return
+	}
+	ss.pool.observeWait(now.Sub(lc.waitStart), now.UnixNano())
+	ss.waitingSince.Store(0)
+	sc.leased.Store(true)
+	ss.attach(lease)
+	ss.bw.Reset(lc.out)
+
+	// Send what the client sent, as forward does message by message.
+	buf := ss.rd.BufferedBytes()
+	ss.mu.Lock()
+	for i := 0; i < len(buf); {
+		typ := buf[i]
+		l := int(binary.BigEndian.Uint32(buf[i+1:]))
+		unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
+		if ss.noteSentLocked(typ, l-4, unnamedParse, false) {
+			ss.segSent++
+		}
+		i += 1 + l
+	}
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+	n, err := sc.sys.TryWrite(buf)
+	if err != nil && err != errWouldBlock {
+		ss.rd.Discard(len(buf))
+		ss.mu.Lock()
+		ss.serverTorn = true
+		ss.mu.Unlock()
+		lc.endErr = errServerCrashed
+		p.eject(ss)
+		return
+	}
+	if n < len(buf) {
+		lc.toServer = append(lc.toServer[:0], buf[n:]...)
+		ss.rd.Discard(len(buf))
+		p.eject(ss)
+		return
+	}
+	ss.rd.Discard(len(buf))
+	ss.rd.Release()
+	lc.phase = phaseActive
+	if !p.watchServer(ss, sc) {
+		p.eject(ss)
+	}
+}
+
+// watchServer adds the session's server to the epoll set.
+func (p *parker) watchServer(ss *session, sc *serverConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
+	*(*uint64)(unsafe.Pointer(&ev.Fd)) = ss.parkToken | srvBit
+	if syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, sc.fd, &ev) != nil {
+		return false
+	}
+	ss.lc.srvFd = sc.fd
+	return true
+}
+
+// unwatchServer takes the session's server out of the epoll set, before it
+// may go back to the pool.
+func (p *parker) unwatchServer(ss *session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if fd := ss.lc.srvFd; fd >= 0 {
+		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+		ss.lc.srvFd = -1
+	}
+}
+
+// serverReady is an event on a session's server socket: its answer relayed
+// as far as it has come, through relayMessage as awaitServer does.
+func (p *parker) serverReady(ss *session) {
+	lc := ss.lc
+	if lc.phase != phaseActive {
+		return
+	}
+	sc := ss.lease.Conn()
+	_, err := sc.rd.FillFrom(sc.sys.TryRead)
+	switch {
+	case err == errWouldBlock:
+		return
+	case err != nil:
+		p.eject(ss) // EOF, an error, a message larger than the buffer: awaitServer's
+		return
+	}
+	for sc.rd.Complete() {
+		typ := sc.rd.BufferedBytes()[0]
+		if typ == 'Z' {
+			p.unwatchServer(ss) // it may go back to the pool now
+		}
+		switch ss.relayMessage(sc) {
+		case stepReleased:
+			lc.phase = phaseIdle
+			if len(lc.spill) > 0 || ss.bw != nil {
+				p.eject(ss)
+				return
+			}
+			ss.mu.Lock()
+			d := ss.deadline
+			ss.mu.Unlock()
+			p.mu.Lock()
+			p.armTimerLocked(ss, d)
+			p.mu.Unlock()
+			return
+		case stepEnded:
+			p.eject(ss)
+			return
+		}
+		if sc.copyIn || typ == 'Z' && (ss.pending == 0 || !p.watchServer(ss, sc)) {
+			// COPY FROM STDIN, or a transaction left open for the
+			// client's next query: the goroutine path's.
+			p.eject(ss)
+			return
+		}
+	}
+	if len(lc.spill) > 0 {
+		p.eject(ss) // the client reads slowly: a goroutine waits for it
+	}
+}

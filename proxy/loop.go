@@ -27,8 +27,8 @@ import (
 // client that reads slowly, a query larger than a buffer, a hang-up, a
 // drain, a pause, an error) ejects the session to a goroutine of its own at a
 // message boundary, with its state as the goroutine path keeps it, and the
-// goroutine path goes on from there. See relayLoopNote in README.md for the
-// measurements.
+// goroutine path goes on from there. The measurements are in README.md,
+// "Benchmarks".
 //
 // Only the loop goroutine touches a session while it is in the loop; other
 // goroutines reach it through post (wake, a server handed over by the pool).

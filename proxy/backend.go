@@ -27,11 +27,16 @@ type serverConn struct {
 	conn net.Conn
 	sys  *sysConn // conn's, for the loop; nil if it has no descriptor
 	fd   int      // conn's descriptor, valid while conn is open
-	rd   *protocol.Reader
-	bw   *bufio.Writer
-	addr string // host:port, where cancels go
-	pid  uint32
-	key  []byte
+	// The relay loop's (see watchServer): the token of the socket's
+	// registration (0 if none), and the session it relays to, if any.
+	loopTok   uint64
+	loop      *parker
+	loopOwner *session
+	rd        *protocol.Reader
+	bw        *bufio.Writer
+	addr      string // host:port, where cancels go
+	pid       uint32
+	key       []byte
 
 	// Settings as the server last reported or as pgmux set them, by
 	// lower-cased name; base holds the values it started with.
@@ -61,6 +66,9 @@ var _ pool.Conn = (*serverConn)(nil)
 func (sc *serverConn) Close() error {
 	if sc.owner != nil {
 		sc.owner.forget(sc)
+	}
+	if sc.loopTok != 0 {
+		sc.loop.forgetServer(sc.loopTok)
 	}
 	return sc.conn.Close()
 }

@@ -41,11 +41,12 @@ type parker struct {
 	epfd int
 	wake [2]int // a pipe: a byte written wakes the loop for its inbox
 
-	mu     sync.Mutex // guards following
-	parked map[uint64]*session
-	next   uint64
-	inbox  []loopMsg
-	busy   bool // the loop is at work and will look at the inbox before it waits
+	mu      sync.Mutex // guards following
+	parked  map[uint64]*session
+	servers map[uint64]*serverConn // by token, servers registered for good (see watchServer)
+	next    uint64
+	inbox   []loopMsg
+	busy    bool // the loop is at work and will look at the inbox before it waits
 }
 
 // loopMsg is work posted to the loop.
@@ -76,8 +77,8 @@ type loopState struct {
 	wait      pool.Wait[*serverConn]
 	queued    bool // wait is in the pool's queue, its server not yet come
 	waitStart time.Time
-	srvFd     int // the server's descriptor while registered, else -1
-	orphans   int // the loop's: servers on their way for waits given up
+	srv       *serverConn // the server whose answer the loop relays, while phaseActive
+	orphans   int         // the loop's: servers on their way for waits given up
 	spill     []byte
 	toServer  []byte
 	endErr    error // the error the resumed goroutine ends the session with
@@ -110,7 +111,7 @@ func (w loopWriter) Write(p []byte) (int, error) {
 }
 
 func newParker(srv *Server) *parker {
-	return &parker{srv: srv, epfd: -1, parked: make(map[uint64]*session)}
+	return &parker{srv: srv, epfd: -1, parked: make(map[uint64]*session), servers: make(map[uint64]*serverConn)}
 }
 
 // start creates the epoll set and its goroutine on first use.
@@ -155,7 +156,7 @@ func (p *parker) park(ss *session) bool {
 		if !ok {
 			return false
 		}
-		lc := &loopState{ss: ss, cs: cs, srvFd: -1}
+		lc := &loopState{ss: ss, cs: cs}
 		lc.out.lc = lc
 		lc.deliver = func(l *pool.Lease[*serverConn], err error) {
 			p.post(loopMsg{ss: ss, lease: l, err: err})
@@ -253,15 +254,19 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 				}
 				continue
 			}
-			p.mu.Lock()
-			ss := p.parked[token&^srvBit]
-			p.mu.Unlock()
-			if ss == nil {
-				continue // ejected since
-			}
 			if token&srvBit != 0 {
-				p.serverReady(ss)
-			} else {
+				p.mu.Lock()
+				sc := p.servers[token]
+				p.mu.Unlock()
+				if sc != nil && sc.loopOwner != nil {
+					p.serverReady(sc.loopOwner)
+				} // else not the loop's now: its holder reads it
+				continue
+			}
+			p.mu.Lock()
+			ss := p.parked[token]
+			p.mu.Unlock()
+			if ss != nil { // else ejected since
 				p.clientReady(ss)
 			}
 		}
@@ -321,9 +326,8 @@ func (p *parker) eject(ss *session) {
 	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, ss.parkedFd, nil)
 	ss.parkToken, ss.parkedFd = 0, -1
 	lc := ss.lc
-	if lc.srvFd >= 0 {
-		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, lc.srvFd, nil)
-		lc.srvFd = -1
+	if lc.srv != nil {
+		lc.srv.loopOwner, lc.srv = nil, nil
 	}
 	p.mu.Unlock()
 	// Not under p.mu: the pool calls post with its own lock held.
@@ -547,28 +551,42 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	}
 }
 
-// watchServer adds the session's server to the epoll set.
+// watchServer makes the loop relay sc's answers to ss. A server's socket is
+// added to the epoll set once, edge-triggered, and stays: no epoll_ctl per
+// transaction. Its events while it is not the loop's are ignored.
 func (p *parker) watchServer(ss *session, sc *serverConn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
-	*(*uint64)(unsafe.Pointer(&ev.Fd)) = ss.parkToken | srvBit
-	if syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, sc.fd, &ev) != nil {
-		return false
+	if sc.loopTok == 0 {
+		p.mu.Lock()
+		p.next++
+		token := p.next | srvBit
+		ev := syscall.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET}
+		*(*uint64)(unsafe.Pointer(&ev.Fd)) = token
+		if syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, sc.fd, &ev) != nil {
+			p.mu.Unlock()
+			return false
+		}
+		p.servers[token] = sc
+		sc.loopTok, sc.loop = token, p
+		p.mu.Unlock()
 	}
-	ss.lc.srvFd = sc.fd
+	sc.loopOwner, ss.lc.srv = ss, sc
 	return true
 }
 
-// unwatchServer takes the session's server out of the epoll set, before it
-// may go back to the pool.
+// unwatchServer ends the loop's relaying for the session's server, before
+// it may go back to the pool.
 func (p *parker) unwatchServer(ss *session) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if fd := ss.lc.srvFd; fd >= 0 {
-		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
-		ss.lc.srvFd = -1
+	if sc := ss.lc.srv; sc != nil {
+		sc.loopOwner, ss.lc.srv = nil, nil
 	}
+}
+
+// forgetServer drops a closed server's registration (closing its socket took
+// it out of the epoll set).
+func (p *parker) forgetServer(token uint64) {
+	p.mu.Lock()
+	delete(p.servers, token)
+	p.mu.Unlock()
 }
 
 // serverReady is an event on a session's server socket: its answer relayed
@@ -579,14 +597,33 @@ func (p *parker) serverReady(ss *session) {
 		return
 	}
 	sc := ss.lease.Conn()
-	_, err := sc.rd.FillFrom(sc.sys.TryRead)
-	switch {
-	case err == errWouldBlock:
-		return
-	case err != nil:
-		p.eject(ss) // EOF, an error, a message larger than the buffer: awaitServer's
-		return
+	// Edge-triggered: read until a read comes back short (the socket had
+	// no more) or would block.
+	for more := true; more; {
+		free := sc.rd.Size() - sc.rd.Buffered()
+		n, err := sc.rd.FillFrom(sc.sys.TryRead)
+		switch {
+		case err == errWouldBlock:
+			more = false
+		case err != nil:
+			p.eject(ss) // EOF, an error, a message larger than the buffer: awaitServer's
+			return
+		default:
+			more = n == free
+		}
+		if !p.relayAnswer(ss, sc) {
+			return
+		}
 	}
+	if len(lc.spill) > 0 {
+		p.eject(ss) // the client reads slowly: a goroutine waits for it
+	}
+}
+
+// relayAnswer relays the whole messages sc.rd holds, and reports whether the
+// loop still relays sc's answer to ss.
+func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
+	lc := ss.lc
 	for sc.rd.Complete() {
 		typ := sc.rd.BufferedBytes()[0]
 		if typ == 'Z' {
@@ -597,7 +634,7 @@ func (p *parker) serverReady(ss *session) {
 			lc.phase = phaseIdle
 			if len(lc.spill) > 0 || ss.bw != nil {
 				p.eject(ss)
-				return
+				return false
 			}
 			ss.mu.Lock()
 			d := ss.deadline
@@ -605,19 +642,17 @@ func (p *parker) serverReady(ss *session) {
 			p.mu.Lock()
 			p.armTimerLocked(ss, d)
 			p.mu.Unlock()
-			return
+			return false
 		case stepEnded:
 			p.eject(ss)
-			return
+			return false
 		}
 		if sc.copyIn || typ == 'Z' && (ss.pending == 0 || !p.watchServer(ss, sc)) {
 			// COPY FROM STDIN, or a transaction left open for the
 			// client's next query: the goroutine path's.
 			p.eject(ss)
-			return
+			return false
 		}
 	}
-	if len(lc.spill) > 0 {
-		p.eject(ss) // the client reads slowly: a goroutine waits for it
-	}
+	return true
 }

@@ -79,6 +79,7 @@ func Default() Config {
 		ShutdownTimeout:       30 * time.Second,
 		MaxPacketSize:         1 << 30,
 		MaxPreparedStatements: 200,
+		RelayLoop:             true,
 		LogLevel:              "info",
 	}
 }

@@ -73,7 +73,7 @@ func startProxy(t testing.TB, edit func(o *Options, db *Database)) *testProxy {
 		ClientLoginTimeout:    10 * time.Second,
 		ServerResetQuery:      "DISCARD ALL",
 		MaxPreparedStatements: 200,
-		RelayLoop:             os.Getenv("PGMUX_TEST_RELAY_LOOP") == "1",
+		RelayLoop:             os.Getenv("PGMUX_TEST_RELAY_LOOP") != "0",
 	}
 	if edit != nil {
 		edit(&o, &db)

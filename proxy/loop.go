@@ -448,9 +448,15 @@ func (p *parker) startTx(ss *session) {
 		return
 	}
 	ss.mu.Lock()
-	if ss.draining || ss.serverDead || ss.lease != nil {
+	if ss.draining || ss.serverDead {
 		ss.mu.Unlock()
 		p.eject(ss)
+		return
+	}
+	if lease := ss.lease; lease != nil {
+		// A transaction left open: its server is still the session's.
+		ss.mu.Unlock()
+		p.send(ss, lease.Conn())
 		return
 	}
 	ss.binding = true
@@ -511,9 +517,14 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	ss.waitingSince.Store(0)
 	sc.leased.Store(true)
 	ss.attach(lease)
-	ss.bw.Reset(lc.out)
+	p.send(ss, sc)
+}
 
-	// Send what the client sent, as forward does message by message.
+// send writes what the client sent to sc, the session's server, as forward
+// does message by message, and waits for the answer.
+func (p *parker) send(ss *session, sc *serverConn) {
+	lc := ss.lc
+	ss.writer().Reset(lc.out)
 	buf := ss.rd.BufferedBytes()
 	ss.mu.Lock()
 	for i := 0; i < len(buf); {
@@ -647,9 +658,27 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 			p.eject(ss)
 			return false
 		}
-		if sc.copyIn || typ == 'Z' && (ss.pending == 0 || !p.watchServer(ss, sc)) {
-			// COPY FROM STDIN, or a transaction left open for the
-			// client's next query: the goroutine path's.
+		if sc.copyIn {
+			p.eject(ss) // COPY FROM STDIN: the goroutine path's
+			return false
+		}
+		if typ == 'Z' && ss.pending == 0 {
+			// The server is kept (a transaction left open): wait for
+			// the client's next query with it.
+			lc.phase = phaseIdle
+			if ss.bw.Flush(); len(lc.spill) > 0 {
+				p.eject(ss)
+				return false
+			}
+			ss.mu.Lock()
+			d := ss.deadline
+			ss.mu.Unlock()
+			p.mu.Lock()
+			p.armTimerLocked(ss, d)
+			p.mu.Unlock()
+			return false
+		}
+		if typ == 'Z' && !p.watchServer(ss, sc) {
 			p.eject(ss)
 			return false
 		}

@@ -631,6 +631,17 @@ func (p *parker) serverReady(ss *session) {
 	}
 }
 
+// awaitClient arms the timeout of the session's wait for its client's next
+// query (idle, or idle in a transaction), as readyForQuery set it.
+func (p *parker) awaitClient(ss *session) {
+	ss.mu.Lock()
+	d := ss.deadline
+	ss.mu.Unlock()
+	p.mu.Lock()
+	p.armTimerLocked(ss, d)
+	p.mu.Unlock()
+}
+
 // relayAnswer relays the whole messages sc.rd holds, and reports whether the
 // loop still relays sc's answer to ss.
 func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
@@ -647,12 +658,7 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 				p.eject(ss)
 				return false
 			}
-			ss.mu.Lock()
-			d := ss.deadline
-			ss.mu.Unlock()
-			p.mu.Lock()
-			p.armTimerLocked(ss, d)
-			p.mu.Unlock()
+			p.awaitClient(ss)
 			return false
 		case stepEnded:
 			p.eject(ss)
@@ -670,12 +676,7 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 				p.eject(ss)
 				return false
 			}
-			ss.mu.Lock()
-			d := ss.deadline
-			ss.mu.Unlock()
-			p.mu.Lock()
-			p.armTimerLocked(ss, d)
-			p.mu.Unlock()
+			p.awaitClient(ss)
 			return false
 		}
 		if typ == 'Z' && !p.watchServer(ss, sc) {

@@ -87,24 +87,27 @@ type loopState struct {
 	// whose socket the loop cannot read (EOF, an error) would go round.
 	ejected bool
 	deliver func(*pool.Lease[*serverConn], error)
-	out     loopWriter
+	mapped  bool       // what the client sent names prepared statements to map
+	out     loopWriter // the client writer's target in the loop
+	srvOut  loopWriter // the server writer's, while mapped messages are written
 }
 
-// loopWriter is the client writer's target while the loop relays: it
-// writes what the socket takes now and keeps the rest in spill, for the
-// goroutine the session is then ejected to, so the loop never waits on a
-// client.
-type loopWriter struct{ lc *loopState }
+// loopWriter is a writer's target while the loop relays: it writes what the
+// socket takes now and keeps the rest in spill, for the goroutine the
+// session is then ejected to, so the loop never waits on a peer.
+type loopWriter struct {
+	sock  *sysConn
+	spill *[]byte
+}
 
-func (w loopWriter) Write(p []byte) (int, error) {
-	lc := w.lc
-	if len(lc.spill) > 0 {
-		lc.spill = append(lc.spill, p...)
+func (w *loopWriter) Write(p []byte) (int, error) {
+	if len(*w.spill) > 0 {
+		*w.spill = append(*w.spill, p...)
 		return len(p), nil
 	}
-	n, err := lc.cs.TryWrite(p)
+	n, err := w.sock.TryWrite(p)
 	if err == errWouldBlock {
-		lc.spill = append(lc.spill, p[n:]...)
+		*w.spill = append(*w.spill, p[n:]...)
 		return len(p), nil
 	}
 	return n, err
@@ -157,7 +160,8 @@ func (p *parker) park(ss *session) bool {
 			return false
 		}
 		lc := &loopState{ss: ss, cs: cs}
-		lc.out.lc = lc
+		lc.out = loopWriter{sock: cs, spill: &lc.spill}
+		lc.srvOut.spill = &lc.toServer
 		lc.deliver = func(l *pool.Lease[*serverConn], err error) {
 			p.post(loopMsg{ss: ss, lease: l, err: err})
 		}
@@ -408,6 +412,7 @@ func (p *parker) startTx(ss *session) {
 	buf := ss.rd.BufferedBytes()
 	i := 0
 	var last byte
+	mapped := false
 	for len(buf)-i >= protocol.HeaderLen {
 		typ := buf[i]
 		l := int(binary.BigEndian.Uint32(buf[i+1:]))
@@ -433,8 +438,7 @@ func (p *parker) startTx(ss *session) {
 			}
 		case 'P', 'B', 'D', 'C':
 			if ss.psOn && len(body) > 0 && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
-				p.eject(ss) // a named statement: the mapping's
-				return
+				mapped = true // a named statement: written by the mapping
 			}
 		}
 		last = typ
@@ -447,6 +451,7 @@ func (p *parker) startTx(ss *session) {
 		}
 		return
 	}
+	ss.lc.mapped = mapped
 	ss.mu.Lock()
 	if ss.draining || ss.serverDead {
 		ss.mu.Unlock()
@@ -524,7 +529,12 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 // does message by message, and waits for the answer.
 func (p *parker) send(ss *session, sc *serverConn) {
 	lc := ss.lc
-	ss.writer().Reset(lc.out)
+	lc.phase = phaseActive // the server is the session's: an eject keeps it
+	ss.writer().Reset(&lc.out)
+	if lc.mapped {
+		p.sendMapped(ss, sc)
+		return
+	}
 	buf := ss.rd.BufferedBytes()
 	ss.mu.Lock()
 	for i := 0; i < len(buf); {
@@ -556,9 +566,39 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	}
 	ss.rd.Discard(len(buf))
 	ss.rd.Release()
-	lc.phase = phaseActive
 	if !p.watchServer(ss, sc) {
 		p.eject(ss)
+	}
+}
+
+// sendMapped is send for messages that name prepared statements: each goes
+// through forward, as on the goroutine path, into a server writer that does
+// not block.
+func (p *parker) sendMapped(ss *session, sc *serverConn) {
+	lc := ss.lc
+	lc.srvOut.sock = sc.sys
+	sc.bw.Reset(&lc.srvOut)
+	ss.inlineBytes = 0 // the loop waits for every answer: nothing piles up
+	var err error
+	for err == nil && ss.rd.Buffered() > 0 {
+		var typ byte
+		var n int
+		if typ, n, err = ss.rd.Next(); err == nil {
+			err = ss.forward(typ, n)
+		}
+	}
+	if err == nil && sc.bw.Flush() != nil {
+		err = errServerCrashed
+	}
+	sc.bw.Reset(sc.sys)
+	ss.rd.Release()
+	if err != nil {
+		lc.endErr = err
+		p.eject(ss)
+		return
+	}
+	if len(lc.toServer) > 0 || !p.watchServer(ss, sc) {
+		p.eject(ss) // the goroutine writes the rest first
 	}
 }
 

@@ -1,0 +1,78 @@
+package proxy
+
+import (
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// TestLoopSlowReader: a client that does not read a large answer for a while
+// gets all of it, in order, and the others are served meanwhile: the loop
+// keeps what the client's socket does not take and hands the slow one to a
+// goroutine rather than wait for it. Afterwards the slow client is served
+// again as usual.
+func TestLoopSlowReader(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })
+	user := cluster.SuperUserName()
+	slow, other := dialRaw(t, p.addr), dialRaw(t, p.addr)
+	for _, c := range []*rawClient{slow, other} {
+		if err := c.startup(user, "postgres"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Both servers' settings brought in line with the clients' (the same):
+	// a server's first use runs on the goroutine path, the next ones in the
+	// loop.
+	for _, step := range []struct {
+		c   *rawClient
+		sql string
+	}{{slow, "SELECT 1"}, {other, "BEGIN"}, {slow, "SELECT 1"}, {other, "COMMIT"}} {
+		if err := step.c.query(step.sql); err != nil {
+			t.Fatalf("%s: %v", step.sql, err)
+		}
+	}
+
+	// About 20 MB, with a small receive buffer: more than the sockets hold.
+	slow.Conn.(*net.TCPConn).SetReadBuffer(32 << 10)
+	const rows = 20000
+	slow.fe.Send(&pgproto3.Query{String: "SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g"})
+	if err := slow.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// While the slow client reads nothing, the other is served, many times.
+	for i := range 50 {
+		if err := other.query("SELECT " + strconv.Itoa(i)); err != nil {
+			t.Fatalf("other client while the slow one stalls, query %d: %v", i, err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	next := 1
+	for {
+		msg, err := slow.fe.Receive()
+		if err != nil {
+			t.Fatalf("after %d rows: %v", next-1, err)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			if got := string(m.Values[0]); got != strconv.Itoa(next) || len(m.Values[1]) != 1000 {
+				t.Fatalf("row %d: got %q and %d bytes", next, got, len(m.Values[1]))
+			}
+			next++
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error after %d rows: %s", next-1, m.Message)
+		}
+	}
+	if next-1 != rows {
+		t.Fatalf("%d rows, want %d", next-1, rows)
+	}
+	if err := slow.query("SELECT 1"); err != nil {
+		t.Fatalf("the slow client afterwards: %v", err)
+	}
+}

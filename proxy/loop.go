@@ -406,50 +406,66 @@ func (p *parker) clientReady(ss *session) {
 	p.startTx(ss)
 }
 
-// startTx begins the transaction whose first messages the client has sent,
-// if they are ordinary and whole; if they are not whole it waits for more.
-func (p *parker) startTx(ss *session) {
-	buf := ss.rd.BufferedBytes()
+// scanResult is what scanClient makes of a client's buffered bytes.
+type scanResult int8
+
+const (
+	scanMore  scanResult = iota // whole ordinary messages so far; more to come
+	scanEject                   // something only the goroutine path handles
+	scanReady                   // whole ordinary messages, the last a Query or Sync
+)
+
+// scanClient looks at what a client in the loop has sent: messages the loop
+// serves (simple Query; Parse, Bind, Describe, Execute, Close and Sync)
+// ending with one the server answers with ReadyForQuery. mapped reports
+// that some name a prepared statement (psOn: the mapping rewrites them).
+func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, mapped bool) {
 	i := 0
 	var last byte
-	mapped := false
 	for len(buf)-i >= protocol.HeaderLen {
 		typ := buf[i]
 		l := int(binary.BigEndian.Uint32(buf[i+1:]))
-		if l < 4 || l-4 > ss.srv.options().MaxPacketSize {
-			p.eject(ss) // the goroutine path says what is wrong with it
-			return
+		if l < 4 || l-4 > maxBody {
+			return scanEject, false // the goroutine path says what is wrong with it
 		}
 		switch typ {
 		case 'Q', 'P', 'B', 'D', 'C', 'E', 'S':
 		default:
-			p.eject(ss) // anything else is the goroutine path's, at once
-			return
+			return scanEject, false // at once: it may never be whole
 		}
 		if len(buf)-i < 1+l {
-			break
+			return scanMore, false
 		}
 		body := buf[i+protocol.HeaderLen : i+1+l]
 		switch typ {
 		case 'Q':
-			if ss.psOn && stmtCommandText(body) {
-				p.eject(ss) // DEALLOCATE or DISCARD: the mapping's
-				return
+			if psOn && stmtCommandText(body) {
+				return scanEject, false // DEALLOCATE or DISCARD: the mapping's
 			}
 		case 'P', 'B', 'D', 'C':
-			if ss.psOn && len(body) > 0 && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
-				mapped = true // a named statement: written by the mapping
+			if psOn && len(body) > 0 && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
+				mapped = true
 			}
 		}
 		last = typ
 		i += 1 + l
 	}
 	if i < len(buf) || last != 'Q' && last != 'S' {
-		// More is to come before the server can answer.
-		if len(buf) >= ss.rd.Size() {
-			p.eject(ss)
-		}
+		return scanMore, false
+	}
+	return scanReady, mapped
+}
+
+// startTx begins the transaction whose first messages the client has sent,
+// if they are ordinary and whole; if they are not whole it waits for more.
+func (p *parker) startTx(ss *session) {
+	res, mapped := scanClient(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.psOn)
+	switch {
+	case res == scanEject, res == scanMore && ss.rd.Buffered() >= ss.rd.Size():
+		p.eject(ss) // the goroutine path's, or larger than the buffer
 		return
+	case res == scanMore:
+		return // more is to come before the server can answer
 	}
 	ss.lc.mapped = mapped
 	ss.mu.Lock()

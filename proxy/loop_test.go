@@ -76,3 +76,46 @@ func TestLoopSlowReader(t *testing.T) {
 		t.Fatalf("the slow client afterwards: %v", err)
 	}
 }
+
+// FuzzScanClient: whatever a client sends, the loop's look at it does not
+// fail, and what it calls ready is whole messages it serves, back to back,
+// ending with a Query or a Sync.
+func FuzzScanClient(f *testing.F) {
+	f.Add([]byte("Q\x00\x00\x00\x0dSELECT 1\x00"), true)
+	f.Add([]byte("P\x00\x00\x00\x08s1\x00\x00\x00B\x00\x00\x00\x0c\x00s1\x00\x00\x00\x00\x00\x00S\x00\x00\x00\x04"), true)
+	f.Add([]byte("Q\x00\x00\x00\x0ddeallocate\x00"), true)
+	f.Add([]byte("X\x00\x00\x00\x04"), false)
+	f.Add([]byte("Q\x00\x00\x00\x02"), false)
+	f.Fuzz(func(t *testing.T, buf []byte, psOn bool) {
+		res, mapped := scanClient(buf, 1<<20, psOn)
+		if res != scanReady {
+			if mapped {
+				t.Fatal("mapped reported for a batch not ready")
+			}
+			return
+		}
+		var last byte
+		for i := 0; i < len(buf); {
+			if len(buf)-i < 5 {
+				t.Fatalf("ready with a cut header at %d", i)
+			}
+			l := int(buf[i+1])<<24 | int(buf[i+2])<<16 | int(buf[i+3])<<8 | int(buf[i+4])
+			if l < 4 || i+1+l > len(buf) {
+				t.Fatalf("ready with a bad length %d at %d", l, i)
+			}
+			switch buf[i] {
+			case 'Q', 'P', 'B', 'D', 'C', 'E', 'S':
+			default:
+				t.Fatalf("ready with message type %q", buf[i])
+			}
+			last = buf[i]
+			i += 1 + l
+		}
+		if last != 'Q' && last != 'S' {
+			t.Fatalf("ready ending with %q", last)
+		}
+		if !psOn && mapped {
+			t.Fatal("mapped without the mapping")
+		}
+	})
+}

@@ -71,7 +71,6 @@ const (
 
 // loopState is a session's state in the loop, made the first time it enters.
 type loopState struct {
-	ss        *session
 	cs        *sysConn // the client's
 	phase     loopPhase
 	wait      pool.Wait[*serverConn]
@@ -159,7 +158,7 @@ func (p *parker) park(ss *session) bool {
 		if !ok {
 			return false
 		}
-		lc := &loopState{ss: ss, cs: cs}
+		lc := &loopState{cs: cs}
 		lc.out = loopWriter{sock: cs, spill: &lc.spill}
 		lc.srvOut.spill = &lc.toServer
 		lc.deliver = func(l *pool.Lease[*serverConn], err error) {

@@ -21,12 +21,12 @@ import (
 // With relay_loop on, that goroutine serves the common transaction itself,
 // as PgBouncer's event loop does: it reads the client's query, queues for a
 // server without blocking (pool.AcquireAsync), writes the query, relays the
-// answer up to ReadyForQuery and gives the server back — no goroutine woken
-// per message, and one look at every ready socket per wake-up. Anything out of
-// the ordinary (COPY, a named statement to map, a transaction left open, a
-// client that reads slowly, a query larger than a buffer, a hang-up, a
-// drain, a pause, an error) ejects the session to a goroutine of its own at a
-// message boundary, with its state as the goroutine path keeps it, and the
+// answer up to ReadyForQuery and gives the server back (or keeps it while a
+// transaction is open) — no goroutine woken per message, and one look at
+// every ready socket per wake-up. Anything out of the ordinary (COPY, a
+// Flush, DEALLOCATE or DISCARD, a client that reads slowly, a query larger
+// than a buffer, a hang-up, a drain, a pause, settings to bring in line, an
+// error) ejects the session to a goroutine of its own at a message boundary, with its state as the goroutine path keeps it, and the
 // goroutine path goes on from there. The measurements are in README.md,
 // "Benchmarks".
 //
@@ -221,9 +221,12 @@ func (p *parker) post(m loopMsg) {
 	signal := !p.busy
 	p.mu.Unlock()
 	if signal {
-		unix.Write(p.wake[1], []byte{1})
+		unix.Write(p.wake[1], wakeByte)
 	}
 }
+
+// wakeByte is what post writes to the wake pipe.
+var wakeByte = []byte{1}
 
 func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 	defer f.Close()
@@ -564,24 +567,31 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	n, err := sc.sys.TryWrite(buf)
-	if err != nil && err != errWouldBlock {
-		ss.rd.Discard(len(buf))
-		ss.mu.Lock()
-		ss.serverTorn = true
-		ss.mu.Unlock()
-		lc.endErr = errServerCrashed
-		p.eject(ss)
-		return
-	}
-	if n < len(buf) {
-		lc.toServer = append(lc.toServer[:0], buf[n:]...)
-		ss.rd.Discard(len(buf))
-		p.eject(ss)
-		return
+	if err == errWouldBlock {
+		lc.toServer = append(lc.toServer[:0], buf[n:]...) // the goroutine writes it
+		err = nil
 	}
 	ss.rd.Discard(len(buf))
 	ss.rd.Release()
-	if !p.watchServer(ss, sc) {
+	if err != nil {
+		ss.mu.Lock()
+		ss.serverTorn = true
+		ss.mu.Unlock()
+		err = errServerCrashed
+	}
+	p.awaitServer(ss, sc, err)
+}
+
+// awaitServer waits in the loop for the answer to what send wrote, or ejects
+// the session: after err (its end), or to write what the server's socket did
+// not take.
+func (p *parker) awaitServer(ss *session, sc *serverConn, err error) {
+	if err != nil {
+		ss.lc.endErr = err
+		p.eject(ss)
+		return
+	}
+	if len(ss.lc.toServer) > 0 || !p.watchServer(ss, sc) {
 		p.eject(ss)
 	}
 }
@@ -607,14 +617,7 @@ func (p *parker) sendMapped(ss *session, sc *serverConn) {
 	}
 	sc.bw.Reset(sc.sys)
 	ss.rd.Release()
-	if err != nil {
-		lc.endErr = err
-		p.eject(ss)
-		return
-	}
-	if len(lc.toServer) > 0 || !p.watchServer(ss, sc) {
-		p.eject(ss) // the goroutine writes the rest first
-	}
+	p.awaitServer(ss, sc, err)
 }
 
 // watchServer makes the loop relay sc's answers to ss. A server's socket is

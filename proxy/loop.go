@@ -391,6 +391,13 @@ var errServerCrashed = protocol.Fatal(protocol.CodeConnectionFailure, "server co
 // clientReady is an event on a session's client socket.
 func (p *parker) clientReady(ss *session) {
 	lc := ss.lc
+	if lc.phase == phaseWaiting && peerClosed(ss.conn) {
+		// Gone while queued: its query is not run (as acquireLease does
+		// after a long wait).
+		lc.endErr = errQuiet
+		p.eject(ss)
+		return
+	}
 	if lc.phase != phaseIdle || !ss.srv.options().RelayLoop {
 		// A client speaking out of turn (or hanging up) while its query
 		// is served, or a parked client without the loop: a goroutine's.
@@ -525,11 +532,9 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		p.eject(ss) // the goroutine path takes another
 		return
 	}
-	if now.Sub(lc.waitStart) > hangupCheckAfter && peerClosed(ss.conn) {
-		releaseLease(lease)
-		p.eject(ss) // the goroutine finds the client gone
-		return
-	}
+	// No look for a hang-up here (acquireLease's, one recvfrom per
+	// transaction under load): the client's socket stayed in the epoll set
+	// while it waited, and clientReady saw it hang up.
 	if sc.syncedFP != ss.settingsFP() || sc.sys == nil ||
 		ss.psOn && sc.prepared.len() > ss.srv.options().MaxPreparedStatements {
 		releaseLease(lease)

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -118,4 +120,59 @@ func FuzzScanClient(f *testing.F) {
 			t.Fatal("mapped without the mapping")
 		}
 	})
+}
+
+// TestQueuedClientHangsUp: a client that sends a query and hangs up while it
+// is queued for a server is dropped; its query is not run when a server comes
+// free, and the server serves the next client. (In the loop the hang-up is
+// seen as an event on the client's socket, not looked for on every hand-over.)
+func TestQueuedClientHangsUp(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+	ctx := context.Background()
+	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	if _, err := direct.Exec(ctx, "DROP TABLE IF EXISTS queued_hangup; CREATE TABLE queued_hangup (i int)"); err != nil {
+		t.Fatal(err)
+	}
+	user := cluster.SuperUserName()
+	holder, gone := dialRaw(t, p.addr), dialRaw(t, p.addr)
+	for _, c := range []*rawClient{holder, gone} {
+		if err := c.startup(user, "postgres"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The only server warmed for both (same settings), then held.
+	for _, c := range []*rawClient{holder, gone, holder} {
+		if err := c.query("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := holder.query("BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	gone.fe.Send(&pgproto3.Query{String: "INSERT INTO queued_hangup VALUES (1)"})
+	if err := gone.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, func() bool { ps := p.Pools(); return len(ps) == 1 && ps[0].ClientsWaiting == 1 })
+	gone.Close()
+	time.Sleep(hangupCheckAfter + 100*time.Millisecond)
+	if err := holder.query("COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	// Queued behind the hung-up client's query, if that were run.
+	if err := holder.query("SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := direct.QueryRow(ctx, "SELECT count(*) FROM queued_hangup").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("the query of a client that hung up while queued was run (%d rows)", n)
+	}
+	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 1 })
 }

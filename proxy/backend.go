@@ -59,6 +59,15 @@ type serverConn struct {
 	// nanoseconds), 0 when none is.
 	checkAt int64
 	cancels sync.WaitGroup // cancel requests in flight to this backend
+	// cancelling counts them too, for a look that does not wait (see
+	// readyForQuery); it falls before cancels' Done.
+	cancelling atomic.Int32
+}
+
+// cancelDone ends the count of a cancel request taken by holdForCancel.
+func (sc *serverConn) cancelDone() {
+	sc.cancelling.Add(-1)
+	sc.cancels.Done()
 }
 
 var _ pool.Conn = (*serverConn)(nil)
@@ -108,6 +117,18 @@ func (sc *serverConn) setDeadline(t time.Time) {
 func releaseLease(l *pool.Lease[*serverConn]) {
 	l.Conn().leased.Store(false)
 	l.Release()
+}
+
+// releaseSettled gives a server back to the pool once a cancel meant for its
+// last client has been delivered (it must not reach the next one), after
+// wiping prepared statements a DEALLOCATE or DISCARD left unsure.
+func releaseSettled(sc *serverConn, lease *pool.Lease[*serverConn]) {
+	sc.cancels.Wait()
+	if sc.psDirty && sc.clearDeadline() && sc.discardAll() != nil {
+		destroyLease(lease)
+		return
+	}
+	releaseLease(lease)
 }
 
 // destroyLease closes a server that must not be reused.

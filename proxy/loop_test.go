@@ -176,3 +176,81 @@ func TestQueuedClientHangsUp(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 1 })
 }
+
+// TestReleaseWaitsForCancelElsewhere: a server whose client has a cancel on
+// its way to the postmaster goes back to the pool only once the cancel is
+// delivered, and the wait holds up no one else: in the loop, other clients
+// are served meanwhile.
+func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })
+	user := cluster.SuperUserName()
+	a, b := dialRaw(t, p.addr), dialRaw(t, p.addr)
+	for _, c := range []*rawClient{a, b} {
+		if err := c.startup(user, "postgres"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Both servers' settings brought in line: their next uses are the loop's.
+	for _, step := range []struct {
+		c   *rawClient
+		sql string
+	}{{a, "BEGIN"}, {b, "SELECT 1"}, {a, "COMMIT"}} {
+		if err := step.c.query(step.sql); err != nil {
+			t.Fatalf("%s: %v", step.sql, err)
+		}
+	}
+
+	session := func(c *rawClient) *session {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.byPID[c.pid]
+	}
+	for _, c := range []*rawClient{a, b} {
+		waitFor(t, 2*time.Second, func() bool {
+			if !p.options().RelayLoop || session(c).inLoop.Load() {
+				return true
+			}
+			if err := c.query("SELECT 1"); err != nil { // ended on the goroutine path; again
+				t.Fatal(err)
+			}
+			return false
+		})
+	}
+
+	a.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(0.3)"})
+	if err := a.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var held *serverConn
+	waitFor(t, 2*time.Second, func() bool {
+		held = session(a).holdForCancel() // as a cancel request on its way
+		return held != nil
+	})
+	delivered := false
+	defer func() {
+		if !delivered {
+			held.cancelDone() // after a failure, so that the proxy can shut down
+		}
+	}()
+	if err := a.untilReady(); err != nil {
+		t.Fatal(err)
+	}
+	b.SetDeadline(time.Now().Add(3 * time.Second))
+	for i := 0; i < 5; i++ {
+		if err := b.query("SELECT 1"); err != nil {
+			t.Fatalf("another client while a cancel is on its way: %v", err)
+		}
+	}
+	if ps := p.Pools(); ps[0].ServersActive != 1 {
+		t.Fatalf("%d servers out of the pool while the cancel is on its way, want 1 (the one it is meant for)", ps[0].ServersActive)
+	}
+	held.cancelDone()
+	delivered = true
+	waitFor(t, 2*time.Second, func() bool { return p.Pools()[0].ServersActive == 0 })
+	b.SetDeadline(time.Now().Add(10 * time.Second))
+	for _, c := range []*rawClient{a, b} {
+		if err := c.query("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

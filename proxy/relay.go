@@ -527,9 +527,10 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 
 	err := ss.bw.Flush()
 	ss.putWriter()
-	sc.cancels.Wait() // a cancel meant for this client must not reach the next one
-	if sc.psDirty && sc.clearDeadline() && sc.discardAll() != nil {
-		destroyLease(lease)
+	if sc.cancelling.Load() > 0 || sc.psDirty {
+		// Not here, where the relay loop would wait with every other
+		// client behind it: see releaseSettled.
+		go releaseSettled(sc, lease)
 	} else {
 		releaseLease(lease)
 	}

@@ -298,7 +298,7 @@ func (s *Server) cancel(pid uint32, key []byte) {
 	if sc == nil {
 		return
 	}
-	defer sc.cancels.Done()
+	defer sc.cancelDone()
 	timeout := s.options().ServerConnectTimeout
 	if timeout <= 0 {
 		timeout = 15 * time.Second

@@ -820,7 +820,7 @@ func (ss *session) settingsFP() uint64 {
 
 // holdForCancel returns the server the session holds, with a cancel counted
 // against it so that it is not released to another client before the cancel
-// has been delivered; the caller calls sc.cancels.Done.
+// has been delivered; the caller calls sc.cancelDone.
 func (ss *session) holdForCancel() *serverConn {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -829,6 +829,7 @@ func (ss *session) holdForCancel() *serverConn {
 	}
 	sc := ss.lease.Conn()
 	sc.cancels.Add(1)
+	sc.cancelling.Add(1)
 	return sc
 }
 

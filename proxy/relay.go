@@ -376,7 +376,7 @@ func (ss *session) relayMessage(sc *serverConn) relayStep {
 			return stepEnded
 		}
 		sc.copyIn = false
-		_, werr := ss.bw.Write([]byte{'Z', 0, 0, 0, 5, body[0]})
+		_, werr := ss.bw.Write(readyMessage(body[0]))
 		if ss.readyForQuery(sc, body[0], werr == nil) {
 			return stepReleased
 		}
@@ -476,6 +476,27 @@ func (ss *session) relayFailed(err error) {
 		ss.serverFailed(err)
 	}
 }
+
+// readyMessage is the ReadyForQuery message for a transaction status, made
+// once for the three there are (a slice made per message escapes into the
+// writer: one allocation per transaction).
+func readyMessage(status byte) []byte {
+	switch status {
+	case 'I':
+		return readyIdle
+	case 'T':
+		return readyInTx
+	case 'E':
+		return readyFailed
+	}
+	return []byte{'Z', 0, 0, 0, 5, status}
+}
+
+var (
+	readyIdle   = []byte{'Z', 0, 0, 0, 5, 'I'}
+	readyInTx   = []byte{'Z', 0, 0, 0, 5, 'T'}
+	readyFailed = []byte{'Z', 0, 0, 0, 5, 'E'}
+)
 
 // readyForQuery accounts for a ReadyForQuery relayed from sc and, at a safe
 // point in transaction mode, releases sc (unless the client could not be

@@ -274,7 +274,7 @@ func (ss *session) login() error {
 			return protocol.Fatal(protocol.CodeProtocolViolation, "too many encryption requests")
 		}
 		// No TLS or GSSAPI yet: say no, and the client goes on in the clear.
-		if _, err := ss.conn.Write([]byte{'N'}); err != nil {
+		if _, err := ss.sock.Write([]byte{'N'}); err != nil {
 			return errQuiet
 		}
 	}

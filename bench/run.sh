@@ -10,15 +10,21 @@
 # core 1 (taskset -c 1), PostgreSQL unpinned. Both poolers get the same pool
 # size (20) in transaction mode. An extra run lets pgmux use both cores.
 #
-# Environment: BENCH_DURATION (seconds per point, default 10), BENCH_CLIENTS
-# (default "10 100 1000"), BENCH_IDLE (default "1000 10000"), BENCH_SCALE
-# (pgbench scale, default 10).
+# Rounds: each pooler point runs BENCH_ROUNDS times (default 3), PgBouncer and
+# pgmux alternating and taking turns to go first; the table and the chart show
+# the median of the rounds (this machine's figures drift 10-40% from one run
+# to the next, and one round a point let a single slow run decide a ratio).
+#
+# Environment: BENCH_DURATION (seconds per point, default 10), BENCH_ROUNDS
+# (default 3), BENCH_CLIENTS (default "10 100 1000"), BENCH_IDLE (default
+# "1000 10000"), BENCH_SCALE (pgbench scale, default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 scripts/deps.sh
 
 DURATION=${BENCH_DURATION:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
 CLIENTS=${BENCH_CLIENTS:-"10 100 1000"}
 IDLE=${BENCH_IDLE:-"1000 10000"}
 SCALE=${BENCH_SCALE:-10}
@@ -138,9 +144,10 @@ start_bouncer
 start_pgmux 0
 
 CSV="$OUT/results.csv"
-echo "workload,mode,clients,target,tps,latency_avg_ms,p99_ms,cpu_us_per_tx,rss_kb" > "$CSV"
+echo "workload,mode,clients,target,round,tps,latency_avg_ms,p99_ms,cpu_us_per_tx,rss_kb" > "$CSV"
+round=1
 
-# point WORKLOAD MODE CLIENTS TARGET PORT POOLER_PID
+# point WORKLOAD MODE CLIENTS TARGET PORT POOLER_PID (round: $round)
 point() {
   local workload=$1 mode=$2 clients=$3 target=$4 port=$5 pid=${6:-}
   # pgbench counts its connection time in -T; 1,000 direct connections (1,000
@@ -158,7 +165,7 @@ point() {
   if ! out=$(PGSSLMODE=disable taskset -c 1 "$PGBENCH" "${args[@]}" 2>&1); then
     echo "bench: $workload -M $mode -c $clients via $target failed:" >&2
     echo "$out" | tail -5 >&2
-    echo "$workload,$mode,$clients,$target,,,,," >> "$CSV"
+    echo "$workload,$mode,$clients,$target,$round,,,,," >> "$CSV"
     return 0
   fi
   local tps lat n p99 cpu="" rss=""
@@ -174,27 +181,42 @@ point() {
     cpu=$(awk -v d=$((t1 - t0)) -v n="$n" 'BEGIN {if (n>0) printf "%.1f", d*10000/n}') # 100 ticks/s: 1 tick = 10000 µs
     rss=$(rss_kb "$pid")
   fi
-  echo "$workload,$mode,$clients,$target,$tps,$lat,$p99,$cpu,$rss" >> "$CSV"
-  printf "  %-7s %-9s %5s clients  %-9s %9s tps  p99 %8s ms  cpu %6s us/tx\n" "$workload" "$mode" "$clients" "$target" "$tps" "$p99" "${cpu:--}" >&2
+  echo "$workload,$mode,$clients,$target,$round,$tps,$lat,$p99,$cpu,$rss" >> "$CSV"
+  printf "  %-7s %-9s %5s clients  %-12s r%s %9s tps  p99 %8s ms  cpu %6s us/tx\n" "$workload" "$mode" "$clients" "$target" "$round" "$tps" "$p99" "${cpu:--}" >&2
 }
 
-echo "bench: pgbench points of ${DURATION}s, interleaved direct / pgbouncer / pgmux" >&2
+# poolers WORKLOAD MODE CLIENTS: the point through PgBouncer and through
+# pgmux, ROUNDS times, alternating which goes first.
+poolers() {
+  for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then
+      point "$@" pgbouncer "$bouncer_port" "$bouncer_pid"
+      point "$@" pgmux "$pgmux_port" "$pgmux_pid"
+    else
+      point "$@" pgmux "$pgmux_port" "$pgmux_pid"
+      point "$@" pgbouncer "$bouncer_port" "$bouncer_pid"
+    fi
+  done
+  round=1
+}
+
+echo "bench: pgbench points of ${DURATION}s: direct once, then PgBouncer and pgmux $ROUNDS rounds each, interleaved" >&2
 for c in $CLIENTS; do
   for mode in simple extended; do
     point select "$mode" "$c" direct "$pg_port"
-    point select "$mode" "$c" pgbouncer "$bouncer_port" "$bouncer_pid"
-    point select "$mode" "$c" pgmux "$pgmux_port" "$pgmux_pid"
+    poolers select "$mode" "$c"
   done
-  # PgBouncer before 1.21 cannot keep prepared statements in transaction mode.
   point select prepared "$c" direct "$pg_port"
+  # PgBouncer before 1.21 cannot keep prepared statements in transaction mode.
   if "$PGBOUNCER" --version | head -1 | awk '{split($2,v,"."); exit !(v[1]>1 || v[2]>=21)}'; then
-    point select prepared "$c" pgbouncer "$bouncer_port" "$bouncer_pid"
+    poolers select prepared "$c"
+  else
+    for round in $(seq "$ROUNDS"); do point select prepared "$c" pgmux "$pgmux_port" "$pgmux_pid"; done
+    round=1
   fi
-  point select prepared "$c" pgmux "$pgmux_port" "$pgmux_pid"
 done
 point tpcb simple 100 direct "$pg_port"
-point tpcb simple 100 pgbouncer "$bouncer_port" "$bouncer_pid"
-point tpcb simple 100 pgmux "$pgmux_port" "$pgmux_pid"
+poolers tpcb simple 100
 
 # pgmux on both cores.
 stop_pid "$pgmux_pid"
@@ -246,22 +268,33 @@ for n in $IDLE; do
   stop_pid "$pgmux_pid"
 done
 
-# The table of ratios.
+# Medians over the rounds, then the table of ratios (from the medians).
+SUM="$OUT/summary.csv"
+median() { sort -g | awk '{v[NR]=$1} END {if (NR) print (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+echo "workload,mode,clients,target,rounds,tps,latency_avg_ms,p99_ms,cpu_us_per_tx,rss_kb" > "$SUM"
+tail -n +2 "$CSV" | cut -d, -f1-4 | sort -u | while IFS=, read -r w m c t; do
+  rows=$(awk -F, -v w="$w" -v m="$m" -v c="$c" -v t="$t" '$1==w && $2==m && $3==c && $4==t && $6!=""' "$CSV")
+  n=$(printf '%s\n' "$rows" | grep -c . || true)
+  line="$w,$m,$c,$t,$n"
+  for f in 6 7 8 9 10; do line="$line,$(printf '%s\n' "$rows" | cut -d, -f$f | grep . | median)"; done
+  echo "$line" >> "$SUM"
+done
+
 echo
-echo "pgbench, transaction mode, pool $POOL, pooler pinned to one core; ${DURATION}s per point"
-awk -F, 'NR>1 {k=$1","$2","sprintf("%05d",$3); key[k]=1; tps[k","$4]=$5; p99[k","$4]=$7; cpu[k","$4]=$8}
+echo "pgbench, transaction mode, pool $POOL, pooler pinned to one core; ${DURATION}s per point, median of $ROUNDS rounds through each pooler"
+sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
   function r(a,b) { return (a!="" && b!="" && b>0) ? sprintf("%.2f", a/b) : "-" }
   function v(x) { return x=="" ? "-" : x }
+  { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k } tps[k","$4]=$6; p99[k","$4]=$8; cpu[k","$4]=$9 }
   END {
     fmt="%-7s %-9s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %7s %7s %5s | %9s\n"
     printf fmt, "script","mode","clients","direct","pgbouncer","pgmux","mux/pgb","mux/dir","p99 dir","p99 pgb","p99 mux","cpu pgb","cpu mux","ratio","mux 2core"
-    n=asorti(key, ks)
-    for (i=1;i<=n;i++) { k=ks[i]; split(k, part, ",")
-      printf fmt, part[1], part[2], part[3]+0, v(tps[k",direct"]), v(tps[k",pgbouncer"]), v(tps[k",pgmux"]),
+    for (i=1;i<=n;i++) { k=order[i]; split(k, part, ",")
+      printf fmt, part[1], part[2], part[3], v(tps[k",direct"]), v(tps[k",pgbouncer"]), v(tps[k",pgmux"]),
         r(tps[k",pgmux"],tps[k",pgbouncer"]), r(tps[k",pgmux"],tps[k",direct"]),
         v(p99[k",direct"]), v(p99[k",pgbouncer"]), v(p99[k",pgmux"]),
         v(cpu[k",pgbouncer"]), v(cpu[k",pgmux"]), r(cpu[k",pgmux"],cpu[k",pgbouncer"]), v(tps[k",pgmux-2cores"]) }
-  }' "$CSV" | tee "$OUT/table.txt"
+  }' | tee "$OUT/table.txt"
 echo
 echo "idle clients (RSS growth per client connection):"
 column -t -s, "$MEM"
@@ -270,13 +303,13 @@ column -t -s, "$MEM"
 if command -v gnuplot >/dev/null; then
   for m in simple extended; do
     for t in direct pgbouncer pgmux; do
-      awk -F, -v m=$m -v t=$t '$1=="select" && $2==m && $4==t && $5!="" {print $3, $5, $7}' "$CSV" | sort -n > "$work/$m-$t.dat"
+      awk -F, -v m=$m -v t=$t '$1=="select" && $2==m && $4==t && $6!="" {print $3, $6, $8}' "$SUM" | sort -n > "$work/$m-$t.dat"
     done
   done
   gnuplot <<GP
 set terminal pngcairo size 1200,800 font ",10" noenhanced
 set output "$OUT/chart.png"
-set multiplot layout 2,2 title "pgbench -S, transaction mode, pool $POOL, pooler on one core (${DURATION}s per point)"
+set multiplot layout 2,2 title "pgbench -S, transaction mode, pool $POOL, pooler on one core (${DURATION}s per point, median of $ROUNDS rounds)"
 set logscale x
 set xlabel "clients"
 set key left top
@@ -294,4 +327,4 @@ unset multiplot
 GP
   echo "chart: $OUT/chart.png"
 fi
-echo "csv: $CSV, $MEM"
+echo "csv: $CSV (every round), $SUM (medians), $MEM"

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# bench/report.sh [DIR]: from DIR/results.csv (every round of every point,
+# written by bench/run.sh) and DIR/memory.csv, writes DIR/summary.csv (the
+# median of the rounds of each point), DIR/table.txt (the table of ratios,
+# printed too) and DIR/chart.png. DIR is bench/results by default; run it
+# again on saved results to redo the table. BENCH_DURATION and BENCH_ROUNDS
+# only label the table and chart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench/results}
+CSV="$OUT/results.csv"
+MEM="$OUT/memory.csv"
+POOL=20
+DURATION=${BENCH_DURATION:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Medians over the rounds, then the table of ratios (from the medians).
+SUM="$OUT/summary.csv"
+median() { sort -g | awk '{v[NR]=$1} END {if (NR) print (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+echo "workload,mode,clients,target,rounds,tps,latency_avg_ms,p99_ms,cpu_us_per_tx,rss_kb" > "$SUM"
+tail -n +2 "$CSV" | cut -d, -f1-4 | sort -u | while IFS=, read -r w m c t; do
+  rows=$(awk -F, -v w="$w" -v m="$m" -v c="$c" -v t="$t" '$1==w && $2==m && $3==c && $4==t && $6!=""' "$CSV")
+  n=$(printf '%s\n' "$rows" | { grep -c . || true; })
+  line="$w,$m,$c,$t,$n"
+  for f in 6 7 8 9 10; do line="$line,$(printf '%s\n' "$rows" | cut -d, -f$f | { grep . || true; } | median)"; done
+  echo "$line" >> "$SUM"
+done
+
+echo
+echo "pgbench, transaction mode, pool $POOL, pooler pinned to one core; ${DURATION}s per point, median of $ROUNDS rounds through each pooler"
+sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
+  function r(a,b) { return (a!="" && b!="" && b>0) ? sprintf("%.2f", a/b) : "-" }
+  function v(x) { return x=="" ? "-" : x }
+  { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k } tps[k","$4]=$6; p99[k","$4]=$8; cpu[k","$4]=$9 }
+  END {
+    fmt="%-7s %-9s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %7s %7s %5s | %9s\n"
+    printf fmt, "script","mode","clients","direct","pgbouncer","pgmux","mux/pgb","mux/dir","p99 dir","p99 pgb","p99 mux","cpu pgb","cpu mux","ratio","mux 2core"
+    for (i=1;i<=n;i++) { k=order[i]; split(k, part, ",")
+      printf fmt, part[1], part[2], part[3], v(tps[k",direct"]), v(tps[k",pgbouncer"]), v(tps[k",pgmux"]),
+        r(tps[k",pgmux"],tps[k",pgbouncer"]), r(tps[k",pgmux"],tps[k",direct"]),
+        v(p99[k",direct"]), v(p99[k",pgbouncer"]), v(p99[k",pgmux"]),
+        v(cpu[k",pgbouncer"]), v(cpu[k",pgmux"]), r(cpu[k",pgmux"],cpu[k",pgbouncer"]), v(tps[k",pgmux-2cores"]) }
+  }' | tee "$OUT/table.txt"
+echo
+echo "idle clients (RSS growth per client connection):"
+column -t -s, "$MEM"
+
+# Chart: TPS and P99 by clients, select-only, simple and extended.
+if command -v gnuplot >/dev/null; then
+  for m in simple extended; do
+    for t in direct pgbouncer pgmux; do
+      awk -F, -v m=$m -v t=$t '$1=="select" && $2==m && $4==t && $6!="" {print $3, $6, $8}' "$SUM" | sort -n > "$tmp/$m-$t.dat"
+    done
+  done
+  gnuplot <<GP
+set terminal pngcairo size 1200,800 font ",10" noenhanced
+set output "$OUT/chart.png"
+set multiplot layout 2,2 title "pgbench -S, transaction mode, pool $POOL, pooler on one core (${DURATION}s per point, median of $ROUNDS rounds)"
+set logscale x
+set xlabel "clients"
+set key left top
+do for [m in "simple extended"] {
+  set title "TPS, -M ".m
+  set ylabel "TPS"
+  plot for [t in "direct pgbouncer pgmux"] "$tmp/".m."-".t.".dat" using 1:2 with linespoints title t
+}
+set logscale y # direct's P99 at 1,000 clients is 10-30 s, the poolers' 0.1-0.3
+do for [m in "simple extended"] {
+  set title "P99 latency, -M ".m." (log scale)"
+  set ylabel "ms"
+  plot for [t in "direct pgbouncer pgmux"] "$tmp/".m."-".t.".dat" using 1:3 with linespoints title t
+}
+unset multiplot
+GP
+  echo "chart: $OUT/chart.png"
+fi
+echo "csv: $CSV (every round), $SUM (medians), $MEM"

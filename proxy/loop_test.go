@@ -28,14 +28,7 @@ func TestLoopSlowReader(t *testing.T) {
 	// Both servers' settings brought in line with the clients' (the same):
 	// a server's first use runs on the goroutine path, the next ones in the
 	// loop.
-	for _, step := range []struct {
-		c   *rawClient
-		sql string
-	}{{slow, "SELECT 1"}, {other, "BEGIN"}, {slow, "SELECT 1"}, {other, "COMMIT"}} {
-		if err := step.c.query(step.sql); err != nil {
-			t.Fatalf("%s: %v", step.sql, err)
-		}
-	}
+	runSteps(t, []clientStep{{slow, "SELECT 1"}, {other, "BEGIN"}, {slow, "SELECT 1"}, {other, "COMMIT"}})
 
 	// About 20 MB, with a small receive buffer: more than the sockets hold.
 	slow.Conn.(*net.TCPConn).SetReadBuffer(32 << 10)
@@ -191,14 +184,7 @@ func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
 		}
 	}
 	// Both servers' settings brought in line: their next uses are the loop's.
-	for _, step := range []struct {
-		c   *rawClient
-		sql string
-	}{{a, "BEGIN"}, {b, "SELECT 1"}, {a, "COMMIT"}} {
-		if err := step.c.query(step.sql); err != nil {
-			t.Fatalf("%s: %v", step.sql, err)
-		}
-	}
+	runSteps(t, []clientStep{{a, "BEGIN"}, {b, "SELECT 1"}, {a, "COMMIT"}})
 
 	session := func(c *rawClient) *session {
 		p.mu.Lock()
@@ -251,6 +237,23 @@ func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
 	for _, c := range []*rawClient{a, b} {
 		if err := c.query("SELECT 1"); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// clientStep is a query one of a test's raw clients runs.
+type clientStep struct {
+	c   *rawClient
+	sql string
+}
+
+// runSteps runs steps in order (to bring a pool's servers into a known
+// state, say) and fails the test at the first error.
+func runSteps(t *testing.T, steps []clientStep) {
+	t.Helper()
+	for _, step := range steps {
+		if err := step.c.query(step.sql); err != nil {
+			t.Fatalf("%s: %v", step.sql, err)
 		}
 	}
 }

@@ -17,14 +17,7 @@ import (
 // goroutine rather than wait for it. Afterwards the slow client is served
 // again as usual.
 func TestLoopSlowReader(t *testing.T) {
-	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })
-	user := cluster.SuperUserName()
-	slow, other := dialRaw(t, p.addr), dialRaw(t, p.addr)
-	for _, c := range []*rawClient{slow, other} {
-		if err := c.startup(user, "postgres"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, slow, other := twoClients(t, 2)
 	// Both servers' settings brought in line with the clients' (the same):
 	// a server's first use runs on the goroutine path, the next ones in the
 	// loop.
@@ -130,13 +123,7 @@ func TestQueuedClientHangsUp(t *testing.T) {
 	if _, err := direct.Exec(ctx, "DROP TABLE IF EXISTS queued_hangup; CREATE TABLE queued_hangup (i int)"); err != nil {
 		t.Fatal(err)
 	}
-	user := cluster.SuperUserName()
-	holder, gone := dialRaw(t, p.addr), dialRaw(t, p.addr)
-	for _, c := range []*rawClient{holder, gone} {
-		if err := c.startup(user, "postgres"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	holder, gone := loggedIn(t, p), loggedIn(t, p)
 	// The only server warmed for both (same settings), then held.
 	for _, c := range []*rawClient{holder, gone, holder} {
 		if err := c.query("SELECT 1"); err != nil {
@@ -175,14 +162,7 @@ func TestQueuedClientHangsUp(t *testing.T) {
 // delivered, and the wait holds up no one else: in the loop, other clients
 // are served meanwhile.
 func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
-	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })
-	user := cluster.SuperUserName()
-	a, b := dialRaw(t, p.addr), dialRaw(t, p.addr)
-	for _, c := range []*rawClient{a, b} {
-		if err := c.startup(user, "postgres"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p, a, b := twoClients(t, 2)
 	// Both servers' settings brought in line: their next uses are the loop's.
 	runSteps(t, []clientStep{{a, "BEGIN"}, {b, "SELECT 1"}, {a, "COMMIT"}})
 
@@ -256,4 +236,22 @@ func runSteps(t *testing.T, steps []clientStep) {
 			t.Fatalf("%s: %v", step.sql, err)
 		}
 	}
+}
+
+// twoClients starts a proxy with a pool of poolSize and logs two raw clients
+// in through it, with the same settings.
+func twoClients(t *testing.T, poolSize int) (*testProxy, *rawClient, *rawClient) {
+	t.Helper()
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = poolSize })
+	return p, loggedIn(t, p), loggedIn(t, p)
+}
+
+// loggedIn is a raw client logged in through p as the superuser.
+func loggedIn(t *testing.T, p *testProxy) *rawClient {
+	t.Helper()
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -3,14 +3,14 @@
 # written by bench/run.sh) and DIR/memory.csv, writes DIR/summary.csv (the
 # median of the rounds of each point), DIR/table.txt (the table of ratios,
 # printed too) and DIR/chart.png. DIR is bench/results by default; run it
-# again on saved results to redo the table. BENCH_DURATION and BENCH_ROUNDS
-# only label the table and chart.
+# again on saved results to redo the table. BENCH_POOL, BENCH_DURATION and
+# BENCH_ROUNDS (as run.sh ran with) only label the table and chart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results}
 CSV="$OUT/results.csv"
 MEM="$OUT/memory.csv"
-POOL=20
+POOL=${BENCH_POOL:-20}
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 tmp=$(mktemp -d)

@@ -185,19 +185,26 @@ point() {
   printf "  %-7s %-9s %5s clients  %-12s r%s %9s tps  p99 %8s ms  cpu %6s us/tx\n" "$workload" "$mode" "$clients" "$target" "$round" "$tps" "$p99" "${cpu:--}" >&2
 }
 
-# poolers WORKLOAD MODE CLIENTS: the point through PgBouncer and through
-# pgmux, ROUNDS times, alternating which goes first.
+# poolers WORKLOAD MODE CLIENTS [TARGET...]: the point through each target
+# (pgbouncer and pgmux unless named), ROUNDS times, the order reversed every
+# other round. point sees this round number (bash's dynamic scope).
 poolers() {
+  local workload=$1 mode=$2 clients=$3 round t
+  shift 3
+  local targets=("$@")
+  [ ${#targets[@]} -gt 0 ] || targets=(pgbouncer pgmux)
   for round in $(seq "$ROUNDS"); do
-    if [ $((round % 2)) = 1 ]; then
-      point "$@" pgbouncer "$bouncer_port" "$bouncer_pid"
-      point "$@" pgmux "$pgmux_port" "$pgmux_pid"
-    else
-      point "$@" pgmux "$pgmux_port" "$pgmux_pid"
-      point "$@" pgbouncer "$bouncer_port" "$bouncer_pid"
+    local order=("${targets[@]}")
+    if [ $((round % 2)) = 0 ]; then
+      order=(); for t in "${targets[@]}"; do order=("$t" "${order[@]}"); done
     fi
+    for t in "${order[@]}"; do
+      case $t in
+        pgbouncer) point "$workload" "$mode" "$clients" pgbouncer "$bouncer_port" "$bouncer_pid" ;;
+        pgmux) point "$workload" "$mode" "$clients" pgmux "$pgmux_port" "$pgmux_pid" ;;
+      esac
+    done
   done
-  round=1
 }
 
 echo "bench: pgbench points of ${DURATION}s: direct once, then PgBouncer and pgmux $ROUNDS rounds each, interleaved" >&2
@@ -211,8 +218,7 @@ for c in $CLIENTS; do
   if "$PGBOUNCER" --version | head -1 | awk '{split($2,v,"."); exit !(v[1]>1 || v[2]>=21)}'; then
     poolers select prepared "$c"
   else
-    for round in $(seq "$ROUNDS"); do point select prepared "$c" pgmux "$pgmux_port" "$pgmux_pid"; done
-    round=1
+    poolers select prepared "$c" pgmux
   fi
 done
 point tpcb simple 100 direct "$pg_port"
@@ -269,4 +275,4 @@ for n in $IDLE; do
 done
 
 # The medians, the table of ratios and the chart.
-BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS bench/report.sh "$OUT"
+BENCH_POOL=$POOL BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS bench/report.sh "$OUT"

@@ -17,7 +17,7 @@
 #
 # Environment: BENCH_DURATION (seconds per point, default 10), BENCH_ROUNDS
 # (default 3), BENCH_CLIENTS (default "10 100 1000"), BENCH_IDLE (default
-# "1000 10000"), BENCH_SCALE (pgbench scale, default 10).
+# "1000 10000 100000"), BENCH_SCALE (pgbench scale, default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -26,7 +26,7 @@ scripts/deps.sh
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 CLIENTS=${BENCH_CLIENTS:-"10 100 1000"}
-IDLE=${BENCH_IDLE:-"1000 10000"}
+IDLE=${BENCH_IDLE:-"1000 10000 100000"}
 SCALE=${BENCH_SCALE:-10}
 POOL=20
 OUT=bench/results
@@ -78,13 +78,22 @@ runas "$(pg_bindir)/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -o "-
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 bouncer_port=$(free_port)
+# start_bouncer [K]: K PgBouncers (default 1) on bouncer_port, sharing it
+# through so_reuseport when K > 1 (for more clients than one process may
+# open files for); their pids in bouncer_pids, the first's in bouncer_pid.
 start_bouncer() {
-  cat > "$work/pgbouncer.ini" <<INI
+  local k=${1:-1} i reuse=""
+  [ "$k" -gt 1 ] && reuse="so_reuseport = 1"
+  echo '"postgres" ""' > "$work/userlist.txt"
+  bouncer_pids=()
+  for i in $(seq "$k"); do
+    cat > "$work/pgbouncer$i.ini" <<INI
 [databases]
 postgres = host=127.0.0.1 port=$pg_port dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $bouncer_port
+$reuse
 unix_socket_dir =
 auth_type = trust
 auth_file = $work/userlist.txt
@@ -92,36 +101,47 @@ pool_mode = transaction
 default_pool_size = $POOL
 max_client_conn = 20000
 ignore_startup_parameters = extra_float_digits
-logfile = $work/pgbouncer.log
+logfile = $work/pgbouncer$i.log
 pidfile =
 log_connections = 0
 log_disconnections = 0
 INI
-  echo '"postgres" ""' > "$work/userlist.txt"
-  chmod 644 "$work/pgbouncer.ini" "$work/userlist.txt"
-  touch "$work/pgbouncer.log"; chmod 666 "$work/pgbouncer.log"
-  if [ "$(id -u)" = 0 ]; then
-    # setpriv, unlike runuser, keeps the raised open-files limit.
-    taskset -c 0 setpriv --reuid=postgres --regid=postgres --clear-groups "$PGBOUNCER" -q "$work/pgbouncer.ini" &
-  else
-    taskset -c 0 "$PGBOUNCER" -q "$work/pgbouncer.ini" &
-  fi
-  bouncer_launcher=$!
-  pids+=("$bouncer_launcher")
-  for _ in $(seq 100); do
-    bouncer_pid=$(pgrep -n -x pgbouncer || true)
-    [ -n "$bouncer_pid" ] && "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$bouncer_port" && return 0
-    sleep 0.1
+    chmod 644 "$work/pgbouncer$i.ini" "$work/userlist.txt"
+    : > "$work/pgbouncer$i.log"; chmod 666 "$work/pgbouncer$i.log"
+    # taskset and setpriv exec: $! is PgBouncer's pid.
+    if [ "$(id -u)" = 0 ]; then
+      # setpriv, unlike runuser, keeps the raised open-files limit.
+      taskset -c 0 setpriv --reuid=postgres --regid=postgres --clear-groups "$PGBOUNCER" -q "$work/pgbouncer$i.ini" &
+    else
+      taskset -c 0 "$PGBOUNCER" -q "$work/pgbouncer$i.ini" &
+    fi
+    bouncer_pids+=($!)
+    pids+=($!)
   done
-  echo "pgbouncer did not start" >&2; cat "$work/pgbouncer.log" >&2; exit 1
+  bouncer_pid=${bouncer_pids[0]}
+  for i in $(seq "$k"); do
+    local up=""
+    for _ in $(seq 100); do
+      grep -q "listening on 127.0.0.1:$bouncer_port" "$work/pgbouncer$i.log" && { up=1; break; }
+      kill -0 "${bouncer_pids[$((i - 1))]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    [ -n "$up" ] || { echo "pgbouncer did not start" >&2; cat "$work/pgbouncer$i.log" >&2; exit 1; }
+  done
 }
 
 pgmux_port=$(free_port)
-pgmux_admin=$(free_port)
-start_pgmux() { # $1: taskset CPU list
-  cat > "$work/pgmux.yaml" <<YAML
+# start_pgmux CPUS [K]: K pgmux processes (default 1) on pgmux_port (pgmux
+# listens with SO_REUSEPORT), each with an admin port of its own, on the
+# taskset CPU list CPUS; their pids in pgmux_pids, the first's in pgmux_pid.
+start_pgmux() {
+  local k=${2:-1} i admin
+  pgmux_pids=()
+  for i in $(seq "$k"); do
+    admin=$(free_port)
+    cat > "$work/pgmux$i.yaml" <<YAML
 listen: 127.0.0.1:$pgmux_port
-admin_listen: 127.0.0.1:$pgmux_admin
+admin_listen: 127.0.0.1:$admin
 pool_mode: transaction
 default_pool_size: $POOL
 max_client_conn: 20000
@@ -130,10 +150,12 @@ log_level: error
 databases:
   postgres: {host: 127.0.0.1, port: $pg_port}
 YAML
-  taskset -c "$1" bin/pgmux --config "$work/pgmux.yaml" &
-  pgmux_pid=$!
-  pids+=("$pgmux_pid")
-  wait_http "http://127.0.0.1:$pgmux_admin/healthz"
+    taskset -c "$1" bin/pgmux --config "$work/pgmux$i.yaml" &
+    pgmux_pids+=($!)
+    pids+=($!)
+    wait_http "http://127.0.0.1:$admin/healthz"
+  done
+  pgmux_pid=${pgmux_pids[0]}
 }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
@@ -235,43 +257,67 @@ done
 stop_pid "$pgmux_pid"
 
 # Memory: N idle clients after one query each, through each pooler, fresh.
+# A process may open only so many files (ulimit -Hn: 20,000 on the machine
+# this was written on, and no raising it there). Past three quarters of that
+# limit the clients are spread over K processes of each pooler sharing the
+# port (PgBouncer's so_reuseport; pgmux always listens with SO_REUSEPORT),
+# and over K idleclients, each from a loopback address of its own (one
+# source address has only ~28,000 ephemeral ports towards one port).
 MEM="$OUT/memory.csv"
-echo "target,clients,rss_base_kb,rss_kb,bytes_per_client" > "$MEM"
-memory_point() { # target port pid n
-  local target=$1 port=$2 pid=$3 n=$4
-  local base; base=$(rss_kb "$pid")
-  rm -f "$work/hold" "$work/idle.out"
+echo "target,clients,processes,rss_base_kb,rss_kb,bytes_per_client" > "$MEM"
+hard=$(ulimit -Hn)
+[[ $hard =~ ^[0-9]+$ ]] || hard=1048576
+per_process=$((hard * 3 / 4))
+rss_sum() { local p t=0; for p in "$@"; do t=$((t + $(rss_kb "$p"))); done; echo "$t"; }
+memory_point() { # target port k n pid...
+  local target=$1 port=$2 k=$3 n=$4
+  shift 4
+  # One query first, so that the base counts a pool's servers (spread over
+  # the processes when there are several, as the kernel spreads clients).
+  PGSSLMODE=disable "$PGBENCH" -h 127.0.0.1 -p "$port" -U postgres -S -c $((4 * k)) -t 10 -n postgres >/dev/null 2>&1
+  local base; base=$(rss_sum "$@")
+  rm -f "$work/hold" "$work"/idle.*.out
   mkfifo "$work/hold"
-  bin/idleclients -addr "127.0.0.1:$port" -n "$n" < "$work/hold" > "$work/idle.out" 2>&1 &
-  local hold=$!
-  exec 7>"$work/hold" # idleclients holds its connections until this closes
-  for _ in $(seq 3000); do
-    grep -q ready "$work/idle.out" 2>/dev/null && break
-    kill -0 "$hold" 2>/dev/null || break
+  local holders=() i src=()
+  for i in $(seq "$k"); do
+    [ "$k" -gt 1 ] && src=(-src "127.0.0.$((i + 1))")
+    bin/idleclients -addr "127.0.0.1:$port" -n $((n / k + (i <= n % k ? 1 : 0))) "${src[@]}" \
+      < "$work/hold" > "$work/idle.$i.out" 2>&1 &
+    holders+=($!)
+  done
+  exec 7>"$work/hold" # the idleclients hold their connections until this closes
+  local ready=0 h gone=""
+  for _ in $(seq 6000); do # 10 minutes
+    ready=$(cat "$work"/idle.*.out 2>/dev/null | grep -c '^ready$' || true)
+    [ "$ready" = "$k" ] && break
+    for h in "${holders[@]}"; do kill -0 "$h" 2>/dev/null || gone=1; done # they exit only on failure
+    [ -n "$gone" ] && break
     sleep 0.1
   done
-  if ! grep -q ready "$work/idle.out" 2>/dev/null; then
-    echo "bench: $n idle clients through $target failed: $(head -3 "$work/idle.out")" >&2
-    echo "$target,$n,$base,,," >> "$MEM"
+  if [ "$ready" != "$k" ]; then
+    echo "bench: $n idle clients through $target failed: $(grep -hv '^ready$' "$work"/idle.*.out | head -3)" >&2
+    echo "$target,$n,$k,$base,," >> "$MEM"
   else
     sleep 3 # idle for a few seconds: pgmux parks idle clients after one to two (see proxy/park.go)
-    local rss; rss=$(rss_kb "$pid")
+    local rss; rss=$(rss_sum "$@")
     local per=$(( (rss - base) * 1024 / n ))
-    echo "$target,$n,$base,$rss,$per" >> "$MEM"
-    printf "  %-9s %6s idle clients  RSS %7s KiB -> %7s KiB  %6s bytes/client\n" "$target" "$n" "$base" "$rss" "$per" >&2
+    echo "$target,$n,$k,$base,$rss,$per" >> "$MEM"
+    printf "  %-9s %6s idle clients  %s process(es)  RSS %7s KiB -> %7s KiB  %6s bytes/client\n" \
+      "$target" "$n" "$k" "$base" "$rss" "$per" >&2
   fi
   exec 7>&-
-  wait "$hold" 2>/dev/null || true
+  for h in "${holders[@]}"; do wait "$h" 2>/dev/null || true; done
 }
 echo "bench: idle clients" >&2
+for p in "${bouncer_pids[@]}" "${pgmux_pids[@]}"; do stop_pid "$p"; done
 for n in $IDLE; do
-  kill "$bouncer_pid" 2>/dev/null || true; stop_pid "$bouncer_launcher"; start_bouncer
-  PGSSLMODE=disable "$PGBENCH" -h 127.0.0.1 -p "$bouncer_port" -U postgres -S -c 1 -t 10 -n postgres >/dev/null 2>&1
-  memory_point pgbouncer "$bouncer_port" "$bouncer_pid" "$n"
-  start_pgmux 0
-  PGSSLMODE=disable "$PGBENCH" -h 127.0.0.1 -p "$pgmux_port" -U postgres -S -c 1 -t 10 -n postgres >/dev/null 2>&1
-  memory_point pgmux "$pgmux_port" "$pgmux_pid" "$n"
-  stop_pid "$pgmux_pid"
+  k=$(( (n + per_process - 1) / per_process ))
+  start_bouncer "$k"
+  memory_point pgbouncer "$bouncer_port" "$k" "$n" "${bouncer_pids[@]}"
+  for p in "${bouncer_pids[@]}"; do stop_pid "$p"; done
+  start_pgmux 0 "$k"
+  memory_point pgmux "$pgmux_port" "$k" "$n" "${pgmux_pids[@]}"
+  for p in "${pgmux_pids[@]}"; do stop_pid "$p"; done
 done
 
 # The medians, the table of ratios and the chart.

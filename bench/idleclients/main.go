@@ -3,7 +3,7 @@
 // prints "ready" once all are open and holds them until its standard input
 // closes.
 //
-//	idleclients -addr 127.0.0.1:6432 -user postgres -db postgres -n 10000
+//	idleclients -addr 127.0.0.1:6432 -user postgres -db postgres -n 10000 [-src 127.0.0.2]
 package main
 
 import (
@@ -24,7 +24,18 @@ func main() {
 	db := flag.String("db", "postgres", "database")
 	n := flag.Int("n", 1000, "connections")
 	par := flag.Int("parallel", 64, "connections opened at once")
+	src := flag.String("src", "", "local address to connect from (a loopback address of its own lets one\n"+
+		"destination take more connections than the ephemeral port range holds)")
 	flag.Parse()
+	dialer := &net.Dialer{Timeout: 30 * time.Second}
+	if *src != "" {
+		ip := net.ParseIP(*src)
+		if ip == nil {
+			fmt.Fprintf(os.Stderr, "idleclients: -src %q is not an IP address\n", *src)
+			os.Exit(2)
+		}
+		dialer.LocalAddr = &net.TCPAddr{IP: ip}
+	}
 	conns := make([]net.Conn, *n)
 	var wg sync.WaitGroup
 	errs := make(chan error, *n)
@@ -34,7 +45,7 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				c, err := open(*addr, *user, *db)
+				c, err := open(dialer, *addr, *user, *db)
 				if err != nil {
 					errs <- fmt.Errorf("connection %d: %w", i, err)
 					continue
@@ -68,8 +79,8 @@ func main() {
 }
 
 // open logs in (trust) and runs one query.
-func open(addr, user, db string) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", addr, 30*time.Second)
+func open(d *net.Dialer, addr, user, db string) (net.Conn, error) {
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

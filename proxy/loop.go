@@ -364,7 +364,7 @@ func (ss *session) resumeFromLoop() {
 	lc := ss.lc
 	if len(lc.spill) > 0 {
 		if _, err := ss.sock.Write(lc.spill); err != nil {
-			ss.conn.Close() // the session ends at its next read
+			ss.hangUp() // the session ends at its next read
 		}
 		lc.spill = nil
 	}

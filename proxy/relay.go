@@ -556,7 +556,7 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 		releaseLease(lease)
 	}
 	if err != nil {
-		ss.conn.Close() // wakes the session goroutine, which ends
+		ss.hangUp() // wakes the session goroutine, which ends
 	}
 	return true
 }
@@ -577,13 +577,13 @@ func (ss *session) serverFailed(err error) {
 	destroyLease(lease)
 	ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
 	ss.bw.Flush()
-	ss.conn.Close()
+	ss.hangUp()
 }
 
 // clientWriteFailed handles a client that stopped reading: the session
 // goroutine is woken to end the session, which settles the server.
 func (ss *session) clientWriteFailed() {
-	ss.conn.Close()
+	ss.hangUp()
 }
 
 // finish ends the session: it settles the server it holds (see settle),

@@ -883,8 +883,21 @@ const drainIdleGrace = 250 * time.Millisecond
 // kill ends the session now, whatever it is doing.
 func (ss *session) kill() {
 	ss.cancelCtx()
-	ss.conn.Close()
+	ss.hangUp()
 	ss.wake()
+}
+
+// hangUp ends the client's connection under whoever serves the session: its
+// reads see EOF and its writes fail. The descriptor itself is closed only
+// when the session ends (serveAndClose), so that the relay loop never reads
+// or writes a number the kernel has since given to another connection (see
+// sysConn), nor takes a newcomer's out of its epoll set.
+func (ss *session) hangUp() {
+	if s, ok := ss.sock.(*sysConn); ok {
+		s.shutdown()
+		return
+	}
+	ss.conn.Close()
 }
 
 // timeoutError says which timeout fired when a client read timed out, or nil

@@ -16,8 +16,17 @@ import (
 // meanwhile. Pinned to one core that hand-off, and the thread switches it
 // brings, cost more than the relay itself (see bench/README section in
 // README.md). Deadlines and Close act on it as on the net.Conn.
+//
+// TryRead and TryWrite, the relay loop's, go further: they call the kernel
+// on the descriptor's number itself, without the net.Conn's reference count
+// and poller reset around every call. That is safe only while the
+// descriptor cannot be closed under them, and its number given to another
+// connection: a session's client socket is closed only by the goroutine
+// that ends the session, never while the loop serves it (others call
+// shutdown), and a server's only by its lease's holder.
 type sysConn struct {
 	raw syscall.RawConn
+	fd  uintptr
 	// A reader and a writer may run at once: each has its own state.
 	rd, wr sysOp
 }
@@ -28,7 +37,6 @@ type sysOp struct {
 	n     int
 	errno syscall.Errno
 	fn    func(fd uintptr) bool // the method value, made once
-	try   func(fd uintptr) bool // fn that never waits (see TryRead), made once
 }
 
 // newSysConn returns c's sysConn, or c itself when c has no descriptor
@@ -43,10 +51,18 @@ func newSysConn(c net.Conn) io.ReadWriter {
 		return c
 	}
 	s := &sysConn{raw: raw}
+	if raw.Control(func(fd uintptr) { s.fd = fd }) != nil {
+		return c
+	}
 	s.rd.fn, s.wr.fn = s.rd.read, s.wr.write
-	s.rd.try = func(fd uintptr) bool { s.rd.read(fd); return true }
-	s.wr.try = func(fd uintptr) bool { s.wr.write(fd); return true }
 	return s
+}
+
+// shutdown ends the connection both ways without closing its descriptor:
+// whoever waits to read or write it wakes to EOF or an error, and its owner
+// closes it (see sysConn).
+func (s *sysConn) shutdown() {
+	s.raw.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 }
 
 func (o *sysOp) read(fd uintptr) bool {
@@ -85,62 +101,70 @@ func (s *sysConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	return s.read(p, s.rd.fn, 0)
+	o := &s.rd
+	o.p, o.n, o.errno = p, 0, 0
+	err := s.raw.Read(o.fn)
+	o.p = nil
+	if err != nil {
+		return 0, err
+	}
+	return readResult(o.n, o.errno)
 }
 
 // TryRead is Read that does not wait: with nothing to read it returns
-// errWouldBlock. It is for an event loop that waits on the descriptor itself.
+// errWouldBlock. It is for the relay loop, which waits on the descriptor
+// itself, and calls the kernel directly (see sysConn for when that is safe).
 func (s *sysConn) TryRead(p []byte) (int, error) {
-	return s.read(p, s.rd.try, syscall.EAGAIN) // o.read leaves errno as it is on EAGAIN
+	o := sysOp{p: p, errno: syscall.EAGAIN} // read leaves errno as it is on EAGAIN
+	o.read(s.fd)
+	return readResult(o.n, o.errno)
 }
 
-func (s *sysConn) read(p []byte, fn func(uintptr) bool, errno syscall.Errno) (int, error) {
-	o := &s.rd
-	o.p, o.n, o.errno = p, 0, errno
-	err := s.raw.Read(fn)
-	o.p = nil
+func readResult(n int, errno syscall.Errno) (int, error) {
 	switch {
-	case err != nil:
-		return 0, err
-	case o.errno == syscall.EAGAIN: // only TryRead's call returns with it
+	case errno == syscall.EAGAIN: // only TryRead's call returns with it
 		return 0, errWouldBlock
-	case o.errno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: o.errno}
-	case o.n == 0:
+	case errno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errno}
+	case n == 0:
 		return 0, io.EOF
 	}
-	return o.n, nil
+	return n, nil
 }
 
 func (s *sysConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	return s.write(p, s.wr.fn)
+	o := &s.wr
+	o.p, o.n, o.errno = p, 0, 0
+	err := s.raw.Write(o.fn)
+	o.p = nil
+	if err != nil {
+		return o.n, err
+	}
+	return o.n, writeError(o.errno)
 }
 
 // TryWrite is Write that does not wait: it writes what the socket takes now
-// and returns errWouldBlock if that is not all of p.
+// and returns errWouldBlock if that is not all of p. Like TryRead it is the
+// relay loop's, and calls the kernel directly.
 func (s *sysConn) TryWrite(p []byte) (int, error) {
-	n, err := s.write(p, s.wr.try)
-	if err == nil && n < len(p) {
-		err = errWouldBlock
+	if len(p) == 0 {
+		return 0, nil
 	}
-	return n, err
+	o := sysOp{p: p}
+	if !o.write(s.fd) {
+		return o.n, errWouldBlock
+	}
+	return o.n, writeError(o.errno)
 }
 
-func (s *sysConn) write(p []byte, fn func(uintptr) bool) (int, error) {
-	o := &s.wr
-	o.p, o.n, o.errno = p, 0, 0
-	err := s.raw.Write(fn)
-	o.p = nil
-	switch {
-	case err != nil:
-		return o.n, err
-	case o.errno != 0:
-		return o.n, &net.OpError{Op: "write", Net: "tcp", Err: o.errno}
+func writeError(errno syscall.Errno) error {
+	if errno != 0 {
+		return &net.OpError{Op: "write", Net: "tcp", Err: errno}
 	}
-	return o.n, nil
+	return nil
 }
 
 // errWouldBlock is TryRead's and TryWrite's "not now".

@@ -42,11 +42,56 @@ type parker struct {
 	wake [2]int // a pipe: a byte written wakes the loop for its inbox
 
 	mu      sync.Mutex // guards following
-	parked  map[uint64]*session
-	servers map[uint64]*serverConn // by token, servers registered for good (see watchServer)
-	next    uint64
+	slots   []loopSlot // by token (see newTokenLocked): parked sessions, and servers registered for good (see watchServer)
+	free    []uint32   // slots' free indexes
+	gen     uint64
+	nparked int
 	inbox   []loopMsg
 	busy    bool // the loop is at work and will look at the inbox before it waits
+}
+
+// loopSlot is what an epoll token stands for: a session's client socket, or
+// (with srvBit) a server's socket.
+type loopSlot struct {
+	token uint64
+	ss    *session
+	sc    *serverConn
+}
+
+// newTokenLocked takes a slot and returns its token: the slot's index plus
+// one in the low 32 bits (0 is the wake pipe's), above them a count of the
+// tokens made, so that an event for a slot's former holder, still in the
+// loop's batch, finds no match. The slot pointer is valid until the next
+// newTokenLocked.
+func (p *parker) newTokenLocked(bit uint64) (uint64, *loopSlot) {
+	var i uint32
+	if n := len(p.free); n > 0 {
+		i, p.free = p.free[n-1], p.free[:n-1]
+	} else {
+		p.slots = append(p.slots, loopSlot{})
+		i = uint32(len(p.slots) - 1)
+	}
+	p.gen++
+	token := (p.gen&(1<<31-1))<<32 | (uint64(i) + 1) | bit
+	p.slots[i] = loopSlot{token: token}
+	return token, &p.slots[i]
+}
+
+// slotLocked returns token's slot, or nil if the token is no longer in use.
+func (p *parker) slotLocked(token uint64) *loopSlot {
+	i := uint64(uint32(token)) - 1
+	if i >= uint64(len(p.slots)) || p.slots[i].token != token {
+		return nil
+	}
+	return &p.slots[i]
+}
+
+// freeLocked gives token's slot back.
+func (p *parker) freeLocked(token uint64) {
+	if s := p.slotLocked(token); s != nil {
+		*s = loopSlot{}
+		p.free = append(p.free, uint32(token)-1)
+	}
 }
 
 // loopMsg is work posted to the loop.
@@ -113,7 +158,7 @@ func (w *loopWriter) Write(p []byte) (int, error) {
 }
 
 func newParker(srv *Server) *parker {
-	return &parker{srv: srv, epfd: -1, parked: make(map[uint64]*session), servers: make(map[uint64]*serverConn)}
+	return &parker{srv: srv, epfd: -1}
 }
 
 // start creates the epoll set and its goroutine on first use.
@@ -168,8 +213,7 @@ func (p *parker) park(ss *session) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.next++
-	token := p.next
+	token, slot := p.newTokenLocked(0)
 	ok := false
 	ss.lc.cs.raw.Control(func(fd uintptr) {
 		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
@@ -180,11 +224,13 @@ func (p *parker) park(ss *session) bool {
 		}
 	})
 	if !ok {
+		p.freeLocked(token)
 		return false
 	}
 	ss.parkToken = token
 	ss.lc.phase = phaseIdle
-	p.parked[token] = ss
+	slot.ss = ss
+	p.nparked++
 	ss.inLoop.Store(true)
 	p.armTimerLocked(ss, ss.deadline)
 	return true
@@ -207,7 +253,7 @@ func (p *parker) armTimerLocked(ss *session, d time.Time) {
 func (p *parker) count() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.parked)
+	return p.nparked
 }
 
 // post hands m to the loop.
@@ -261,16 +307,22 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 				continue
 			}
 			if token&srvBit != 0 {
+				var sc *serverConn
 				p.mu.Lock()
-				sc := p.servers[token]
+				if s := p.slotLocked(token); s != nil {
+					sc = s.sc
+				}
 				p.mu.Unlock()
 				if sc != nil && sc.loopOwner != nil {
 					p.serverReady(sc.loopOwner)
 				} // else not the loop's now: its holder reads it
 				continue
 			}
+			var ss *session
 			p.mu.Lock()
-			ss := p.parked[token]
+			if s := p.slotLocked(token); s != nil {
+				ss = s.ss
+			}
 			p.mu.Unlock()
 			if ss != nil { // else ejected since
 				p.clientReady(ss)
@@ -324,7 +376,8 @@ func (p *parker) eject(ss *session) {
 		p.mu.Unlock()
 		return
 	}
-	delete(p.parked, ss.parkToken)
+	p.freeLocked(ss.parkToken)
+	p.nparked--
 	if ss.parkTimer != nil {
 		ss.parkTimer.Stop()
 		ss.parkTimer = nil
@@ -631,15 +684,15 @@ func (p *parker) sendMapped(ss *session, sc *serverConn) {
 func (p *parker) watchServer(ss *session, sc *serverConn) bool {
 	if sc.loopTok == 0 {
 		p.mu.Lock()
-		p.next++
-		token := p.next | srvBit
+		token, slot := p.newTokenLocked(srvBit)
 		ev := syscall.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET}
 		*(*uint64)(unsafe.Pointer(&ev.Fd)) = token
 		if syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, sc.fd, &ev) != nil {
+			p.freeLocked(token)
 			p.mu.Unlock()
 			return false
 		}
-		p.servers[token] = sc
+		slot.sc = sc
 		sc.loopTok, sc.loop = token, p
 		p.mu.Unlock()
 	}
@@ -659,7 +712,7 @@ func (p *parker) unwatchServer(ss *session) {
 // it out of the epoll set).
 func (p *parker) forgetServer(token uint64) {
 	p.mu.Lock()
-	delete(p.servers, token)
+	p.freeLocked(token)
 	p.mu.Unlock()
 }
 

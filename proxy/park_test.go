@@ -131,3 +131,30 @@ func TestParkRequestWhileQueued(t *testing.T) {
 		t.Fatalf("queued client's next query: %v", err)
 	}
 }
+
+// TestLoopTokens: a token given back, and its slot taken again, no longer
+// finds the slot (an event for a former holder still in the loop's batch is
+// dropped), the wake pipe's token 0 finds none, and the server bit is kept.
+func TestLoopTokens(t *testing.T) {
+	p := newParker(nil)
+	a, sa := p.newTokenLocked(0)
+	sa.ss = &session{}
+	b, _ := p.newTokenLocked(srvBit)
+	if a == b || a == 0 || b&srvBit == 0 || a&srvBit != 0 {
+		t.Fatalf("tokens %#x, %#x", a, b)
+	}
+	if s := p.slotLocked(a); s == nil || s.ss != sa.ss {
+		t.Fatalf("slot of %#x: %+v", a, s)
+	}
+	p.freeLocked(a)
+	c, _ := p.newTokenLocked(0)
+	if uint32(c) != uint32(a) {
+		t.Fatalf("slot not reused: %#x after %#x", c, a)
+	}
+	if c == a || p.slotLocked(a) != nil {
+		t.Fatalf("stale token %#x still finds a slot (new token %#x)", a, c)
+	}
+	if p.slotLocked(0) != nil || p.slotLocked(1<<40) != nil {
+		t.Fatal("token 0 or an unknown token finds a slot")
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"net"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // sysConn reads and writes a socket with raw system calls on its
@@ -67,7 +69,10 @@ func (s *sysConn) shutdown() {
 
 func (o *sysOp) read(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(bufPtr(o.p)), uintptr(len(o.p)))
+		// recvfrom and sendto rather than read and write: on a socket they
+		// skip the file layer's work (position lock, access checks), about
+		// 0.8 us a transaction on this machine (see README.md, Benchmarks).
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(bufPtr(o.p)), uintptr(len(o.p)), 0, 0, 0)
 		switch e {
 		case syscall.EINTR:
 			continue
@@ -82,7 +87,8 @@ func (o *sysOp) read(fd uintptr) bool {
 func (o *sysOp) write(fd uintptr) bool {
 	for o.n < len(o.p) {
 		rest := o.p[o.n:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(bufPtr(rest)), uintptr(len(rest)))
+		// MSG_NOSIGNAL: a peer gone is an EPIPE error, not a SIGPIPE.
+		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(bufPtr(rest)), uintptr(len(rest)), unix.MSG_NOSIGNAL, 0, 0)
 		switch e {
 		case 0:
 			o.n += int(n)

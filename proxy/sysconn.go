@@ -156,9 +156,6 @@ func (s *sysConn) Write(p []byte) (int, error) {
 // and returns errWouldBlock if that is not all of p. Like TryRead it is the
 // relay loop's, and calls the kernel directly.
 func (s *sysConn) TryWrite(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
 	o := sysOp{p: p}
 	if !o.write(s.fd) {
 		return o.n, errWouldBlock

@@ -48,6 +48,11 @@ type parker struct {
 	nparked int
 	inbox   []loopMsg
 	busy    bool // the loop is at work and will look at the inbox before it waits
+
+	// now is the time of the loop's latest wake-up, in Unix nanoseconds:
+	// the clock its sessions' statistics read (see session.now). Only the
+	// loop goroutine touches it.
+	now int64
 }
 
 // loopSlot is what an epoll token stands for: a session's client socket, or
@@ -119,8 +124,8 @@ type loopState struct {
 	cs        *sysConn // the client's
 	phase     loopPhase
 	wait      pool.Wait[*serverConn]
-	queued    bool // wait is in the pool's queue, its server not yet come
-	waitStart time.Time
+	queued    bool        // wait is in the pool's queue, its server not yet come
+	waitStart int64       // Unix nanoseconds
 	srv       *serverConn // the server whose answer the loop relays, while phaseActive
 	orphans   int         // the loop's: servers on their way for waits given up
 	spill     []byte
@@ -292,6 +297,7 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 		if err := raw.Read(wait); err != nil {
 			return
 		}
+		p.now = time.Now().UnixNano()
 		p.mu.Lock()
 		p.busy = true
 		p.mu.Unlock()
@@ -550,8 +556,8 @@ func (p *parker) startTx(ss *session) {
 	}
 	ss.setState(stateWaiting)
 	lc := ss.lc
-	lc.waitStart = time.Now()
-	ss.waitingSince.Store(lc.waitStart.UnixNano())
+	lc.waitStart = p.now
+	ss.waitingSince.Store(lc.waitStart)
 	lc.phase = phaseWaiting
 	lease, wt, err := ss.pool.pool.Load().AcquireAsync(ss.srv.options().QueryWaitTimeout, lc.deliver)
 	if err != nil {
@@ -578,7 +584,6 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	}
 	sc := lease.Conn()
 	sc.clearDeadline() // an inline wait's, which would fail the loop's reads
-	now := time.Now()
 	// The checks acquireLease makes, without blocking.
 	if lease.IdleDuration() > aliveCheckAfter && !sc.alive() {
 		destroyLease(lease)
@@ -594,7 +599,7 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		p.eject(ss) // settings to bring in line, statements to trim: bind's
 		return
 	}
-	ss.pool.observeWait(now.Sub(lc.waitStart), now.UnixNano())
+	ss.pool.observeWait(time.Duration(p.now-lc.waitStart), p.now)
 	ss.waitingSince.Store(0)
 	sc.leased.Store(true)
 	ss.attach(lease)

@@ -234,7 +234,7 @@ func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, mapped bool) (e
 		ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: typ})
 	}
 	if ss.txStart == 0 || endsSegment {
-		now := time.Now().UnixNano()
+		now := ss.now()
 		if ss.txStart == 0 {
 			ss.txStart = now
 		}
@@ -503,7 +503,7 @@ var (
 // written, mayRelease false). It reports whether relayServer must stop
 // because sc was released.
 func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) bool {
-	now := time.Now().UnixNano()
+	now := ss.now()
 	ss.mu.Lock()
 	if ss.pending > 0 {
 		ss.pending--

@@ -147,6 +147,18 @@ const (
 var stateNames = [...]string{"login", "idle", "waiting", "active", "closed"}
 
 // setState moves the session to next and the pool's client gauges with it.
+// now is the time the session's statistics read, in Unix nanoseconds: in
+// the relay loop the time of the loop's wake-up, which every event that
+// wake-up serves shares (as PgBouncer's statistics use the time of its
+// event loop's turn; one clock read a wake-up, not four a transaction);
+// else the clock's.
+func (ss *session) now() int64 {
+	if ss.inLoop.Load() {
+		return ss.srv.parker.now
+	}
+	return time.Now().UnixNano()
+}
+
 func (ss *session) setState(next clientState) {
 	prev := clientState(ss.state.Swap(int32(next)))
 	if next == stateActive {

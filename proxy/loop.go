@@ -301,37 +301,19 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 		p.mu.Lock()
 		p.busy = true
 		p.mu.Unlock()
-		for _, ev := range events[:n] {
-			token := *(*uint64)(unsafe.Pointer(&ev.Fd))
-			if token == 0 {
-				var b [64]byte
-				for {
-					if n, _ := unix.Read(p.wake[0], b[:]); n < len(b) {
-						break
-					}
+		// Servers first: their answers go to the clients, and the servers
+		// back to the pool, before any query read in this turn is sent.
+		// Sending one wakes a backend, which may take the loop's core for
+		// a while; and a query read after the answers finds the servers
+		// they freed. Measured at 10 clients (pgbench -S, pooler pinned):
+		// less CPU a transaction in 13 of 14 alternating rounds (median
+		// 0.85 us) and a quarter fewer sleeps of the loop a transaction.
+		for pass := 0; pass < 2; pass++ {
+			for _, ev := range events[:n] {
+				token := *(*uint64)(unsafe.Pointer(&ev.Fd))
+				if server := token == 0 || token&srvBit != 0; server == (pass == 0) {
+					p.event(token)
 				}
-				continue
-			}
-			if token&srvBit != 0 {
-				var sc *serverConn
-				p.mu.Lock()
-				if s := p.slotLocked(token); s != nil {
-					sc = s.sc
-				}
-				p.mu.Unlock()
-				if sc != nil && sc.loopOwner != nil {
-					p.serverReady(sc.loopOwner)
-				} // else not the loop's now: its holder reads it
-				continue
-			}
-			var ss *session
-			p.mu.Lock()
-			if s := p.slotLocked(token); s != nil {
-				ss = s.ss
-			}
-			p.mu.Unlock()
-			if ss != nil { // else ejected since
-				p.clientReady(ss)
 			}
 		}
 		for {
@@ -348,6 +330,40 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 				inbox[i] = loopMsg{}
 			}
 		}
+	}
+}
+
+// event serves one event of the loop's epoll set.
+func (p *parker) event(token uint64) {
+	if token == 0 {
+		var b [64]byte
+		for {
+			if n, _ := unix.Read(p.wake[0], b[:]); n < len(b) {
+				break
+			}
+		}
+		return
+	}
+	if token&srvBit != 0 {
+		var sc *serverConn
+		p.mu.Lock()
+		if s := p.slotLocked(token); s != nil {
+			sc = s.sc
+		}
+		p.mu.Unlock()
+		if sc != nil && sc.loopOwner != nil {
+			p.serverReady(sc.loopOwner)
+		} // else not the loop's now: its holder reads it
+		return
+	}
+	var ss *session
+	p.mu.Lock()
+	if s := p.slotLocked(token); s != nil {
+		ss = s.ss
+	}
+	p.mu.Unlock()
+	if ss != nil { // else ejected since
+		p.clientReady(ss)
 	}
 }
 

@@ -146,7 +146,6 @@ const (
 
 var stateNames = [...]string{"login", "idle", "waiting", "active", "closed"}
 
-// setState moves the session to next and the pool's client gauges with it.
 // now is the time the session's statistics read, in Unix nanoseconds: in
 // the relay loop the time of the loop's wake-up, which every event that
 // wake-up serves shares (as PgBouncer's statistics use the time of its
@@ -159,6 +158,7 @@ func (ss *session) now() int64 {
 	return time.Now().UnixNano()
 }
 
+// setState moves the session to next and the pool's client gauges with it.
 func (ss *session) setState(next clientState) {
 	prev := clientState(ss.state.Swap(int32(next)))
 	if next == stateActive {

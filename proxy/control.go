@@ -16,8 +16,8 @@ import (
 // no client holds a server, or with ctx's error.
 func (s *Server) Pause(ctx context.Context) error {
 	s.mu.Lock()
-	if !s.paused {
-		s.paused = true
+	if !s.paused.Load() {
+		s.paused.Store(true)
 		s.resumeCh = make(chan struct{})
 	}
 	s.mu.Unlock()
@@ -41,8 +41,8 @@ func (s *Server) Pause(ctx context.Context) error {
 // Resume undoes Pause.
 func (s *Server) Resume() {
 	s.mu.Lock()
-	if s.paused {
-		s.paused = false
+	if s.paused.Load() {
+		s.paused.Store(false)
 		close(s.resumeCh)
 	}
 	s.mu.Unlock()
@@ -50,15 +50,14 @@ func (s *Server) Resume() {
 }
 
 // Paused reports whether the server is paused.
-func (s *Server) Paused() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.paused
-}
+func (s *Server) Paused() bool { return s.paused.Load() }
 
 // waitResumed blocks a session that needs a server while the server is
 // paused.
 func (s *Server) waitResumed(ctx context.Context) error {
+	if !s.paused.Load() {
+		return nil // the common case, without the server's lock
+	}
 	s.mu.Lock()
 	ch := s.resumeCh
 	s.mu.Unlock()

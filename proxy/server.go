@@ -105,10 +105,13 @@ type Server struct {
 	clients  atomic.Int64 // client connections open, cancel requests included
 	nextID   atomic.Uint64
 	draining atomic.Bool
+	// paused is read without mu (every transaction of the relay loop asks,
+	// and mu is held for as long as a listing of every session takes);
+	// written under mu, with resumeCh.
+	paused atomic.Bool
 
 	mu       sync.Mutex // guards following
 	pools    map[poolKey]*dbPool
-	paused   bool
 	resumeCh chan struct{}         // closed while not paused
 	sessions map[*session]struct{} // every open client connection
 	byPID    map[uint32]*session   // logged-in sessions, by the process id of their BackendKeyData

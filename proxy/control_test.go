@@ -1,0 +1,46 @@
+package proxy
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestPauseHoldsNewTransactions: while the server is paused (PgBouncer's
+// PAUSE) a client that starts a transaction waits, whether the relay loop
+// or its goroutine reads the query, and Resume lets it go on.
+func TestPauseHoldsNewTransactions(t *testing.T) {
+	p := startProxy(t, nil)
+	c := loggedIn(t, p)
+	// The first query brings the server's settings in line on the goroutine
+	// path; with the loop on, the next ones are read by the loop.
+	runSteps(t, []clientStep{{c, "SELECT 1"}, {c, "SELECT 1"}})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !p.Paused() {
+		t.Fatal("Paused() false after Pause")
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.query("SELECT 1") }()
+	select {
+	case err := <-done:
+		t.Fatalf("a query ran while paused (err %v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	p.Resume()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("query after Resume: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the query was still held 5 s after Resume")
+	}
+	if p.Paused() {
+		t.Fatal("Paused() true after Resume")
+	}
+}

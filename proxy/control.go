@@ -62,11 +62,6 @@ func (s *Server) waitResumed(ctx context.Context) error {
 	ch := s.resumeCh
 	s.mu.Unlock()
 	select {
-	case <-ch: // not paused: the common case, without a two-way select
-		return nil
-	default:
-	}
-	select {
 	case <-ch:
 		return nil
 	case <-ctx.Done():

@@ -222,43 +222,58 @@ func (p *Pool[T]) AcquireWithin(ctx context.Context, timeout time.Duration) (*Le
 	return nil, ctx.Err()
 }
 
-// Wait is a place in the queue taken by AcquireAsync.
-type Wait[T Conn] struct{ w *waiter[T] }
+// A Waiter is a caller's place in the queue for AcquireAsync. It is made
+// once, with the callback its waits end with, and serves one wait at a
+// time: a caller that waits every transaction does not allocate a place
+// each time.
+type Waiter[T Conn] struct{ w waiter[T] }
+
+// NewWaiter makes a Waiter whose waits end with a call of fn (see
+// AcquireAsync).
+func NewWaiter[T Conn](fn func(*Lease[T], error)) *Waiter[T] {
+	return &Waiter[T]{w: waiter[T]{fn: fn}}
+}
 
 // AcquireAsync is AcquireWithin for a caller that cannot block: it returns
-// an idle connection at once if there is one; if not, it queues and returns
-// the Wait, and fn is called later, exactly once, with a connection or the
-// error (ErrWaitTimeout after timeout, if not 0). fn may be called with
-// the pool's lock held, from whichever goroutine gives the connection back:
-// it must only take note and return, never call into the pool.
-func (p *Pool[T]) AcquireAsync(timeout time.Duration, fn func(*Lease[T], error)) (*Lease[T], Wait[T], error) {
+// an idle connection at once if there is one; if not, it queues wt and
+// returns nil, and wt's callback is called later, exactly once, with a
+// connection or the error (ErrWaitTimeout after timeout, if not 0). The
+// callback may be called with the pool's lock held, from whichever
+// goroutine gives the connection back: it must only take note and return,
+// never call into the pool. wt must not be waiting already: it may wait
+// again once its callback has been called or CancelWait took it out.
+func (p *Pool[T]) AcquireAsync(wt *Waiter[T], timeout time.Duration) (*Lease[T], error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, Wait[T]{}, ErrClosed
+		return nil, ErrClosed
 	}
 	if l := p.takeIdleLocked(); l != nil {
-		return l, Wait[T]{}, nil
+		return l, nil
 	}
-	w := &waiter[T]{fn: fn}
+	w := &wt.w
+	if w.queued {
+		panic("pool: AcquireAsync with a Waiter already waiting")
+	}
+	w.deadline = 0
 	if timeout > 0 {
 		w.deadline = time.Now().Add(timeout).UnixNano()
 		p.armLocked(w.deadline)
 	}
 	p.waiters.push(w)
 	p.serveLocked()
-	return nil, Wait[T]{w}, nil
+	return nil, nil
 }
 
-// CancelWait takes a Wait from AcquireAsync out of the queue and reports
-// whether it was still there; if not, its fn has been or is being called.
-func (p *Pool[T]) CancelWait(wt Wait[T]) bool {
+// CancelWait takes wt out of the queue and reports whether it was there;
+// if not, its callback has been or is being called (or it was not waiting).
+func (p *Pool[T]) CancelWait(wt *Waiter[T]) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if wt.w == nil || !wt.w.queued {
+	if !wt.w.queued {
 		return false
 	}
-	p.waiters.remove(wt.w)
+	p.waiters.remove(&wt.w)
 	return true
 }
 

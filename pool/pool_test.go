@@ -496,9 +496,10 @@ func TestAcquireAsync(t *testing.T) {
 		}
 		got <- l
 	}
-	l, wt, err := p.AcquireAsync(0, cb)
-	if l != nil || err != nil || wt.w == nil {
-		t.Fatalf("full pool: got lease %v, err %v, no wait %v", l, err, wt.w == nil)
+	wt := NewWaiter(cb)
+	l, err := p.AcquireAsync(wt, 0)
+	if l != nil || err != nil || !wt.w.queued {
+		t.Fatalf("full pool: got lease %v, err %v, queued %v", l, err, wt.w.queued)
 	}
 	blocking := acquireAsync(p, context.Background(), 0) // queued after the callback
 	waitFor(t, func() bool { return p.Stats().Waiting == 2 })
@@ -519,12 +520,12 @@ func TestAcquireAsync(t *testing.T) {
 	waitFor(t, func() bool { return p.Stats().Idle == 1 })
 
 	// An idle connection comes back at once.
-	l, _, err = p.AcquireAsync(0, cb)
+	l, err = p.AcquireAsync(wt, 0)
 	if l == nil || err != nil {
 		t.Fatalf("idle pool: lease %v, err %v", l, err)
 	}
 	// The wait timeout reaches the callback.
-	if _, _, err := p.AcquireAsync(50*time.Millisecond, cb); err != nil {
+	if _, err := p.AcquireAsync(wt, 50*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -536,7 +537,8 @@ func TestAcquireAsync(t *testing.T) {
 		t.Fatal("no timeout reached the callback")
 	}
 	// A cancelled wait leaves the queue and gets nothing.
-	_, wt, _ = p.AcquireAsync(0, cb)
+	// The same Waiter serves one wait after another.
+	p.AcquireAsync(wt, 0) //nolint:errcheck // the pool is open
 	if !p.CancelWait(wt) || p.Stats().Waiting != 0 {
 		t.Fatalf("cancel: waiting %d", p.Stats().Waiting)
 	}
@@ -549,4 +551,32 @@ func TestAcquireAsync(t *testing.T) {
 	if s := p.Stats(); s.Idle != 1 {
 		t.Fatalf("idle %d after the release, want 1", s.Idle)
 	}
+}
+
+// TestAcquireAsyncAllocs: the relay loop's way through a busy pool (queue
+// with its Waiter, get the connection a holder gives back, give it back to
+// the next) allocates nothing, as it runs once a transaction under load.
+func TestAcquireAsyncAllocs(t *testing.T) {
+	p, held := fullPool(t, &dialer{})
+	var got *Lease[*fakeConn]
+	wt := NewWaiter(func(l *Lease[*fakeConn], err error) {
+		if err != nil {
+			t.Error(err)
+		}
+		got = l
+	})
+	allocs := testing.AllocsPerRun(100, func() {
+		if l, err := p.AcquireAsync(wt, time.Minute); l != nil || err != nil {
+			t.Fatalf("full pool: lease %v, err %v", l, err)
+		}
+		held.Release()
+		if got == nil {
+			t.Fatal("the released connection did not reach the waiter")
+		}
+		held, got = got, nil
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations a wait, want 0", allocs)
+	}
+	held.Release()
 }

@@ -123,11 +123,11 @@ const (
 type loopState struct {
 	cs        *sysConn // the client's
 	phase     loopPhase
-	wait      pool.Wait[*serverConn]
-	queued    bool        // wait is in the pool's queue, its server not yet come
-	waitStart int64       // Unix nanoseconds
-	srv       *serverConn // the server whose answer the loop relays, while phaseActive
-	orphans   int         // the loop's: servers on their way for waits given up
+	wait      *pool.Waiter[*serverConn] // the session's place in a pool's queue
+	queued    bool                      // wait is in the pool's queue, its server not yet come
+	waitStart int64                     // Unix nanoseconds
+	srv       *serverConn               // the server whose answer the loop relays, while phaseActive
+	orphans   int                       // the loop's: servers on their way for waits given up
 	spill     []byte
 	toServer  []byte
 	endErr    error // the error the resumed goroutine ends the session with
@@ -135,7 +135,6 @@ type loopState struct {
 	// the client since; it must before it may enter again, or a client
 	// whose socket the loop cannot read (EOF, an error) would go round.
 	ejected bool
-	deliver func(*pool.Lease[*serverConn], error)
 	mapped  bool       // what the client sent names prepared statements to map
 	out     loopWriter // the client writer's target in the loop
 	srvOut  loopWriter // the server writer's, while mapped messages are written
@@ -211,9 +210,9 @@ func (p *parker) park(ss *session) bool {
 		lc := &loopState{cs: cs}
 		lc.out = loopWriter{sock: cs, spill: &lc.spill}
 		lc.srvOut.spill = &lc.toServer
-		lc.deliver = func(l *pool.Lease[*serverConn], err error) {
+		lc.wait = pool.NewWaiter(func(l *pool.Lease[*serverConn], err error) {
 			p.post(loopMsg{ss: ss, lease: l, err: err})
-		}
+		})
 		ss.lc = lc
 	}
 	p.mu.Lock()
@@ -423,7 +422,7 @@ func (p *parker) eject(ss *session) {
 		ss.mu.Unlock()
 		ss.setState(stateIdle)
 	}
-	lc.phase, lc.wait = phaseIdle, pool.Wait[*serverConn]{}
+	lc.phase = phaseIdle
 	if ss.bw != nil {
 		ss.bw.Flush() // into lc.spill what the client does not take now
 		ss.bw.Reset(ss.sock)
@@ -575,13 +574,13 @@ func (p *parker) startTx(ss *session) {
 	lc.waitStart = p.now
 	ss.waitingSince.Store(lc.waitStart)
 	lc.phase = phaseWaiting
-	lease, wt, err := ss.pool.pool.Load().AcquireAsync(ss.srv.options().QueryWaitTimeout, lc.deliver)
+	lease, err := ss.pool.pool.Load().AcquireAsync(lc.wait, ss.srv.options().QueryWaitTimeout)
 	if err != nil {
 		p.eject(ss) // a closed pool: the goroutine path retries or tells
 		return
 	}
 	if lease == nil {
-		lc.wait, lc.queued = wt, true
+		lc.queued = true
 		return
 	}
 	p.gotServer(ss, lease, nil)
@@ -590,7 +589,7 @@ func (p *parker) startTx(ss *session) {
 // gotServer goes on with a server (or the error) the session waited for.
 func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err error) {
 	lc := ss.lc
-	lc.wait, lc.queued = pool.Wait[*serverConn]{}, false
+	lc.queued = false
 	if err != nil {
 		if !errors.Is(err, pool.ErrClosed) {
 			lc.endErr = ss.acquireError(err)

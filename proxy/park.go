@@ -87,6 +87,9 @@ func (ss *session) tryPark() (requested, parked bool) {
 	ss.parkReq = false
 	if ss.lease == nil && !ss.draining && ss.rd.Buffered() == 0 && ss.bw == nil {
 		ss.rd.Release()
+		if len(ss.psQueue) == 0 {
+			ss.psQueue, ss.psArr = nil, nil // an idle client holds no array
+		}
 		if ss.srv.parker.park(ss) {
 			return true, true
 		}

@@ -208,7 +208,7 @@ func (ss *session) ensureLocked(sc *serverConn, cs *clientStmt, out []byte) []by
 	ss.srv.ps.misses.Add(1)
 	ss.srv.ps.prepared.Add(1)
 	sc.prepared.add(cs.server)
-	ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: 'P', name: cs.server, swallow: true})
+	ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'P', name: cs.server, swallow: true})
 	return appendParse(out, cs.server, cs.query)
 }
 
@@ -229,14 +229,14 @@ func (ss *session) writeMapped(sc *serverConn, typ byte, n int) error {
 		if !ok || len(name) == 0 {
 			rest = body // unnamed or malformed: the server judges
 			out = protocol.AppendHeader(out, 'P', n)
-			ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: 'P'})
+			ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'P'})
 			break
 		}
 		if _, dup := ss.stmts[string(name)]; dup {
 			// PostgreSQL answers 42P05; a Parse that fails in a way we can
 			// recognise stands in for it at the same place in the stream.
 			out = appendParse(out, serverStmtPrefix+"dup", []byte(dupMarker+"\x00\x00\x00"))
-			ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: 'P', dupOf: string(name)})
+			ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'P', dupOf: string(name)})
 			ss.dupPending++
 			break
 		}
@@ -249,14 +249,14 @@ func (ss *session) writeMapped(sc *serverConn, typ byte, n int) error {
 			// Already there: a Close of nothing answers in its place.
 			ss.srv.ps.hits.Add(1)
 			out = appendClose(out, 'S', closeNoop)
-			ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: 'C', asParse: true, parsed: string(name), cs: cs})
+			ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'C', asParse: true, parsed: string(name), cs: cs})
 			break
 		}
 		ss.srv.ps.misses.Add(1)
 		ss.srv.ps.prepared.Add(1)
 		sc.prepared.add(cs.server)
 		out = appendParse(out, cs.server, cs.query)
-		ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: 'P', name: cs.server, parsed: string(name), cs: cs})
+		ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'P', name: cs.server, parsed: string(name), cs: cs})
 	case 'B':
 		portal, after, ok1 := cstring(body)
 		stmt, params, ok2 := cstring(after)
@@ -287,7 +287,7 @@ func (ss *session) writeMapped(sc *serverConn, typ byte, n int) error {
 			out = protocol.AppendHeader(out, typ, n)
 			rest = body
 			if typ == 'C' {
-				ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: 'C'})
+				ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'C'})
 			}
 		case typ == 'D':
 			out = ss.ensureLocked(sc, cs, out)
@@ -300,7 +300,7 @@ func (ss *session) writeMapped(sc *serverConn, typ byte, n int) error {
 			// for whoever else uses it, until evicted.
 			delete(ss.stmts, string(name))
 			out = appendClose(out, 'S', closeNoop)
-			ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: 'C', closed: string(name), cs: cs})
+			ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'C', closed: string(name), cs: cs})
 		}
 	}
 	ss.mu.Unlock()
@@ -324,13 +324,13 @@ func (ss *session) psAnswer(sc *serverConn, typ byte) byte {
 		e := ss.psQueue[0]
 		if e.seg < ss.segDone {
 			ss.dropEntryLocked(sc, e)
-			ss.psQueue = ss.psQueue[1:]
+			ss.psPopLocked()
 			continue
 		}
 		if (typ == '1') != (e.kind == 'P') {
 			return typ // not ours to match: leave it as it is
 		}
-		ss.psQueue = ss.psQueue[1:]
+		ss.psPopLocked()
 		if e.name != "" {
 			if st, ok := sc.prepared.get(e.name); ok {
 				st.ready = true
@@ -351,14 +351,44 @@ func (ss *session) psAnswer(sc *serverConn, typ byte) byte {
 // ReadyForQuery just read. Called with mu held.
 func (ss *session) psSegmentDoneLocked(sc *serverConn) {
 	ss.segDone++
-	i := 0
-	for ; i < len(ss.psQueue) && ss.psQueue[i].seg < ss.segDone; i++ {
-		ss.dropEntryLocked(sc, ss.psQueue[i])
+	for len(ss.psQueue) > 0 && ss.psQueue[0].seg < ss.segDone {
+		ss.dropEntryLocked(sc, ss.psQueue[0])
+		ss.psPopLocked()
 	}
-	ss.psQueue = ss.psQueue[i:]
+}
+
+// psKeepMax is the largest array the queue keeps for reuse once empty.
+const psKeepMax = 8
+
+// psPushLocked queues e, the answer to match for a Parse or Close being
+// written. An emptied queue starts again at the front of its array (kept
+// while small), so that a client sending a Parse each transaction does not
+// make the queue allocate each time.
+func (ss *session) psPushLocked(e psEntry) {
 	if len(ss.psQueue) == 0 {
-		ss.psQueue = ss.psQueue[:0:0]
+		ss.psQueue = ss.psArr[:0]
 	}
+	c := cap(ss.psQueue)
+	ss.psQueue = append(ss.psQueue, e)
+	if cap(ss.psQueue) != c { // a new array, the queue at its front
+		ss.psArr = nil
+		if cap(ss.psQueue) <= psKeepMax {
+			ss.psArr = ss.psQueue[:0]
+		}
+	}
+}
+
+// psPopLocked drops the queue's first entry, cleared so that the array
+// kept does not hold on to what it named.
+func (ss *session) psPopLocked() {
+	ss.psQueue[0] = psEntry{}
+	ss.psQueue = ss.psQueue[1:]
+}
+
+// psResetLocked empties the queue (a new server: nothing is owed).
+func (ss *session) psResetLocked() {
+	clear(ss.psQueue)
+	ss.psQueue = ss.psArr[:0]
 }
 
 // dropEntryLocked forgets an entry that got no answer: the server skipped

@@ -231,7 +231,7 @@ func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, mapped bool) (e
 	}
 	if ss.psOn && !mapped && (typ == 'P' || typ == 'C') {
 		// Relayed as it is, but its answer must still be matched.
-		ss.psQueue = append(ss.psQueue, psEntry{seg: ss.segSent, kind: typ})
+		ss.psPushLocked(psEntry{seg: ss.segSent, kind: typ})
 	}
 	if ss.txStart == 0 || endsSegment {
 		now := ss.now()
@@ -397,7 +397,11 @@ func (ss *session) relayMessage(sc *serverConn) relayStep {
 			return stepEnded
 		}
 		if out := ss.psAnswer(sc, typ); out != 0 {
-			if _, err := ss.bw.Write([]byte{out, 0, 0, 0, 4}); err != nil {
+			msg := parseCompleteMsg
+			if out == '3' {
+				msg = closeCompleteMsg
+			}
+			if _, err := ss.bw.Write(msg); err != nil {
 				ss.clientWriteFailed()
 				return stepEnded
 			}
@@ -733,3 +737,10 @@ func errorCode(body []byte) string {
 	}
 	return ""
 }
+
+// ParseComplete and CloseComplete, as psAnswer's caller writes them: built
+// once, not a slice made each time (it escapes into the writer).
+var (
+	parseCompleteMsg = []byte{'1', 0, 0, 0, 4}
+	closeCompleteMsg = []byte{'3', 0, 0, 0, 4}
+)

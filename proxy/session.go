@@ -103,6 +103,7 @@ type session struct {
 	drainAt       time.Time              // when draining, close the client once clean and past this
 	deadline      time.Time              // the client read deadline armed
 	psQueue       []psEntry              // Parse and Close requests awaiting their answer
+	psArr         []psEntry              // psQueue's array from its front, kept for reuse (psPushLocked)
 	segSent       uint64                 // Sync, Query and FunctionCall messages sent
 	segDone       uint64                 // ReadyForQuery messages received
 	dupPending    int                    // duplicate-Parse stand-ins awaiting their error
@@ -794,7 +795,8 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.binding = false
 	ss.inlineBytes = 0
 	ss.segLen, ss.txStart = 0, 0
-	ss.psQueue, ss.dupPending, ss.segDone = ss.psQueue[:0], 0, ss.segSent
+	ss.psResetLocked()
+	ss.dupPending, ss.segDone = 0, ss.segSent
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	ss.setState(stateActive)

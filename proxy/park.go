@@ -88,7 +88,7 @@ func (ss *session) tryPark() (requested, parked bool) {
 	if ss.lease == nil && !ss.draining && ss.rd.Buffered() == 0 && ss.bw == nil {
 		ss.rd.Release()
 		if len(ss.psQueue) == 0 {
-			ss.psQueue, ss.psArr = nil, nil // an idle client holds no array
+			ss.psQueue, ss.psArr = nil, nil // no array kept through an idle spell
 		}
 		if ss.srv.parker.park(ss) {
 			return true, true

@@ -51,7 +51,7 @@ var (
 // Pool is a bounded set of connections. Its methods are safe for concurrent use.
 type Pool[T Conn] struct {
 	cfg    Config[T]
-	p      *puddle.Pool[T]
+	p      *puddle.Pool[*entry[T]]
 	stopCh chan struct{}
 	done   sync.WaitGroup // the reaper, dials and closes started by the pool
 	once   sync.Once
@@ -82,16 +82,22 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 	}
 	pl := &Pool[T]{cfg: cfg, stopCh: make(chan struct{})}
 	var err error
-	pl.p, err = puddle.NewPool(&puddle.Config[T]{
-		Constructor: func(ctx context.Context) (T, error) {
+	pl.p, err = puddle.NewPool(&puddle.Config[*entry[T]]{
+		Constructor: func(ctx context.Context) (*entry[T], error) {
 			if cfg.ConnectTimeout > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, cfg.ConnectTimeout)
 				defer cancel()
 			}
-			return cfg.Dial(ctx)
+			c, err := cfg.Dial(ctx)
+			if err != nil {
+				return nil, err
+			}
+			e := &entry[T]{conn: c}
+			e.lease.p = pl
+			return e, nil
 		},
-		Destructor: func(c T) { c.Close() },
+		Destructor: func(e *entry[T]) { e.conn.Close() },
 		MaxSize:    cfg.MaxSize,
 	})
 	if err != nil {
@@ -104,9 +110,19 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 	return pl, nil
 }
 
-// Lease is a connection held by one caller until Release or Destroy.
+// entry is what puddle holds for a connection: the connection and the one
+// Lease that stands for it, so that leasing it allocates nothing (a lease
+// per transaction was an allocation per transaction).
+type entry[T Conn] struct {
+	conn  T
+	lease Lease[T]
+}
+
+// Lease is a connection held by one caller until Release or Destroy. Each
+// connection has one Lease, reused from holder to holder: a caller must not
+// touch it after Release or Destroy.
 type Lease[T Conn] struct {
-	res *puddle.Resource[T]
+	res *puddle.Resource[*entry[T]]
 	p   *Pool[T]
 	// handed: the connection came straight from another holder, so it was
 	// not idle at all.
@@ -114,7 +130,7 @@ type Lease[T Conn] struct {
 }
 
 // Conn returns the leased connection.
-func (l *Lease[T]) Conn() T { return l.res.Value() }
+func (l *Lease[T]) Conn() T { return l.res.Value().conn }
 
 // IdleDuration is how long the connection sat in the pool before this lease.
 func (l *Lease[T]) IdleDuration() time.Duration {
@@ -152,7 +168,7 @@ func (l *Lease[T]) Release() {
 func (l *Lease[T]) Destroy() {
 	p := l.p
 	l.res.Hijack() // puddle forgets it now, not after the close
-	c := l.res.Value()
+	c := l.res.Value().conn
 	p.mu.Lock()
 	p.size--
 	// Close waits for the closes started before it, not for those of leases
@@ -289,7 +305,14 @@ func (p *Pool[T]) takeIdleLocked() *Lease[T] {
 		return nil
 	}
 	p.idle--
-	return &Lease[T]{res: res, p: p}
+	return leaseOf(res)
+}
+
+// leaseOf returns the Lease of a connection just taken from the idle stack.
+func leaseOf[T Conn](res *puddle.Resource[*entry[T]]) *Lease[T] {
+	l := &res.Value().lease
+	l.res, l.handed = res, false
+	return l
 }
 
 // serveLocked gives idle connections to waiters, then starts dials for
@@ -444,7 +467,7 @@ func (p *Pool[T]) reapOnce() {
 	for _, res := range idle {
 		tooIdle := p.cfg.IdleTimeout > 0 && res.IdleDuration() > p.cfg.IdleTimeout && total > p.cfg.MinSize
 		tooOld := p.cfg.MaxLifetime > 0 && time.Since(res.CreationTime()) > p.cfg.MaxLifetime
-		l := &Lease[T]{res: res, p: p}
+		l := leaseOf(res)
 		if tooIdle || tooOld {
 			l.Destroy()
 			total--

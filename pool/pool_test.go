@@ -556,6 +556,36 @@ func TestAcquireAsync(t *testing.T) {
 // TestAcquireAsyncAllocs: the relay loop's way through a busy pool (queue
 // with its Waiter, get the connection a holder gives back, give it back to
 // the next) allocates nothing, as it runs once a transaction under load.
+// TestIdleAcquireAllocs: taking an idle connection and giving it back, the
+// path of every transaction while the pool has idle connections, allocates
+// nothing, and the lease handed out stands for the connection taken.
+func TestIdleAcquireAllocs(t *testing.T) {
+	p, held := fullPool(t, &dialer{})
+	c := held.Conn()
+	held.Release()
+	wt := NewWaiter(func(*Lease[*fakeConn], error) { t.Error("an idle connection was there: no wait") })
+	allocs := testing.AllocsPerRun(100, func() {
+		l, err := p.AcquireAsync(wt, time.Minute)
+		if l == nil || err != nil {
+			t.Fatalf("idle pool: lease %v, err %v", l, err)
+		}
+		if l.Conn() != c {
+			t.Fatal("the lease is not the idle connection's")
+		}
+		l.Release()
+		if l, err = p.AcquireWithin(context.Background(), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		l.Release()
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations an acquire and release, want 0", allocs)
+	}
+	if s := p.Stats(); s.Idle != 1 || s.Acquired != 0 {
+		t.Errorf("after the releases: %+v, want the connection idle", s)
+	}
+}
+
 func TestAcquireAsyncAllocs(t *testing.T) {
 	p, held := fullPool(t, &dialer{})
 	var got *Lease[*fakeConn]

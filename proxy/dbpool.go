@@ -35,6 +35,7 @@ type dbPool struct {
 	bytesIn, bytesOut                          atomic.Int64
 	txNanos, queryNanos, waitNanos             atomic.Int64
 	txWin, queryWin, waitWin                   stats.Window
+	txHist, queryHist, waitHist                latencyHist // the Prometheus histograms' counts
 
 	m poolMetrics
 }
@@ -107,33 +108,29 @@ func (p *dbPool) countError(code string) {
 func (p *dbPool) observeWait(d time.Duration, now int64) {
 	p.waitNanos.Add(int64(d))
 	p.waitWin.ObserveAt(d, now/1e9)
-	p.m.wait.Observe(d.Seconds())
+	p.waitHist.observe(d)
 }
 
 func (p *dbPool) observeQuery(d time.Duration, now int64) {
 	p.queries.Add(1)
 	p.queryNanos.Add(int64(d))
 	p.queryWin.ObserveAt(d, now/1e9)
-	p.m.queries.Inc()
-	p.m.query.Observe(d.Seconds())
+	p.queryHist.observe(d)
 }
 
 func (p *dbPool) observeTransaction(d time.Duration, now int64) {
 	p.transactions.Add(1)
 	p.txNanos.Add(int64(d))
 	p.txWin.ObserveAt(d, now/1e9)
-	p.m.transactions.Inc()
-	p.m.transaction.Observe(d.Seconds())
+	p.txHist.observe(d)
 }
 
 func (p *dbPool) addBytes(in, out int64) {
 	if in > 0 {
 		p.bytesIn.Add(in)
-		p.m.bytesIn.Add(float64(in))
 	}
 	if out > 0 {
 		p.bytesOut.Add(out)
-		p.m.bytesOut.Add(float64(out))
 	}
 }
 
@@ -226,11 +223,10 @@ func (s *Server) Servers() []stats.Server {
 	return out
 }
 
-// poolMetrics are one pool's Prometheus children, obtained once.
+// poolMetrics are one pool's Prometheus children, obtained once (its
+// counters and histograms are read from the pool: see poolCounters).
 type poolMetrics struct {
-	transactions, queries, bytesIn, bytesOut prometheus.Counter
-	wait, transaction, query                 prometheus.Observer
-	errors                                   *prometheus.CounterVec // curried with database, user
+	errors *prometheus.CounterVec // curried with database, user
 }
 
 // clientGauge is the pool's count of clients in state st, if it has one.

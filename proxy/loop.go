@@ -311,7 +311,7 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 			for _, ev := range events[:n] {
 				token := *(*uint64)(unsafe.Pointer(&ev.Fd))
 				if server := token == 0 || token&srvBit != 0; server == (pass == 0) {
-					p.event(token)
+					p.event(token, ev.Events)
 				}
 			}
 		}
@@ -332,8 +332,8 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 	}
 }
 
-// event serves one event of the loop's epoll set.
-func (p *parker) event(token uint64) {
+// event serves one event of the loop's epoll set; events are its flags.
+func (p *parker) event(token uint64, events uint32) {
 	if token == 0 {
 		var b [64]byte
 		for {
@@ -351,7 +351,7 @@ func (p *parker) event(token uint64) {
 		}
 		p.mu.Unlock()
 		if sc != nil && sc.loopOwner != nil {
-			p.serverReady(sc.loopOwner)
+			p.serverReady(sc.loopOwner, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 		} // else not the loop's now: its holder reads it
 		return
 	}
@@ -737,15 +737,19 @@ func (p *parker) forgetServer(token uint64) {
 }
 
 // serverReady is an event on a session's server socket: its answer relayed
-// as far as it has come, through relayMessage as awaitServer does.
-func (p *parker) serverReady(ss *session) {
+// as far as it has come, through relayMessage as awaitServer does. hup: the
+// event said the server hung up or failed.
+func (p *parker) serverReady(ss *session, hup bool) {
 	lc := ss.lc
 	if lc.phase != phaseActive {
 		return
 	}
 	sc := ss.lease.Conn()
 	// Edge-triggered: read until a read comes back short (the socket had
-	// no more) or would block.
+	// no more) or would block. After a hang-up, read on to the end of
+	// file: no later edge would come for it, and the loop would wait
+	// for ever on a server that has gone (its last words, a FATAL error
+	// say, read and the end of file left unseen).
 	for more := true; more; {
 		free := sc.rd.Size() - sc.rd.Buffered()
 		n, err := sc.rd.FillFrom(sc.sys.TryRead)
@@ -756,7 +760,7 @@ func (p *parker) serverReady(ss *session) {
 			p.eject(ss) // EOF, an error, a message larger than the buffer: awaitServer's
 			return
 		default:
-			more = n == free
+			more = n == free || hup
 		}
 		if !p.relayAnswer(ss, sc) {
 			return

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strconv"
 	"testing"
@@ -254,4 +255,82 @@ func loggedIn(t *testing.T, p *testProxy) *rawClient {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestLoopServerGoneInTransaction: a server that dies while its client is
+// idle in a transaction the loop keeps (its last words and its end of file
+// come while no one is reading it) fails the client's next query with an
+// error and a closed connection; the loop does not wait for ever for an
+// answer that will not come.
+func TestLoopServerGoneInTransaction(t *testing.T) {
+	p := startProxy(t, nil)
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	session := func(c *rawClient) *session {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.byPID[c.pid]
+	}
+	c := loggedIn(t, p)
+	waitFor(t, 2*time.Second, func() bool {
+		if err := c.query("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		return session(c).inLoop.Load() // its server's settings in line: the loop's from now on
+	})
+	if err := c.query("BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	ss := session(c)
+	ss.mu.Lock()
+	held := ss.lease != nil
+	var pid uint32
+	if held {
+		pid = ss.lease.Conn().pid
+	}
+	ss.mu.Unlock()
+	if !held || !ss.inLoop.Load() {
+		t.Fatalf("after BEGIN: server held %v, in the loop %v; want both", held, ss.inLoop.Load())
+	}
+
+	ctx := context.Background()
+	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	var ok bool
+	if err := direct.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int32(pid)).Scan(&ok); err != nil || !ok {
+		t.Fatalf("terminating the server: %v, %v", ok, err)
+	}
+
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.fe.Send(&pgproto3.Query{String: "SELECT 2"})
+	if err := c.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	fatal := ""
+	for {
+		msg, err := c.fe.Receive()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("no end within 5 s (FATAL seen: %q)", fatal)
+			}
+			break // closed
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			if m.Severity == "FATAL" && fatal == "" {
+				fatal = m.Code
+			}
+		case *pgproto3.ReadyForQuery:
+			t.Fatal("ReadyForQuery from a server that was terminated")
+		}
+	}
+	if fatal == "" {
+		t.Fatal("the connection closed without a FATAL error")
+	}
+	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 0 })
 }

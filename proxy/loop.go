@@ -390,8 +390,18 @@ func (p *parker) handle(m loopMsg) {
 	p.gotServer(ss, m.lease, m.err)
 }
 
-// eject takes ss out of the loop and resumes it in a goroutine of its own.
-func (p *parker) eject(ss *session) {
+// eject takes ss out of the loop and resumes it in a goroutine of its own,
+// which reads the client before the session may enter the loop again.
+func (p *parker) eject(ss *session) { p.ejectTo(ss, true) }
+
+// ejectServed is eject for a session whose request the loop has read whole
+// and found ordinary, ejected only for what the goroutine path does first
+// (bringing a server's settings in line, say): its goroutine may hand it
+// back to the loop once it has served that request, without a read of its
+// own, which is for a client the loop could not read.
+func (p *parker) ejectServed(ss *session) { p.ejectTo(ss, false) }
+
+func (p *parker) ejectTo(ss *session, mustRead bool) {
 	p.mu.Lock()
 	if ss.parkToken == 0 {
 		p.mu.Unlock()
@@ -428,7 +438,7 @@ func (p *parker) eject(ss *session) {
 		ss.bw.Reset(ss.sock)
 	}
 	ss.inLoop.Store(false)
-	lc.ejected = true
+	lc.ejected = mustRead
 	go ss.resumeFromLoop()
 }
 
@@ -602,7 +612,7 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	// The checks acquireLease makes, without blocking.
 	if lease.IdleDuration() > aliveCheckAfter && !sc.alive() {
 		destroyLease(lease)
-		p.eject(ss) // the goroutine path takes another
+		p.ejectServed(ss) // the goroutine path takes another
 		return
 	}
 	// No look for a hang-up here (acquireLease's, one recvfrom per
@@ -610,8 +620,12 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	// while it waited, and clientReady saw it hang up.
 	if sc.syncedFP != ss.settingsFP() || sc.sys == nil ||
 		ss.psOn && sc.prepared.len() > ss.srv.options().MaxPreparedStatements {
+		// Settings to bring in line (a server dialed since, or last used
+		// by a client with other settings), statements to trim: bind's.
+		// The loop read the request whole, so the goroutine may hand the
+		// session back as soon as it has served it.
 		releaseLease(lease)
-		p.eject(ss) // settings to bring in line, statements to trim: bind's
+		p.ejectServed(ss)
 		return
 	}
 	ss.pool.observeWait(time.Duration(p.now-lc.waitStart), p.now)

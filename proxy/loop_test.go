@@ -257,6 +257,44 @@ func loggedIn(t *testing.T, p *testProxy) *rawClient {
 	return c
 }
 
+// TestLoopTakesBackAfterSettingsSync: a request the loop read whole but
+// cannot run at once, because the server it got was dialed for it and has
+// not had the client's settings brought in line, is served on the goroutine
+// path, and the session is back in the loop as soon as it has been
+// answered: it does not stay with a goroutine until the client speaks again
+// or a park sweep comes.
+func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
+	p := startProxy(t, nil)
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	session := func(c *rawClient) *session {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.byPID[c.pid]
+	}
+	holder, c := loggedIn(t, p), loggedIn(t, p)
+	// One server, warmed and then held in a transaction.
+	for _, q := range []string{"SELECT 1", "BEGIN"} {
+		if err := holder.query(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 2*time.Second, func() bool { return session(c).inLoop.Load() })
+	// No idle server: one is dialed for c's query, its settings not yet
+	// brought in line.
+	if err := c.query("SELECT 2"); err != nil {
+		t.Fatal(err)
+	}
+	if ps := p.Pools(); len(ps) != 1 || ps[0].ServersActive+ps[0].ServersIdle != 2 {
+		t.Fatalf("pools %+v: want a second server, dialed for the query", ps)
+	}
+	waitFor(t, parkSweep/4, func() bool { return session(c).inLoop.Load() })
+	if err := holder.query("COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestLoopServerGoneInTransaction: a server that dies while its client is
 // idle in a transaction the loop keeps (its last words and its end of file
 // come while no one is reading it) fails the client's next query with an

@@ -620,17 +620,18 @@ func (ss *session) finish(err error) {
 	}
 	ss.setState(stateClosed)
 	var pgErr *protocol.PgError
+	isPg := err != errQuiet && errors.As(err, &pgErr) // once: errors.As is dear, and every logout comes here
 	reason := reasonClient
 	switch {
-	case errors.As(err, &pgErr) && pgErr.Code == protocol.CodeAdminShutdown:
+	case isPg && pgErr.Code == protocol.CodeAdminShutdown:
 		reason = reasonShutdown
-	case errors.As(err, &pgErr):
+	case isPg:
 		reason = reasonError
 	case serverDead:
 		reason = reasonServer
 	}
 	ss.srv.metrics.disconnects.WithLabelValues(reason).Inc()
-	if errors.As(err, &pgErr) {
+	if isPg {
 		ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		ss.writer().Reset(ss.sock)
 		ss.bw.Write(pgErr.AppendTo(nil))
@@ -641,7 +642,7 @@ func (ss *session) finish(err error) {
 	}
 	ss.putWriter()
 	ss.srv.remove(ss)
-	ss.logger().Debug("session closed", zap.Duration("duration", time.Since(ss.start)))
+	ss.debug("session closed", zap.Duration("duration", time.Since(ss.start)))
 }
 
 // settleTimeout bounds how long a server left by its client may take to

@@ -167,14 +167,9 @@ func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
 	// Both servers' settings brought in line: their next uses are the loop's.
 	runSteps(t, []clientStep{{a, "BEGIN"}, {b, "SELECT 1"}, {a, "COMMIT"}})
 
-	session := func(c *rawClient) *session {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.byPID[c.pid]
-	}
 	for _, c := range []*rawClient{a, b} {
 		waitFor(t, 2*time.Second, func() bool {
-			if !p.options().RelayLoop || session(c).inLoop.Load() {
+			if !p.options().RelayLoop || p.sessionOf(c).inLoop.Load() {
 				return true
 			}
 			if err := c.query("SELECT 1"); err != nil { // ended on the goroutine path; again
@@ -190,7 +185,7 @@ func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
 	}
 	var held *serverConn
 	waitFor(t, 2*time.Second, func() bool {
-		held = session(a).holdForCancel() // as a cancel request on its way
+		held = p.sessionOf(a).holdForCancel() // as a cancel request on its way
 		return held != nil
 	})
 	delivered := false
@@ -248,6 +243,13 @@ func twoClients(t *testing.T, poolSize int) (*testProxy, *rawClient, *rawClient)
 }
 
 // loggedIn is a raw client logged in through p as the superuser.
+// sessionOf returns the session of the client whose BackendKeyData c got.
+func (p *testProxy) sessionOf(c *rawClient) *session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.byPID[c.pid]
+}
+
 func loggedIn(t *testing.T, p *testProxy) *rawClient {
 	t.Helper()
 	c := dialRaw(t, p.addr)
@@ -268,11 +270,6 @@ func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
 	if !p.options().RelayLoop {
 		t.Skip("relay_loop is off")
 	}
-	session := func(c *rawClient) *session {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.byPID[c.pid]
-	}
 	holder, c := loggedIn(t, p), loggedIn(t, p)
 	// One server, warmed and then held in a transaction.
 	for _, q := range []string{"SELECT 1", "BEGIN"} {
@@ -280,7 +277,7 @@ func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 2*time.Second, func() bool { return session(c).inLoop.Load() })
+	waitFor(t, 2*time.Second, func() bool { return p.sessionOf(c).inLoop.Load() })
 	// No idle server: one is dialed for c's query, its settings not yet
 	// brought in line.
 	if err := c.query("SELECT 2"); err != nil {
@@ -289,7 +286,7 @@ func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
 	if ps := p.Pools(); len(ps) != 1 || ps[0].ServersActive+ps[0].ServersIdle != 2 {
 		t.Fatalf("pools %+v: want a second server, dialed for the query", ps)
 	}
-	waitFor(t, parkSweep/4, func() bool { return session(c).inLoop.Load() })
+	waitFor(t, parkSweep/4, func() bool { return p.sessionOf(c).inLoop.Load() })
 	if err := holder.query("COMMIT"); err != nil {
 		t.Fatal(err)
 	}
@@ -305,22 +302,17 @@ func TestLoopServerGoneInTransaction(t *testing.T) {
 	if !p.options().RelayLoop {
 		t.Skip("relay_loop is off")
 	}
-	session := func(c *rawClient) *session {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.byPID[c.pid]
-	}
 	c := loggedIn(t, p)
 	waitFor(t, 2*time.Second, func() bool {
 		if err := c.query("SELECT 1"); err != nil {
 			t.Fatal(err)
 		}
-		return session(c).inLoop.Load() // its server's settings in line: the loop's from now on
+		return p.sessionOf(c).inLoop.Load() // its server's settings in line: the loop's from now on
 	})
 	if err := c.query("BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	ss := session(c)
+	ss := p.sessionOf(c)
 	ss.mu.Lock()
 	held := ss.lease != nil
 	var pid uint32

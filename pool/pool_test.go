@@ -553,9 +553,6 @@ func TestAcquireAsync(t *testing.T) {
 	}
 }
 
-// TestAcquireAsyncAllocs: the relay loop's way through a busy pool (queue
-// with its Waiter, get the connection a holder gives back, give it back to
-// the next) allocates nothing, as it runs once a transaction under load.
 // TestIdleAcquireAllocs: taking an idle connection and giving it back, the
 // path of every transaction while the pool has idle connections, allocates
 // nothing, and the lease handed out stands for the connection taken.
@@ -586,6 +583,9 @@ func TestIdleAcquireAllocs(t *testing.T) {
 	}
 }
 
+// TestAcquireAsyncAllocs: the relay loop's way through a busy pool (queue
+// with its Waiter, get the connection a holder gives back, give it back to
+// the next) allocates nothing, as it runs once a transaction under load.
 func TestAcquireAsyncAllocs(t *testing.T) {
 	p, held := fullPool(t, &dialer{})
 	var got *Lease[*fakeConn]

@@ -756,6 +756,17 @@ func (p *parker) forgetServer(token uint64) {
 func (p *parker) serverReady(ss *session, hup bool) {
 	lc := ss.lc
 	if lc.phase != phaseActive {
+		if hup && lc.phase == phaseIdle {
+			// The server of a transaction left open has gone while
+			// its client is idle (killed, or idle_in_transaction_
+			// session_timeout): the client is told now, as PgBouncer
+			// does, not at its next query.
+			ss.mu.Lock()
+			ss.serverTorn = true
+			ss.mu.Unlock()
+			lc.endErr = errServerCrashed
+			p.eject(ss)
+		}
 		return
 	}
 	sc := ss.lease.Conn()
@@ -824,9 +835,10 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 		}
 		if typ == 'Z' && ss.pending == 0 {
 			// The server is kept (a transaction left open): wait for
-			// the client's next query with it.
+			// the client's next query with it, still watching the
+			// server, whose hang-up meanwhile ends the session.
 			lc.phase = phaseIdle
-			if ss.bw.Flush(); len(lc.spill) > 0 {
+			if ss.bw.Flush(); len(lc.spill) > 0 || !p.watchServer(ss, sc) {
 				p.eject(ss)
 				return false
 			}

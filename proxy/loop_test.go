@@ -293,10 +293,9 @@ func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
 }
 
 // TestLoopServerGoneInTransaction: a server that dies while its client is
-// idle in a transaction the loop keeps (its last words and its end of file
-// come while no one is reading it) fails the client's next query with an
-// error and a closed connection; the loop does not wait for ever for an
-// answer that will not come.
+// idle in a transaction the loop keeps ends the session at once: the
+// client gets a FATAL error and a closed connection without sending
+// anything, as PgBouncer does.
 func TestLoopServerGoneInTransaction(t *testing.T) {
 	p := startProxy(t, nil)
 	if !p.options().RelayLoop {
@@ -335,11 +334,39 @@ func TestLoopServerGoneInTransaction(t *testing.T) {
 		t.Fatalf("terminating the server: %v, %v", ok, err)
 	}
 
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.fe.Send(&pgproto3.Query{String: "SELECT 2"})
+	expectEnd(t, c)
+	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 0 })
+}
+
+// TestLoopServerEndsItself: a server that ends while the loop waits for its
+// answer (its FATAL error and its end of file arrive together) fails the
+// client with an error and a closed connection; the loop does not wait for
+// ever for the rest of an answer that will not come.
+func TestLoopServerEndsItself(t *testing.T) {
+	p := startProxy(t, nil)
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	c := loggedIn(t, p)
+	waitFor(t, 2*time.Second, func() bool {
+		if err := c.query("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		return p.sessionOf(c).inLoop.Load() // its server's settings in line: the loop's from now on
+	})
+	c.fe.Send(&pgproto3.Query{String: "SELECT pg_terminate_backend(pg_backend_pid())"})
 	if err := c.fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	expectEnd(t, c)
+	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 0 })
+}
+
+// expectEnd reads c until the proxy closes it, within 5 s, and checks that
+// a FATAL error came first and no ReadyForQuery.
+func expectEnd(t *testing.T, c *rawClient) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
 	fatal := ""
 	for {
 		msg, err := c.fe.Receive()
@@ -362,5 +389,4 @@ func TestLoopServerGoneInTransaction(t *testing.T) {
 	if fatal == "" {
 		t.Fatal("the connection closed without a FATAL error")
 	}
-	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 0 })
 }

@@ -250,6 +250,29 @@ func (p *testProxy) sessionOf(c *rawClient) *session {
 	return p.byPID[c.pid]
 }
 
+// startLoopProxy is startProxy with the defaults, for a test of the relay
+// loop: skipped when the run has the loop off.
+func startLoopProxy(t *testing.T) *testProxy {
+	t.Helper()
+	p := startProxy(t, nil)
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	return p
+}
+
+// loopServes runs SELECT 1 on c until the loop has served one (its server's
+// settings are then in line), so that c's next requests are the loop's.
+func (p *testProxy) loopServes(t *testing.T, c *rawClient) {
+	t.Helper()
+	waitFor(t, 2*time.Second, func() bool {
+		if err := c.query("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		return p.sessionOf(c).inLoop.Load()
+	})
+}
+
 func loggedIn(t *testing.T, p *testProxy) *rawClient {
 	t.Helper()
 	c := dialRaw(t, p.addr)
@@ -266,10 +289,7 @@ func loggedIn(t *testing.T, p *testProxy) *rawClient {
 // answered: it does not stay with a goroutine until the client speaks again
 // or a park sweep comes.
 func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
-	p := startProxy(t, nil)
-	if !p.options().RelayLoop {
-		t.Skip("relay_loop is off")
-	}
+	p := startLoopProxy(t)
 	holder, c := loggedIn(t, p), loggedIn(t, p)
 	// One server, warmed and then held in a transaction.
 	for _, q := range []string{"SELECT 1", "BEGIN"} {
@@ -297,17 +317,9 @@ func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
 // client gets a FATAL error and a closed connection without sending
 // anything, as PgBouncer does.
 func TestLoopServerGoneInTransaction(t *testing.T) {
-	p := startProxy(t, nil)
-	if !p.options().RelayLoop {
-		t.Skip("relay_loop is off")
-	}
+	p := startLoopProxy(t)
 	c := loggedIn(t, p)
-	waitFor(t, 2*time.Second, func() bool {
-		if err := c.query("SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
-		return p.sessionOf(c).inLoop.Load() // its server's settings in line: the loop's from now on
-	})
+	p.loopServes(t, c)
 	if err := c.query("BEGIN"); err != nil {
 		t.Fatal(err)
 	}
@@ -343,17 +355,9 @@ func TestLoopServerGoneInTransaction(t *testing.T) {
 // client with an error and a closed connection; the loop does not wait for
 // ever for the rest of an answer that will not come.
 func TestLoopServerEndsItself(t *testing.T) {
-	p := startProxy(t, nil)
-	if !p.options().RelayLoop {
-		t.Skip("relay_loop is off")
-	}
+	p := startLoopProxy(t)
 	c := loggedIn(t, p)
-	waitFor(t, 2*time.Second, func() bool {
-		if err := c.query("SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
-		return p.sessionOf(c).inLoop.Load() // its server's settings in line: the loop's from now on
-	})
+	p.loopServes(t, c)
 	c.fe.Send(&pgproto3.Query{String: "SELECT pg_terminate_backend(pg_backend_pid())"})
 	if err := c.fe.Flush(); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -53,7 +54,36 @@ type parker struct {
 	// the clock its sessions' statistics read (see session.now). Only the
 	// loop goroutine touches it.
 	now int64
+	// writers are client writers free for the loop's sessions, which take
+	// one for each answer: a stack only the loop goroutine touches, cheaper
+	// than writerPool's per-P pinning at every transaction. Bounded by how
+	// many answers the loop relays at once (one per server).
+	writers []*bufio.Writer
 }
+
+// getWriter returns a client writer for a session in the loop.
+func (p *parker) getWriter() *bufio.Writer {
+	if n := len(p.writers); n > 0 {
+		w := p.writers[n-1]
+		p.writers[n-1] = nil
+		p.writers = p.writers[:n-1]
+		return w
+	}
+	return writerPool.Get().(*bufio.Writer)
+}
+
+// putWriter keeps an empty client writer for the loop's next answer.
+func (p *parker) putWriter(w *bufio.Writer) {
+	if len(p.writers) < maxLoopWriters {
+		p.writers = append(p.writers, w)
+		return
+	}
+	writerPool.Put(w)
+}
+
+// maxLoopWriters bounds the writers the loop keeps (4 KiB each): one for
+// each answer in flight, which the servers bound, up to 32.
+const maxLoopWriters = 32
 
 // loopSlot is what an epoll token stands for: a session's client socket, or
 // (with srvBit) a server's socket.
@@ -579,10 +609,8 @@ func (p *parker) startTx(ss *session) {
 		p.eject(ss) // waits for RESUME in a goroutine
 		return
 	}
-	ss.setState(stateWaiting)
 	lc := ss.lc
 	lc.waitStart = p.now
-	ss.waitingSince.Store(lc.waitStart)
 	lc.phase = phaseWaiting
 	lease, err := ss.pool.pool.Load().AcquireAsync(lc.wait, ss.srv.options().QueryWaitTimeout)
 	if err != nil {
@@ -590,6 +618,11 @@ func (p *parker) startTx(ss *session) {
 		return
 	}
 	if lease == nil {
+		// Queued: the session shows as waiting until its server comes.
+		// One served at once goes from idle to active (attach), without
+		// the two gauge moves and the stores of a wait of no length.
+		ss.setState(stateWaiting)
+		ss.waitingSince.Store(lc.waitStart)
 		lc.queued = true
 		return
 	}
@@ -599,6 +632,7 @@ func (p *parker) startTx(ss *session) {
 // gotServer goes on with a server (or the error) the session waited for.
 func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err error) {
 	lc := ss.lc
+	queued := lc.queued
 	lc.queued = false
 	if err != nil {
 		if !errors.Is(err, pool.ErrClosed) {
@@ -629,7 +663,9 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		return
 	}
 	ss.pool.observeWait(time.Duration(p.now-lc.waitStart), p.now)
-	ss.waitingSince.Store(0)
+	if queued {
+		ss.waitingSince.Store(0)
+	}
 	sc.leased.Store(true)
 	ss.attach(lease)
 	p.send(ss, sc)
@@ -802,6 +838,9 @@ func (p *parker) awaitClient(ss *session) {
 	ss.mu.Lock()
 	d := ss.deadline
 	ss.mu.Unlock()
+	if d.IsZero() {
+		return // no timeout (armTimerLocked would do nothing)
+	}
 	p.mu.Lock()
 	p.armTimerLocked(ss, d)
 	p.mu.Unlock()

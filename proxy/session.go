@@ -230,17 +230,26 @@ var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 409
 // writer returns the session's client writer, taking one from the pool.
 func (ss *session) writer() *bufio.Writer {
 	if ss.bw == nil {
-		ss.bw = writerPool.Get().(*bufio.Writer)
+		if ss.inLoop.Load() {
+			ss.bw = ss.srv.parker.getWriter()
+		} else {
+			ss.bw = writerPool.Get().(*bufio.Writer)
+		}
 		ss.bw.Reset(ss.sock)
 	}
 	return ss.bw
 }
 
-// putWriter gives an empty client writer back to the pool.
+// putWriter gives an empty client writer back to the pool (the loop's own,
+// for a session in the loop).
 func (ss *session) putWriter() {
 	if ss.bw != nil && ss.bw.Buffered() == 0 {
 		ss.bw.Reset(nil)
-		writerPool.Put(ss.bw)
+		if ss.inLoop.Load() {
+			ss.srv.parker.putWriter(ss.bw)
+		} else {
+			writerPool.Put(ss.bw)
+		}
 		ss.bw = nil
 	}
 }

@@ -10,6 +10,14 @@
 # core 1 (taskset -c 1), PostgreSQL unpinned. Both poolers get the same pool
 # size (20) in transaction mode. An extra run lets pgmux use both cores.
 #
+# Sessions: each pooler runs in a session of its own (setsid), as a daemon
+# (pgbouncer -d) or a service does. With the kernel's autogroup scheduling
+# (sched_autogroup_enabled, on here) a session is one scheduling group, so a
+# pooler left in this script's session would share its CPU weight with
+# pgbench, and how much CPU it got against PostgreSQL's backends on its core
+# would follow pgbench's load. PostgreSQL has a session of its own (pg_ctl
+# starts it with setsid).
+#
 # Rounds: each pooler point runs BENCH_ROUNDS times (default 3), PgBouncer and
 # pgmux alternating and taking turns to go first; the table and the chart show
 # the median of the rounds (this machine's figures drift 10-40% from one run
@@ -108,12 +116,13 @@ log_disconnections = 0
 INI
     chmod 644 "$work/pgbouncer$i.ini" "$work/userlist.txt"
     : > "$work/pgbouncer$i.log"; chmod 666 "$work/pgbouncer$i.log"
-    # taskset and setpriv exec: $! is PgBouncer's pid.
+    # setsid (not a group leader here, so it does not fork), taskset and
+    # setpriv exec: $! is PgBouncer's pid.
     if [ "$(id -u)" = 0 ]; then
       # setpriv, unlike runuser, keeps the raised open-files limit.
-      taskset -c 0 setpriv --reuid=postgres --regid=postgres --clear-groups "$PGBOUNCER" -q "$work/pgbouncer$i.ini" &
+      setsid taskset -c 0 setpriv --reuid=postgres --regid=postgres --clear-groups "$PGBOUNCER" -q "$work/pgbouncer$i.ini" &
     else
-      taskset -c 0 "$PGBOUNCER" -q "$work/pgbouncer$i.ini" &
+      setsid taskset -c 0 "$PGBOUNCER" -q "$work/pgbouncer$i.ini" &
     fi
     bouncer_pids+=($!)
     pids+=($!)
@@ -150,7 +159,7 @@ log_level: error
 databases:
   postgres: {host: 127.0.0.1, port: $pg_port}
 YAML
-    taskset -c "$1" bin/pgmux --config "$work/pgmux$i.yaml" &
+    setsid taskset -c "$1" bin/pgmux --config "$work/pgmux$i.yaml" &
     pgmux_pids+=($!)
     pids+=($!)
     wait_http "http://127.0.0.1:$admin/healthz"

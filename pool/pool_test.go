@@ -616,3 +616,49 @@ func TestAcquireAsyncAllocs(t *testing.T) {
 	}
 	held.Release()
 }
+
+// TestIdleStack: the idle stack is the pool's own. The connection given back
+// last is taken first (the busiest stay in use, the others grow idle), the
+// counts follow, and Close closes the idle ones before it returns.
+func TestIdleStack(t *testing.T) {
+	d := &dialer{}
+	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 3; c.ReapInterval = time.Hour })
+	var ls []*Lease[*fakeConn]
+	for range 3 {
+		l, err := p.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	if s := p.Stats(); s.Total != 3 || s.Acquired != 3 || s.Idle != 0 {
+		t.Fatalf("all held: %+v", s)
+	}
+	first, last := ls[0].Conn(), ls[2].Conn()
+	ls[0].Release()
+	ls[2].Release()
+	if s := p.Stats(); s.Total != 3 || s.Acquired != 1 || s.Idle != 2 {
+		t.Fatalf("two back: %+v", s)
+	}
+	l, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Conn() != last {
+		t.Fatalf("got connection %d, want the last given back (%d)", l.Conn().id, last.id)
+	}
+	if l.IdleDuration() < 0 || l.IdleDuration() > time.Second {
+		t.Fatalf("idle duration %v", l.IdleDuration())
+	}
+	l.Release()
+	ls[1].Release()
+	p.Close()
+	for _, c := range d.conns {
+		if !c.closed.Load() {
+			t.Fatalf("connection %d still open after Close (first %d)", c.id, first.id)
+		}
+	}
+	if s := p.Stats(); s.Total != 0 || s.Idle != 0 {
+		t.Fatalf("after Close: %+v", s)
+	}
+}

@@ -95,3 +95,52 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzWholeRun: the run WholeRun reports is the messages Next and Skip take
+// one by one from the same buffered bytes, up to the first of a stopping
+// type, the first Next refuses, or the first not wholly buffered.
+func FuzzWholeRun(f *testing.F) {
+	var seed []byte
+	seed = append(AppendHeader(seed, 'T', 3), "abc"...)
+	seed = append(AppendHeader(seed, 'D', 1), 'x')
+	seed = append(AppendHeader(seed, 'C', 9), "SELECT 1\x00"...)
+	seed = append(AppendHeader(seed, 'Z', 1), 'I')
+	f.Add(seed, byte('Z'), uint16(64))
+	f.Add(seed[:20], byte('E'), uint16(8))
+	f.Add([]byte{'D', 0, 0, 0, 2}, byte('Z'), uint16(64))
+	f.Fuzz(func(t *testing.T, data []byte, stopType byte, size uint16) {
+		size = max(size%512, HeaderLen)
+		const maxBody = 100
+		var stop [256]bool
+		stop[stopType] = true
+		stop['Z'] = true
+		r := NewReader(nil, int(size), maxBody)
+		in := data
+		if _, err := r.FillFrom(func(p []byte) (int, error) {
+			n := copy(p, in)
+			in = in[n:]
+			return n, nil
+		}); err != nil && len(data) > 0 {
+			t.Fatal(err)
+		}
+		buf := append([]byte(nil), r.BufferedBytes()...)
+		n, count := r.WholeRun(&stop)
+
+		ref := NewReader(bytes.NewReader(buf), int(size), maxBody)
+		wantN, wantCount := 0, 0
+		for {
+			typ, l, err := ref.Next()
+			if err != nil || stop[typ] || len(buf)-wantN < HeaderLen+l {
+				break
+			}
+			if err := ref.Skip(l); err != nil {
+				t.Fatalf("Skip after Next: %v", err)
+			}
+			wantN += HeaderLen + l
+			wantCount++
+		}
+		if n != wantN || count != wantCount {
+			t.Fatalf("WholeRun = %d bytes, %d messages; one by one %d, %d", n, count, wantN, wantCount)
+		}
+	})
+}

@@ -301,6 +301,25 @@ func AppendHeader(dst []byte, typ byte, bodyLen int) []byte {
 
 // Complete reports whether a whole message is already buffered, so that a
 // relay can hold back a flush while more of a pipeline is at hand.
+// WholeRun returns the length in bytes of the run of whole messages at the
+// head of the buffer whose types are not in stop, and how many there are. It
+// stops before a message Next would refuse (a malformed or too long length),
+// so that Next reports it. A relay passes such a run on in one copy instead
+// of message by message.
+func (r *Reader) WholeRun(stop *[256]bool) (n, count int) {
+	b := r.buf[r.r:r.w]
+	for len(b)-n >= HeaderLen {
+		typ := b[n]
+		l := int(binary.BigEndian.Uint32(b[n+1:]))
+		if stop[typ] || l < 4 || l-4 > r.maxBody || len(b)-n < 1+l {
+			break
+		}
+		n += 1 + l
+		count++
+	}
+	return n, count
+}
+
 func (r *Reader) Complete() bool {
 	b := r.Buffered()
 	if b < HeaderLen {

@@ -355,6 +355,31 @@ func (ss *session) goRelay(sc *serverConn) {
 
 // relayMessage relays one message of sc's to the client.
 func (ss *session) relayMessage(sc *serverConn) relayStep {
+	if !sc.copyIn {
+		// Messages passed on as they are (the default case below: rows,
+		// their description, CommandComplete...), whole in the buffer, go
+		// in one copy. CommandComplete would only clear copyIn.
+		stop := &relayStopPS
+		if !ss.psOn {
+			stop = &relayStop
+		}
+		if n, count := sc.rd.WholeRun(stop); count > 1 {
+			ss.bytesOut += int64(n)
+			if _, err := ss.bw.Write(sc.rd.BufferedBytes()[:n]); err != nil {
+				sc.rd.Discard(n)
+				ss.clientWriteFailed()
+				return stepEnded
+			}
+			sc.rd.Discard(n)
+			if !sc.rd.Complete() {
+				if err := ss.bw.Flush(); err != nil {
+					ss.clientWriteFailed()
+					return stepEnded
+				}
+			}
+			return stepMore
+		}
+	}
 	typ, n, err := sc.rd.Next()
 	if err != nil {
 		var ne net.Error
@@ -469,6 +494,21 @@ func (ss *session) relayMessage(sc *serverConn) relayStep {
 		}
 	}
 	return stepMore
+}
+
+// relayStop and relayStopPS (prepared statements mapped) are the server
+// message types relayMessage looks at rather than passes on (its cases but
+// the default), which end a run WholeRun may relay in one copy.
+var relayStop, relayStopPS = relayStopTable(false), relayStopTable(true)
+
+func relayStopTable(ps bool) (t [256]bool) {
+	for _, typ := range []byte{'Z', 'E', 'S', 'G', 'W'} {
+		t[typ] = true
+	}
+	if ps {
+		t['1'], t['3'] = true, true
+	}
+	return t
 }
 
 // relayFailed ends relaying after a failed Relay from the server.

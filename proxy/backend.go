@@ -32,11 +32,14 @@ type serverConn struct {
 	loopTok   uint64
 	loop      *parker
 	loopOwner *session
-	rd        *protocol.Reader
-	bw        *bufio.Writer
-	addr      string // host:port, where cancels go
-	pid       uint32
-	key       []byte
+	// rd is held in the struct, not behind a pointer: the loop reads it
+	// first thing at each answer, and one pointer fewer is one cache miss
+	// fewer on a core the backends share.
+	rd   protocol.Reader
+	bw   *bufio.Writer
+	addr string // host:port, where cancels go
+	pid  uint32
+	key  []byte
 
 	// Settings as the server last reported or as pgmux set them, by
 	// lower-cased name; base holds the values it started with.
@@ -172,7 +175,7 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 	sc := &serverConn{
 		conn:     conn,
 		fd:       -1,
-		rd:       protocol.NewReader(sock, 16<<10, maxBody),
+		rd:       *protocol.NewReader(sock, 16<<10, maxBody),
 		bw:       bufio.NewWriterSize(sock, 16<<10),
 		addr:     net.JoinHostPort(db.Host, strconv.Itoa(db.Port)),
 		pid:      hc.PID,

@@ -381,7 +381,7 @@ func (p *parker) event(token uint64, events uint32) {
 		}
 		p.mu.Unlock()
 		if sc != nil && sc.loopOwner != nil {
-			p.serverReady(sc.loopOwner, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
+			p.serverReady(sc.loopOwner, sc, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 		} // else not the loop's now: its holder reads it
 		return
 	}
@@ -598,9 +598,15 @@ func (p *parker) startTx(ss *session) {
 		return
 	}
 	if lease := ss.lease; lease != nil {
-		// A transaction left open: its server is still the session's.
+		// A transaction left open: its server is still the session's,
+		// and the loop watches it (lc.srv) unless the session came in
+		// with it some other way.
 		ss.mu.Unlock()
-		p.send(ss, lease.Conn())
+		sc := ss.lc.srv
+		if sc == nil {
+			sc = lease.Conn()
+		}
+		p.send(ss, sc)
 		return
 	}
 	ss.binding = true
@@ -787,9 +793,12 @@ func (p *parker) forgetServer(token uint64) {
 }
 
 // serverReady is an event on a session's server socket: its answer relayed
-// as far as it has come, through relayMessage as awaitServer does. hup: the
-// event said the server hung up or failed.
-func (p *parker) serverReady(ss *session, hup bool) {
+// as far as it has come, through relayMessage as awaitServer does. sc is the
+// server the loop relays for ss (its loopOwner), so the session's: taken
+// from the event, not through the lease (three pointers more to follow,
+// each a likely cache miss on a core the backends share). hup: the event
+// said the server hung up or failed.
+func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 	lc := ss.lc
 	if lc.phase != phaseActive {
 		if hup && lc.phase == phaseIdle {
@@ -805,7 +814,6 @@ func (p *parker) serverReady(ss *session, hup bool) {
 		}
 		return
 	}
-	sc := ss.lease.Conn()
 	// Edge-triggered: read until a read comes back short (the socket had
 	// no more) or would block. After a hang-up, read on to the end of
 	// file: no later edge would come for it, and the loop would wait

@@ -886,10 +886,10 @@ func (ss *session) armDeadlineLocked() {
 		if o.ClientIdleTimeout > 0 {
 			d = time.Now().Add(o.ClientIdleTimeout)
 		}
-	case ss.pending == 0 && !ss.mid && ss.lease.Conn().txStatus != 'I':
-		if o.IdleTransactionTimeout > 0 {
-			d = time.Now().Add(o.IdleTransactionTimeout)
-		}
+	case o.IdleTransactionTimeout > 0 && ss.pending == 0 && !ss.mid && ss.lease.Conn().txStatus != 'I':
+		// The timeout asked first: without one, no walk to the server
+		// through the lease at each statement of a transaction.
+		d = time.Now().Add(o.IdleTransactionTimeout)
 	}
 	if !d.Equal(ss.deadline) {
 		ss.conn.SetReadDeadline(d)

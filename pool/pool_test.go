@@ -447,14 +447,7 @@ func TestDialErrorsReachEveryWaiter(t *testing.T) {
 func TestGiveBackAfterClose(t *testing.T) {
 	d := &dialer{}
 	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 4 })
-	var leases []*Lease[*fakeConn]
-	for range 4 {
-		l, err := p.Acquire(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		leases = append(leases, l)
-	}
+	leases := acquireN(t, p, 4)
 	closed := make(chan struct{})
 	go func() { p.Close(); close(closed) }()
 	for i, l := range leases {
@@ -623,14 +616,7 @@ func TestAcquireAsyncAllocs(t *testing.T) {
 func TestIdleStack(t *testing.T) {
 	d := &dialer{}
 	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 3; c.ReapInterval = time.Hour })
-	var ls []*Lease[*fakeConn]
-	for range 3 {
-		l, err := p.Acquire(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-	}
+	ls := acquireN(t, p, 3)
 	if s := p.Stats(); s.Total != 3 || s.Acquired != 3 || s.Idle != 0 {
 		t.Fatalf("all held: %+v", s)
 	}
@@ -661,4 +647,18 @@ func TestIdleStack(t *testing.T) {
 	if s := p.Stats(); s.Total != 0 || s.Idle != 0 {
 		t.Fatalf("after Close: %+v", s)
 	}
+}
+
+// acquireN acquires n connections from p, failing the test on an error.
+func acquireN(t *testing.T, p *Pool[*fakeConn], n int) []*Lease[*fakeConn] {
+	t.Helper()
+	var ls []*Lease[*fakeConn]
+	for range n {
+		l, err := p.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	return ls
 }

@@ -128,12 +128,16 @@ type entry[T Conn] struct {
 	idleAt time.Duration // when it last went into the idle stack (monoNow)
 }
 
-// epoch is the origin of monoNow.
+// epoch is the origin of Now.
 var epoch = time.Now()
 
-// monoNow is the monotonic clock as a duration since epoch: one clock read,
-// where time.Now reads two.
-func monoNow() time.Duration { return time.Since(epoch) }
+// Now is the pool's clock: the monotonic clock as a duration since the
+// process started, one clock read where time.Now makes two. ReleaseAt and
+// IdleDurationAt take its readings, for a caller that has one at hand.
+func Now() time.Duration { return time.Since(epoch) }
+
+// monoNow is Now, for the pool's own use.
+func monoNow() time.Duration { return Now() }
 
 // Lease is a connection held by one caller until Release or Destroy. Each
 // connection has one Lease, reused from holder to holder: a caller must not
@@ -150,20 +154,26 @@ type Lease[T Conn] struct {
 func (l *Lease[T]) Conn() T { return l.res.Value().conn }
 
 // IdleDuration is how long the connection sat in the pool before this lease.
-func (l *Lease[T]) IdleDuration() time.Duration {
+func (l *Lease[T]) IdleDuration() time.Duration { return l.IdleDurationAt(monoNow()) }
+
+// IdleDurationAt is IdleDuration as of now, a reading of Now.
+func (l *Lease[T]) IdleDurationAt(now time.Duration) time.Duration {
 	if l.handed {
 		return 0
 	}
-	return monoNow() - l.res.Value().idleAt
+	return now - l.res.Value().idleAt
 }
 
 // Release gives a clean connection back: to the longest waiter if there is
 // one, else to the idle stack. A connection past its lifetime is closed
 // instead.
-func (l *Lease[T]) Release() {
+func (l *Lease[T]) Release() { l.ReleaseAt(monoNow()) }
+
+// ReleaseAt is Release as of now, a recent reading of Now: the connection's
+// idle time counts from it.
+func (l *Lease[T]) ReleaseAt(now time.Duration) {
 	p := l.p
 	e := l.res.Value()
-	now := monoNow()
 	if p.cfg.MaxLifetime > 0 && now-e.born > p.cfg.MaxLifetime {
 		l.Destroy()
 		return

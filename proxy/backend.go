@@ -117,9 +117,12 @@ func (sc *serverConn) setDeadline(t time.Time) {
 }
 
 // releaseLease gives a clean server back to its pool.
-func releaseLease(l *pool.Lease[*serverConn]) {
+func releaseLease(l *pool.Lease[*serverConn]) { releaseLeaseAt(l, pool.Now()) }
+
+// releaseLeaseAt is releaseLease as of now, a recent reading of pool.Now.
+func releaseLeaseAt(l *pool.Lease[*serverConn], now time.Duration) {
 	l.Conn().leased.Store(false)
-	l.Release()
+	l.ReleaseAt(now)
 }
 
 // releaseSettled gives a server back to the pool once a cancel meant for its

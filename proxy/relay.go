@@ -597,7 +597,7 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 		// client behind it: see releaseSettled.
 		go releaseSettled(sc, lease)
 	} else {
-		releaseLease(lease)
+		releaseLeaseAt(lease, ss.poolNow())
 	}
 	if err != nil {
 		ss.hangUp() // wakes the session goroutine, which ends

@@ -159,6 +159,14 @@ func (ss *session) now() int64 {
 	return time.Now().UnixNano()
 }
 
+// poolNow is pool.Now, read once a wake-up in the loop (see parker.tick).
+func (ss *session) poolNow() time.Duration {
+	if ss.inLoop.Load() {
+		return ss.srv.parker.mono
+	}
+	return pool.Now()
+}
+
 // setState moves the session to next and the pool's client gauges with it.
 func (ss *session) setState(next clientState) {
 	prev := clientState(ss.state.Swap(int32(next)))

@@ -100,7 +100,7 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 			if err != nil {
 				return nil, err
 			}
-			now := monoNow()
+			now := Now()
 			e := &entry[T]{conn: c, born: now, idleAt: now}
 			e.lease.p = pl
 			return e, nil
@@ -136,9 +136,6 @@ var epoch = time.Now()
 // IdleDurationAt take its readings, for a caller that has one at hand.
 func Now() time.Duration { return time.Since(epoch) }
 
-// monoNow is Now, for the pool's own use.
-func monoNow() time.Duration { return Now() }
-
 // Lease is a connection held by one caller until Release or Destroy. Each
 // connection has one Lease, reused from holder to holder: a caller must not
 // touch it after Release or Destroy.
@@ -154,7 +151,7 @@ type Lease[T Conn] struct {
 func (l *Lease[T]) Conn() T { return l.res.Value().conn }
 
 // IdleDuration is how long the connection sat in the pool before this lease.
-func (l *Lease[T]) IdleDuration() time.Duration { return l.IdleDurationAt(monoNow()) }
+func (l *Lease[T]) IdleDuration() time.Duration { return l.IdleDurationAt(Now()) }
 
 // IdleDurationAt is IdleDuration as of now, a reading of Now.
 func (l *Lease[T]) IdleDurationAt(now time.Duration) time.Duration {
@@ -167,7 +164,7 @@ func (l *Lease[T]) IdleDurationAt(now time.Duration) time.Duration {
 // Release gives a clean connection back: to the longest waiter if there is
 // one, else to the idle stack. A connection past its lifetime is closed
 // instead.
-func (l *Lease[T]) Release() { l.ReleaseAt(monoNow()) }
+func (l *Lease[T]) Release() { l.ReleaseAt(Now()) }
 
 // ReleaseAt is Release as of now, a recent reading of Now: the connection's
 // idle time counts from it.
@@ -511,7 +508,7 @@ func (p *Pool[T]) reap() {
 // reapOnce closes idle connections past their idle timeout or lifetime, then
 // tops the pool up to MinSize.
 func (p *Pool[T]) reapOnce() {
-	now := monoNow()
+	now := Now()
 	var gone []*Lease[T]
 	p.mu.Lock()
 	total := p.size

@@ -124,8 +124,8 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 type entry[T Conn] struct {
 	conn   T
 	lease  Lease[T]
-	born   time.Duration // when it was made (monoNow)
-	idleAt time.Duration // when it last went into the idle stack (monoNow)
+	born   time.Duration // when it was made (Now)
+	idleAt time.Duration // when it last went into the idle stack (Now)
 }
 
 // epoch is the origin of Now.

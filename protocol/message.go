@@ -299,8 +299,6 @@ func AppendHeader(dst []byte, typ byte, bodyLen int) []byte {
 	return binary.BigEndian.AppendUint32(dst, uint32(bodyLen+4))
 }
 
-// Complete reports whether a whole message is already buffered, so that a
-// relay can hold back a flush while more of a pipeline is at hand.
 // WholeRun returns the length in bytes of the run of whole messages at the
 // head of the buffer whose types are not in stop, and how many there are. It
 // stops before a message Next would refuse (a malformed or too long length),
@@ -320,6 +318,8 @@ func (r *Reader) WholeRun(stop *[256]bool) (n, count int) {
 	return n, count
 }
 
+// Complete reports whether a whole message is already buffered, so that a
+// relay can hold back a flush while more of a pipeline is at hand.
 func (r *Reader) Complete() bool {
 	b := r.Buffered()
 	if b < HeaderLen {

@@ -313,62 +313,111 @@ func (sc *serverConn) resetCur(k string) {
 // canonical spelling of each value so the next comparison is exact.
 // The caller owns sc and no reader goroutine is running on it.
 func (sc *serverConn) syncParams(want map[string]string) error {
+	q, touched := sc.syncQuery(want)
+	if q == "" {
+		return nil
+	}
+	msg, _ := (&pgproto3.Query{String: q}).Encode(nil)
+	if _, err := sc.bw.Write(msg); err != nil {
+		return err
+	}
+	if err := sc.bw.Flush(); err != nil {
+		return err
+	}
+	return sc.syncAnswer(want, touched, nil)
+}
+
+// syncQuery returns the query that brings sc's settings to want ("" when
+// they match), and the keys it sets or resets. It records the values as set
+// (see syncFailed for when they are not).
+func (sc *serverConn) syncQuery(want map[string]string) (q string, touched []string) {
 	// set_config takes a value as the startup packet gives it; SET would
 	// quote a list such as search_path 'a, b' into one name.
-	var q strings.Builder
+	var b strings.Builder
 	for k, v := range want {
 		if cur, ok := sc.cur[k]; !ok || cur != v {
-			if q.Len() == 0 {
-				q.WriteString("SELECT ")
+			if b.Len() == 0 {
+				b.WriteString("SELECT ")
 			} else {
-				q.WriteString(", ")
+				b.WriteString(", ")
 			}
-			fmt.Fprintf(&q, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(k), quoteLiteral(v))
+			fmt.Fprintf(&b, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(k), quoteLiteral(v))
+			touched = append(touched, k)
 		}
 	}
-	if q.Len() > 0 {
-		q.WriteString(";")
+	if b.Len() > 0 {
+		b.WriteString(";")
 	}
 	var reset []string
 	for k := range sc.differs {
 		if _, wanted := want[k]; !wanted {
-			fmt.Fprintf(&q, "RESET %s;", quoteIdent(k))
+			fmt.Fprintf(&b, "RESET %s;", quoteIdent(k))
 			reset = append(reset, k)
 		}
 	}
-	if q.Len() == 0 {
-		return nil
+	if b.Len() == 0 {
+		return "", nil
 	}
 	// Values pgmux SET are not all reported back (search_path is not, before
-	// PostgreSQL 18), so record them now; reported ones are overwritten below.
+	// PostgreSQL 18), so record them now; reported ones are overwritten as
+	// the answer comes.
 	for k, v := range want {
 		sc.setCur(k, v)
 	}
 	for _, k := range reset {
 		sc.resetCur(k)
 	}
-	var pgErr *protocol.PgError
-	err := sc.simpleQuery(q.String(), func(typ byte, body []byte) {
-		switch typ {
-		case 'S':
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(body) == nil {
-				lk := strings.ToLower(ps.Name)
-				if _, ok := want[lk]; ok {
-					want[lk] = ps.Value // the server's spelling of the value
-				}
-			}
-		case 'E':
-			pgErr = decodeError(body)
+	return b.String(), append(touched, reset...)
+}
+
+// syncAnswer reads the rest of the answer to syncQuery's query, of which
+// the loop may have read part (failed: it held an error), and returns the
+// error the server sent, if any.
+func (sc *serverConn) syncAnswer(want map[string]string, touched []string, failed *protocol.PgError) error {
+	err := sc.readUntilReady(func(typ byte, body []byte) {
+		if e := sc.syncNote(want, typ, body); e != nil {
+			failed = e
 		}
 	})
-	if err != nil {
-		return err
+	if err == nil && failed != nil {
+		sc.syncFailed(touched)
+		return failed
 	}
-	if pgErr != nil {
-		return pgErr
+	return err
+}
+
+// syncNote takes in one message of the answer to syncQuery's query (other
+// than ReadyForQuery, and after noteMessage): the server's spelling of a
+// value it reports, or the error it sends.
+func (sc *serverConn) syncNote(want map[string]string, typ byte, body []byte) *protocol.PgError {
+	switch typ {
+	case 'S':
+		var ps pgproto3.ParameterStatus
+		if ps.Decode(body) == nil {
+			lk := strings.ToLower(ps.Name)
+			if _, ok := want[lk]; ok {
+				want[lk] = ps.Value // the server's spelling of the value
+			}
+		}
+	case 'E':
+		return decodeError(body)
 	}
 	return nil
+}
+
+// syncFailed records that the settings a failed syncQuery query touched are
+// as they were, which pgmux no longer knows: the query failed whole, but
+// syncQuery recorded them as set. Unknown, they are set or reset again by
+// the next sync.
+func (sc *serverConn) syncFailed(touched []string) {
+	sc.syncedFP = 0
+	for _, k := range touched {
+		delete(sc.cur, k)
+		if sc.differs == nil {
+			sc.differs = map[string]struct{}{}
+		}
+		sc.differs[k] = struct{}{}
+	}
 }
 
 // simpleQuery runs q and passes every response message to fn until
@@ -397,23 +446,33 @@ func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte)) error {
 		if err != nil {
 			return err
 		}
-		switch typ {
-		case 'Z':
-			if len(body) != 1 {
-				return errors.New("bad ReadyForQuery from server")
-			}
-			sc.txStatus, sc.copyIn = body[0], false
-			return nil
-		case 'S':
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(body) == nil {
-				sc.noteParam(ps.Name, ps.Value)
-			}
+		if ready, err := sc.noteMessage(typ, body); ready || err != nil {
+			return err
 		}
 		if fn != nil {
 			fn(typ, body)
 		}
 	}
+}
+
+// noteMessage notes what a message of sc's answer to pgmux's own query says
+// of the server (its transaction status, a setting) and reports whether it
+// was the ReadyForQuery that ends the answer.
+func (sc *serverConn) noteMessage(typ byte, body []byte) (ready bool, err error) {
+	switch typ {
+	case 'Z':
+		if len(body) != 1 {
+			return true, errors.New("bad ReadyForQuery from server")
+		}
+		sc.txStatus, sc.copyIn = body[0], false
+		return true, nil
+	case 'S':
+		var ps pgproto3.ParameterStatus
+		if ps.Decode(body) == nil {
+			sc.noteParam(ps.Name, ps.Value)
+		}
+	}
+	return false, nil
 }
 
 // forgetSession records that the server's session state is back to its

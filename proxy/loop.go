@@ -10,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"golang.org/x/sys/unix"
 
 	"github.com/pgmux/pgmux/pool"
@@ -49,6 +50,7 @@ type parker struct {
 	nparked int
 	inbox   []loopMsg
 	busy    bool // the loop is at work and will look at the inbox before it waits
+	ejects  int  // sessions ejected to a goroutine so far (see ejectTo)
 
 	// now is the time of the loop's latest wake-up, in Unix nanoseconds:
 	// the clock its sessions' statistics read (see session.now); mono is
@@ -151,6 +153,7 @@ const (
 	phaseIdle    loopPhase = iota // waiting for the client's query
 	phaseWaiting                  // queued for a server (lc.wait)
 	phaseActive                   // the query sent, relaying the answer
+	phaseSyncing                  // a server's settings being brought to the client's (lc.sync)
 )
 
 // loopState is a session's state in the loop, made the first time it enters.
@@ -171,7 +174,13 @@ type loopState struct {
 	ejected bool
 	mapped  bool       // what the client sent names prepared statements to map
 	out     loopWriter // the client writer's target in the loop
-	srvOut  loopWriter // the server writer's, while mapped messages are written
+	// sync is the server whose settings the loop brings to the session's
+	// while phaseSyncing, syncKeys the settings its query touches, and
+	// syncErr the error the server has answered it with so far.
+	sync     *pool.Lease[*serverConn]
+	syncKeys []string
+	syncErr  *protocol.PgError
+	srvOut   loopWriter // the server writer's, while mapped messages are written
 }
 
 // loopWriter is a writer's target while the loop relays: it writes what the
@@ -456,6 +465,7 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 	}
 	p.freeLocked(ss.parkToken)
 	p.nparked--
+	p.ejects++
 	if ss.parkTimer != nil {
 		ss.parkTimer.Stop()
 		ss.parkTimer = nil
@@ -472,7 +482,7 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 		lc.orphans++ // its server is on the way: given back when it comes
 	}
 	lc.queued = false
-	if lc.phase == phaseWaiting {
+	if lc.phase == phaseWaiting || lc.phase == phaseSyncing {
 		ss.waitingSince.Store(0)
 		ss.mu.Lock()
 		ss.binding = false
@@ -493,6 +503,9 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 // writes what the loop could not, then goes on as the goroutine path does.
 func (ss *session) resumeFromLoop() {
 	lc := ss.lc
+	if lc.sync != nil {
+		ss.finishSync()
+	}
 	if len(lc.spill) > 0 {
 		if _, err := ss.sock.Write(lc.spill); err != nil {
 			ss.hangUp() // the session ends at its next read
@@ -675,12 +688,10 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	// No look for a hang-up here (acquireLease's, one recvfrom per
 	// transaction under load): the client's socket stayed in the epoll set
 	// while it waited, and clientReady saw it hang up.
-	if sc.syncedFP != ss.settingsFP() || sc.sys == nil ||
-		ss.psOn && sc.prepared.len() > ss.srv.options().MaxPreparedStatements {
-		// Settings to bring in line (a server dialed since, or last used
-		// by a client with other settings), statements to trim: bind's.
-		// The loop read the request whole, so the goroutine may hand the
-		// session back as soon as it has served it.
+	if sc.sys == nil || ss.psOn && sc.prepared.len() > ss.srv.options().MaxPreparedStatements {
+		// Statements to trim: bind's. The loop read the request whole,
+		// so the goroutine may hand the session back as soon as it has
+		// served it.
 		releaseLease(lease)
 		p.ejectServed(ss)
 		return
@@ -689,9 +700,144 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	if queued {
 		ss.waitingSince.Store(0)
 	}
+	if sc.syncedFP != ss.settingsFP() {
+		// Settings to bring in line: a server dialed since, or last used
+		// by a client with other settings.
+		p.syncServer(ss, lease)
+		return
+	}
+	p.bindServer(ss, lease)
+}
+
+// bindServer makes lease, a server whose settings are the client's, the
+// session's, and sends it the client's request.
+func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) {
+	sc := lease.Conn()
 	sc.leased.Store(true)
 	ss.attach(lease)
 	p.send(ss, sc)
+}
+
+// syncServer sends lease's server the query that brings its settings to the
+// session's, as acquireSynced does, and waits in the loop for the answer
+// (syncAnswered) before it sends the client's request: one round trip, as
+// PgBouncer's, without a goroutine.
+func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
+	lc, sc := ss.lc, lease.Conn()
+	q, touched := sc.syncQuery(ss.want)
+	if q == "" {
+		sc.syncedFP = ss.settingsFP()
+		p.bindServer(ss, lease)
+		return
+	}
+	msg, _ := (&pgproto3.Query{String: q}).Encode(nil)
+	if n, err := sc.sys.TryWrite(msg); n < len(msg) || err != nil {
+		// A socket that does not take a small query at once (or failed)
+		// holds part of it: the server is no use to anyone.
+		destroyLease(lease)
+		p.ejectServed(ss) // the goroutine path takes another
+		return
+	}
+	lc.sync, lc.syncKeys, lc.syncErr = lease, touched, nil
+	lc.phase = phaseSyncing
+	if !p.watchServer(ss, sc) {
+		p.ejectServed(ss) // its goroutine reads the answer (finishSync)
+	}
+}
+
+// syncAnswered reads the answer to syncServer's query as far as it has
+// come, and at its end sends the client's request, or ejects the session
+// to the goroutine path, which tells the client the server's error.
+func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
+	lc := ss.lc
+	for more := true; more; {
+		free := sc.rd.Size() - sc.rd.Buffered()
+		n, err := sc.rd.FillFrom(sc.sys.TryRead)
+		switch {
+		case err == errWouldBlock:
+			more = false
+		case err != nil:
+			lease := lc.sync
+			lc.sync = nil
+			destroyLease(lease)
+			p.ejectServed(ss) // the goroutine path takes another
+			return
+		default:
+			more = n == free || hup
+		}
+		for sc.rd.Complete() {
+			typ, n, err := sc.rd.Next()
+			var body []byte
+			if err == nil {
+				body, err = sc.rd.Body(n)
+			}
+			var ready bool
+			if err == nil {
+				ready, err = sc.noteMessage(typ, body)
+			}
+			switch {
+			case err != nil:
+				lease := lc.sync
+				lc.sync = nil
+				destroyLease(lease)
+				p.ejectServed(ss)
+				return
+			case ready:
+				p.synced(ss)
+				return
+			}
+			if e := sc.syncNote(ss.want, typ, body); e != nil {
+				lc.syncErr = e
+			}
+		}
+	}
+}
+
+// synced goes on after the whole answer to syncServer's query.
+func (p *parker) synced(ss *session) {
+	lc := ss.lc
+	lease := lc.sync
+	sc := lease.Conn()
+	lc.sync = nil
+	p.unwatchServer(ss)
+	if lc.syncErr != nil || sc.txStatus != 'I' {
+		// The client asked for a setting the server refuses: the
+		// goroutine path asks again, and tells the client.
+		sc.syncFailed(lc.syncKeys)
+		if sc.txStatus == 'I' {
+			releaseLease(lease)
+		} else {
+			destroyLease(lease)
+		}
+		lc.syncErr = nil
+		p.ejectServed(ss)
+		return
+	}
+	sc.syncedFP = ss.settingsFP()
+	p.bindServer(ss, lease)
+}
+
+// finishSync reads, in the goroutine the session was ejected to, the rest
+// of the answer to the loop's syncServer query, and gives the server back
+// to the pool (its settings matched to the session's unless the server
+// refused them); the goroutine path then takes a server again.
+func (ss *session) finishSync() {
+	lc := ss.lc
+	lease := lc.sync
+	sc := lease.Conn()
+	lc.sync = nil
+	err := sc.syncAnswer(ss.want, lc.syncKeys, lc.syncErr)
+	lc.syncErr = nil
+	var pgErr *protocol.PgError
+	switch {
+	case err == nil:
+		sc.syncedFP = ss.settingsFP()
+		releaseLease(lease)
+	case errors.As(err, &pgErr) && sc.txStatus == 'I':
+		releaseLease(lease)
+	default:
+		destroyLease(lease)
+	}
 }
 
 // send writes what the client sent to sc, the session's server, as forward
@@ -817,6 +963,10 @@ func (p *parker) forgetServer(token uint64) {
 // said the server hung up or failed.
 func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 	lc := ss.lc
+	if lc.phase == phaseSyncing {
+		p.syncAnswered(ss, sc, hup)
+		return
+	}
 	if lc.phase != phaseActive {
 		if hup && lc.phase == phaseIdle {
 			// The server of a transaction left open has gone while

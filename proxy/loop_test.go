@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -282,13 +283,11 @@ func loggedIn(t *testing.T, p *testProxy) *rawClient {
 	return c
 }
 
-// TestLoopTakesBackAfterSettingsSync: a request the loop read whole but
-// cannot run at once, because the server it got was dialed for it and has
-// not had the client's settings brought in line, is served on the goroutine
-// path, and the session is back in the loop as soon as it has been
-// answered: it does not stay with a goroutine until the client speaks again
-// or a park sweep comes.
-func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
+// TestLoopSyncsDialedServer: a request the loop read whole but cannot run at
+// once, because the server it got was dialed for it and has not had the
+// client's settings brought in line, is served by the loop after it has
+// brought them: the session is not handed to a goroutine.
+func TestLoopSyncsDialedServer(t *testing.T) {
 	p := startLoopProxy(t)
 	holder, c := loggedIn(t, p), loggedIn(t, p)
 	// One server, warmed and then held in a transaction.
@@ -298,6 +297,7 @@ func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
 		}
 	}
 	waitFor(t, 2*time.Second, func() bool { return p.sessionOf(c).inLoop.Load() })
+	ejects := p.loopEjects()
 	// No idle server: one is dialed for c's query, its settings not yet
 	// brought in line.
 	if err := c.query("SELECT 2"); err != nil {
@@ -306,7 +306,9 @@ func TestLoopTakesBackAfterSettingsSync(t *testing.T) {
 	if ps := p.Pools(); len(ps) != 1 || ps[0].ServersActive+ps[0].ServersIdle != 2 {
 		t.Fatalf("pools %+v: want a second server, dialed for the query", ps)
 	}
-	waitFor(t, parkSweep/4, func() bool { return p.sessionOf(c).inLoop.Load() })
+	if n := p.loopEjects() - ejects; n != 0 || !p.sessionOf(c).inLoop.Load() {
+		t.Fatalf("%d ejects, in the loop %v: want the loop to have served it", n, p.sessionOf(c).inLoop.Load())
+	}
 	if err := holder.query("COMMIT"); err != nil {
 		t.Fatal(err)
 	}
@@ -392,5 +394,143 @@ func expectEnd(t *testing.T, c *rawClient) {
 	}
 	if fatal == "" {
 		t.Fatal("the connection closed without a FATAL error")
+	}
+}
+
+// loopEjects is how many sessions p's loop has ejected to a goroutine.
+func (p *testProxy) loopEjects() int {
+	p.parker.mu.Lock()
+	defer p.parker.mu.Unlock()
+	return p.parker.ejects
+}
+
+// appClient is a raw client logged in through p with application_name app,
+// whose requests the loop serves.
+func appClient(t *testing.T, p *testProxy, app string) *rawClient {
+	t.Helper()
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres", "application_name", app); err != nil {
+		t.Fatal(err)
+	}
+	p.loopServes(t, c)
+	return c
+}
+
+// TestLoopSyncsSettings: two clients with different settings take turns on
+// one server, so each of their transactions finds it matched to the other's.
+// The loop brings the settings in line itself, without handing either
+// session to a goroutine, and each client sees its own.
+func TestLoopSyncsSettings(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	a, b := appClient(t, p, "app-a"), appClient(t, p, "app-b")
+	ejects := p.loopEjects()
+	for i := range 10 {
+		for _, c := range []struct {
+			c   *rawClient
+			app string
+		}{{a, "app-a"}, {b, "app-b"}} {
+			got, err := c.c.value("SELECT current_setting('application_name')")
+			if err != nil || got != c.app {
+				t.Fatalf("round %d: %s sees application_name %q (%v)", i, c.app, got, err)
+			}
+		}
+	}
+	if n := p.loopEjects() - ejects; n != 0 {
+		t.Fatalf("%d sessions ejected to a goroutine for 20 transactions that each needed a settings sync; want 0", n)
+	}
+}
+
+// TestSyncRefusedForgetsSettings: a client whose settings the server refuses
+// gets a FATAL error, and the server it was tried on, given back to the
+// pool, is not taken to hold the settings of that failed query: the next
+// client asking for one of them gets it.
+func TestSyncRefusedForgetsSettings(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+	const tz = "Pacific/Chatham"
+	bad := dialRaw(t, p.addr)
+	if err := bad.startup(cluster.SuperUserName(), "postgres", "TimeZone", tz, "DateStyle", "garbage"); err != nil {
+		t.Fatal(err)
+	}
+	bad.fe.Send(&pgproto3.Query{String: "SELECT 1"})
+	if err := bad.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	bad.expectFatal(t, "22023") // invalid_parameter_value
+	good := dialRaw(t, p.addr)
+	if err := good.startup(cluster.SuperUserName(), "postgres", "TimeZone", tz); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		got, err := good.value("SHOW TimeZone")
+		if err != nil || got != tz {
+			t.Fatalf("TimeZone %q (%v), want %s", got, err, tz)
+		}
+	}
+}
+
+// TestLoopEjectedWhileSyncing: a session ejected while the loop waits for
+// the answer to its settings query (its client speaks out of turn) is served
+// by its goroutine, which reads the rest of that answer: the client gets
+// its answers with its settings, and the server, still sound, goes on
+// serving others with theirs.
+func TestLoopEjectedWhileSyncing(t *testing.T) {
+	if cluster.External() {
+		t.Skip("stops a server process: needs the test's own cluster")
+	}
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	a, b := appClient(t, p, "app-a"), appClient(t, p, "app-b")
+	pidText, err := a.value("SELECT pg_backend_pid()") // the server is matched to a's settings
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(pidText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server stopped, the loop's settings query for b goes unanswered.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	cont := func() {
+		if stopped {
+			stopped = false
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(cont)
+	ejects := p.loopEjects()
+	const q = "SELECT current_setting('application_name')"
+	for i := range 2 {
+		b.fe.Send(&pgproto3.Query{String: q})
+		if err := b.fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // for the loop to read it
+		switch n := p.loopEjects() - ejects; {
+		case i == 0 && n != 0:
+			t.Fatal("the loop handed the settings sync to a goroutine")
+		case i == 1 && n == 0:
+			t.Fatal("the client's second query, sent while its settings were synced, did not eject it")
+		}
+	}
+	cont()
+	for i := range 2 {
+		got, err := b.firstValue()
+		if err != nil || got != "app-b" {
+			t.Fatalf("b's answer %d: application_name %q (%v)", i, got, err)
+		}
+	}
+	if got, err := a.value(q); err != nil || got != "app-a" {
+		t.Fatalf("a after b: application_name %q (%v)", got, err)
+	}
+	if got, err := a.value("SELECT pg_backend_pid()"); err != nil || got != pidText {
+		t.Fatalf("a's server is %s (%v), want %s: the one stopped mid-sync should have served on", got, err, pidText)
 	}
 }

@@ -123,3 +123,38 @@ func sqlstate(err error) string {
 	}
 	return fmt.Sprintf("no SQLSTATE (%v)", err)
 }
+
+// value runs a simple query and returns the first column of its first row.
+func (r *rawClient) value(sql string) (string, error) {
+	r.fe.Send(&pgproto3.Query{String: sql})
+	if err := r.fe.Flush(); err != nil {
+		return "", err
+	}
+	return r.firstValue()
+}
+
+// firstValue reads the answer to one query up to ReadyForQuery and returns
+// the first column of its first row.
+func (r *rawClient) firstValue() (string, error) {
+	var v *string
+	for {
+		msg, err := r.fe.Receive()
+		if err != nil {
+			return "", err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			if v == nil && len(m.Values) > 0 {
+				s := string(m.Values[0])
+				v = &s
+			}
+		case *pgproto3.ErrorResponse:
+			return "", &protocol.PgError{Severity: m.Severity, Code: m.Code, Message: m.Message}
+		case *pgproto3.ReadyForQuery:
+			if v == nil {
+				return "", errors.New("no row")
+			}
+			return *v, nil
+		}
+	}
+}

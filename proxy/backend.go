@@ -3,8 +3,8 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -313,11 +313,10 @@ func (sc *serverConn) resetCur(k string) {
 // canonical spelling of each value so the next comparison is exact.
 // The caller owns sc and no reader goroutine is running on it.
 func (sc *serverConn) syncParams(want map[string]string) error {
-	q, touched := sc.syncQuery(want)
-	if q == "" {
+	msg, touched := sc.syncQuery(want, nil, nil)
+	if len(msg) == 0 {
 		return nil
 	}
-	msg, _ := (&pgproto3.Query{String: q}).Encode(nil)
 	if _, err := sc.bw.Write(msg); err != nil {
 		return err
 	}
@@ -327,47 +326,58 @@ func (sc *serverConn) syncParams(want map[string]string) error {
 	return sc.syncAnswer(want, touched, nil)
 }
 
-// syncQuery returns the query that brings sc's settings to want ("" when
-// they match), and the keys it sets or resets. It records the values as set
-// (see syncFailed for when they are not).
-func (sc *serverConn) syncQuery(want map[string]string) (q string, touched []string) {
+// syncQuery appends to msg the Query message that brings sc's settings to
+// want (nothing when they match), and to touched the keys it sets or
+// resets. It records the values as set (see syncFailed for when they are
+// not).
+func (sc *serverConn) syncQuery(want map[string]string, msg []byte, touched []string) ([]byte, []string) {
+	start, set := len(msg), len(touched)
+	msg = append(msg, 'Q', 0, 0, 0, 0)
+	body := len(msg)
 	// set_config takes a value as the startup packet gives it; SET would
 	// quote a list such as search_path 'a, b' into one name.
-	var b strings.Builder
 	for k, v := range want {
 		if cur, ok := sc.cur[k]; !ok || cur != v {
-			if b.Len() == 0 {
-				b.WriteString("SELECT ")
+			if len(touched) == set {
+				msg = append(msg, "SELECT "...)
 			} else {
-				b.WriteString(", ")
+				msg = append(msg, ", "...)
 			}
-			fmt.Fprintf(&b, "pg_catalog.set_config(%s, %s, false)", quoteLiteral(k), quoteLiteral(v))
+			msg = append(msg, "pg_catalog.set_config("...)
+			msg = appendLiteral(msg, k)
+			msg = append(msg, ", "...)
+			msg = appendLiteral(msg, v)
+			msg = append(msg, ", false)"...)
 			touched = append(touched, k)
 		}
 	}
-	if b.Len() > 0 {
-		b.WriteString(";")
+	if len(touched) > set {
+		msg = append(msg, ';')
 	}
-	var reset []string
+	wanted := len(touched)
 	for k := range sc.differs {
-		if _, wanted := want[k]; !wanted {
-			fmt.Fprintf(&b, "RESET %s;", quoteIdent(k))
-			reset = append(reset, k)
+		if _, ok := want[k]; !ok {
+			msg = append(msg, "RESET "...)
+			msg = appendIdent(msg, k)
+			msg = append(msg, ';')
+			touched = append(touched, k)
 		}
 	}
-	if b.Len() == 0 {
-		return "", nil
+	if len(msg) == body {
+		return msg[:start], touched
 	}
+	msg = append(msg, 0)
+	binary.BigEndian.PutUint32(msg[start+1:], uint32(len(msg)-start-1))
 	// Values pgmux SET are not all reported back (search_path is not, before
 	// PostgreSQL 18), so record them now; reported ones are overwritten as
 	// the answer comes.
-	for k, v := range want {
-		sc.setCur(k, v)
+	for _, k := range touched[set:wanted] {
+		sc.setCur(k, want[k])
 	}
-	for _, k := range reset {
+	for _, k := range touched[wanted:] {
 		sc.resetCur(k)
 	}
-	return b.String(), append(touched, reset...)
+	return msg, touched
 }
 
 // syncAnswer reads the rest of the answer to syncQuery's query, of which
@@ -532,7 +542,8 @@ func decodeError(body []byte) *protocol.PgError {
 	return &protocol.PgError{Severity: er.Severity, Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
 }
 
-func quoteIdent(s string) string {
+// appendIdent appends s quoted as an SQL identifier where it needs to be.
+func appendIdent(b []byte, s string) []byte {
 	plain := s != ""
 	for i, r := range s {
 		if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
@@ -540,14 +551,30 @@ func quoteIdent(s string) string {
 		}
 	}
 	if plain {
-		return s
+		return append(b, s...)
 	}
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+	return appendQuoted(b, s, '"')
 }
 
-func quoteLiteral(s string) string {
-	if strings.Contains(s, `\`) {
-		return `E'` + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), `'`, `''`) + `'`
+// appendLiteral appends s as an SQL string literal.
+func appendLiteral(b []byte, s string) []byte {
+	if strings.IndexByte(s, '\\') >= 0 {
+		b = append(b, 'E')
 	}
-	return `'` + strings.ReplaceAll(s, `'`, `''`) + `'`
+	return appendQuoted(b, s, '\'')
+}
+
+// appendQuoted appends s between quote characters q, with q doubled and, in
+// an E” literal, backslashes too.
+func appendQuoted(b []byte, s string, q byte) []byte {
+	esc := q == '\'' && strings.IndexByte(s, '\\') >= 0
+	b = append(b, q)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == q || esc && c == '\\' {
+			b = append(b, c)
+		}
+		b = append(b, c)
+	}
+	return append(b, q)
 }

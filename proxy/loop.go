@@ -10,7 +10,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"golang.org/x/sys/unix"
 
 	"github.com/pgmux/pgmux/pool"
@@ -65,6 +64,7 @@ type parker struct {
 	// than writerPool's per-P pinning at every transaction. Bounded by how
 	// many answers the loop relays at once (one per server).
 	writers []*bufio.Writer
+	syncBuf []byte // the loop's settings queries are made in (see syncServer)
 }
 
 // getWriter returns a client writer for a session in the loop.
@@ -724,13 +724,13 @@ func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) {
 // PgBouncer's, without a goroutine.
 func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 	lc, sc := ss.lc, lease.Conn()
-	q, touched := sc.syncQuery(ss.want)
-	if q == "" {
+	msg, touched := sc.syncQuery(ss.want, p.syncBuf[:0], lc.syncKeys[:0])
+	p.syncBuf = msg[:0]
+	if len(msg) == 0 {
 		sc.syncedFP = ss.settingsFP()
 		p.bindServer(ss, lease)
 		return
 	}
-	msg, _ := (&pgproto3.Query{String: q}).Encode(nil)
 	if n, err := sc.sys.TryWrite(msg); n < len(msg) || err != nil {
 		// A socket that does not take a small query at once (or failed)
 		// holds part of it: the server is no use to anyone.

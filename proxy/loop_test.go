@@ -425,13 +425,15 @@ func TestLoopSyncsSettings(t *testing.T) {
 	if !p.options().RelayLoop {
 		t.Skip("relay_loop is off")
 	}
-	a, b := appClient(t, p, "app-a"), appClient(t, p, "app-b")
+	// b's name needs quoting, and as an E'' literal.
+	const nameB = `b's \ app`
+	a, b := appClient(t, p, "app-a"), appClient(t, p, nameB)
 	ejects := p.loopEjects()
 	for i := range 10 {
 		for _, c := range []struct {
 			c   *rawClient
 			app string
-		}{{a, "app-a"}, {b, "app-b"}} {
+		}{{a, "app-a"}, {b, nameB}} {
 			got, err := c.c.value("SELECT current_setting('application_name')")
 			if err != nil || got != c.app {
 				t.Fatalf("round %d: %s sees application_name %q (%v)", i, c.app, got, err)

@@ -35,7 +35,7 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
   function v(x) { return x=="" ? "-" : x }
   { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k } tps[k","$4]=$6; p99[k","$4]=$8; cpu[k","$4]=$9 }
   END {
-    fmt="%-7s %-9s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %7s %7s %5s | %9s\n"
+    fmt="%-8s %-9s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %7s %7s %5s | %9s\n"
     printf fmt, "script","mode","clients","direct","pgbouncer","pgmux","mux/pgb","mux/dir","p99 dir","p99 pgb","p99 mux","cpu pgb","cpu mux","ratio","mux 2core"
     for (i=1;i<=n;i++) { k=order[i]; split(k, part, ",")
       printf fmt, part[1], part[2], part[3], v(tps[k",direct"]), v(tps[k",pgbouncer"]), v(tps[k",pgmux"]),

@@ -25,7 +25,8 @@
 #
 # Environment: BENCH_DURATION (seconds per point, default 10), BENCH_ROUNDS
 # (default 3), BENCH_CLIENTS (default "10 100 1000"), BENCH_IDLE (default
-# "1000 10000 100000"), BENCH_SCALE (pgbench scale, default 10).
+# "1000 10000 100000"), BENCH_SCALE (pgbench scale, default 10), BENCH_OUT
+# (where results go, default bench/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -37,7 +38,7 @@ CLIENTS=${BENCH_CLIENTS:-"10 100 1000"}
 IDLE=${BENCH_IDLE:-"1000 10000 100000"}
 SCALE=${BENCH_SCALE:-10}
 POOL=20
-OUT=bench/results
+OUT=${BENCH_OUT:-bench/results}
 mkdir -p "$OUT"
 
 need=()
@@ -186,23 +187,35 @@ point() {
   # is reported without the connection time either way.
   local duration=$DURATION
   [ "$target" = direct ] && [ "$clients" -ge 1000 ] && duration=$((DURATION + 30))
-  local args=(-h 127.0.0.1 -p "$port" -U postgres -c "$clients" -j 2 -T "$duration" -M "$mode" -n -l
+  # appnames: select-only from two pgbench at once, half the clients each,
+  # with application names a and b, so that a server is often matched to
+  # the other half's settings and is brought in line before a transaction.
+  local apps=(pgbench) each=$clients
+  [ "$workload" = appnames ] && apps=(a b) each=$((clients / 2))
+  local args=(-h 127.0.0.1 -p "$port" -U postgres -c "$each" -j 2 -T "$duration" -M "$mode" -n -l
     --log-prefix="$work/log" postgres)
-  [ "$workload" = select ] && args=(-S "${args[@]}")
-  rm -f "$work"/log.*
+  [ "$workload" != tpcb ] && args=(-S "${args[@]}")
+  rm -f "$work"/log.* "$work"/out.*
   local t0=0
   [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
-  local out
-  if ! out=$(PGSSLMODE=disable taskset -c 1 "$PGBENCH" "${args[@]}" 2>&1); then
+  local app failed=0
+  for app in "${apps[@]}"; do
+    PGAPPNAME=$app PGSSLMODE=disable taskset -c 1 "$PGBENCH" "${args[@]}" > "$work/out.$app" 2>&1 &
+  done
+  for app in "${apps[@]}"; do wait -n || failed=1; done
+  if [ $failed = 1 ]; then
     echo "bench: $workload -M $mode -c $clients via $target failed:" >&2
-    echo "$out" | tail -5 >&2
+    tail -q -n 5 "$work"/out.* >&2
     echo "$workload,$mode,$clients,$target,$round,,,,," >> "$CSV"
     return 0
   fi
+  # Summed over the pgbench runs: TPS, transactions; latency weighted by them.
   local tps lat n p99 cpu="" rss=""
-  tps=$(echo "$out" | awk -F'= ' '/^tps = .*without initial connection time/ {split($2,a," "); print a[1]}')
-  lat=$(echo "$out" | awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}')
-  n=$(echo "$out" | awk -F': ' '/number of transactions actually processed/ {print $2}')
+  read -r tps lat n < <(awk -F'= |: ' '
+    /^tps = .*without initial connection time/ {split($2,a," "); tps+=a[1]}
+    /^latency average/ {split($2,a," "); l=a[1]}
+    /number of transactions actually processed/ {n+=$2; ln+=l*$2}
+    END {printf "%f %.3f %d\n", tps, n ? ln/n : 0, n}' "$work"/out.*)
   if [ "${n:-0}" = 0 ]; then
     echo "bench: $workload -M $mode -c $clients via $target: no transaction within ${duration}s (connecting took it all)" >&2
   fi
@@ -213,7 +226,7 @@ point() {
     rss=$(rss_kb "$pid")
   fi
   echo "$workload,$mode,$clients,$target,$round,$tps,$lat,$p99,$cpu,$rss" >> "$CSV"
-  printf "  %-7s %-9s %5s clients  %-12s r%s %9s tps  p99 %8s ms  cpu %6s us/tx\n" "$workload" "$mode" "$clients" "$target" "$round" "$tps" "$p99" "${cpu:--}" >&2
+  printf "  %-8s %-9s %5s clients  %-12s r%s %9s tps  p99 %8s ms  cpu %6s us/tx\n" "$workload" "$mode" "$clients" "$target" "$round" "$tps" "$p99" "${cpu:--}" >&2
 }
 
 # poolers WORKLOAD MODE CLIENTS [TARGET...]: the point through each target
@@ -254,6 +267,10 @@ for c in $CLIENTS; do
 done
 point tpcb simple 100 direct "$pg_port"
 poolers tpcb simple 100
+if [[ " $CLIENTS " == *" 100 "* ]]; then
+  point appnames simple 100 direct "$pg_port"
+  poolers appnames simple 100
+fi
 
 # pgmux on both cores.
 stop_pid "$pgmux_pid"

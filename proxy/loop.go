@@ -556,7 +556,38 @@ func (p *parker) clientReady(ss *session) {
 		p.eject(ss) // EOF, an error, a message larger than the buffer: the goroutine tells
 		return
 	}
+	if b := ss.rd.BufferedBytes(); len(b) == protocol.HeaderLen && b[0] == 'X' && binary.BigEndian.Uint32(b[1:]) == 4 {
+		p.goodbye(ss)
+		return
+	}
 	p.startTx(ss)
+}
+
+// goodbye ends a session whose client has sent Terminate while idle, as its
+// goroutine would on reading it, but without a goroutine started to do it
+// (one a connection, for clients that connect for each transaction).
+func (p *parker) goodbye(ss *session) {
+	ss.mu.Lock()
+	held := ss.lease != nil
+	ss.mu.Unlock()
+	if held {
+		p.eject(ss) // a transaction left open: its goroutine settles the server
+		return
+	}
+	p.mu.Lock()
+	p.freeLocked(ss.parkToken)
+	p.nparked--
+	if ss.parkTimer != nil {
+		ss.parkTimer.Stop()
+		ss.parkTimer = nil
+	}
+	// Left in the epoll set: closing the socket takes it out.
+	ss.parkToken, ss.parkedFd = 0, -1
+	p.mu.Unlock()
+	ss.inLoop.Store(false)
+	ss.rd.Discard(protocol.HeaderLen)
+	ss.rd.Release()
+	ss.serveAndClose(errQuiet)
 }
 
 // scanResult is what scanClient makes of a client's buffered bytes.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"syscall"
@@ -534,5 +535,57 @@ func TestLoopEjectedWhileSyncing(t *testing.T) {
 	}
 	if got, err := a.value("SELECT pg_backend_pid()"); err != nil || got != pidText {
 		t.Fatalf("a's server is %s (%v), want %s: the one stopped mid-sync should have served on", got, err, pidText)
+	}
+}
+
+// TestLoopGoodbye: a client idle in the loop that sends Terminate is closed
+// by the loop itself, its server left in the pool for the next client. One
+// that leaves a transaction open is handed to its goroutine, which rolls
+// the transaction back before the server serves anyone else.
+func TestLoopGoodbye(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	terminate := func(c *rawClient) {
+		t.Helper()
+		c.fe.Send(&pgproto3.Terminate{})
+		if err := c.fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.fe.Receive(); !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("after Terminate: %v, want the connection closed", err)
+		}
+	}
+	c := loggedIn(t, p)
+	p.loopServes(t, c)
+	ejects := p.loopEjects()
+	terminate(c)
+	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 0 })
+	if n := p.loopEjects() - ejects; n != 0 {
+		t.Fatalf("%d sessions ejected to a goroutine to close a client that said goodbye; want 0", n)
+	}
+	p.parker.mu.Lock()
+	parked := p.parker.nparked
+	p.parker.mu.Unlock()
+	if parked != 0 {
+		t.Fatalf("the loop still counts %d sessions", parked)
+	}
+
+	open := loggedIn(t, p)
+	p.loopServes(t, open)
+	if err := open.query("BEGIN; SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	ejects = p.loopEjects()
+	terminate(open)
+	if p.loopEjects() == ejects {
+		t.Fatal("a client leaving a transaction open was not handed to its goroutine")
+	}
+	next := loggedIn(t, p)
+	// In a transaction left open now() would be its start, not this statement's.
+	if got, err := next.value("SELECT now() = statement_timestamp()"); err != nil || got != "t" {
+		t.Fatalf("the next client's statement: %q (%v), want a transaction of its own", got, err)
 	}
 }

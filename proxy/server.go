@@ -178,10 +178,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-			tc.SetKeepAlive(true)
-		}
+		// No SetNoDelay or SetKeepAlive: a TCP listener's Accept has set
+		// both (keepalive at Go's 15 s unless its ListenConfig says
+		// otherwise), and each is a system call a login.
 		n := s.clients.Add(1)
 		s.wg.Add(1) // both undone when the session closes (see serveAndClose)
 		go newSession(s, c, n > int64(s.options().MaxClientConn)).run()

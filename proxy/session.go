@@ -403,7 +403,7 @@ func (ss *session) login() error {
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	buf := make([]byte, 0, 512)
+	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it
 	for _, name := range names {
 		v := params[name]
 		if w, ok := ss.want[strings.ToLower(name)]; ok {

@@ -23,9 +23,10 @@ import (
 // on the descriptor's number itself, without the net.Conn's reference count
 // and poller reset around every call. That is safe only while the
 // descriptor cannot be closed under them, and its number given to another
-// connection: a session's client socket is closed only by the goroutine
-// that ends the session, never while the loop serves it (others call
-// shutdown), and a server's only by its lease's holder.
+// connection: a session's client socket is closed only by whoever ends the
+// session, its goroutine or the loop (see goodbye), never while the loop
+// may still read it (others call shutdown), and a server's only by its
+// lease's holder.
 type sysConn struct {
 	raw syscall.RawConn
 	fd  uintptr

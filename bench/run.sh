@@ -209,13 +209,17 @@ point() {
     echo "$workload,$mode,$clients,$target,$round,,,,," >> "$CSV"
     return 0
   fi
-  # Summed over the pgbench runs: TPS, transactions; latency weighted by them.
+  # Summed over the pgbench runs: TPS, transactions; latency weighted by them
+  # (pgbench prints a run's count before its average, so each run is added
+  # up when the next begins, and at the end).
   local tps lat n p99 cpu="" rss=""
   read -r tps lat n < <(awk -F'= |: ' '
+    function add() { all += n; sum += l * n; n = 0; l = 0 }
+    FNR == 1 {add()}
     /^tps = .*without initial connection time/ {split($2,a," "); tps+=a[1]}
     /^latency average/ {split($2,a," "); l=a[1]}
-    /number of transactions actually processed/ {n+=$2; ln+=l*$2}
-    END {printf "%f %.3f %d\n", tps, n ? ln/n : 0, n}' "$work"/out.*)
+    /number of transactions actually processed/ {n=$2}
+    END {add(); printf "%f %.3f %d\n", tps, all ? sum/all : 0, all}' "$work"/out.*)
   if [ "${n:-0}" = 0 ]; then
     echo "bench: $workload -M $mode -c $clients via $target: no transaction within ${duration}s (connecting took it all)" >&2
   fi

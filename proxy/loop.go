@@ -782,19 +782,13 @@ func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 	lc := ss.lc
 	for more := true; more; {
-		free := sc.rd.Size() - sc.rd.Buffered()
-		n, err := sc.rd.FillFrom(sc.sys.TryRead)
-		switch {
-		case err == errWouldBlock:
-			more = false
-		case err != nil:
+		var err error
+		if more, err = sc.fill(hup); err != nil {
 			lease := lc.sync
 			lc.sync = nil
 			destroyLease(lease)
 			p.ejectServed(ss) // the goroutine path takes another
 			return
-		default:
-			more = n == free || hup
 		}
 		for sc.rd.Complete() {
 			typ, n, err := sc.rd.Next()
@@ -1012,22 +1006,11 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 		}
 		return
 	}
-	// Edge-triggered: read until a read comes back short (the socket had
-	// no more) or would block. After a hang-up, read on to the end of
-	// file: no later edge would come for it, and the loop would wait
-	// for ever on a server that has gone (its last words, a FATAL error
-	// say, read and the end of file left unseen).
 	for more := true; more; {
-		free := sc.rd.Size() - sc.rd.Buffered()
-		n, err := sc.rd.FillFrom(sc.sys.TryRead)
-		switch {
-		case err == errWouldBlock:
-			more = false
-		case err != nil:
+		var err error
+		if more, err = sc.fill(hup); err != nil {
 			p.eject(ss) // EOF, an error, a message larger than the buffer: awaitServer's
 			return
-		default:
-			more = n == free || hup
 		}
 		if !p.relayAnswer(ss, sc) {
 			return
@@ -1036,6 +1019,25 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 	if len(lc.spill) > 0 {
 		p.eject(ss) // the client reads slowly: a goroutine waits for it
 	}
+}
+
+// fill reads what sc's socket holds into sc.rd for the loop, and reports
+// whether to read again before the next event. Edge-triggered, the loop
+// reads until a read comes back short (the socket had no more) or would
+// block. After a hang-up it reads on to the end of file: no later edge would
+// come for it, and the loop would wait for ever on a server that has gone
+// (its last words, a FATAL error say, read and the end of file left unseen).
+// err is the end of file, a failure, or a message larger than the buffer.
+func (sc *serverConn) fill(hup bool) (more bool, err error) {
+	free := sc.rd.Size() - sc.rd.Buffered()
+	n, err := sc.rd.FillFrom(sc.sys.TryRead)
+	switch {
+	case err == errWouldBlock:
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return n == free || hup, nil
 }
 
 // awaitClient arms the timeout of the session's wait for its client's next

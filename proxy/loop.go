@@ -784,10 +784,7 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 	for more := true; more; {
 		var err error
 		if more, err = sc.fill(hup); err != nil {
-			lease := lc.sync
-			lc.sync = nil
-			destroyLease(lease)
-			p.ejectServed(ss) // the goroutine path takes another
+			p.syncBroken(ss)
 			return
 		}
 		for sc.rd.Complete() {
@@ -802,10 +799,7 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 			}
 			switch {
 			case err != nil:
-				lease := lc.sync
-				lc.sync = nil
-				destroyLease(lease)
-				p.ejectServed(ss)
+				p.syncBroken(ss)
 				return
 			case ready:
 				p.synced(ss)
@@ -816,6 +810,14 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 			}
 		}
 	}
+}
+
+// syncBroken closes the server whose answer to syncServer's query could not
+// be read, and ejects the session: the goroutine path takes another.
+func (p *parker) syncBroken(ss *session) {
+	destroyLease(ss.lc.sync)
+	ss.lc.sync = nil
+	p.ejectServed(ss)
 }
 
 // synced goes on after the whole answer to syncServer's query.

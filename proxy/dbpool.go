@@ -25,8 +25,8 @@ type dbPool struct {
 	db   Database
 	pool atomic.Pointer[pool.Pool[*serverConn]]
 
-	mu      sync.Mutex // guards following
-	params  map[string]string
+	mu      sync.Mutex    // guards following
+	params  []serverParam // the server's settings at connect, by name (see serverParams)
 	servers map[*serverConn]struct{}
 	errors  map[string]int64 // ErrorResponse from servers, by SQLSTATE class
 

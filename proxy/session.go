@@ -10,7 +10,7 @@ import (
 	"io"
 	"maps"
 	"net"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -398,18 +398,13 @@ func (ss *session) login() error {
 	}
 	ss.srv.register(ss)
 	// Show the client the server's parameters as its own settings make them.
-	names := make([]string, 0, len(params))
-	for k := range params {
-		names = append(names, k)
-	}
-	sort.Strings(names)
 	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it
-	for _, name := range names {
-		v := params[name]
-		if w, ok := ss.want[strings.ToLower(name)]; ok {
+	for _, p := range params {
+		v := p.value
+		if w, ok := ss.want[p.key]; ok {
 			v = w
 		}
-		buf, _ = (&pgproto3.ParameterStatus{Name: name, Value: v}).Encode(buf)
+		buf, _ = (&pgproto3.ParameterStatus{Name: p.name, Value: v}).Encode(buf)
 	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: be32(ss.secret)}).Encode(buf)
 	buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
@@ -622,9 +617,15 @@ func (ss *session) authSCRAM(secret *protocol.ScramSecret, failed error) error {
 	return nil
 }
 
+// serverParam is a parameter a server reports at its start: its name as
+// the server spells it, lower-cased (as the keys of session.want), and its
+// value.
+type serverParam struct{ name, key, value string }
+
 // serverParams returns the parameters a server of the session's pool reports
-// at its start, connecting once per pool to learn them.
-func (ss *session) serverParams() (map[string]string, error) {
+// at its start, by name, connecting once per pool to learn them. Kept sorted,
+// they are not sorted again at every login.
+func (ss *session) serverParams() ([]serverParam, error) {
 	p := ss.pool
 	p.mu.Lock()
 	params := p.params
@@ -637,11 +638,12 @@ func (ss *session) serverParams() (map[string]string, error) {
 		return nil, err
 	}
 	sc := lease.Conn()
-	params = make(map[string]string, len(sc.base))
+	params = make([]serverParam, 0, len(sc.base))
 	for lk, v := range sc.base {
-		params[sc.names[lk]] = v
+		params = append(params, serverParam{name: sc.names[lk], key: lk, value: v})
 	}
 	releaseLease(lease)
+	slices.SortFunc(params, func(a, b serverParam) int { return strings.Compare(a.name, b.name) })
 	p.mu.Lock()
 	p.params = params
 	p.mu.Unlock()

@@ -90,6 +90,13 @@ func TestStartupParamsFollowClient(t *testing.T) {
 			if got := conn.PgConn().ParameterStatus("application_name"); got != w.app {
 				return fmt.Errorf("%s: ParameterStatus application_name at login = %q", w.app, got)
 			}
+			// The server's spelling, and the client's value for it.
+			if got := conn.PgConn().ParameterStatus("TimeZone"); got != w.tz {
+				return fmt.Errorf("%s: ParameterStatus TimeZone at login = %q, want %q", w.app, got, w.tz)
+			}
+			if got := conn.PgConn().ParameterStatus("server_version"); got == "" {
+				return fmt.Errorf("%s: no ParameterStatus server_version at login", w.app)
+			}
 			for n := range 30 {
 				var app, tz, path string
 				var pid int

@@ -45,6 +45,7 @@ type Config struct {
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
 	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
 	RelayLoop              bool                `mapstructure:"relay_loop"`
+	IOURing                bool                `mapstructure:"io_uring"`
 	LogLevel               string              `mapstructure:"log_level"`
 	Databases              map[string]Database `mapstructure:"databases"`
 }
@@ -80,6 +81,7 @@ func Default() Config {
 		MaxPacketSize:         1 << 30,
 		MaxPreparedStatements: 200,
 		RelayLoop:             true,
+		IOURing:               true,
 		LogLevel:              "info",
 	}
 }

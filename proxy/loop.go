@@ -65,6 +65,8 @@ type parker struct {
 	// many answers the loop relays at once (one per server).
 	writers []*bufio.Writer
 	syncBuf []byte // the loop's settings queries are made in (see syncServer)
+	sendq   sendQueue
+	toEject []*session // sessions a flush of sendq found a short send for
 }
 
 // getWriter returns a client writer for a session in the loop.
@@ -183,12 +185,16 @@ type loopState struct {
 	srvOut   loopWriter // the server writer's, while mapped messages are written
 }
 
-// loopWriter is a writer's target while the loop relays: it writes what the
-// socket takes now and keeps the rest in spill, for the goroutine the
-// session is then ejected to, so the loop never waits on a peer.
+// loopWriter is a writer's target while the loop relays: it queues what is
+// written for the end of the loop's turn (see sendQueue), and what the
+// socket does not take then is kept in spill, for the goroutine the session
+// is then ejected to, so the loop never waits on a peer.
 type loopWriter struct {
-	sock  *sysConn
-	spill *[]byte
+	ss     *session
+	sock   *sysConn
+	spill  *[]byte
+	at     int32 // the writer's send in the loop's queue, plus one; 0: none
+	server bool  // the session's server's (else its client's)
 }
 
 func (w *loopWriter) Write(p []byte) (int, error) {
@@ -196,12 +202,7 @@ func (w *loopWriter) Write(p []byte) (int, error) {
 		*w.spill = append(*w.spill, p...)
 		return len(p), nil
 	}
-	n, err := w.sock.TryWrite(p)
-	if err == errWouldBlock {
-		*w.spill = append(*w.spill, p[n:]...)
-		return len(p), nil
-	}
-	return n, err
+	return w.ss.srv.parker.queueSend(w, p)
 }
 
 func newParker(srv *Server) *parker {
@@ -233,6 +234,7 @@ func (p *parker) start() bool {
 			return
 		}
 		p.epfd, p.ok = fd, true
+		p.sendq = newSendQueue(!p.srv.options().NoIOURing, p.srv.log)
 		go p.loop(f, raw)
 	})
 	return p.ok
@@ -251,8 +253,8 @@ func (p *parker) park(ss *session) bool {
 			return false
 		}
 		lc := &loopState{cs: cs}
-		lc.out = loopWriter{sock: cs, spill: &lc.spill}
-		lc.srvOut.spill = &lc.toServer
+		lc.out = loopWriter{ss: ss, sock: cs, spill: &lc.spill}
+		lc.srvOut = loopWriter{ss: ss, spill: &lc.toServer, server: true}
 		lc.wait = pool.NewWaiter(func(l *pool.Lease[*serverConn], err error) {
 			p.post(loopMsg{ss: ss, lease: l, err: err})
 		})
@@ -323,6 +325,7 @@ var wakeByte = []byte{1}
 
 func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 	defer f.Close()
+	defer p.sendq.close()
 	events := make([]syscall.EpollEvent, 256)
 	var n int
 	wait := func(uintptr) bool {
@@ -355,6 +358,7 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 				token := *(*uint64)(unsafe.Pointer(&ev.Fd))
 				if server := token == 0 || token&srvBit != 0; server == (pass == 0) {
 					p.event(token, ev.Events)
+					p.ejectPending()
 				}
 			}
 		}
@@ -369,9 +373,12 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 			p.mu.Unlock()
 			for i, m := range inbox {
 				p.handle(m)
+				p.ejectPending()
 				inbox[i] = loopMsg{}
 			}
 		}
+		p.flushSends()
+		p.ejectPending()
 	}
 }
 
@@ -491,9 +498,10 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 	}
 	lc.phase = phaseIdle
 	if ss.bw != nil {
-		ss.bw.Flush() // into lc.spill what the client does not take now
+		ss.bw.Flush() // into the loop's queue
 		ss.bw.Reset(ss.sock)
 	}
+	p.flushSends() // what the client does not take now into lc.spill
 	ss.inLoop.Store(false)
 	lc.ejected = mustRead
 	go ss.resumeFromLoop()
@@ -585,6 +593,7 @@ func (p *parker) goodbye(ss *session) {
 	ss.parkToken, ss.parkedFd = 0, -1
 	p.mu.Unlock()
 	ss.inLoop.Store(false)
+	p.flushSends() // before the socket closes
 	ss.rd.Discard(protocol.HeaderLen)
 	ss.rd.Release()
 	ss.serveAndClose(errQuiet)
@@ -890,11 +899,8 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	}
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
-	n, err := sc.sys.TryWrite(buf)
-	if err == errWouldBlock {
-		lc.toServer = append(lc.toServer[:0], buf[n:]...) // the goroutine writes it
-		err = nil
-	}
+	lc.srvOut.sock = sc.sys
+	_, err := lc.srvOut.Write(buf) // what the socket does not take into lc.toServer
 	ss.rd.Discard(len(buf))
 	ss.rd.Release()
 	if err != nil {

@@ -18,9 +18,21 @@ import (
 // gets all of it, in order, and the others are served meanwhile: the loop
 // keeps what the client's socket does not take and hands the slow one to a
 // goroutine rather than wait for it. Afterwards the slow client is served
-// again as usual.
+// again as usual. Run with the loop's sends made through io_uring (where the
+// kernel allows it) and with sendto.
 func TestLoopSlowReader(t *testing.T) {
-	_, slow, other := twoClients(t, 2)
+	for _, uring := range []bool{true, false} {
+		name := map[bool]string{true: "io_uring", false: "sendto"}[uring]
+		t.Run(name, func(t *testing.T) { testLoopSlowReader(t, uring) })
+	}
+}
+
+func testLoopSlowReader(t *testing.T, uring bool) {
+	p := startProxy(t, func(o *Options, db *Database) {
+		db.PoolSize = 2
+		o.NoIOURing = !uring
+	})
+	slow, other := loggedIn(t, p), loggedIn(t, p)
 	// Both servers' settings brought in line with the clients' (the same):
 	// a server's first use runs on the goroutine path, the next ones in the
 	// loop.
@@ -66,6 +78,22 @@ func TestLoopSlowReader(t *testing.T) {
 	if err := slow.query("SELECT 1"); err != nil {
 		t.Fatalf("the slow client afterwards: %v", err)
 	}
+	if p.options().RelayLoop && p.loopEjects() == 0 {
+		t.Fatal("the slow client was never handed to a goroutine")
+	}
+	if p.parker.start() && (p.parker.sendq.ring != nil) != uring && newSendRingOK() {
+		t.Fatalf("io_uring wanted %v, ring made %v", uring, p.parker.sendq.ring != nil)
+	}
+}
+
+// newSendRingOK reports whether this machine's kernel gives the loop a ring.
+func newSendRingOK() bool {
+	r, err := newSendRing()
+	if err != nil {
+		return false
+	}
+	r.close()
+	return true
 }
 
 // FuzzScanClient: whatever a client sends, the loop's look at it does not

@@ -74,6 +74,7 @@ func startProxy(t testing.TB, edit func(o *Options, db *Database)) *testProxy {
 		ServerResetQuery:      "DISCARD ALL",
 		MaxPreparedStatements: 200,
 		RelayLoop:             os.Getenv("PGMUX_TEST_RELAY_LOOP") != "0",
+		NoIOURing:             os.Getenv("PGMUX_TEST_IO_URING") == "0",
 	}
 	if edit != nil {
 		edit(&o, &db)

@@ -81,6 +81,9 @@ type Options struct {
 	// RelayLoop serves transaction-mode clients' ordinary transactions in
 	// an event loop instead of a goroutine per client (see loop.go).
 	RelayLoop bool
+	// NoIOURing makes the relay loop's sends with one sendto each, even
+	// where the kernel offers io_uring (see sendQueue).
+	NoIOURing bool
 }
 
 func (o *Options) defaults() {

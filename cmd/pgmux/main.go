@@ -260,6 +260,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		ServerResetQuery:       cfg.ServerResetQuery,
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
 		RelayLoop:              cfg.RelayLoop,
+		NoIOURing:              !cfg.IOURing,
 		Registerer:             a.reg,
 		ReadyDatabases:         cfg.ReadyDatabases(),
 		AdminUsers:             cfg.AdminUsers,

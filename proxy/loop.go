@@ -24,7 +24,12 @@ import (
 // server without blocking (pool.AcquireAsync), writes the query, relays the
 // answer up to ReadyForQuery and gives the server back (or keeps it while a
 // transaction is open) — no goroutine woken per message, and one look at
-// every ready socket per wake-up. Anything out of the ordinary (COPY, a
+// every ready socket per wake-up. Where io_uring allows it, a wake-up's
+// reads are made with one system call before its events are served
+// (readAhead), and a turn's writes with one more at its end (sendQueue):
+// on a machine where each system call switches page tables and empties
+// the TLB, the calls saved are a quarter or more of the pooler's CPU a
+// transaction (README.md, Benchmarks, session 14). Anything out of the ordinary (COPY, a
 // Flush, DEALLOCATE or DISCARD, a client that reads slowly, a query larger
 // than a buffer, a hang-up, a drain, a pause, settings to bring in line, an
 // error) ejects the session to a goroutine of its own at a message boundary, with its state as the goroutine path keeps it, and the
@@ -50,6 +55,7 @@ type parker struct {
 	inbox   []loopMsg
 	busy    bool // the loop is at work and will look at the inbox before it waits
 	ejects  int  // sessions ejected to a goroutine so far (see ejectTo)
+	aheads  int  // wake-ups whose reads were made ahead (see readAhead)
 
 	// now is the time of the loop's latest wake-up, in Unix nanoseconds:
 	// the clock its sessions' statistics read (see session.now); mono is
@@ -66,7 +72,8 @@ type parker struct {
 	writers []*bufio.Writer
 	syncBuf []byte // the loop's settings queries are made in (see syncServer)
 	sendq   sendQueue
-	toEject []*session // sessions a flush of sendq found a short send for
+	toEject []*session  // sessions a flush of sendq found a short send for
+	ahead   []readAhead // the reads made ahead at this wake-up
 }
 
 // getWriter returns a client writer for a session in the loop.
@@ -346,6 +353,7 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 		p.mu.Lock()
 		p.busy = true
 		p.mu.Unlock()
+		p.readAhead(events[:n])
 		// Servers first: their answers go to the clients, and the servers
 		// back to the pool, before any query read in this turn is sent.
 		// Sending one wakes a backend, which may take the loop's core for
@@ -362,6 +370,7 @@ func (p *parker) loop(f *os.File, raw syscall.RawConn) {
 				}
 			}
 		}
+		p.dropAhead()
 		for {
 			p.mu.Lock()
 			inbox, p.inbox = p.inbox, inbox[:0]
@@ -556,7 +565,10 @@ func (p *parker) clientReady(ss *session) {
 		p.eject(ss)
 		return
 	}
-	_, err := ss.rd.FillFrom(lc.cs.TryRead)
+	_, _, err, ahead := p.takeAhead(lc.cs)
+	if !ahead {
+		_, err = ss.rd.FillFrom(lc.cs.TryRead)
+	}
 	switch {
 	case err == errWouldBlock:
 		return
@@ -1037,8 +1049,11 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 // (its last words, a FATAL error say, read and the end of file left unseen).
 // err is the end of file, a failure, or a message larger than the buffer.
 func (sc *serverConn) fill(hup bool) (more bool, err error) {
-	free := sc.rd.Size() - sc.rd.Buffered()
-	n, err := sc.rd.FillFrom(sc.sys.TryRead)
+	n, free, err, ahead := sc.loop.takeAhead(sc.sys)
+	if !ahead {
+		free = sc.rd.Size() - sc.rd.Buffered()
+		n, err = sc.rd.FillFrom(sc.sys.TryRead)
+	}
 	switch {
 	case err == errWouldBlock:
 		return false, nil

@@ -20,11 +20,14 @@ import (
 // goroutine rather than wait for it. Afterwards the slow client is served
 // again as usual. Run with the loop's sends made through io_uring (where the
 // kernel allows it) and with sendto.
-func TestLoopSlowReader(t *testing.T) {
-	for _, uring := range []bool{true, false} {
-		name := map[bool]string{true: "io_uring", false: "sendto"}[uring]
-		t.Run(name, func(t *testing.T) { testLoopSlowReader(t, uring) })
-	}
+func TestLoopSlowReader(t *testing.T) { withAndWithoutRing(t, testLoopSlowReader) }
+
+// withAndWithoutRing runs test with the loop's sends and reads batched
+// through io_uring (where the kernel allows it; see ioRing), and with one
+// system call each.
+func withAndWithoutRing(t *testing.T, test func(t *testing.T, uring bool)) {
+	t.Run("io_uring", func(t *testing.T) { test(t, true) })
+	t.Run("syscalls", func(t *testing.T) { test(t, false) })
 }
 
 func testLoopSlowReader(t *testing.T, uring bool) {
@@ -88,7 +91,7 @@ func testLoopSlowReader(t *testing.T, uring bool) {
 
 // newSendRingOK reports whether this machine's kernel gives the loop a ring.
 func newSendRingOK() bool {
-	r, err := newSendRing()
+	r, err := newIORing()
 	if err != nil {
 		return false
 	}
@@ -615,5 +618,51 @@ func TestLoopGoodbye(t *testing.T) {
 	// In a transaction left open now() would be its start, not this statement's.
 	if got, err := next.value("SELECT now() = statement_timestamp()"); err != nil || got != "t" {
 		t.Fatalf("the next client's statement: %q (%v), want a transaction of its own", got, err)
+	}
+}
+
+// TestLoopReadsAhead: many clients whose queries reach the loop together
+// (each sends before any reads) each get their own answer, whole, when the
+// loop reads their sockets and their servers' ahead of serving them, with
+// one io_uring call a wake-up (readAhead); with io_uring off it reads each
+// itself.
+func TestLoopReadsAhead(t *testing.T) { withAndWithoutRing(t, testLoopReadsAhead) }
+
+func testLoopReadsAhead(t *testing.T, uring bool) {
+	p := startProxy(t, func(o *Options, db *Database) {
+		db.PoolSize = 4
+		o.NoIOURing = !uring
+	})
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	clients := make([]*rawClient, 16)
+	for i := range clients {
+		clients[i] = loggedIn(t, p)
+		p.loopServes(t, clients[i])
+	}
+	for round := range 40 {
+		for i, c := range clients {
+			c.fe.Send(&pgproto3.Query{String: "SELECT " + strconv.Itoa(round*100+i) + ", repeat('y', " + strconv.Itoa(i*300) + ")"})
+			if err := c.fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, c := range clients {
+			v, err := c.firstValue()
+			if want := strconv.Itoa(round*100 + i); err != nil || v != want {
+				t.Fatalf("round %d, client %d: got %q, %v; want %s", round, i, v, err, want)
+			}
+		}
+	}
+	p.parker.mu.Lock()
+	aheads := p.parker.aheads
+	p.parker.mu.Unlock()
+	t.Logf("wake-ups with reads made ahead: %d", aheads)
+	switch {
+	case !uring && aheads > 0:
+		t.Fatalf("%d wake-ups read ahead with io_uring off", aheads)
+	case uring && newSendRingOK() && aheads == 0:
+		t.Fatal("the loop never read ahead")
 	}
 }

@@ -2,12 +2,13 @@ package proxy
 
 import (
 	"syscall"
+	"unsafe"
 
 	"go.uber.org/zap"
 )
 
 // sendQueue holds the relay loop's sends of one turn until its end, and
-// then makes them together: with io_uring (sendRing) one system call for
+// then makes them together: with io_uring (ioRing) one system call for
 // all of them, else one sendto each. The bytes are copied in, so the
 // buffers they came from are free at once; the results come back at the
 // flush, where a socket that did not take all (a client that reads slowly)
@@ -18,9 +19,10 @@ import (
 // socket or close it: the loop flushes at the end of each turn, and before
 // it hands a session to a goroutine (ejectTo) or closes a client (goodbye).
 type sendQueue struct {
-	ring *sendRing // nil: io_uring unusable here
+	ring *ioRing // nil: io_uring unusable here
 	buf  []byte
 	ents []queuedSend
+	ops  []ringOp // the ring's, for ents or for readAhead
 }
 
 // queuedSend is one socket's bytes in a sendQueue.
@@ -38,13 +40,13 @@ const sendQueueBytes = 64 << 10
 // newSendQueue makes the loop's queue, with a ring if uring and the kernel
 // allow; log says which.
 func newSendQueue(uring bool, log *zap.Logger) sendQueue {
-	q := sendQueue{buf: make([]byte, 0, sendQueueBytes), ents: make([]queuedSend, 0, sendRingEntries)}
+	q := sendQueue{buf: make([]byte, 0, sendQueueBytes), ents: make([]queuedSend, 0, ringEntries)}
 	if !uring {
 		log.Info("relay loop sends with sendto (io_uring off)")
 		return q
 	}
 	var err error
-	if q.ring, err = newSendRing(); err != nil {
+	if q.ring, err = newIORing(); err != nil {
 		log.Info("relay loop sends with sendto: io_uring unusable here", zap.Error(err))
 	} else {
 		log.Info("relay loop sends through io_uring")
@@ -100,7 +102,16 @@ func (p *parker) flushSends() {
 		return
 	}
 	if q.ring != nil && len(q.ents) > 1 {
-		q.ring.sendAll(q.buf, q.ents, true) // on an error, what it did not send goes below
+		ops := q.ops[:0]
+		for _, e := range q.ents {
+			ops = append(ops, ringOp{addr: unsafe.Pointer(&q.buf[e.off]), fd: e.fd, n: uint32(e.n), op: ioOpSend, res: resUnknown})
+		}
+		q.ring.do(ops, true) // on an error, what it did not send goes below
+		for i := range ops {
+			q.ents[i].res = ops[i].res
+			ops[i] = ringOp{}
+		}
+		q.ops = ops[:0]
 	}
 	for i := range q.ents {
 		e := &q.ents[i]

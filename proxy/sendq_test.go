@@ -16,12 +16,7 @@ import (
 // is kept, in order, in its writer's spill and its session marked for a
 // goroutine; a failed server socket marks its session's server torn. With
 // io_uring (where the kernel allows it) and with sendto.
-func TestSendQueue(t *testing.T) {
-	for _, uring := range []bool{true, false} {
-		name := map[bool]string{true: "io_uring", false: "sendto"}[uring]
-		t.Run(name, func(t *testing.T) { testSendQueue(t, uring) })
-	}
-}
+func TestSendQueue(t *testing.T) { withAndWithoutRing(t, testSendQueue) }
 
 func testSendQueue(t *testing.T, uring bool) {
 	p := &parker{sendq: newSendQueue(uring, zaptest.NewLogger(t))}

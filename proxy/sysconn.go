@@ -32,6 +32,7 @@ type sysConn struct {
 	fd  uintptr
 	// A reader and a writer may run at once: each has its own state.
 	rd, wr sysOp
+	ahead  int32 // the loop's read ahead of this socket, plus one (see readAhead)
 }
 
 // sysOp is one direction's call in progress.

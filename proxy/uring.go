@@ -10,15 +10,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sendRing is an io_uring put to one use: making the relay loop's sends of
-// a turn with one system call (see sendQueue). Each send is made with
-// MSG_DONTWAIT, so the kernel makes it at once, inline in the call, and
-// never waits for room: what a socket does not take comes back as a short
-// count or EAGAIN, as from sendto. On this kind of machine (a guest whose
-// every system call switches page tables) a turn's ten sends cost 4.2 µs
-// each this way against 6.6 with sendto; one alone costs more (8.9 against
-// 6.7), so a lone send still goes by sendto.
-type sendRing struct {
+// ioRing is an io_uring put to one use: making the relay loop's sends of a
+// turn, and its reads at a wake-up, with one system call each (see
+// sendQueue and readAhead). Each is made with MSG_DONTWAIT, so the kernel
+// makes it at once, inline in the call, and never waits for data or room:
+// what a socket does not take or hold comes back as a short count or EAGAIN,
+// as from sendto and recvfrom. On this kind of machine (a guest whose every
+// system call switches page tables) a turn's ten sends cost 4.2 µs each
+// this way against 6.6 with sendto; one alone costs more (8.9 against 6.7),
+// so a lone send or read is still a system call of its own.
+type ioRing struct {
 	fd             int
 	sqHead, sqTail *uint32
 	cqHead, cqTail *uint32
@@ -47,7 +48,7 @@ type ioCQOffsets struct {
 	userAddr                                                        uint64
 }
 
-// ioSQE is struct io_uring_sqe as IORING_OP_SEND uses it.
+// ioSQE is struct io_uring_sqe as IORING_OP_SEND and IORING_OP_RECV use it.
 type ioSQE struct {
 	opcode, flags uint8
 	ioprio        uint16
@@ -70,27 +71,37 @@ type ioCQE struct {
 
 const (
 	ioOpSend         = 26     // IORING_OP_SEND
+	ioOpRecv         = 27     // IORING_OP_RECV
 	ioEnterGetEvents = 1      // IORING_ENTER_GETEVENTS
 	ioFeatSingleMmap = 1 << 0 // IORING_FEAT_SINGLE_MMAP
 	ioOffSQEs        = 0x10000000
-	sendRingEntries  = 128
+	ringEntries      = 128
 )
 
-var errNoSendRing = errors.New("io_uring unusable for sends")
+var errNoRing = errors.New("io_uring does not make sends and reads at once")
 
-// newSendRing sets a ring up and checks that the kernel behaves as the loop
+// ringOp is one send or read for an ioRing.
+type ringOp struct {
+	addr unsafe.Pointer // the bytes to send, or the space to read into
+	fd   int32
+	n    uint32
+	op   uint8
+	res  int32 // the count sent or read, or -errno; resUnknown if not made
+}
+
+// newIORing sets a ring up and checks that the kernel behaves as the loop
 // needs; anything else (no io_uring, a seccomp filter, an old kernel) is an
-// error, and the loop makes its sends with sendto.
-func newSendRing() (*sendRing, error) {
+// error, and the loop makes its sends and reads one system call each.
+func newIORing() (*ioRing, error) {
 	var p ioParams
-	fd, _, e := syscall.Syscall(unix.SYS_IO_URING_SETUP, sendRingEntries, uintptr(unsafe.Pointer(&p)), 0)
+	fd, _, e := syscall.Syscall(unix.SYS_IO_URING_SETUP, ringEntries, uintptr(unsafe.Pointer(&p)), 0)
 	if e != 0 {
 		return nil, e
 	}
-	r := &sendRing{fd: int(fd), entries: p.sqEntries}
+	r := &ioRing{fd: int(fd), entries: p.sqEntries}
 	if p.features&ioFeatSingleMmap == 0 {
 		r.close()
-		return nil, errNoSendRing
+		return nil, errNoRing
 	}
 	size := max(p.sqOff.array+p.sqEntries*4, p.cqOff.cqes+p.cqEntries*uint32(unsafe.Sizeof(ioCQE{})))
 	var err error
@@ -122,11 +133,11 @@ func newSendRing() (*sendRing, error) {
 	return r, nil
 }
 
-// check sends to a socket that has no room: the kernel must answer EAGAIN
-// at once. One that waits for room instead (a kernel that does not take
-// MSG_DONTWAIT to mean "do not wait" here) would stall the loop behind a
-// client that reads slowly.
-func (r *sendRing) check() error {
+// check sends to a socket that has no room and reads one that has no data:
+// the kernel must answer EAGAIN at once to both. One that waits instead (a
+// kernel that does not take MSG_DONTWAIT to mean "do not wait" here) would
+// stall the loop behind a client that reads slowly, or reads nothing.
+func (r *ioRing) check() error {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -140,17 +151,22 @@ func (r *sendRing) check() error {
 			break
 		}
 	}
-	ents := []queuedSend{{fd: int32(fds[0]), n: 1, res: resUnknown}}
-	if err := r.sendAll(fill[:1], ents, false); err != nil {
+	ops := []ringOp{
+		{addr: unsafe.Pointer(&fill[0]), fd: int32(fds[0]), n: 1, op: ioOpSend, res: resUnknown},
+		{addr: unsafe.Pointer(&fill[1]), fd: int32(fds[0]), n: 1, op: ioOpRecv, res: resUnknown},
+	}
+	if err := r.do(ops, false); err != nil {
 		return err
 	}
-	if ents[0].res != -int32(syscall.EAGAIN) {
-		return errNoSendRing
+	for _, o := range ops {
+		if o.res != -int32(syscall.EAGAIN) {
+			return errNoRing
+		}
 	}
 	return nil
 }
 
-func (r *sendRing) close() {
+func (r *ioRing) close() {
 	if r.sqeMem != nil {
 		unix.Munmap(r.sqeMem)
 	}
@@ -163,21 +179,26 @@ func (r *sendRing) close() {
 // resUnknown marks a send not made yet.
 const resUnknown = -1 << 31
 
-// sendAll makes each of ents' sends (its bytes at buf[off:off+n]) and sets
-// its res to the count the socket took or to -errno. If wait is false it
-// only submits and reaps what has completed (check's use). On an error of
-// the ring itself the sends not made keep resUnknown.
-func (r *sendRing) sendAll(buf []byte, ents []queuedSend, wait bool) error {
+// do makes ops, and sets each one's res. If wait is false it only submits
+// and reaps what has completed (check's use). On an error of the ring
+// itself the ops not made keep resUnknown, for the caller to make.
+func (r *ioRing) do(ops []ringOp, wait bool) error {
+	for len(ops) > int(r.entries) {
+		if err := r.do(ops[:r.entries], wait); err != nil {
+			return err
+		}
+		ops = ops[r.entries:]
+	}
 	head := atomic.LoadUint32(r.sqHead)
 	tail := atomic.LoadUint32(r.sqTail)
-	n := uint32(len(ents))
-	for i := range ents {
-		e := &ents[i]
+	n := uint32(len(ops))
+	for i := range ops {
+		o := &ops[i]
 		*(*ioSQE)(unsafe.Add(r.sqes, uintptr((tail+uint32(i))&r.sqMask)*unsafe.Sizeof(ioSQE{}))) = ioSQE{
-			opcode:   ioOpSend,
-			fd:       e.fd,
-			addr:     uint64(uintptr(unsafe.Pointer(&buf[e.off]))),
-			len:      uint32(e.n),
+			opcode:   o.op,
+			fd:       o.fd,
+			addr:     uint64(uintptr(o.addr)),
+			len:      o.n,
 			msgFlags: unix.MSG_NOSIGNAL | unix.MSG_DONTWAIT,
 			userData: uint64(i),
 		}
@@ -191,13 +212,13 @@ func (r *sendRing) sendAll(buf []byte, ents []queuedSend, wait bool) error {
 			flags, minComplete = ioEnterGetEvents, uintptr(n-done)
 		}
 		_, _, e := syscall.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(n-submitted), minComplete, flags, 0, 0)
-		done += r.reap(ents)
+		done += r.reap(ops)
 		if !wait || done == n {
 			break
 		}
 		if e != 0 && e != syscall.EINTR {
 			// Take back what the kernel has not consumed: the caller
-			// makes those sends itself.
+			// makes those itself.
 			consumed := atomic.LoadUint32(r.sqHead)
 			atomic.StoreUint32(r.sqTail, consumed)
 			if n = consumed - head; done == n {
@@ -205,18 +226,18 @@ func (r *sendRing) sendAll(buf []byte, ents []queuedSend, wait bool) error {
 			}
 		}
 	}
-	runtime.KeepAlive(buf)
+	runtime.KeepAlive(ops)
 	return nil
 }
 
 // reap records the completions the ring holds, and returns how many.
-func (r *sendRing) reap(ents []queuedSend) uint32 {
+func (r *ioRing) reap(ops []ringOp) uint32 {
 	head := atomic.LoadUint32(r.cqHead)
 	tail := atomic.LoadUint32(r.cqTail)
 	for h := head; h != tail; h++ {
 		c := (*ioCQE)(unsafe.Add(r.cqes, uintptr(h&r.cqMask)*unsafe.Sizeof(ioCQE{})))
-		if i := c.userData; i < uint64(len(ents)) {
-			ents[i].res = c.res
+		if i := c.userData; i < uint64(len(ops)) {
+			ops[i].res = c.res
 		}
 	}
 	atomic.StoreUint32(r.cqHead, tail)

@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"syscall"
+	"unsafe"
+
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// At a wake-up with more than one socket to read, the loop makes the reads
+// its events will ask for with one io_uring call before it serves them (as
+// sendQueue does for the turn's sends): a server's answer for a session the
+// loop relays for, an idle client's next request. What is read goes into
+// the socket's reader at once, as a read of the handler's own would have;
+// the handler then takes the result (takeAhead) instead of calling the
+// kernel. A handler that does not come to read (the session ejected
+// meanwhile, say) leaves the bytes in the reader, where whoever serves the
+// session next finds them; its result is dropped at the end of the turn.
+
+// readAhead is one read made ahead.
+type readAhead struct {
+	s    *sysConn
+	rd   *protocol.Reader
+	buf  []byte // the reader's free space the read went into
+	free int
+	res  int32 // the count read, or -errno; resUnknown if not made
+}
+
+// readAhead reads ahead for evs, the events of a wake-up, if more than one
+// of them is to be read and the ring allows it.
+func (p *parker) readAhead(evs []syscall.EpollEvent) {
+	ring := p.sendq.ring
+	if ring == nil || len(evs) < 2 {
+		return
+	}
+	loop := p.srv.options().RelayLoop
+	p.mu.Lock()
+	for _, ev := range evs {
+		token := *(*uint64)(unsafe.Pointer(&ev.Fd))
+		s := p.slotLocked(token)
+		switch {
+		case token == 0 || s == nil:
+		case token&srvBit != 0:
+			// serverReady reads it (fill) if the loop relays its answer
+			// or waits for its settings.
+			if sc := s.sc; sc != nil && sc.loopOwner != nil {
+				if ph := sc.loopOwner.lc.phase; ph == phaseActive || ph == phaseSyncing {
+					p.addAhead(sc.sys, &sc.rd)
+				}
+			}
+		case loop && s.ss != nil && s.ss.lc.phase == phaseIdle:
+			p.addAhead(s.ss.lc.cs, s.ss.rd) // clientReady reads it
+		}
+	}
+	if len(p.ahead) < 2 {
+		p.mu.Unlock()
+		p.dropAhead() // one read: the handler's own system call
+		return
+	}
+	p.aheads++
+	p.mu.Unlock()
+	ops := p.sendq.ops[:0]
+	for _, a := range p.ahead {
+		ops = append(ops, ringOp{addr: unsafe.Pointer(&a.buf[0]), fd: int32(a.s.fd), n: uint32(len(a.buf)), op: ioOpRecv, res: resUnknown})
+	}
+	ring.do(ops, true)
+	for i := range ops {
+		a := &p.ahead[i]
+		a.res = ops[i].res
+		ops[i] = ringOp{}
+		if a.res == resUnknown {
+			a.s.ahead = 0 // not made: the handler reads itself
+			continue
+		}
+		if a.res > 0 {
+			// Into the reader, as the handler's FillFrom would have put
+			// it: the same free space, nothing having touched the
+			// reader since addAhead.
+			n := int(a.res)
+			a.rd.FillFrom(func([]byte) (int, error) { return n, nil })
+		}
+	}
+	p.sendq.ops = ops[:0]
+}
+
+// addAhead notes a read of s into rd's free space, unless rd is full (the
+// handler's read says so) or s has one already.
+func (p *parker) addAhead(s *sysConn, rd *protocol.Reader) {
+	if s == nil || s.ahead != 0 {
+		return
+	}
+	var buf []byte
+	rd.FillFrom(func(b []byte) (int, error) { buf = b; return 0, errWouldBlock })
+	if len(buf) == 0 {
+		return
+	}
+	p.ahead = append(p.ahead, readAhead{s: s, rd: rd, buf: buf, free: len(buf), res: resUnknown})
+	s.ahead = int32(len(p.ahead))
+}
+
+// takeAhead returns the read made ahead for s at this wake-up, if there was
+// one, as FillFrom(s.TryRead) would have: n bytes now in the reader, free
+// the space it had, or the error.
+func (p *parker) takeAhead(s *sysConn) (n, free int, err error, ok bool) {
+	if s.ahead == 0 {
+		return 0, 0, nil, false
+	}
+	a := &p.ahead[s.ahead-1]
+	s.ahead = 0
+	if a.res >= 0 {
+		n, err = readResult(int(a.res), 0)
+	} else {
+		n, err = readResult(0, syscall.Errno(-a.res)) // EAGAIN: errWouldBlock
+	}
+	return n, a.free, err, true
+}
+
+// dropAhead forgets the wake-up's reads ahead, taken or not.
+func (p *parker) dropAhead() {
+	for i := range p.ahead {
+		p.ahead[i].s.ahead = 0
+		p.ahead[i] = readAhead{}
+	}
+	p.ahead = p.ahead[:0]
+}

@@ -42,14 +42,14 @@ const sendQueueBytes = 64 << 10
 func newSendQueue(uring bool, log *zap.Logger) sendQueue {
 	q := sendQueue{buf: make([]byte, 0, sendQueueBytes), ents: make([]queuedSend, 0, ringEntries)}
 	if !uring {
-		log.Info("relay loop sends with sendto (io_uring off)")
+		log.Info("relay loop reads and sends one system call each (io_uring off)")
 		return q
 	}
 	var err error
 	if q.ring, err = newIORing(); err != nil {
-		log.Info("relay loop sends with sendto: io_uring unusable here", zap.Error(err))
+		log.Info("relay loop reads and sends one system call each: io_uring unusable here", zap.Error(err))
 	} else {
-		log.Info("relay loop sends through io_uring")
+		log.Info("relay loop batches its reads and sends through io_uring")
 	}
 	return q
 }

@@ -176,7 +176,7 @@ func (r *ioRing) close() {
 	syscall.Close(r.fd)
 }
 
-// resUnknown marks a send not made yet.
+// resUnknown marks a send or read not made yet.
 const resUnknown = -1 << 31
 
 // do makes ops, and sets each one's res. If wait is false it only submits

@@ -19,7 +19,7 @@ import (
 // keeps what the client's socket does not take and hands the slow one to a
 // goroutine rather than wait for it. Afterwards the slow client is served
 // again as usual. Run with the loop's sends made through io_uring (where the
-// kernel allows it) and with sendto.
+// kernel allows it) and with one system call each.
 func TestLoopSlowReader(t *testing.T) { withAndWithoutRing(t, testLoopSlowReader) }
 
 // withAndWithoutRing runs test with the loop's sends and reads batched
@@ -84,13 +84,13 @@ func testLoopSlowReader(t *testing.T, uring bool) {
 	if p.options().RelayLoop && p.loopEjects() == 0 {
 		t.Fatal("the slow client was never handed to a goroutine")
 	}
-	if p.parker.start() && (p.parker.sendq.ring != nil) != uring && newSendRingOK() {
+	if p.parker.start() && (p.parker.sendq.ring != nil) != uring && ioRingOK() {
 		t.Fatalf("io_uring wanted %v, ring made %v", uring, p.parker.sendq.ring != nil)
 	}
 }
 
-// newSendRingOK reports whether this machine's kernel gives the loop a ring.
-func newSendRingOK() bool {
+// ioRingOK reports whether this machine's kernel gives the loop a ring.
+func ioRingOK() bool {
 	r, err := newIORing()
 	if err != nil {
 		return false
@@ -662,7 +662,7 @@ func testLoopReadsAhead(t *testing.T, uring bool) {
 	switch {
 	case !uring && aheads > 0:
 		t.Fatalf("%d wake-ups read ahead with io_uring off", aheads)
-	case uring && newSendRingOK() && aheads == 0:
+	case uring && ioRingOK() && aheads == 0:
 		t.Fatal("the loop never read ahead")
 	}
 }

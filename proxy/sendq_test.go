@@ -15,7 +15,7 @@ import (
 // order written, however they are batched; what a full socket does not take
 // is kept, in order, in its writer's spill and its session marked for a
 // goroutine; a failed server socket marks its session's server torn. With
-// io_uring (where the kernel allows it) and with sendto.
+// io_uring (where the kernel allows it) and with one sendto each.
 func TestSendQueue(t *testing.T) { withAndWithoutRing(t, testSendQueue) }
 
 func testSendQueue(t *testing.T, uring bool) {

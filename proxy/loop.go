@@ -593,11 +593,7 @@ func (p *parker) clientReady(ss *session) {
 		p.eject(ss)
 		return
 	}
-	n, free, err, ahead := p.takeAhead(lc.cs)
-	if !ahead {
-		free = ss.rd.Size() - ss.rd.Buffered()
-		n, err = ss.rd.FillFrom(lc.cs.TryRead)
-	}
+	n, free, err := p.read(lc.cs, ss.rd)
 	if n == free {
 		// The socket may hold more, and being level-triggered it says
 		// so only at the loop's next look (see loop).
@@ -1083,11 +1079,7 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 // (its last words, a FATAL error say, read and the end of file left unseen).
 // err is the end of file, a failure, or a message larger than the buffer.
 func (sc *serverConn) fill(hup bool) (more bool, err error) {
-	n, free, err, ahead := sc.loop.takeAhead(sc.sys)
-	if !ahead {
-		free = sc.rd.Size() - sc.rd.Buffered()
-		n, err = sc.rd.FillFrom(sc.sys.TryRead)
-	}
+	n, free, err := sc.loop.read(sc.sys, &sc.rd)
 	switch {
 	case err == errWouldBlock:
 		return false, nil

@@ -12,7 +12,7 @@ import (
 // sendQueue does for the turn's sends): a server's answer for a session the
 // loop relays for, an idle client's next request. What is read goes into
 // the socket's reader at once, as a read of the handler's own would have;
-// the handler then takes the result (takeAhead) instead of calling the
+// the handler then takes the result (read) instead of calling the
 // kernel. A handler that does not come to read (the session ejected
 // meanwhile, say) leaves the bytes in the reader, where whoever serves the
 // session next finds them; its result is dropped at the end of the turn.
@@ -98,12 +98,15 @@ func (p *parker) addAhead(s *sysConn, rd *protocol.Reader) {
 	s.ahead = int32(len(p.ahead))
 }
 
-// takeAhead returns the read made ahead for s at this wake-up, if there was
-// one, as FillFrom(s.TryRead) would have: n bytes now in the reader, free
-// the space it had, or the error.
-func (p *parker) takeAhead(s *sysConn) (n, free int, err error, ok bool) {
+// read fills rd from s for a handler of the loop: with the read made ahead
+// for s at this wake-up if there was one, else with a read now. It returns
+// what FillFrom(s.TryRead) would have, n bytes now in rd or the error, and
+// free, the space rd had: a read that filled it may have left more.
+func (p *parker) read(s *sysConn, rd *protocol.Reader) (n, free int, err error) {
 	if s.ahead == 0 {
-		return 0, 0, nil, false
+		free = rd.Size() - rd.Buffered()
+		n, err = rd.FillFrom(s.TryRead)
+		return n, free, err
 	}
 	a := &p.ahead[s.ahead-1]
 	s.ahead = 0
@@ -112,7 +115,7 @@ func (p *parker) takeAhead(s *sysConn) (n, free int, err error, ok bool) {
 	} else {
 		n, err = readResult(0, syscall.Errno(-a.res)) // EAGAIN: errWouldBlock
 	}
-	return n, a.free, err, true
+	return n, a.free, err
 }
 
 // dropAhead forgets the wake-up's reads ahead, taken or not.

@@ -29,13 +29,12 @@ import (
 // (readAhead), and a turn's writes with one more at its end (sendQueue):
 // on a machine where each system call switches page tables and empties
 // the TLB, that saved a third of the pooler's CPU a transaction at 100
-// clients, less where a wake-up has fewer events to serve (README.md,
-// Benchmarks, session 14). Anything out of the ordinary (COPY, a
+// clients, less where a wake-up has fewer events to serve (bench/NOTES.md,
+// session 14). Anything out of the ordinary (COPY, a
 // Flush, DEALLOCATE or DISCARD, a client that reads slowly, a query larger
 // than a buffer, a hang-up, a drain, a pause, settings to bring in line, an
 // error) ejects the session to a goroutine of its own at a message boundary, with its state as the goroutine path keeps it, and the
-// goroutine path goes on from there. The measurements are in README.md,
-// "Benchmarks".
+// goroutine path goes on from there. The measurements are in bench/NOTES.md.
 //
 // Only the loop goroutine touches a session while it is in the loop; other
 // goroutines reach it through post (wake, a server handed over by the pool).

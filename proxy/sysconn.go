@@ -16,8 +16,8 @@ import (
 // preempted by it before returning, no longer looks like a blocked system
 // call, so the scheduler does not hand the goroutines to a second thread
 // meanwhile. Pinned to one core that hand-off, and the thread switches it
-// brings, cost more than the relay itself (see bench/README section in
-// README.md). Deadlines and Close act on it as on the net.Conn.
+// brings, cost more than the relay itself (see
+// bench/NOTES.md). Deadlines and Close act on it as on the net.Conn.
 //
 // TryRead and TryWrite, the relay loop's, go further: they call the kernel
 // on the descriptor's number itself, without the net.Conn's reference count
@@ -73,7 +73,7 @@ func (o *sysOp) read(fd uintptr) bool {
 	for {
 		// recvfrom and sendto rather than read and write: on a socket they
 		// skip the file layer's work (position lock, access checks), about
-		// 0.8 us a transaction on this machine (see README.md, Benchmarks).
+		// 0.8 us a transaction on this machine (see bench/NOTES.md, session 7).
 		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(bufPtr(o.p)), uintptr(len(o.p)), 0, 0, 0)
 		switch e {
 		case syscall.EINTR:

@@ -38,7 +38,7 @@ deps: ## Check for PostgreSQL server binaries, pgbench and psql; install them on
 bench: ## Side-by-side pgbench matrix: direct, PgBouncer and pgmux (bench/run.sh; BENCH_DURATION=10 seconds a point).
 	bench/run.sh
 
-bench-go: ## Go micro-benchmarks of the hot paths (relay, prepared-statement mapping, pool acquire/release).
+bench-go: ## Go micro-benchmarks of the hot paths (relay, prepared-statement mapping, pool acquire/release, batched sends).
 	$(GO) test -short -run='^$$' -bench=. -benchmem -count=5 ./proxy ./protocol ./stats ./pool
 
 clean: ## Remove build output.

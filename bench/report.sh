@@ -3,8 +3,9 @@
 # written by bench/run.sh) and DIR/memory.csv, writes DIR/summary.csv (the
 # median of the rounds of each point), DIR/table.txt (the table of ratios,
 # printed too) and DIR/chart.png. DIR is bench/results by default; run it
-# again on saved results to redo the table. BENCH_POOL, BENCH_DURATION and
-# BENCH_ROUNDS (as run.sh ran with) only label the table and chart.
+# again on saved results to redo the table. BENCH_POOL and BENCH_DURATION
+# (as run.sh ran with) only label the table and chart; the rounds are counted
+# from results.csv unless BENCH_ROUNDS says.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results}
@@ -12,7 +13,7 @@ CSV="$OUT/results.csv"
 MEM="$OUT/memory.csv"
 POOL=${BENCH_POOL:-20}
 DURATION=${BENCH_DURATION:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-$(awk -F, 'NR > 1 && $5 > r {r = $5} END {print r + 0}' "$CSV")}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 

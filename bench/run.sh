@@ -18,13 +18,15 @@
 # would follow pgbench's load. PostgreSQL has a session of its own (pg_ctl
 # starts it with setsid).
 #
-# Rounds: each pooler point runs BENCH_ROUNDS times (default 3), PgBouncer and
+# Rounds: each pooler point runs BENCH_ROUNDS times (default 5), PgBouncer and
 # pgmux alternating and taking turns to go first; the table and the chart show
 # the median of the rounds (this machine's figures drift 10-40% from one run
-# to the next, and one round a point let a single slow run decide a ratio).
+# to the next, and one round a point let a single slow run decide a ratio;
+# with three, the rounds of one pooler at one point still spread 20-30%, more
+# than the differences the targets ask about).
 #
 # Environment: BENCH_DURATION (seconds per point, default 10), BENCH_ROUNDS
-# (default 3), BENCH_CLIENTS (default "10 100 1000"), BENCH_IDLE (default
+# (default 5), BENCH_CLIENTS (default "10 100 1000"), BENCH_IDLE (default
 # "1000 10000 100000"), BENCH_SCALE (pgbench scale, default 10), BENCH_OUT
 # (where results go, default bench/results).
 set -euo pipefail
@@ -33,7 +35,7 @@ source scripts/lib.sh
 scripts/deps.sh
 
 DURATION=${BENCH_DURATION:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 CLIENTS=${BENCH_CLIENTS:-"10 100 1000"}
 IDLE=${BENCH_IDLE:-"1000 10000 100000"}
 SCALE=${BENCH_SCALE:-10}

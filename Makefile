@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 FUZZTIME ?= 30s
 
-.PHONY: help build run demo test test-short lint fuzz deps bench clean
+.PHONY: help build run demo test test-short lint fuzz deps bench bench-go profile clean
 
 help: ## List targets.
 	@awk 'BEGIN{FS=":.*##"} /^[a-z-]+:.*##/{printf "  %-12s %s\n",$$1,$$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ bench: ## Side-by-side pgbench matrix: direct, PgBouncer and pgmux (bench/run.sh
 
 bench-go: ## Go micro-benchmarks of the hot paths (relay, prepared-statement mapping, pool acquire/release, batched sends).
 	$(GO) test -short -run='^$$' -bench=. -benchmem -count=5 ./proxy ./protocol ./stats ./pool
+
+profile: ## User-space instructions pgmux runs per transaction, under callgrind (bench/profile.sh [BIN...]; steadier than timings on a noisy machine).
+	bench/profile.sh
 
 clean: ## Remove build output.
 	rm -rf $(BIN)

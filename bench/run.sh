@@ -46,16 +46,7 @@ mkdir -p "$OUT"
 need=()
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "bench: installing ${need[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 \
-      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; }
-  else
-    echo "bench: missing ${need[*]}; install with: sudo apt-get install -y ${need[*]}" >&2
-    exit 1
-  fi
-fi
+apt_install bench "${need[@]}"
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 PGBENCH=$(command -v pgbench || echo "$(pg_bindir)/pgbench")
 echo "bench: $($PGBOUNCER --version | head -1), $("$PGBENCH" --version), $(go version | cut -d' ' -f3), $(nproc) cores" >&2

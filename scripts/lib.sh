@@ -1,4 +1,4 @@
-# Shell helpers shared by scripts/run.sh and scripts/demo.sh: source it.
+# Shell helpers shared by the scripts under scripts/ and bench/: source it.
 
 pg_bindir() {
   local d
@@ -42,4 +42,21 @@ wait_http() {
   done
   echo "no answer from $url" >&2
   return 1
+}
+
+# apt_install WHO PKG...: installs the Debian packages PKG when run as root
+# with apt-get, else stops with the command to run; WHO names the caller in
+# the messages.
+apt_install() {
+  local who=$1
+  shift
+  [ $# -gt 0 ] || return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "$who: installing $*" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
+      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2; }
+  else
+    echo "$who: missing $*; install with: sudo apt-get install -y $*" >&2
+    exit 1
+  fi
 }

@@ -30,6 +30,8 @@
 # PROFILE_TX (transactions per client, 200), PROFILE_TOP (functions listed,
 # 25), PROFILE_OUT (a directory to keep the callgrind files in).
 set -euo pipefail
+bins=()
+for b in "$@"; do bins+=("$(realpath "$b")"); done # before the cd below: paths as the caller gave them
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 scripts/deps.sh
@@ -125,7 +127,6 @@ selfcost() {
 }
 
 n=$((TX * CLIENTS))
-bins=("$@")
 [ ${#bins[@]} -gt 0 ] || bins=(bin/pgmux)
 echo "profile: user-space instructions per transaction, pgbench $SCRIPT -M $MODE, $CLIENTS clients x $TX transactions, pool 20, under callgrind"
 export GODEBUG=asyncpreemptoff=1

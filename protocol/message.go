@@ -140,6 +140,14 @@ func (r *Reader) BufferedBytes() []byte { return r.buf[r.r:r.w] }
 // Peek returns the next n bytes without consuming them, valid until the next
 // call on r. It fails with bufio.ErrBufferFull for n over Size.
 func (r *Reader) Peek(n int) ([]byte, error) {
+	if uint(n) <= uint(r.w-r.r) {
+		return r.buf[r.r : r.r+n], nil // small enough to inline: the relay's usual case
+	}
+	return r.peekSlow(n)
+}
+
+// peekSlow is Peek when fewer than n bytes are buffered.
+func (r *Reader) peekSlow(n int) ([]byte, error) {
 	if n > r.size {
 		return nil, bufio.ErrBufferFull
 	}
@@ -157,6 +165,15 @@ func (r *Reader) Peek(n int) ([]byte, error) {
 
 // Discard skips the next n bytes.
 func (r *Reader) Discard(n int) (int, error) {
+	if uint(n) <= uint(r.w-r.r) {
+		r.r += n // buffered: inlined
+		return n, nil
+	}
+	return r.discardSlow(n)
+}
+
+// discardSlow is Discard of more than is buffered.
+func (r *Reader) discardSlow(n int) (int, error) {
 	done := 0
 	for done < n {
 		if r.r == r.w {
@@ -325,6 +342,5 @@ func (r *Reader) Complete() bool {
 	if b < HeaderLen {
 		return false
 	}
-	hdr, _ := r.Peek(HeaderLen)
-	return b >= 1+int(binary.BigEndian.Uint32(hdr[1:]))
+	return b >= 1+int(binary.BigEndian.Uint32(r.buf[r.r+1:r.r+HeaderLen]))
 }

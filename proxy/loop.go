@@ -182,8 +182,12 @@ type loopState struct {
 	// the client since; it must before it may enter again, or a client
 	// whose socket the loop cannot read (EOF, an error) would go round.
 	ejected bool
-	mapped  bool       // what the client sent names prepared statements to map
-	out     loopWriter // the client writer's target in the loop
+	batch   clientBatch // what the client sent, as scanClient saw it
+	// plain: nothing in the answer being relayed is for the prepared-
+	// statement mapping to match (see send), so ParseComplete and
+	// CloseComplete pass as they are.
+	plain bool
+	out   loopWriter // the client writer's target in the loop
 	// sync is the server whose settings the loop brings to the session's
 	// while phaseSyncing, syncKeys the settings its query touches, and
 	// syncErr the error the server has answered it with so far.
@@ -649,51 +653,75 @@ const (
 	scanReady                   // whole ordinary messages, the last a Query or Sync
 )
 
+// clientBatch is what scanClient makes of a batch of client messages that
+// is ready to send.
+type clientBatch struct {
+	mapped bool // some message names a prepared statement (psOn: the mapping rewrites them)
+	// segs: the Queries and Syncs, each ending a segment (noteSentLocked).
+	// unnamed: whether the batch leaves a Parse of the unnamed statement
+	// unbound (1) or not (0), or -1 if no Query, Bind or such Parse in it
+	// says (session.unnamedOpen as it was).
+	segs    int
+	unnamed int8
+}
+
 // scanClient looks at what a client in the loop has sent: messages the loop
 // serves (simple Query; Parse, Bind, Describe, Execute, Close and Sync)
-// ending with one the server answers with ReadyForQuery. mapped reports
-// that some name a prepared statement (psOn: the mapping rewrites them).
-func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, mapped bool) {
+// ending with one the server answers with ReadyForQuery. Ready, b says
+// what the batch holds, so that the loop's send need not look again.
+func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBatch) {
 	i := 0
 	var last byte
+	b.unnamed = -1
 	for len(buf)-i >= protocol.HeaderLen {
 		typ := buf[i]
 		l := int(binary.BigEndian.Uint32(buf[i+1:]))
 		if l < 4 || l-4 > maxBody {
-			return scanEject, false // the goroutine path says what is wrong with it
+			return scanEject, clientBatch{} // the goroutine path says what is wrong with it
 		}
 		switch typ {
 		case 'Q', 'P', 'B', 'D', 'C', 'E', 'S':
 		default:
-			return scanEject, false // at once: it may never be whole
+			return scanEject, clientBatch{} // at once: it may never be whole
 		}
 		if len(buf)-i < 1+l {
-			return scanMore, false
+			return scanMore, clientBatch{}
 		}
 		body := buf[i+protocol.HeaderLen : i+1+l]
 		switch typ {
 		case 'Q':
 			if psOn && stmtCommandText(body) {
-				return scanEject, false // DEALLOCATE or DISCARD: the mapping's
+				return scanEject, clientBatch{} // DEALLOCATE or DISCARD: the mapping's
 			}
+			b.segs++
+			b.unnamed = 0
+		case 'S':
+			b.segs++
+		case 'B':
+			b.unnamed = 0
+		}
+		switch typ {
 		case 'P', 'B', 'D', 'C':
 			if psOn && len(body) > 0 && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
-				mapped = true
+				b.mapped = true
+			}
+			if typ == 'P' && len(body) > 0 && body[0] == 0 {
+				b.unnamed = 1
 			}
 		}
 		last = typ
 		i += 1 + l
 	}
 	if i < len(buf) || last != 'Q' && last != 'S' {
-		return scanMore, false
+		return scanMore, clientBatch{}
 	}
-	return scanReady, mapped
+	return scanReady, b
 }
 
 // startTx begins the transaction whose first messages the client has sent,
 // if they are ordinary and whole; if they are not whole it waits for more.
 func (p *parker) startTx(ss *session) {
-	res, mapped := scanClient(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.psOn)
+	res, batch := scanClient(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.psOn)
 	switch {
 	case res == scanEject, res == scanMore && ss.rd.Buffered() >= ss.rd.Size():
 		p.eject(ss) // the goroutine path's, or larger than the buffer
@@ -701,7 +729,7 @@ func (p *parker) startTx(ss *session) {
 	case res == scanMore:
 		return // more is to come before the server can answer
 	}
-	ss.lc.mapped = mapped
+	ss.lc.batch = batch
 	ss.mu.Lock()
 	if ss.draining || ss.serverDead {
 		ss.mu.Unlock()
@@ -923,20 +951,29 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	lc := ss.lc
 	lc.phase = phaseActive // the server is the session's: an eject keeps it
 	ss.writer().Reset(&lc.out)
-	if lc.mapped {
+	if lc.batch.mapped {
 		p.sendMapped(ss, sc)
 		return
 	}
 	buf := ss.rd.BufferedBytes()
 	ss.mu.Lock()
-	for i := 0; i < len(buf); {
-		typ := buf[i]
-		l := int(binary.BigEndian.Uint32(buf[i+1:]))
-		unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
-		if ss.noteSentLocked(typ, l-4, unnamedParse, false) {
-			ss.segSent++
+	// No statement named (else sendMapped) and nothing queued before: the
+	// answers to these Parses and Closes pass as they are, and none needs
+	// an entry in the mapping's queue to keep the later ones in step.
+	// Relaying them in one run with the rest (relayAnswer) saves looking
+	// at each, which was most of what -M extended costs over simple.
+	if lc.plain = len(ss.psQueue) == 0; lc.plain {
+		ss.noteBatchLocked(lc.batch, len(buf))
+	} else {
+		for i := 0; i < len(buf); {
+			typ := buf[i]
+			l := int(binary.BigEndian.Uint32(buf[i+1:]))
+			unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
+			if ss.noteSentLocked(typ, l-4, unnamedParse, false) {
+				ss.segSent++
+			}
+			i += 1 + l
 		}
-		i += 1 + l
 	}
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
@@ -973,6 +1010,7 @@ func (p *parker) awaitServer(ss *session, sc *serverConn, err error) {
 func (p *parker) sendMapped(ss *session, sc *serverConn) {
 	lc := ss.lc
 	lc.srvOut.sock = sc.sys
+	lc.plain = false
 	sc.bw.Reset(&lc.srvOut)
 	ss.inlineBytes = 0 // the loop waits for every answer: nothing piles up
 	var err error
@@ -1111,7 +1149,7 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 		if typ == 'Z' {
 			p.unwatchServer(ss) // it may go back to the pool now
 		}
-		switch ss.relayMessage(sc) {
+		switch ss.relayMessage(sc, ss.psOn && !lc.plain) {
 		case stepReleased:
 			lc.phase = phaseIdle
 			if len(lc.spill) > 0 || ss.bw != nil {

@@ -206,16 +206,16 @@ func (ss *session) forward(typ byte, n int) error {
 
 // noteSentLocked accounts for a client message of type typ, with a body of n
 // bytes, about to be written to the session's server, and reports whether
-// it ends a segment (its answer ends with ReadyForQuery). mapped says that
-// prepared-statement mapping rewrites it.
-func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, mapped bool) (endsSegment bool) {
+// it ends a segment (its answer ends with ReadyForQuery). unmatched says
+// that its answer needs no entry in the mapping's queue: the mapping
+// rewrites it and queues its own, or the loop relays the answer as it is
+// (parker.send).
+func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, unmatched bool) (endsSegment bool) {
 	switch typ {
 	case 'S', 'F':
-		ss.pending++
-		ss.mid, ss.flushOpen, endsSegment = false, false, true
+		endsSegment = true
 	case 'Q':
-		ss.pending++
-		ss.mid, ss.unnamedOpen, ss.flushOpen, endsSegment = false, false, false, true
+		ss.unnamedOpen, endsSegment = false, true
 	case 'P':
 		// A Parse of the unnamed statement that is not bound before the
 		// Sync (pgx's describe-then-execute) must find the statement on
@@ -229,22 +229,50 @@ func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, mapped bool) (e
 	case 'H':
 		ss.mid, ss.flushOpen = true, true
 	}
-	if ss.psOn && !mapped && (typ == 'P' || typ == 'C') {
+	if ss.psOn && !unmatched && (typ == 'P' || typ == 'C') {
 		// Relayed as it is, but its answer must still be matched.
 		ss.psPushLocked(psEntry{seg: ss.segSent, kind: typ})
 	}
-	if ss.txStart == 0 || endsSegment {
+	segs := 0
+	if endsSegment {
+		segs = 1
+	}
+	ss.noteSegmentsLocked(segs, protocol.HeaderLen+n)
+	return endsSegment
+}
+
+// noteBatchLocked is noteSentLocked for a whole batch the loop sends at
+// once (parker.send), from what scanClient made of it, when none of its
+// messages needs an entry in the mapping's queue. It also counts the
+// batch's segments as sent.
+func (ss *session) noteBatchLocked(b clientBatch, n int) {
+	if b.unnamed >= 0 {
+		ss.unnamedOpen = b.unnamed == 1
+	}
+	ss.noteSegmentsLocked(b.segs, n)
+	ss.segSent += uint64(b.segs)
+}
+
+// noteSegmentsLocked accounts for n bytes sent, the last of them ending segs
+// segments (a Sync, Query or FunctionCall each): the transaction's start,
+// each segment's, the answers awaited. A segment's end leaves the session
+// out of any extended-protocol exchange and past any Flush.
+func (ss *session) noteSegmentsLocked(segs, n int) {
+	if segs > 0 {
+		ss.pending += segs
+		ss.mid, ss.flushOpen = false, false
+	}
+	if ss.txStart == 0 || segs > 0 {
 		now := ss.now()
 		if ss.txStart == 0 {
 			ss.txStart = now
 		}
-		if endsSegment && ss.segLen < len(ss.segStarts) {
+		for ; segs > 0 && ss.segLen < len(ss.segStarts); segs-- {
 			ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
 			ss.segLen++
 		}
 	}
-	ss.bytesIn += int64(protocol.HeaderLen + n)
-	return endsSegment
+	ss.bytesIn += int64(n)
 }
 
 // trackedSettings are the reported settings that follow a client from
@@ -268,7 +296,7 @@ const (
 // and gives sc back to the pool at the first safe point (see session).
 func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 	defer close(done)
-	for ss.relayMessage(sc) == stepMore {
+	for ss.relayMessage(sc, ss.psOn) == stepMore {
 	}
 }
 
@@ -298,7 +326,7 @@ func (ss *session) awaitServer(sc *serverConn) error {
 		if sc.checkAt == 0 {
 			sc.armCheck() // again after a long message (see relayMessage)
 		}
-		switch ss.relayMessage(sc) {
+		switch ss.relayMessage(sc, ss.psOn) {
 		case stepMore:
 			if sc.copyIn {
 				ss.goRelay(sc)
@@ -353,14 +381,16 @@ func (ss *session) goRelay(sc *serverConn) {
 	go ss.relayServer(sc, done)
 }
 
-// relayMessage relays one message of sc's to the client.
-func (ss *session) relayMessage(sc *serverConn) relayStep {
+// relayMessage relays one message of sc's to the client. ps: ParseComplete
+// and CloseComplete are matched against the prepared-statement mapping's
+// queue (psAnswer), else they pass as they are.
+func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 	if !sc.copyIn {
 		// Messages passed on as they are (the default case below: rows,
 		// their description, CommandComplete...), whole in the buffer, go
 		// in one copy. CommandComplete would only clear copyIn.
 		stop := &relayStopPS
-		if !ss.psOn {
+		if !ps {
 			stop = &relayStop
 		}
 		if n, count := sc.rd.WholeRun(stop); count > 1 {
@@ -410,7 +440,7 @@ func (ss *session) relayMessage(sc *serverConn) relayStep {
 			return stepEnded
 		}
 	case '1', '3': // ParseComplete, CloseComplete
-		if !ss.psOn {
+		if !ps {
 			if err := sc.rd.Relay(ss.bw, n); err != nil {
 				ss.relayFailed(err)
 				return stepEnded

@@ -679,9 +679,7 @@ func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBat
 		if l < 4 || l-4 > maxBody {
 			return scanEject, clientBatch{} // the goroutine path says what is wrong with it
 		}
-		switch typ {
-		case 'Q', 'P', 'B', 'D', 'C', 'E', 'S':
-		default:
+		if !loopServes[typ] {
 			return scanEject, clientBatch{} // at once: it may never be whole
 		}
 		if len(buf)-i < 1+l {
@@ -689,23 +687,26 @@ func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBat
 		}
 		body := buf[i+protocol.HeaderLen : i+1+l]
 		switch typ {
+		case 'S':
+			b.segs++
 		case 'Q':
 			if psOn && stmtCommandText(body) {
 				return scanEject, clientBatch{} // DEALLOCATE or DISCARD: the mapping's
 			}
 			b.segs++
 			b.unnamed = 0
-		case 'S':
-			b.segs++
-		case 'B':
-			b.unnamed = 0
-		}
-		switch typ {
-		case 'P', 'B', 'D', 'C':
-			if psOn && len(body) > 0 && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
+		case 'E':
+		default: // Parse, Bind, Describe, Close
+			if typ == 'B' {
+				b.unnamed = 0
+			}
+			if len(body) == 0 {
+				break // malformed: the server says so
+			}
+			if psOn && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
 				b.mapped = true
 			}
-			if typ == 'P' && len(body) > 0 && body[0] == 0 {
+			if typ == 'P' && body[0] == 0 {
 				b.unnamed = 1
 			}
 		}
@@ -717,6 +718,14 @@ func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBat
 	}
 	return scanReady, b
 }
+
+// loopServes holds the client message types scanClient lets the loop serve.
+var loopServes = func() (t [256]bool) {
+	for _, typ := range []byte("QPBDCES") {
+		t[typ] = true
+	}
+	return t
+}()
 
 // startTx begins the transaction whose first messages the client has sent,
 // if they are ordinary and whole; if they are not whole it waits for more.

@@ -110,6 +110,7 @@ func FuzzScanClient(f *testing.F) {
 	f.Add([]byte("Q\x00\x00\x00\x0ddeallocate\x00"), true)
 	f.Add([]byte("X\x00\x00\x00\x04"), false)
 	f.Add([]byte("Q\x00\x00\x00\x02"), false)
+	f.Add([]byte("P\x00\x00\x00\x09\x00x\x00\x00\x00B\x00\x00\x00\x04S\x00\x00\x00\x04"), false) // a Bind with no body still closes the unnamed Parse
 	f.Fuzz(func(t *testing.T, buf []byte, psOn bool) {
 		res, batch := scanClient(buf, 1<<20, psOn)
 		mapped := batch.mapped

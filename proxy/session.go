@@ -901,7 +901,7 @@ func (ss *session) armDeadlineLocked() {
 		// through the lease at each statement of a transaction.
 		d = time.Now().Add(o.IdleTransactionTimeout)
 	}
-	if !d.Equal(ss.deadline) {
+	if d != ss.deadline && !d.Equal(ss.deadline) { // != first: inlined, and both zero at each statement without timeouts
 		ss.conn.SetReadDeadline(d)
 		ss.deadline = d
 	}

@@ -143,5 +143,7 @@ for bin in "${bins[@]}"; do
     s[p] += $2
   } END { for (p in s) if (s[p] / n >= 1) printf "  %8d  %s\n", s[p] / n, p }' "$work/self" | sort -k1,1nr
   echo "  top $TOP functions (own instructions per transaction):"
-  sort -t$'\t' -k2,2nr "$work/self" | head -"$TOP" | awk -F'\t' -v n=$n '{printf "  %8d  %s\n", $2 / n, $1}'
+  # awk, not head, takes the top: head would leave sort to die of SIGPIPE,
+  # and pipefail would end the script before the next binary.
+  sort -t$'\t' -k2,2nr "$work/self" | awk -F'\t' -v n=$n -v top="$TOP" 'NR <= top {printf "  %8d  %s\n", $2 / n, $1}'
 done

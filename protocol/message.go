@@ -62,6 +62,9 @@ func (r *Reader) Size() int { return r.size }
 // Buffered reports how many bytes can be read without blocking.
 func (r *Reader) Buffered() int { return r.w - r.r }
 
+// Holding reports whether the Reader has a buffer taken from its pool.
+func (r *Reader) Holding() bool { return r.buf != nil }
+
 // Release gives the buffer back to the pool if nothing is buffered. Slices
 // returned earlier are invalid afterwards.
 func (r *Reader) Release() {

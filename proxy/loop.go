@@ -988,8 +988,12 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	ss.mu.Unlock()
 	lc.srvOut.sock = sc.sys
 	_, err := lc.srvOut.Write(buf) // what the socket does not take into lc.toServer
+	// The read buffer, now empty, is kept until the transaction ends
+	// (relayAnswer): a transaction of several statements takes it from
+	// the pool once, not at each (a sync.Pool Get and Put, about 4% of
+	// pgmux's user-space instructions under TPC-B). Idle clients still
+	// hold none.
 	ss.rd.Discard(len(buf))
-	ss.rd.Release()
 	if err != nil {
 		ss.mu.Lock()
 		ss.serverTorn = true
@@ -1034,8 +1038,7 @@ func (p *parker) sendMapped(ss *session, sc *serverConn) {
 		err = errServerCrashed
 	}
 	sc.bw.Reset(sc.sys)
-	ss.rd.Release()
-	p.awaitServer(ss, sc, err)
+	p.awaitServer(ss, sc, err) // the read buffer kept, as in send
 }
 
 // watchServer makes the loop relay sc's answers to ss. A server's socket is
@@ -1161,6 +1164,7 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 		switch ss.relayMessage(sc, ss.psOn && !lc.plain) {
 		case stepReleased:
 			lc.phase = phaseIdle
+			ss.rd.Release() // the transaction is over (see send)
 			if len(lc.spill) > 0 || ss.bw != nil {
 				p.eject(ss)
 				return false

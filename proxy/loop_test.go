@@ -344,6 +344,43 @@ func loggedIn(t *testing.T, p *testProxy) *rawClient {
 	return c
 }
 
+// TestLoopReadBufferPerTransaction: in the loop a client's read buffer is
+// taken from the pool once for a transaction of several statements, not at
+// each, and given back when the transaction ends: an idle client holds none.
+func TestLoopReadBufferPerTransaction(t *testing.T) {
+	p := startLoopProxy(t)
+	c := loggedIn(t, p)
+	p.loopServes(t, c)
+	ss := p.sessionOf(c)
+	holding := func() bool {
+		// The loop gives the buffer back before it ends its turn under
+		// the lock, and sends the answer after: the client has it.
+		p.parker.mu.Lock()
+		defer p.parker.mu.Unlock()
+		if !ss.inLoop.Load() {
+			t.Fatal("the session left the loop")
+		}
+		return ss.rd.Holding()
+	}
+	if holding() {
+		t.Fatal("an idle client holds a read buffer")
+	}
+	for _, q := range []string{"BEGIN", "SELECT 1", "SELECT 2"} {
+		if err := c.query(q); err != nil {
+			t.Fatal(err)
+		}
+		if !holding() {
+			t.Fatalf("after %q, in a transaction, the read buffer went back to the pool", q)
+		}
+	}
+	if err := c.query("COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	if holding() {
+		t.Fatal("after COMMIT the idle client still holds its read buffer")
+	}
+}
+
 // TestLoopSyncsDialedServer: a request the loop read whole but cannot run at
 // once, because the server it got was dialed for it and has not had the
 // client's settings brought in line, is served by the loop after it has

@@ -117,6 +117,21 @@ func (r *Reader) fill() {
 // event loop's non-blocking read), taking a buffer from the pool first if
 // the Reader has none. It returns what read returned; an error is not kept.
 func (r *Reader) FillFrom(read func([]byte) (int, error)) (int, error) {
+	free := r.Free()
+	if len(free) == 0 {
+		return 0, bufio.ErrBufferFull
+	}
+	n, err := read(free)
+	r.Filled(n)
+	return n, err
+}
+
+// Free is FillFrom in two steps, for an event loop that makes the read
+// itself: it returns the buffer's free space, taking a buffer from the
+// pool first if the Reader has none (empty if the buffer is full), and
+// Filled then says how much of it the read filled. Nothing else may be
+// called on r in between.
+func (r *Reader) Free() []byte {
 	if r.buf == nil {
 		r.bp = r.pool.Get().(*[]byte)
 		r.buf = *r.bp
@@ -126,14 +141,15 @@ func (r *Reader) FillFrom(read func([]byte) (int, error)) (int, error) {
 		r.w -= r.r
 		r.r = 0
 	}
-	if r.w == len(r.buf) {
-		return 0, bufio.ErrBufferFull
-	}
-	n, err := read(r.buf[r.w:])
+	return r.buf[r.w:]
+}
+
+// Filled adds the n bytes a read put at the start of Free's space to what
+// is buffered; n <= 0 adds nothing.
+func (r *Reader) Filled(n int) {
 	if n > 0 {
-		r.w += n
+		r.w = min(r.w+n, len(r.buf))
 	}
-	return n, err
 }
 
 // BufferedBytes returns the bytes buffered, unconsumed: valid until the next call

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"syscall"
 	"unsafe"
 
@@ -76,8 +77,7 @@ func (p *parker) readAhead(evs []syscall.EpollEvent) {
 			// Into the reader, as the handler's FillFrom would have put
 			// it: the same free space, nothing having touched the
 			// reader since addAhead.
-			n := int(a.res)
-			a.rd.FillFrom(func([]byte) (int, error) { return n, nil })
+			a.rd.Filled(int(a.res))
 		}
 	}
 	p.sendq.ops = ops[:0]
@@ -89,8 +89,7 @@ func (p *parker) addAhead(s *sysConn, rd *protocol.Reader) {
 	if s == nil || s.ahead != 0 {
 		return
 	}
-	var buf []byte
-	rd.FillFrom(func(b []byte) (int, error) { buf = b; return 0, errWouldBlock })
+	buf := rd.Free()
 	if len(buf) == 0 {
 		return
 	}
@@ -105,7 +104,12 @@ func (p *parker) addAhead(s *sysConn, rd *protocol.Reader) {
 func (p *parker) read(s *sysConn, rd *protocol.Reader) (n, free int, err error) {
 	if s.ahead == 0 {
 		free = rd.Size() - rd.Buffered()
-		n, err = rd.FillFrom(s.TryRead)
+		buf := rd.Free()
+		if len(buf) == 0 {
+			return 0, free, bufio.ErrBufferFull
+		}
+		n, err = s.TryRead(buf)
+		rd.Filled(n)
 		return n, free, err
 	}
 	a := &p.ahead[s.ahead-1]

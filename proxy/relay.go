@@ -393,7 +393,7 @@ func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 		if !ps {
 			stop = &relayStop
 		}
-		if n, count := sc.rd.WholeRun(stop); count > 1 {
+		if n, count := sc.rd.WholeRun(stop); count > 0 {
 			ss.bytesOut += int64(n)
 			if _, err := ss.bw.Write(sc.rd.BufferedBytes()[:n]); err != nil {
 				sc.rd.Discard(n)

@@ -667,8 +667,8 @@ type clientBatch struct {
 
 // scanClient looks at what a client in the loop has sent: messages the loop
 // serves (simple Query; Parse, Bind, Describe, Execute, Close and Sync)
-// ending with one the server answers with ReadyForQuery. Ready, b says
-// what the batch holds, so that the loop's send need not look again.
+// ending with one the server answers with ReadyForQuery. When it is ready,
+// b says what the batch holds, so that the loop's send need not look again.
 func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBatch) {
 	i := 0
 	var last byte

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"syscall"
 	"unsafe"
 
@@ -104,12 +103,7 @@ func (p *parker) addAhead(s *sysConn, rd *protocol.Reader) {
 func (p *parker) read(s *sysConn, rd *protocol.Reader) (n, free int, err error) {
 	if s.ahead == 0 {
 		free = rd.Size() - rd.Buffered()
-		buf := rd.Free()
-		if len(buf) == 0 {
-			return 0, free, bufio.ErrBufferFull
-		}
-		n, err = s.TryRead(buf)
-		rd.Filled(n)
+		n, err = rd.FillFrom(s.TryRead)
 		return n, free, err
 	}
 	a := &p.ahead[s.ahead-1]

@@ -149,7 +149,16 @@ func run(args []string) error {
 		defer cancel()
 		err := a.srv.Shutdown(sctx)
 		if adminSrv != nil {
-			adminSrv.Close()
+			// Shutdown, not Close: a request under way (POST /drain
+			// itself, whose handler starts the drain before it answers)
+			// gets its answer; Close cut it off, and `pgmux probe --post
+			// .../drain` failed one time in ten. Bounded: a client that
+			// holds a request open must not keep pgmux from exiting.
+			actx, acancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
+			if adminSrv.Shutdown(actx) != nil {
+				adminSrv.Close()
+			}
+			acancel()
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			log.Warn("shutdown_timeout reached; closed remaining clients")
@@ -159,6 +168,10 @@ func run(args []string) error {
 	})
 	return g.Wait()
 }
+
+// adminShutdownTimeout bounds how long the admin API's requests under way
+// may take to finish once pgmux has drained.
+const adminShutdownTimeout = 2 * time.Second
 
 // listen listens on addr with SO_REUSEPORT, so that a second pgmux can
 // listen on the same address while this one drains.

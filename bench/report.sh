@@ -44,6 +44,38 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
         v(p99[k",direct"]), v(p99[k",pgbouncer"]), v(p99[k",pgmux"]),
         v(cpu[k",pgbouncer"]), v(cpu[k",pgmux"]), r(cpu[k",pgmux"],cpu[k",pgbouncer"]), v(tps[k",pgmux-2cores"]) }
   }' | tee "$OUT/table.txt"
+
+# Round by round: the medians above hide how far the rounds spread, and a
+# P99 difference smaller than the spread says little (a P99 rests on the
+# slowest 1% of a round, which the host's stalls decide; see bench/NOTES.md,
+# session 18). Round i through pgmux ran next to round i through PgBouncer,
+# so each pair is compared: the rounds pgmux won, and each one's range.
+{
+  echo
+  echo "round by round (pgmux against PgBouncer in the same round): rounds won, and the range over the rounds"
+  tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n -k5,5n | awk -F, '
+    $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux") { next }
+    { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k }
+      t=$4; tps[k,t,$5]=$6; p99[k,t,$5]=$8; cpu[k,t,$5]=$9; if ($5 > rounds[k]) rounds[k]=$5 }
+    function span(a, k, t,   i, lo, hi) { lo=""; hi=""
+      for (i=1; i<=rounds[k]; i++) if ((k,t,i) in a) { if (lo=="" || a[k,t,i]+0 < lo+0) lo=a[k,t,i]; if (hi=="" || a[k,t,i]+0 > hi+0) hi=a[k,t,i] }
+      return sprintf("%.1f-%.1f", lo, hi) }
+    END {
+      fmt="%-8s %-9s %7s | %-6s %-6s %-6s | %-17s %-17s | %-15s %-15s\n"
+      printf fmt, "script","mode","clients","tps>=","p99<=","cpu<=","p99 pgb","p99 mux","tps pgb","tps mux"
+      for (j=1; j<=n; j++) { k=order[j]; split(k, part, ","); w1=w2=w3=m=0
+        for (i=1; i<=rounds[k]; i++) {
+          if (!((k,"pgbouncer",i) in tps) || !((k,"pgmux",i) in tps)) continue
+          m++
+          if (tps[k,"pgmux",i]+0 >= tps[k,"pgbouncer",i]+0) w1++
+          if (p99[k,"pgmux",i]+0 <= p99[k,"pgbouncer",i]+0) w2++
+          if (cpu[k,"pgmux",i] != "" && cpu[k,"pgmux",i]+0 <= cpu[k,"pgbouncer",i]+0) w3++
+        }
+        if (m == 0) continue
+        printf fmt, part[1], part[2], part[3], w1"/"m, w2"/"m, w3"/"m,
+          span(p99, k, "pgbouncer"), span(p99, k, "pgmux"), span(tps, k, "pgbouncer"), span(tps, k, "pgmux") }
+    }'
+} | tee -a "$OUT/table.txt"
 echo
 echo "idle clients (RSS growth per client connection):"
 column -t -s, "$MEM"

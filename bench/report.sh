@@ -53,7 +53,7 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
 {
   echo
   echo "round by round (pgmux against PgBouncer in the same round): rounds won, and the range over the rounds"
-  tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n -k5,5n | awk -F, '
+  tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, '
     $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux") { next }
     { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k }
       t=$4; tps[k,t,$5]=$6; p99[k,t,$5]=$8; cpu[k,t,$5]=$9; if ($5 > rounds[k]) rounds[k]=$5 }

@@ -18,6 +18,13 @@
 # would follow pgbench's load. PostgreSQL has a session of its own (pg_ctl
 # starts it with setsid).
 #
+# Scheduling: each pooler runs as shipped. pgmux asks the kernel for a short
+# scheduling slice (sched_slice, 100 us by default), so that it is picked
+# soon after it wakes on the core it shares with PostgreSQL's backends;
+# PgBouncer keeps the kernel's default. Given the same 100 us slice (set from
+# outside with sched_setattr), PgBouncer was slower, not faster: lower TPS in
+# 7 of 8 select-only rounds at 100 clients (bench/NOTES.md, session 19).
+#
 # Rounds: each pooler point runs BENCH_ROUNDS times (default 5), PgBouncer and
 # pgmux alternating and taking turns to go first; the table and the chart show
 # the median of the rounds (this machine's figures drift 10-40% from one run

@@ -46,6 +46,7 @@ type Config struct {
 	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
 	RelayLoop              bool                `mapstructure:"relay_loop"`
 	IOURing                bool                `mapstructure:"io_uring"`
+	SchedSlice             time.Duration       `mapstructure:"sched_slice"`
 	LogLevel               string              `mapstructure:"log_level"`
 	Databases              map[string]Database `mapstructure:"databases"`
 }
@@ -61,6 +62,13 @@ type Database struct {
 	PoolMode string `mapstructure:"pool_mode"`
 	PoolSize int    `mapstructure:"pool_size"`
 }
+
+// The scheduling slices Linux accepts for a task of the normal class
+// (sched_setattr's sched_runtime, since Linux 6.12).
+const (
+	MinSchedSlice = 100 * time.Microsecond
+	MaxSchedSlice = 100 * time.Millisecond
+)
 
 // Default returns the configuration used where nothing else is given.
 func Default() Config {
@@ -82,6 +90,7 @@ func Default() Config {
 		MaxPreparedStatements: 200,
 		RelayLoop:             true,
 		IOURing:               true,
+		SchedSlice:            MinSchedSlice,
 		LogLevel:              "info",
 	}
 }
@@ -226,6 +235,9 @@ func (c *Config) Validate() error {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)
 		}
+	}
+	if c.SchedSlice != 0 && (c.SchedSlice < MinSchedSlice || c.SchedSlice > MaxSchedSlice) {
+		bad("sched_slice", "must be 0 (the kernel's default) or between %s and %s, got %s", MinSchedSlice, MaxSchedSlice, c.SchedSlice)
 	}
 	if c.MaxPreparedStatements < 0 {
 		bad("max_prepared_statements", "must not be negative, got %d", c.MaxPreparedStatements)

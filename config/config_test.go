@@ -28,7 +28,7 @@ func TestLoadGood(t *testing.T) {
 func TestLoadBad(t *testing.T) {
 	want := map[string][]string{
 		"unknown-key.bad.yaml":  {"pool_size_typo"},
-		"bad-values.bad.yaml":   {"listen:", "pool_mode:", "default_pool_size:", "auth_type:", "databases.app.port:", "databases.app.pool_mode:"},
+		"bad-values.bad.yaml":   {"listen:", "pool_mode:", "default_pool_size:", "auth_type:", "databases.app.port:", "databases.app.pool_mode:", "sched_slice: must be 0"},
 		"no-databases.bad.yaml": {"databases: at least one"},
 		"md5-no-file.bad.yaml":  {"auth_file: required with auth_type md5"},
 		"bad-duration.bad.yaml": {"query_wait_timeout"},
@@ -80,5 +80,31 @@ func TestOverrides(t *testing.T) {
 func TestRunConfigValid(t *testing.T) {
 	if _, err := Load("../testdata/pgmux.yaml", nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSchedSliceValues: sched_slice takes 0 or what the kernel accepts,
+// given as a duration or as seconds.
+func TestSchedSliceValues(t *testing.T) {
+	for _, tc := range []struct {
+		v    string
+		want time.Duration
+	}{{"", MinSchedSlice}, {"0", 0}, {"250us", 250 * time.Microsecond}, {"0.001", time.Millisecond}, {"100ms", 100 * time.Millisecond}} {
+		v, want := tc.v, tc.want
+		if v != "" { // unset first: the default
+			t.Setenv("PGMUX_SCHED_SLICE", v)
+		}
+		c, err := Load("../testdata/config/full.good.yaml", nil)
+		if err != nil {
+			t.Errorf("sched_slice %q: %v", v, err)
+		} else if c.SchedSlice != want {
+			t.Errorf("sched_slice %q: got %s, want %s", v, c.SchedSlice, want)
+		}
+	}
+	for _, v := range []string{"99us", "101ms", "-1ms"} {
+		t.Setenv("PGMUX_SCHED_SLICE", v)
+		if _, err := Load("../testdata/config/full.good.yaml", nil); err == nil || !strings.Contains(err.Error(), "sched_slice") {
+			t.Errorf("sched_slice %q: accepted or not named: %v", v, err)
+		}
 	}
 }

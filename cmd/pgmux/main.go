@@ -82,6 +82,7 @@ func run(args []string) error {
 		return err
 	}
 	defer log.Sync()
+	applySchedSlice(log, cfg.SchedSlice)
 
 	a := &app{path: path, fs: fs, log: log, cfg: cfg, reg: prometheus.NewRegistry()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -220,8 +221,12 @@ func (a *app) Reload() error {
 		if opts, err = a.proxyOptions(cfg); err == nil {
 			a.srv.Update(opts)
 			a.mu.Lock()
+			old := a.cfg
 			a.cfg = cfg
 			a.mu.Unlock()
+			if cfg.SchedSlice != old.SchedSlice {
+				applySchedSlice(a.log, cfg.SchedSlice)
+			}
 			a.log.Info("configuration reloaded", zap.String("config", a.path))
 			return nil
 		}

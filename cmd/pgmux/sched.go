@@ -19,12 +19,12 @@ import (
 //
 // Why: pgmux shares its cores with PostgreSQL's backends. Under the kernel's
 // EEVDF scheduler a task's slice sets how soon after it wakes it is picked,
-// not how much CPU it gets: a short one lets a woken task preempt one with a
-// longer slice. pgmux wakes for every client query and server answer,
-// briefly, and while it waits for a core, answers that have come in wait
-// with it, and so do the servers they would free. With the default slice
-// (1.4 ms here) pgmux was measured to wait 0.85-1.4 ms for its core after
-// being preempted (perf sched, TPC-B at 100 clients; bench/NOTES.md).
+// not how much CPU it gets: a waking task with a shorter slice than the one
+// running may preempt it. pgmux wakes for every client query and server
+// answer, briefly, and while it waits for a core, answers that have come in
+// wait with it, and so do the servers they would free. With 100 us, its
+// delays over 0.5 ms after a wake-up fell from 62-141 to 18-21 in 4 s of
+// TPC-B at 100 clients (perf sched; bench/NOTES.md, session 19).
 func setSchedSlice(d time.Duration) (n int, kept bool, err error) {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {

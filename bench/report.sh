@@ -36,13 +36,14 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
   function v(x) { return x=="" ? "-" : x }
   { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k } tps[k","$4]=$6; p99[k","$4]=$8; cpu[k","$4]=$9 }
   END {
-    fmt="%-8s %-9s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %7s %7s %5s | %9s\n"
-    printf fmt, "script","mode","clients","direct","pgbouncer","pgmux","mux/pgb","mux/dir","p99 dir","p99 pgb","p99 mux","cpu pgb","cpu mux","ratio","mux 2core"
+    fmt="%-8s %-9s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %7s %7s %5s | %9s %5s\n"
+    printf fmt, "script","mode","clients","direct","pgbouncer","pgmux","mux/pgb","mux/dir","p99 dir","p99 pgb","p99 mux","cpu pgb","cpu mux","ratio","mux 2core","2c/1c"
     for (i=1;i<=n;i++) { k=order[i]; split(k, part, ",")
       printf fmt, part[1], part[2], part[3], v(tps[k",direct"]), v(tps[k",pgbouncer"]), v(tps[k",pgmux"]),
         r(tps[k",pgmux"],tps[k",pgbouncer"]), r(tps[k",pgmux"],tps[k",direct"]),
         v(p99[k",direct"]), v(p99[k",pgbouncer"]), v(p99[k",pgmux"]),
-        v(cpu[k",pgbouncer"]), v(cpu[k",pgmux"]), r(cpu[k",pgmux"],cpu[k",pgbouncer"]), v(tps[k",pgmux-2cores"]) }
+        v(cpu[k",pgbouncer"]), v(cpu[k",pgmux"]), r(cpu[k",pgmux"],cpu[k",pgbouncer"]),
+        v(tps[k",pgmux-2cores"]), r(tps[k",pgmux-2cores"],tps[k",pgmux"]) }
   }' | tee "$OUT/table.txt"
 
 # Round by round: the medians above hide how far the rounds spread, and a
@@ -52,20 +53,22 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
 # so each pair is compared: the rounds pgmux won, and each one's range.
 {
   echo
-  echo "round by round (pgmux against PgBouncer in the same round): rounds won, and the range over the rounds"
+  echo "round by round (pgmux against PgBouncer in the same round): rounds won, and the range over the rounds;"
+  echo "2c>=1c: rounds pgmux on both cores made at least the TPS of pgmux pinned"
   tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, '
-    $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux") { next }
+    $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux" && $4 != "pgmux-2cores") { next }
     { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k }
       t=$4; tps[k,t,$5]=$6; p99[k,t,$5]=$8; cpu[k,t,$5]=$9; if ($5 > rounds[k]) rounds[k]=$5 }
     function span(a, k, t,   i, lo, hi) { lo=""; hi=""
       for (i=1; i<=rounds[k]; i++) if ((k,t,i) in a) { if (lo=="" || a[k,t,i]+0 < lo+0) lo=a[k,t,i]; if (hi=="" || a[k,t,i]+0 > hi+0) hi=a[k,t,i] }
       return sprintf("%.1f-%.1f", lo, hi) }
     END {
-      fmt="%-8s %-9s %7s | %-6s %-6s %-6s | %-17s %-17s | %-15s %-15s\n"
-      printf fmt, "script","mode","clients","tps>=","p99<=","cpu<=","p99 pgb","p99 mux","tps pgb","tps mux"
-      for (j=1; j<=n; j++) { k=order[j]; split(k, part, ","); w1=w2=w3=m=0
+      fmt="%-8s %-9s %7s | %-6s %-6s %-6s | %-17s %-17s | %-15s %-15s | %s\n"
+      printf fmt, "script","mode","clients","tps>=","p99<=","cpu<=","p99 pgb","p99 mux","tps pgb","tps mux","2c>=1c"
+      for (j=1; j<=n; j++) { k=order[j]; split(k, part, ","); w1=w2=w3=m=w4=m4=0
         for (i=1; i<=rounds[k]; i++) {
           if (!((k,"pgbouncer",i) in tps) || !((k,"pgmux",i) in tps)) continue
+          if ((k,"pgmux-2cores",i) in tps) { m4++; if (tps[k,"pgmux-2cores",i]+0 >= tps[k,"pgmux",i]+0) w4++ }
           m++
           if (tps[k,"pgmux",i]+0 >= tps[k,"pgbouncer",i]+0) w1++
           if (p99[k,"pgmux",i]+0 <= p99[k,"pgbouncer",i]+0) w2++
@@ -73,7 +76,8 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
         }
         if (m == 0) continue
         printf fmt, part[1], part[2], part[3], w1"/"m, w2"/"m, w3"/"m,
-          span(p99, k, "pgbouncer"), span(p99, k, "pgmux"), span(tps, k, "pgbouncer"), span(tps, k, "pgmux") }
+          span(p99, k, "pgbouncer"), span(p99, k, "pgmux"), span(tps, k, "pgbouncer"), span(tps, k, "pgmux"),
+          m4 ? w4"/"m4 : "-" }
     }'
 } | tee -a "$OUT/table.txt"
 echo

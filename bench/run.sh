@@ -8,7 +8,10 @@
 # CPU pinning: each pooler runs on core 0 only (taskset -c 0; pgmux then runs
 # with GOMAXPROCS=1, as the Go runtime follows the affinity mask), pgbench on
 # core 1 (taskset -c 1), PostgreSQL unpinned. Both poolers get the same pool
-# size (20) in transaction mode. An extra run lets pgmux use both cores.
+# size (20) in transaction mode. A second pgmux, allowed both cores, runs the
+# select-only points at 100 and 1,000 clients in the same rounds, between the
+# two pinned poolers, so that "mux 2core" is a median of rounds run beside
+# the pinned ones.
 #
 # Sessions: each pooler runs in a session of its own (setsid), as a daemon
 # (pgbouncer -d) or a service does. With the kernel's autogroup scheduling
@@ -141,16 +144,22 @@ INI
 }
 
 pgmux_port=$(free_port)
-# start_pgmux CPUS [K]: K pgmux processes (default 1) on pgmux_port (pgmux
-# listens with SO_REUSEPORT), each with an admin port of its own, on the
-# taskset CPU list CPUS; their pids in pgmux_pids, the first's in pgmux_pid.
+pgmux2_port=$(free_port)
+# free_port's ports are free when it looks, not reserved: pgmux's SO_REUSEPORT
+# would let two of these processes share one without a word.
+while [ "$pgmux_port" = "$bouncer_port" ]; do pgmux_port=$(free_port); done
+while [ "$pgmux2_port" = "$bouncer_port" ] || [ "$pgmux2_port" = "$pgmux_port" ]; do pgmux2_port=$(free_port); done
+# start_pgmux CPUS [K] [PORT]: K pgmux processes (default 1) on PORT (default
+# pgmux_port; pgmux listens with SO_REUSEPORT), each with an admin port of its
+# own, on the taskset CPU list CPUS; their pids in pgmux_pids, the first's in
+# pgmux_pid.
 start_pgmux() {
-  local k=${2:-1} i admin
+  local k=${2:-1} port=${3:-$pgmux_port} i admin
   pgmux_pids=()
   for i in $(seq "$k"); do
     admin=$(free_port)
-    cat > "$work/pgmux$i.yaml" <<YAML
-listen: 127.0.0.1:$pgmux_port
+    cat > "$work/pgmux$port-$i.yaml" <<YAML
+listen: 127.0.0.1:$port
 admin_listen: 127.0.0.1:$admin
 pool_mode: transaction
 default_pool_size: $POOL
@@ -160,7 +169,7 @@ log_level: error
 databases:
   postgres: {host: 127.0.0.1, port: $pg_port}
 YAML
-    setsid taskset -c "$1" bin/pgmux --config "$work/pgmux$i.yaml" &
+    setsid taskset -c "$1" bin/pgmux --config "$work/pgmux$port-$i.yaml" &
     pgmux_pids+=($!)
     pids+=($!)
     wait_http "http://127.0.0.1:$admin/healthz"
@@ -173,6 +182,8 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_bouncer
+start_pgmux 0,1 1 "$pgmux2_port"
+pgmux2_pid=$pgmux_pid
 start_pgmux 0
 
 CSV="$OUT/results.csv"
@@ -250,6 +261,7 @@ poolers() {
       case $t in
         pgbouncer) point "$workload" "$mode" "$clients" pgbouncer "$bouncer_port" "$bouncer_pid" ;;
         pgmux) point "$workload" "$mode" "$clients" pgmux "$pgmux_port" "$pgmux_pid" ;;
+        pgmux-2cores) point "$workload" "$mode" "$clients" pgmux-2cores "$pgmux2_port" "$pgmux2_pid" ;;
       esac
     done
   done
@@ -259,7 +271,11 @@ echo "bench: pgbench points of ${DURATION}s: direct once, then PgBouncer and pgm
 for c in $CLIENTS; do
   for mode in simple extended; do
     point select "$mode" "$c" direct "$pg_port"
-    poolers select "$mode" "$c"
+    if [ "$c" -ge 100 ]; then
+      poolers select "$mode" "$c" pgbouncer pgmux-2cores pgmux
+    else
+      poolers select "$mode" "$c"
+    fi
   done
   point select prepared "$c" direct "$pg_port"
   # PgBouncer before 1.21 cannot keep prepared statements in transaction mode.
@@ -276,15 +292,7 @@ if [[ " $CLIENTS " == *" 100 "* ]]; then
   poolers appnames simple 100
 fi
 
-# pgmux on both cores.
-stop_pid "$pgmux_pid"
-start_pgmux 0,1
-for c in 100 1000; do
-  [[ " $CLIENTS " == *" $c "* ]] || continue
-  point select simple "$c" pgmux-2cores "$pgmux_port" "$pgmux_pid"
-  point select extended "$c" pgmux-2cores "$pgmux_port" "$pgmux_pid"
-done
-stop_pid "$pgmux_pid"
+stop_pid "$pgmux2_pid"
 
 # Memory: N idle clients after one query each, through each pooler, fresh.
 # A process may open only so many files (ulimit -Hn: 20,000 on the machine

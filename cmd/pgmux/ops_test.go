@@ -603,6 +603,9 @@ func TestSchedSlice(t *testing.T) {
 	p := startPgmux(t, baseConfig+"sched_slice: 300us\n")
 	runTransactions(t, p, "postgres", 20, 20, "SELECT 1")
 	slices := threadSlices(t, p.cmd.Process.Pid)
+	if len(slices) == 0 {
+		t.Fatal("no thread of pgmux could be read")
+	}
 	for tid, s := range slices {
 		if s != uint64(want) {
 			t.Errorf("thread %d: slice %d ns, want %d", tid, s, want)
@@ -614,7 +617,11 @@ func TestSchedSlice(t *testing.T) {
 	if code := p.adminJSON(t, "POST", "/reload", nil); code != 200 {
 		t.Fatalf("reload: %d", code)
 	}
-	for tid, s := range threadSlices(t, p.cmd.Process.Pid) {
+	after := threadSlices(t, p.cmd.Process.Pid)
+	if len(after) == 0 {
+		t.Fatal("no thread of pgmux could be read after the reload")
+	}
+	for tid, s := range after {
 		if s != self.Runtime {
 			t.Errorf("after reload to 0, thread %d: slice %d ns, want the default %d", tid, s, self.Runtime)
 		}

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/puddle/v2"
@@ -37,10 +38,10 @@ type Conn interface {
 type Config[T Conn] struct {
 	Dial           func(ctx context.Context) (T, error)
 	MaxSize        int32         // connections at most; at least 1
-	MinSize        int32         // connections kept open even when idle
+	MinSize        int32         // connections kept open even when idle (see SetLimits)
 	ConnectTimeout time.Duration // per dial; 0 means none
-	IdleTimeout    time.Duration // close connections idle longer; 0 means never
-	MaxLifetime    time.Duration // close connections older, when next released or idle; 0 means never
+	IdleTimeout    time.Duration // close connections idle longer; 0 means never (see SetLimits)
+	MaxLifetime    time.Duration // close connections older, when next released or idle; 0 means never (see SetLimits)
 	ReapInterval   time.Duration // how often idle connections are checked; default 1s
 }
 
@@ -74,6 +75,10 @@ type Pool[T Conn] struct {
 	closed  bool
 	timer   *time.Timer // fires at the earliest waiter deadline
 	timerAt int64       // when timer fires (Unix ns), or 0 when stopped
+	// The limits a reload may change (SetLimits); Config's are the first.
+	minSize     int32
+	idleTimeout time.Duration
+	maxLifetime atomic.Int64 // a time.Duration; read at every release, outside mu
 }
 
 // New creates a pool and starts its reaper. Callers MUST call Close.
@@ -81,13 +86,11 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 	if cfg.MaxSize < 1 {
 		return nil, errors.New("pool max size must be at least 1")
 	}
-	if cfg.MinSize > cfg.MaxSize {
-		cfg.MinSize = cfg.MaxSize
-	}
 	if cfg.ReapInterval <= 0 {
 		cfg.ReapInterval = time.Second
 	}
 	pl := &Pool[T]{cfg: cfg, stopCh: make(chan struct{}), idle: make([]*puddle.Resource[*entry[T]], 0, cfg.MaxSize)}
+	pl.SetLimits(cfg.MinSize, cfg.IdleTimeout, cfg.MaxLifetime)
 	var err error
 	pl.p, err = puddle.NewPool(&puddle.Config[*entry[T]]{
 		Constructor: func(ctx context.Context) (*entry[T], error) {
@@ -171,7 +174,7 @@ func (l *Lease[T]) Release() { l.ReleaseAt(Now()) }
 func (l *Lease[T]) ReleaseAt(now time.Duration) {
 	p := l.p
 	e := l.res.Value()
-	if p.cfg.MaxLifetime > 0 && now-e.born > p.cfg.MaxLifetime {
+	if life := time.Duration(p.maxLifetime.Load()); life > 0 && now-e.born > life {
 		l.Destroy()
 		return
 	}
@@ -505,18 +508,32 @@ func (p *Pool[T]) reap() {
 	}
 }
 
+// SetLimits changes the limits a reload may change, for a pool in use: the
+// connections kept open when idle (at most the pool's size), how long one
+// may be idle and how long it may live (0 for no limit). The reaper applies
+// them at its next look, a connection's lifetime also when it is next
+// released.
+func (p *Pool[T]) SetLimits(minSize int32, idleTimeout, maxLifetime time.Duration) {
+	p.mu.Lock()
+	p.minSize = min(minSize, p.cfg.MaxSize)
+	p.idleTimeout = idleTimeout
+	p.mu.Unlock()
+	p.maxLifetime.Store(int64(maxLifetime))
+}
+
 // reapOnce closes idle connections past their idle timeout or lifetime, then
 // tops the pool up to MinSize.
 func (p *Pool[T]) reapOnce() {
 	now := Now()
 	var gone []*Lease[T]
+	life := time.Duration(p.maxLifetime.Load())
 	p.mu.Lock()
 	total := p.size
 	kept := p.idle[:0]
 	for _, res := range p.idle { // the longest idle first
 		e := res.Value()
-		tooIdle := p.cfg.IdleTimeout > 0 && now-e.idleAt > p.cfg.IdleTimeout && total > p.cfg.MinSize
-		tooOld := p.cfg.MaxLifetime > 0 && now-e.born > p.cfg.MaxLifetime
+		tooIdle := p.idleTimeout > 0 && now-e.idleAt > p.idleTimeout && total > p.minSize
+		tooOld := life > 0 && now-e.born > life
 		if tooIdle || tooOld {
 			gone = append(gone, leaseOf(res))
 			total--
@@ -532,7 +549,7 @@ func (p *Pool[T]) reapOnce() {
 	}
 	for {
 		p.mu.Lock()
-		if p.closed || p.size >= p.cfg.MinSize {
+		if p.closed || p.size >= p.minSize {
 			p.mu.Unlock()
 			return
 		}

@@ -139,6 +139,35 @@ func TestLifetime(t *testing.T) {
 	l.Release()
 }
 
+// TestSetLimits: limits changed on a pool in use (a reload) apply to the
+// connections it has: a lower idle timeout closes them down to the new
+// minimum, a higher minimum dials up to it, a shorter lifetime closes one
+// when it is released.
+func TestSetLimits(t *testing.T) {
+	d := &dialer{}
+	p := newPool(t, d, func(c *Config[*fakeConn]) { c.MaxSize = 4 })
+	for _, l := range acquireN(t, p, 3) {
+		l.Release()
+	}
+	time.Sleep(60 * time.Millisecond) // reaper ticks with no limit in force
+	if n := p.Stats().Total; n != 3 {
+		t.Fatalf("%d connections before any limit, want 3", n)
+	}
+	p.SetLimits(1, 30*time.Millisecond, 0)
+	waitFor(t, func() bool { return p.Stats().Total == 1 })
+	p.SetLimits(9, 0, 0) // more than MaxSize: as many as it allows
+	waitFor(t, func() bool { return p.Stats().Total == 4 })
+	p.SetLimits(0, 0, 20*time.Millisecond)
+	l, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := l.Conn()
+	time.Sleep(40 * time.Millisecond)
+	l.Release()
+	waitFor(t, old.closed.Load)
+}
+
 // TestCancelledAcquireKeepsDial: a waiter that gives up does not cancel the
 // dial it started; the connection lands in the pool.
 func TestCancelledAcquireKeepsDial(t *testing.T) {

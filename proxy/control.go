@@ -104,7 +104,8 @@ func (s *Server) Ready(ctx context.Context) error {
 }
 
 // Update puts new options in force without dropping anyone: timeouts and
-// limits apply from the next use, users and databases from the next login,
+// limits apply from the next use (the pools' server_idle_timeout,
+// server_lifetime and min_pool_size at their reaper's next look), users and databases from the next login,
 // and a pool whose server address or size changed gets a new pool of
 // servers; the old one closes as its servers come back.
 func (s *Server) Update(opts Options) {
@@ -129,6 +130,9 @@ func (s *Server) Update(opts Options) {
 		p.db.PoolMode = db.PoolMode
 		p.mu.Unlock()
 		if db.Host == old.Host && db.Port == old.Port && db.DBName == old.DBName && db.PoolSize == old.PoolSize && db.Password == old.Password {
+			// The pool stays: the limits are its to change (a new pool
+			// takes them from opts).
+			p.pool.Load().SetLimits(int32(opts.MinPoolSize), opts.ServerIdleTimeout, opts.ServerLifetime)
 			continue
 		}
 		password := db.Password

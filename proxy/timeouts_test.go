@@ -173,3 +173,69 @@ func TestShutdown(t *testing.T) {
 		t.Fatal("the open transaction survived the forced shutdown")
 	}
 }
+
+// TestReloadPoolLimits: a reload's server_idle_timeout, min_pool_size and
+// server_lifetime apply to the pools already open, not only to pools made
+// after it.
+func TestReloadPoolLimits(t *testing.T) {
+	const dbName = "reload_limits"
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 4 })
+	a := p.connect(t, dbName, pgx.QueryExecModeExec)
+	b := p.connect(t, dbName, pgx.QueryExecModeExec)
+	ta, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := b.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.Exec(ctx, "SELECT 1")
+	tb.Exec(ctx, "SELECT 1")
+	ta.Commit(ctx)
+	tb.Commit(ctx)
+	if n := countBackends(t, dbName, "true"); n != 2 {
+		t.Fatalf("want 2 backends, have %d", n)
+	}
+	waitBackends := func(want int, what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for countBackends(t, dbName, "true") != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: want %d backends, have %d", what, want, countBackends(t, dbName, "true"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	backendPid := func() int {
+		t.Helper()
+		var pid int
+		if err := a.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		return pid
+	}
+
+	o := *p.options()
+	o.ServerIdleTimeout = 300 * time.Millisecond
+	o.MinPoolSize = 1
+	p.Update(o)
+	waitBackends(1, "server_idle_timeout lowered to 300ms, min_pool_size 1")
+
+	o.ServerIdleTimeout = time.Minute
+	o.MinPoolSize = 3
+	p.Update(o)
+	waitBackends(3, "min_pool_size raised to 3")
+
+	before := backendPid()
+	o.ServerLifetime = 300 * time.Millisecond
+	p.Update(o)
+	time.Sleep(time.Second)
+	if after := backendPid(); after == before {
+		t.Fatalf("server_lifetime lowered to 300ms: backend %d still served after 1s", after)
+	}
+}

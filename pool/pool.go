@@ -522,7 +522,7 @@ func (p *Pool[T]) SetLimits(minSize int32, idleTimeout, maxLifetime time.Duratio
 }
 
 // reapOnce closes idle connections past their idle timeout or lifetime, then
-// tops the pool up to MinSize.
+// tops the pool up to its minimum.
 func (p *Pool[T]) reapOnce() {
 	now := Now()
 	var gone []*Lease[T]

@@ -105,9 +105,10 @@ func (s *Server) Ready(ctx context.Context) error {
 
 // Update puts new options in force without dropping anyone: timeouts and
 // limits apply from the next use (the pools' server_idle_timeout,
-// server_lifetime and min_pool_size at their reaper's next look), users and databases from the next login,
-// and a pool whose server address or size changed gets a new pool of
-// servers; the old one closes as its servers come back.
+// server_lifetime and min_pool_size at their reaper's next look), users
+// and databases from the next login, and a pool whose server address or
+// size changed gets a new pool of servers; the old one closes as its
+// servers come back.
 func (s *Server) Update(opts Options) {
 	opts.defaults()
 	if opts.Logger == nil {

@@ -131,14 +131,20 @@ func TestTimeouts(t *testing.T) {
 		if n := countBackends(t, dbName, "true"); n != 4 {
 			t.Fatalf("want 4 backends, have %d", n)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for countBackends(t, dbName, "true") != 1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("idle servers not closed down to min_pool_size: %d left", countBackends(t, dbName, "true"))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		waitBackends(t, dbName, 1, "idle servers closed down to min_pool_size")
 	})
+}
+
+// waitBackends waits up to 5 s for dbName to have want backends.
+func waitBackends(t *testing.T, dbName string, want int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for countBackends(t, dbName, "true") != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: want %d backends, have %d", what, want, countBackends(t, dbName, "true"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // TestShutdown: Shutdown closes idle clients at once, lets a transaction
@@ -201,16 +207,6 @@ func TestReloadPoolLimits(t *testing.T) {
 	if n := countBackends(t, dbName, "true"); n != 2 {
 		t.Fatalf("want 2 backends, have %d", n)
 	}
-	waitBackends := func(want int, what string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for countBackends(t, dbName, "true") != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: want %d backends, have %d", what, want, countBackends(t, dbName, "true"))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
 	backendPid := func() int {
 		t.Helper()
 		var pid int
@@ -224,12 +220,12 @@ func TestReloadPoolLimits(t *testing.T) {
 	o.ServerIdleTimeout = 300 * time.Millisecond
 	o.MinPoolSize = 1
 	p.Update(o)
-	waitBackends(1, "server_idle_timeout lowered to 300ms, min_pool_size 1")
+	waitBackends(t, dbName, 1, "server_idle_timeout lowered to 300ms, min_pool_size 1")
 
 	o.ServerIdleTimeout = time.Minute
 	o.MinPoolSize = 3
 	p.Update(o)
-	waitBackends(3, "min_pool_size raised to 3")
+	waitBackends(t, dbName, 3, "min_pool_size raised to 3")
 
 	before := backendPid()
 	o.ServerLifetime = 300 * time.Millisecond

@@ -386,21 +386,17 @@ func (p *parker) turn(events []syscall.EpollEvent, inbox *[]loopMsg) {
 	p.busy = true
 	p.mu.Unlock()
 	p.readAhead(events)
-	// Servers first: their answers go to the clients, and the servers
-	// back to the pool, before any query read in this turn is sent.
-	// Sending one wakes a backend, which may take the loop's core for
-	// a while; and a query read after the answers finds the servers
-	// they freed. Measured at 10 clients (pgbench -S, pooler pinned):
-	// less CPU a transaction in 13 of 14 alternating rounds (median
-	// 0.85 us) and a quarter fewer sleeps of the loop a transaction.
-	for pass := 0; pass < 2; pass++ {
-		for _, ev := range events {
-			token := *(*uint64)(unsafe.Pointer(&ev.Fd))
-			if server := token == 0 || token&srvBit != 0; server == (pass == 0) {
-				p.event(token, ev.Events)
-				p.ejectPending()
-			}
-		}
+	// The events in the order epoll gave them. What they write is queued
+	// and sent at the end of the turn (flushSends), so no backend is woken
+	// by a send before the turn is served, whichever event comes first.
+	// The loop used to serve servers' events before clients' (session 8,
+	// when each send was made at once); since sends are queued that saved
+	// nothing: served in epoll's order, pgmux took less CPU a transaction
+	// at 10 clients in 4 rounds of 4, and TPC-B at 100 clients had a lower
+	// P99 in 12 of 16 (bench/NOTES.md, session 21).
+	for _, ev := range events {
+		p.event(*(*uint64)(unsafe.Pointer(&ev.Fd)), ev.Events)
+		p.ejectPending()
 	}
 	p.dropAhead()
 	for {

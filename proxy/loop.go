@@ -387,8 +387,9 @@ func (p *parker) turn(events []syscall.EpollEvent, inbox *[]loopMsg) {
 	p.mu.Unlock()
 	p.readAhead(events)
 	// The events in the order epoll gave them. What they write is queued
-	// and sent at the end of the turn (flushSends), so no backend is woken
-	// by a send before the turn is served, whichever event comes first.
+	// and sent at the end of the turn (flushSends; earlier only if the
+	// queue fills), so no backend is woken by a send before the turn is
+	// served, whichever event comes first.
 	// The loop used to serve servers' events before clients' (session 8,
 	// when each send was made at once); since sends are queued that saved
 	// nothing: served in epoll's order, pgmux took less CPU a transaction

@@ -37,8 +37,8 @@
 #
 # Environment: BENCH_DURATION (seconds per point, default 10), BENCH_ROUNDS
 # (default 5), BENCH_CLIENTS (default "10 100 1000"), BENCH_IDLE (default
-# "1000 10000 100000"), BENCH_SCALE (pgbench scale, default 10), BENCH_OUT
-# (where results go, default bench/results).
+# "1000 10000 100000"; set and empty for none), BENCH_SCALE (pgbench scale,
+# default 10), BENCH_OUT (where results go, default bench/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -47,7 +47,7 @@ scripts/deps.sh
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-5}
 CLIENTS=${BENCH_CLIENTS:-"10 100 1000"}
-IDLE=${BENCH_IDLE:-"1000 10000 100000"}
+IDLE=${BENCH_IDLE-"1000 10000 100000"} # set and empty: no idle points
 SCALE=${BENCH_SCALE:-10}
 POOL=20
 OUT=${BENCH_OUT:-bench/results}

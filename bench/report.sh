@@ -50,33 +50,43 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
 # P99 difference smaller than the spread says little (a P99 rests on the
 # slowest 1% of a round, which the host's stalls decide; see bench/NOTES.md,
 # session 18). Round i through pgmux ran next to round i through PgBouncer,
-# so each pair is compared: the rounds pgmux won, and each one's range.
+# so each pair is compared: the rounds pgmux won, the median of the rounds'
+# ratios (pgmux over PgBouncer: when the machine's speed drifts during a run,
+# as it did by a third within minutes in session 22, it moves both of a
+# pair, and the ratio of two medians can then fall on rounds that did not
+# run side by side), and each one's range.
 {
   echo
-  echo "round by round (pgmux against PgBouncer in the same round): rounds won, and the range over the rounds;"
+  echo "round by round (pgmux against PgBouncer in the same round): rounds won, the median of the rounds' ratios"
+  echo "pgmux/PgBouncer (tps r, p99 r), and the range over the rounds;"
   echo "2c>=1c: rounds pgmux on both cores made at least the TPS of pgmux pinned"
   tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, '
     $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux" && $4 != "pgmux-2cores") { next }
     { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k }
       t=$4; tps[k,t,$5]=$6; p99[k,t,$5]=$8; cpu[k,t,$5]=$9; if ($5 > rounds[k]) rounds[k]=$5 }
+    function median(a, m,   i, j, x) { # of a[1..m], sorted in place
+      for (i=2; i<=m; i++) { x=a[i]; for (j=i-1; j>=1 && a[j]>x; j--) a[j+1]=a[j]; a[j+1]=x }
+      return m % 2 ? a[(m+1)/2] : (a[m/2]+a[m/2+1])/2 }
     function span(a, k, t,   i, lo, hi) { lo=""; hi=""
       for (i=1; i<=rounds[k]; i++) if ((k,t,i) in a) { if (lo=="" || a[k,t,i]+0 < lo+0) lo=a[k,t,i]; if (hi=="" || a[k,t,i]+0 > hi+0) hi=a[k,t,i] }
       return sprintf("%.1f-%.1f", lo, hi) }
     END {
-      fmt="%-8s %-9s %7s | %-6s %-6s %-6s | %-17s %-17s | %-15s %-15s | %s\n"
-      printf fmt, "script","mode","clients","tps>=","p99<=","cpu<=","p99 pgb","p99 mux","tps pgb","tps mux","2c>=1c"
-      for (j=1; j<=n; j++) { k=order[j]; split(k, part, ","); w1=w2=w3=m=w4=m4=0
+      fmt="%-8s %-9s %7s | %-6s %-6s %-6s | %-5s %-5s | %-17s %-17s | %-15s %-15s | %s\n"
+      printf fmt, "script","mode","clients","tps>=","p99<=","cpu<=","tps r","p99 r","p99 pgb","p99 mux","tps pgb","tps mux","2c>=1c"
+      for (j=1; j<=n; j++) { k=order[j]; split(k, part, ","); w1=w2=w3=m=w4=m4=0; split("", rt); split("", rp)
         for (i=1; i<=rounds[k]; i++) {
           if (!((k,"pgbouncer",i) in tps) || !((k,"pgmux",i) in tps)) continue
           if ((k,"pgmux-2cores",i) in tps) { m4++; if (tps[k,"pgmux-2cores",i]+0 >= tps[k,"pgmux",i]+0) w4++ }
           m++
+          rt[m] = tps[k,"pgbouncer",i] > 0 ? tps[k,"pgmux",i] / tps[k,"pgbouncer",i] : 0
+          rp[m] = p99[k,"pgbouncer",i] > 0 ? p99[k,"pgmux",i] / p99[k,"pgbouncer",i] : 0
           if (tps[k,"pgmux",i]+0 >= tps[k,"pgbouncer",i]+0) w1++
           if (p99[k,"pgmux",i]+0 <= p99[k,"pgbouncer",i]+0) w2++
           if (cpu[k,"pgmux",i] != "" && cpu[k,"pgmux",i]+0 <= cpu[k,"pgbouncer",i]+0) w3++
         }
         if (m == 0) continue
         printf fmt, part[1], part[2], part[3], w1"/"m, w2"/"m, w3"/"m,
-          span(p99, k, "pgbouncer"), span(p99, k, "pgmux"), span(tps, k, "pgbouncer"), span(tps, k, "pgmux"),
+          sprintf("%.2f", median(rt, m)), sprintf("%.2f", median(rp, m)), span(p99, k, "pgbouncer"), span(p99, k, "pgmux"), span(tps, k, "pgbouncer"), span(tps, k, "pgmux"),
           m4 ? w4"/"m4 : "-" }
     }'
 } | tee -a "$OUT/table.txt"

@@ -19,7 +19,12 @@ trap 'rm -rf "$tmp"' EXIT
 
 # Medians over the rounds, then the table of ratios (from the medians).
 SUM="$OUT/summary.csv"
-median() { sort -g | awk '{v[NR]=$1} END {if (NR) print (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+# MEDIAN: an awk function, the median of a[1..m] (sorted in place), for the
+# medians of the rounds here and of the rounds' ratios below.
+MEDIAN='function median(a, m,   i, j, x) {
+  for (i=2; i<=m; i++) { x=a[i]; for (j=i-1; j>=1 && a[j]>x; j--) a[j+1]=a[j]; a[j+1]=x }
+  return m % 2 ? a[(m+1)/2] : (a[m/2]+a[m/2+1])/2 }'
+median() { awk "$MEDIAN"' {v[NR]=$1} END {if (NR) print median(v, NR)}'; }
 echo "workload,mode,clients,target,rounds,tps,latency_avg_ms,p99_ms,cpu_us_per_tx,rss_kb" > "$SUM"
 tail -n +2 "$CSV" | cut -d, -f1-4 | sort -u | while IFS=, read -r w m c t; do
   rows=$(awk -F, -v w="$w" -v m="$m" -v c="$c" -v t="$t" '$1==w && $2==m && $3==c && $4==t && $6!=""' "$CSV")
@@ -60,13 +65,10 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
   echo "round by round (pgmux against PgBouncer in the same round): rounds won, the median of the rounds' ratios"
   echo "pgmux/PgBouncer (tps r, p99 r), and the range over the rounds;"
   echo "2c>=1c: rounds pgmux on both cores made at least the TPS of pgmux pinned"
-  tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, '
+  tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, "$MEDIAN"'
     $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux" && $4 != "pgmux-2cores") { next }
     { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k }
       t=$4; tps[k,t,$5]=$6; p99[k,t,$5]=$8; cpu[k,t,$5]=$9; if ($5 > rounds[k]) rounds[k]=$5 }
-    function median(a, m,   i, j, x) { # of a[1..m], sorted in place
-      for (i=2; i<=m; i++) { x=a[i]; for (j=i-1; j>=1 && a[j]>x; j--) a[j+1]=a[j]; a[j+1]=x }
-      return m % 2 ? a[(m+1)/2] : (a[m/2]+a[m/2+1])/2 }
     function span(a, k, t,   i, lo, hi) { lo=""; hi=""
       for (i=1; i<=rounds[k]; i++) if ((k,t,i) in a) { if (lo=="" || a[k,t,i]+0 < lo+0) lo=a[k,t,i]; if (hi=="" || a[k,t,i]+0 > hi+0) hi=a[k,t,i] }
       return sprintf("%.1f-%.1f", lo, hi) }

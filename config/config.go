@@ -54,7 +54,7 @@ type Config struct {
 // Database is one entry of the databases section. The key "*" matches any
 // database name a client asks for that has no entry of its own.
 type Database struct {
-	Host     string `mapstructure:"host"`
+	Host     string `mapstructure:"host"` // or, beginning with /, a Unix-socket directory
 	Port     int    `mapstructure:"port"`
 	DBName   string `mapstructure:"dbname"`
 	User     string `mapstructure:"user"`

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,11 +34,11 @@ type serverConn struct {
 	// rd is held in the struct, not behind a pointer: the loop reads it
 	// first thing at each answer, and one pointer fewer is one cache miss
 	// fewer on a core the backends share.
-	rd   protocol.Reader
-	bw   *bufio.Writer
-	addr string // host:port, where cancels go
-	pid  uint32
-	key  []byte
+	rd            protocol.Reader
+	bw            *bufio.Writer
+	network, addr string // where cancels go (Database.serverAddr)
+	pid           uint32
+	key           []byte
 
 	// Settings as the server last reported or as pgmux set them, by
 	// lower-cased name; base holds the values it started with.
@@ -175,12 +174,14 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 		return nil, err
 	}
 	sock := newSysConn(conn)
+	network, addr := db.serverAddr()
 	sc := &serverConn{
 		conn:     conn,
 		fd:       -1,
 		rd:       *protocol.NewReader(sock, 16<<10, maxBody),
 		bw:       bufio.NewWriterSize(sock, 16<<10),
-		addr:     net.JoinHostPort(db.Host, strconv.Itoa(db.Port)),
+		network:  network,
+		addr:     addr,
 		pid:      hc.PID,
 		key:      hc.SecretKey,
 		cur:      make(map[string]string, len(hc.ParameterStatuses)),
@@ -520,7 +521,7 @@ func (sc *serverConn) discardAll() error {
 // connection after signalling the backend).
 func (sc *serverConn) cancel(timeout time.Duration) error {
 	d := net.Dialer{Timeout: timeout}
-	c, err := d.Dial("tcp", sc.addr)
+	c, err := d.Dial(sc.network, sc.addr)
 	if err != nil {
 		return err
 	}

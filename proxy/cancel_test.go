@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -174,5 +175,59 @@ func waitNoIdleInTransaction(t *testing.T, dbName string) {
 			t.Fatalf("%d backends idle in transaction", n)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestServerUnixSocket: a database whose host is a directory is reached
+// through the server's Unix socket there, as libpq and PgBouncer read it:
+// for queries, for the cancels pgmux forwards and for the readiness check.
+func TestServerUnixSocket(t *testing.T) {
+	dir := needPG(t).SocketDir()
+	if dir == "" {
+		t.Skip("PGMUX_TEST_DSN's server: its socket directory is not known")
+	}
+	p := startProxy(t, func(o *Options, db *Database) {
+		db.Host = dir
+		o.ReadyDatabases = []string{"postgres"}
+	})
+	ctx := context.Background()
+	if err := p.Ready(ctx); err != nil {
+		t.Fatalf("ready: %v", err)
+	}
+	conn := p.connect(t, "postgres", pgx.QueryExecModeExec)
+	var addr *string // NULL over a Unix socket
+	if err := conn.QueryRow(ctx, "SELECT inet_server_addr()::text").Scan(&addr); err != nil {
+		t.Fatal(err)
+	}
+	if addr != nil {
+		t.Fatalf("the server sees a TCP connection from %s", *addr)
+	}
+	errCh := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
+		errCh <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := conn.PgConn().CancelRequest(cctx); err != nil {
+		t.Fatalf("cancel request: %v", err)
+	}
+	select {
+	case err := <-errCh:
+		if code := sqlstate(err); code != "57014" {
+			t.Fatalf("want 57014, got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pg_sleep(30) not cancelled within 5 s")
+	}
+
+	// Ready fails, naming the database, once nothing listens there.
+	bad := startProxy(t, func(o *Options, db *Database) {
+		db.Host = t.TempDir()
+		o.ReadyDatabases = []string{"postgres"}
+	})
+	if err := bad.Ready(ctx); err == nil || !strings.Contains(err.Error(), "database postgres") {
+		t.Fatalf("ready with no socket in the directory: %v", err)
 	}
 }

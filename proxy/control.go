@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -73,7 +72,7 @@ func (s *Server) waitResumed(ctx context.Context) error {
 func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Ready reports whether pgmux should get traffic: it is not draining or
-// paused, and every database in ReadyDatabases accepts TCP connections.
+// paused, and every database in ReadyDatabases accepts connections.
 func (s *Server) Ready(ctx context.Context) error {
 	if s.draining.Load() {
 		return errors.New("draining")
@@ -88,13 +87,13 @@ func (s *Server) Ready(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		addr := net.JoinHostPort(db.Host, strconv.Itoa(db.Port))
+		network, addr := db.serverAddr()
 		if seen[addr] {
 			continue
 		}
 		seen[addr] = true
 		d := net.Dialer{Timeout: 2 * time.Second}
-		c, err := d.DialContext(ctx, "tcp", addr)
+		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return fmt.Errorf("database %s: %w", name, err)
 		}

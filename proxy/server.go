@@ -10,6 +10,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,13 +34,24 @@ const (
 // Database is a database clients may ask for, resolved: every field is set
 // except User and Password, which are optional.
 type Database struct {
-	Host     string
+	Host     string // a name or address, or a Unix-socket directory if it begins with /
 	Port     int
 	DBName   string // name on the server
 	User     string // fixed backend user; empty means the client's
 	Password string // backend password; empty means the auth file's
 	PoolMode string
 	PoolSize int
+}
+
+// serverAddr is where db's server listens, as net.Dial takes it: a Host
+// beginning with / is the directory of the server's Unix socket, as for
+// libpq and PgBouncer (pgconn, which logs in, reads Host the same way).
+func (db *Database) serverAddr() (network, addr string) {
+	port := strconv.Itoa(db.Port)
+	if strings.HasPrefix(db.Host, "/") {
+		return "unix", filepath.Join(db.Host, ".s.PGSQL."+port)
+	}
+	return "tcp", net.JoinHostPort(db.Host, port)
 }
 
 // Options configures a Server. Zero durations mean "no limit".

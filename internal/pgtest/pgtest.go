@@ -159,6 +159,15 @@ func FreePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// SocketDir is the directory of the server's Unix socket, where its
+// pg_hba.conf trusts every user; empty for PGMUX_TEST_DSN's server.
+func (c *Cluster) SocketDir() string {
+	if c.external {
+		return ""
+	}
+	return c.dir
+}
+
 // External reports whether the server came from PGMUX_TEST_DSN.
 func (c *Cluster) External() bool { return c.external }
 

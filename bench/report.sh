@@ -103,11 +103,15 @@ if command -v gnuplot >/dev/null; then
       awk -F, -v m=$m -v t=$t '$1=="select" && $2==m && $4==t && $6!="" {print $3, $6, $8}' "$SUM" | sort -n > "$tmp/$m-$t.dat"
     done
   done
+  # The x range from the client counts, half the fewest to twice the most:
+  # with one count (BENCH_CLIENTS=10) gnuplot's own range is empty and warns.
+  read -r lo hi < <(awk -F, '$1=="select" {print $3}' "$SUM" | sort -n | sed -n '1p;$p' | paste -sd' ')
   gnuplot <<GP
 set terminal pngcairo size 1200,800 font ",10" noenhanced
 set output "$OUT/chart.png"
 set multiplot layout 2,2 title "pgbench -S, transaction mode, pool $POOL, pooler on one core (${DURATION}s per point, median of $ROUNDS rounds)"
 set logscale x
+set xrange [$lo/2.0:$hi*2.0]
 set xlabel "clients"
 set key left top
 do for [m in "simple extended"] {

@@ -105,13 +105,15 @@ if command -v gnuplot >/dev/null; then
   done
   # The x range from the client counts, half the fewest to twice the most:
   # with one count (BENCH_CLIENTS=10) gnuplot's own range is empty and warns.
-  read -r lo hi < <(awk -F, '$1=="select" {print $3}' "$SUM" | sort -n | sed -n '1p;$p' | paste -sd' ')
+  # No select point at all: no range, gnuplot's own.
+  xrange=$(awk -F, '$1=="select" {if (lo=="" || $3+0<lo) lo=$3+0; if ($3+0>hi) hi=$3+0}
+    END {if (lo!="") printf "set xrange [%g:%g]", lo/2, hi*2}' "$SUM")
   gnuplot <<GP
 set terminal pngcairo size 1200,800 font ",10" noenhanced
 set output "$OUT/chart.png"
 set multiplot layout 2,2 title "pgbench -S, transaction mode, pool $POOL, pooler on one core (${DURATION}s per point, median of $ROUNDS rounds)"
 set logscale x
-set xrange [$lo/2.0:$hi*2.0]
+$xrange
 set xlabel "clients"
 set key left top
 do for [m in "simple extended"] {

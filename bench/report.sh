@@ -4,8 +4,8 @@
 # median of the rounds of each point), DIR/table.txt (the table of ratios,
 # printed too) and DIR/chart.png. DIR is bench/results by default; run it
 # again on saved results to redo the table. BENCH_POOL and BENCH_DURATION
-# (as run.sh ran with) only label the table and chart; the rounds are counted
-# from results.csv unless BENCH_ROUNDS says.
+# (as run.sh ran with) only label the table and chart; so does BENCH_ROUNDS,
+# the rounds being counted from results.csv unless it says.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results}
@@ -13,7 +13,10 @@ CSV="$OUT/results.csv"
 MEM="$OUT/memory.csv"
 POOL=${BENCH_POOL:-20}
 DURATION=${BENCH_DURATION:-10}
-ROUNDS=${BENCH_ROUNDS:-$(awk -F, 'NR > 1 && $5 > r {r = $5} END {print r + 0}' "$CSV")}
+# The rounds of a point through a pooler: "5", or "5-11" when points ran
+# different numbers (run.sh gives the closest points more).
+ROUNDS=${BENCH_ROUNDS:-$(awk -F, 'NR > 1 && $4 != "direct" {k = $1 "," $2 "," $3 "," $4; if ($5 > r[k]) r[k] = $5}
+  END {for (k in r) {if (lo == "" || r[k] < lo) lo = r[k]; if (r[k] > hi) hi = r[k]}; print (lo == hi ? lo + 0 : lo "-" hi)}' "$CSV")}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -25,6 +28,16 @@ MEDIAN='function median(a, m,   i, j, x) {
   for (i=2; i<=m; i++) { x=a[i]; for (j=i-1; j>=1 && a[j]>x; j--) a[j+1]=a[j]; a[j+1]=x }
   return m % 2 ? a[(m+1)/2] : (a[m/2]+a[m/2+1])/2 }'
 median() { awk "$MEDIAN"' {v[NR]=$1} END {if (NR) print median(v, NR)}'; }
+# CI: awk functions for a 90% confidence interval of a median from m values
+# sorted in place (by median above), free of any assumption about their
+# distribution: [a[k], a[m+1-k]] with k the largest for which the binomial
+# (m, 1/2) puts at most 5% below k on each side (k=1 for m=5, 3 for m=11;
+# none for fewer than 5). ci() gives "lo..hi", or "-".
+CI='function cik(m,   i, c, p, k) { c=1; p=0; k=0
+  for (i=0; i<m; i++) { p+=c; if (2*p/2^m > 0.10) break; k=i+1; c=c*(m-i)/(i+1) }
+  return k }
+function ci(a, m, f,   k) { k=cik(m); return k ? sprintf(f".."f, a[k], a[m+1-k]) : "-" }'
+
 echo "workload,mode,clients,target,rounds,tps,latency_avg_ms,p99_ms,cpu_us_per_tx,rss_kb" > "$SUM"
 tail -n +2 "$CSV" | cut -d, -f1-4 | sort -u | while IFS=, read -r w m c t; do
   rows=$(awk -F, -v w="$w" -v m="$m" -v c="$c" -v t="$t" '$1==w && $2==m && $3==c && $4==t && $6!=""' "$CSV")
@@ -63,9 +76,10 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
 {
   echo
   echo "round by round (pgmux against PgBouncer in the same round): rounds won, the median of the rounds' ratios"
-  echo "pgmux/PgBouncer (tps r, p99 r), and the range over the rounds;"
+  echo "pgmux/PgBouncer (tps r, p99 r) with a 90% confidence interval of that median (none under 5 rounds),"
+  echo "and the range over the rounds;"
   echo "2c>=1c: rounds pgmux on both cores made at least the TPS of pgmux pinned"
-  tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, "$MEDIAN"'
+  tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, "$MEDIAN$CI"'
     $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux" && $4 != "pgmux-2cores") { next }
     { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k }
       t=$4; tps[k,t,$5]=$6; p99[k,t,$5]=$8; cpu[k,t,$5]=$9; if ($5 > rounds[k]) rounds[k]=$5 }
@@ -73,8 +87,8 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
       for (i=1; i<=rounds[k]; i++) if ((k,t,i) in a) { if (lo=="" || a[k,t,i]+0 < lo+0) lo=a[k,t,i]; if (hi=="" || a[k,t,i]+0 > hi+0) hi=a[k,t,i] }
       return sprintf("%.1f-%.1f", lo, hi) }
     END {
-      fmt="%-8s %-9s %7s | %-6s %-6s %-6s | %-5s %-5s | %-17s %-17s | %-15s %-15s | %s\n"
-      printf fmt, "script","mode","clients","tps>=","p99<=","cpu<=","tps r","p99 r","p99 pgb","p99 mux","tps pgb","tps mux","2c>=1c"
+      fmt="%-8s %-9s %7s | %-6s %-6s %-6s | %-5s %-10s %-5s %-10s | %-17s %-17s | %-15s %-15s | %s\n"
+      printf fmt, "script","mode","clients","tps>=","p99<=","cpu<=","tps r","90% CI","p99 r","90% CI","p99 pgb","p99 mux","tps pgb","tps mux","2c>=1c"
       for (j=1; j<=n; j++) { k=order[j]; split(k, part, ","); w1=w2=w3=m=w4=m4=0; split("", rt); split("", rp)
         for (i=1; i<=rounds[k]; i++) {
           if (!((k,"pgbouncer",i) in tps) || !((k,"pgmux",i) in tps)) continue
@@ -87,9 +101,39 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
           if (cpu[k,"pgmux",i] != "" && cpu[k,"pgmux",i]+0 <= cpu[k,"pgbouncer",i]+0) w3++
         }
         if (m == 0) continue
+        mt=sprintf("%.2f", median(rt, m)); mp=sprintf("%.2f", median(rp, m)) # sorts rt and rp for ci
         printf fmt, part[1], part[2], part[3], w1"/"m, w2"/"m, w3"/"m,
-          sprintf("%.2f", median(rt, m)), sprintf("%.2f", median(rp, m)), span(p99, k, "pgbouncer"), span(p99, k, "pgmux"), span(tps, k, "pgbouncer"), span(tps, k, "pgmux"),
+          mt, ci(rt, m, "%.2f"), mp, ci(rp, m, "%.2f"), span(p99, k, "pgbouncer"), span(p99, k, "pgmux"), span(tps, k, "pgbouncer"), span(tps, k, "pgmux"),
           m4 ? w4"/"m4 : "-" }
+    }'
+
+  # The latency each pooler adds over direct at 10 clients (the issue's
+  # target): the medians of the rounds' average latency less direct's one
+  # round, and pgmux's average less PgBouncer's round by round, its median
+  # and 90% CI: "less" or "more" when the interval leaves out zero, else
+  # "level".
+  tail -n +2 "$CSV" | awk -F, "$MEDIAN$CI"'
+    $1 != "select" || $3 != 10 || $7 == "" { next }
+    $4 == "direct" { dir[$2]=$7; next }
+    $4 == "pgbouncer" || $4 == "pgmux" { if (!($2 in seen)) { seen[$2]=1; order[++n]=$2 } lat[$2,$4,$5]=$7; if ($5 > rounds[$2]) rounds[$2]=$5 }
+    END {
+      if (!n) exit
+      print ""
+      print "latency added over direct at 10 clients, average latency in ms: the medians over the rounds, and"
+      print "pgmux less PgBouncer round by round (its median, and a 90% confidence interval of that median)"
+      fmt="%-9s | %7s %10s %10s | %8s %-16s %s\n"
+      printf fmt, "mode", "direct", "+pgbouncer", "+pgmux", "mux-pgb", "90% CI", "pgmux adds"
+      for (j=1; j<=n; j++) { md=order[j]; if (!(md in dir)) continue; a=b=m=0; split("", lb); split("", lm); split("", d)
+        for (i=1; i<=rounds[md]; i++) {
+          if ((md,"pgbouncer",i) in lat) lb[++a]=lat[md,"pgbouncer",i]
+          if ((md,"pgmux",i) in lat) lm[++b]=lat[md,"pgmux",i]
+          if ((md,"pgbouncer",i) in lat && (md,"pgmux",i) in lat) d[++m]=lat[md,"pgmux",i]-lat[md,"pgbouncer",i]
+        }
+        if (!a || !b || !m) continue
+        mb=median(lb, a); mm=median(lm, b); md2=median(d, m); k=cik(m)
+        verdict = !k ? "-" : d[m+1-k] < 0 ? "less" : d[k] > 0 ? "more" : "level"
+        printf fmt, md, sprintf("%.3f", dir[md]), sprintf("%+.3f", mb-dir[md]), sprintf("%+.3f", mm-dir[md]),
+          sprintf("%+.3f", md2), ci(d, m, "%+.3f"), verdict }
     }'
 } | tee -a "$OUT/table.txt"
 echo

@@ -138,7 +138,9 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
 } | tee -a "$OUT/table.txt"
 echo
 echo "idle clients (RSS growth per client connection):"
-column -t -s, "$MEM"
+# Aligned as column -t would (not on a minimal Debian: bsdextrautils).
+awk -F, '{for (i=1; i<=NF; i++) {c[NR,i]=$i; if (length($i) > w[i]) w[i]=length($i)}; if (NF > nf) nf=NF}
+  END {for (r=1; r<=NR; r++) {l=""; for (i=1; i<=nf; i++) l=l sprintf(i < nf ? "%-" w[i]+2 "s" : "%s", c[r,i]); print l}}' "$MEM"
 
 # Chart: TPS and P99 by clients, select-only, simple and extended.
 if command -v gnuplot >/dev/null; then

@@ -123,17 +123,17 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
       print "pgmux less PgBouncer round by round (its median, and a 90% confidence interval of that median)"
       fmt="%-9s | %7s %10s %10s | %8s %-16s %s\n"
       printf fmt, "mode", "direct", "+pgbouncer", "+pgmux", "mux-pgb", "90% CI", "pgmux adds"
-      for (j=1; j<=n; j++) { md=order[j]; if (!(md in dir)) continue; a=b=m=0; split("", lb); split("", lm); split("", d)
-        for (i=1; i<=rounds[md]; i++) {
-          if ((md,"pgbouncer",i) in lat) lb[++a]=lat[md,"pgbouncer",i]
-          if ((md,"pgmux",i) in lat) lm[++b]=lat[md,"pgmux",i]
-          if ((md,"pgbouncer",i) in lat && (md,"pgmux",i) in lat) d[++m]=lat[md,"pgmux",i]-lat[md,"pgbouncer",i]
+      for (j=1; j<=n; j++) { mo=order[j]; if (!(mo in dir)) continue; a=b=m=0; split("", lb); split("", lm); split("", d)
+        for (i=1; i<=rounds[mo]; i++) {
+          if ((mo,"pgbouncer",i) in lat) lb[++a]=lat[mo,"pgbouncer",i]
+          if ((mo,"pgmux",i) in lat) lm[++b]=lat[mo,"pgmux",i]
+          if ((mo,"pgbouncer",i) in lat && (mo,"pgmux",i) in lat) d[++m]=lat[mo,"pgmux",i]-lat[mo,"pgbouncer",i]
         }
         if (!a || !b || !m) continue
-        mb=median(lb, a); mm=median(lm, b); md2=median(d, m); k=cik(m)
+        mb=median(lb, a); mm=median(lm, b); md=median(d, m); k=cik(m) # median sorts d for the interval
         verdict = !k ? "-" : d[m+1-k] < 0 ? "less" : d[k] > 0 ? "more" : "level"
-        printf fmt, md, sprintf("%.3f", dir[md]), sprintf("%+.3f", mb-dir[md]), sprintf("%+.3f", mm-dir[md]),
-          sprintf("%+.3f", md2), ci(d, m, "%+.3f"), verdict }
+        printf fmt, mo, sprintf("%.3f", dir[mo]), sprintf("%+.3f", mb-dir[mo]), sprintf("%+.3f", mm-dir[mo]),
+          sprintf("%+.3f", md), ci(d, m, "%+.3f"), verdict }
     }'
 } | tee -a "$OUT/table.txt"
 echo

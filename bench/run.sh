@@ -35,12 +35,12 @@
 # with three, the rounds of one pooler at one point still spread 20-30%, more
 # than the differences the targets ask about).
 #
-# The points where the two poolers run level, select-only at 10 clients and
-# TPC-B, run BENCH_ROUNDS_LEVEL rounds (default 11): at five, which pooler
-# a median put ahead changed from run to run there (bench/NOTES.md, sessions
-# 21-23), and the 90% confidence interval report.sh gives the rounds' ratios
-# is their whole range; at eleven it leaves out the outermost two on each
-# side.
+# The points where the two poolers run level, select-only under 100 clients
+# (simple and extended) and TPC-B, run BENCH_ROUNDS_LEVEL rounds (default
+# 11): at five, which pooler a median put ahead changed from run to run there
+# (bench/NOTES.md, sessions 21-23), and the 90% confidence interval
+# report.sh gives the rounds' ratios is their whole range; at eleven it
+# leaves out the outermost two on each side.
 #
 # Environment: BENCH_DURATION (seconds per point, default 10), BENCH_ROUNDS
 # (default 5), BENCH_ROUNDS_LEVEL (default 11), BENCH_CLIENTS (default
@@ -253,18 +253,14 @@ point() {
   printf "  %-8s %-9s %5s clients  %-12s r%s %9s tps  p99 %8s ms  cpu %6s us/tx\n" "$workload" "$mode" "$clients" "$target" "$round" "$tps" "$p99" "${cpu:--}" >&2
 }
 
-# poolers WORKLOAD MODE CLIENTS [TARGET...]: the point through each target
-# (pgbouncer and pgmux unless named), ROUNDS times (ROUNDS_LEVEL at the
-# points where the two run level, when both run), the order reversed every
-# other round. point sees this round number (bash's dynamic scope).
+# poolers ROUNDS WORKLOAD MODE CLIENTS [TARGET...]: the point through each
+# target (pgbouncer and pgmux unless named), ROUNDS times, the order reversed
+# every other round. point sees this round number (bash's dynamic scope).
 poolers() {
-  local workload=$1 mode=$2 clients=$3 round t rounds=$ROUNDS
-  shift 3
+  local rounds=$1 workload=$2 mode=$3 clients=$4 round t
+  shift 4
   local targets=("$@")
   [ ${#targets[@]} -gt 0 ] || targets=(pgbouncer pgmux)
-  if [ "${targets[*]}" = "pgbouncer pgmux" ] && { [ "$workload" = tpcb ] || { [ "$workload" = select ] && [ "$clients" = 10 ]; }; }; then
-    rounds=$ROUNDS_LEVEL
-  fi
   for round in $(seq "$rounds"); do
     local order=("${targets[@]}")
     if [ $((round % 2)) = 0 ]; then
@@ -280,29 +276,29 @@ poolers() {
   done
 }
 
-echo "bench: pgbench points of ${DURATION}s: direct once, then PgBouncer and pgmux $ROUNDS rounds each ($ROUNDS_LEVEL at 10 clients and TPC-B), interleaved" >&2
+echo "bench: pgbench points of ${DURATION}s: direct once, then PgBouncer and pgmux $ROUNDS rounds each ($ROUNDS_LEVEL under 100 clients and at TPC-B), interleaved" >&2
 for c in $CLIENTS; do
   for mode in simple extended; do
     point select "$mode" "$c" direct "$pg_port"
     if [ "$c" -ge 100 ]; then
-      poolers select "$mode" "$c" pgbouncer pgmux-2cores pgmux
+      poolers "$ROUNDS" select "$mode" "$c" pgbouncer pgmux-2cores pgmux
     else
-      poolers select "$mode" "$c"
+      poolers "$ROUNDS_LEVEL" select "$mode" "$c"
     fi
   done
   point select prepared "$c" direct "$pg_port"
   # PgBouncer before 1.21 cannot keep prepared statements in transaction mode.
   if "$PGBOUNCER" --version | head -1 | awk '{split($2,v,"."); exit !(v[1]>1 || v[2]>=21)}'; then
-    poolers select prepared "$c"
+    poolers "$ROUNDS" select prepared "$c"
   else
-    poolers select prepared "$c" pgmux
+    poolers "$ROUNDS" select prepared "$c" pgmux
   fi
 done
 point tpcb simple 100 direct "$pg_port"
-poolers tpcb simple 100
+poolers "$ROUNDS_LEVEL" tpcb simple 100
 if [[ " $CLIENTS " == *" 100 "* ]]; then
   point appnames simple 100 direct "$pg_port"
-  poolers appnames simple 100
+  poolers "$ROUNDS" appnames simple 100
 fi
 
 stop_pid "$pgmux2_pid"

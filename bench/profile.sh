@@ -8,7 +8,7 @@
 # than that, and a change worth 2% of the pooler's CPU cannot be seen there.
 # An instruction count does not depend on how fast the machine runs; it
 # still moves a little with how the events fall into wake-ups (see
-# bench/NOTES.md, session 16, for how much). It counts user space only
+# docs/benchmarks.md). It counts user space only
 # (the kernel's part, most of a pooler's CPU, is not in it), and under
 # valgrind pgmux runs many times slower (a TPC-B point at about a third of
 # its TPS, the clients waiting on it), so a wake-up finds more events than

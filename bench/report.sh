@@ -66,11 +66,11 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
 
 # Round by round: the medians above hide how far the rounds spread, and a
 # P99 difference smaller than the spread says little (a P99 rests on the
-# slowest 1% of a round, which the host's stalls decide; see bench/NOTES.md,
-# session 18). Round i through pgmux ran next to round i through PgBouncer,
+# slowest 1% of a round, which the host's stalls decide; see
+# docs/benchmarks.md). Round i through pgmux ran next to round i through PgBouncer,
 # so each pair is compared: the rounds pgmux won, the median of the rounds'
 # ratios (pgmux over PgBouncer: when the machine's speed drifts during a run,
-# as it did by a third within minutes in session 22, it moves both of a
+# as it did by a third within minutes in one run, it moves both of a
 # pair, and the ratio of two medians can then fall on rounds that did not
 # run side by side), and each one's range.
 {

@@ -26,7 +26,7 @@
 # soon after it wakes on the core it shares with PostgreSQL's backends;
 # PgBouncer keeps the kernel's default. Given the same 100 us slice (set from
 # outside with sched_setattr), PgBouncer was slower, not faster: lower TPS in
-# 7 of 8 select-only rounds at 100 clients (bench/NOTES.md, session 19).
+# 7 of 8 select-only rounds at 100 clients (docs/tried-and-dropped.md, Scheduling).
 #
 # Rounds: each pooler point runs BENCH_ROUNDS times (default 5), PgBouncer and
 # pgmux alternating and taking turns to go first; the table and the chart show
@@ -38,7 +38,7 @@
 # The points where the two poolers run level, select-only under 100 clients
 # (simple and extended) and TPC-B, run BENCH_ROUNDS_LEVEL rounds (default
 # 11): at five, which pooler a median put ahead changed from run to run there
-# (bench/NOTES.md, sessions 21-23), and the 90% confidence interval
+# (docs/benchmarks.md, Rounds), and the 90% confidence interval
 # report.sh gives the rounds' ratios is their whole range; at eleven it
 # leaves out the outermost two on each side.
 #

@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 FUZZTIME ?= 30s
 
-.PHONY: help build run demo test test-short lint fuzz deps bench bench-go profile clean
+.PHONY: help build run demo test test-short lint cross fuzz deps bench bench-go profile clean
 
 help: ## List targets.
 	@awk 'BEGIN{FS=":.*##"} /^[a-z-]+:.*##/{printf "  %-12s %s\n",$$1,$$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,10 @@ test-short: ## Unit tests only, no servers.
 lint: ## gofmt and go vet.
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
+
+cross: ## Build and vet for macOS and Windows: the portable driver must stand without the Linux event loop.
+	GOOS=darwin $(GO) build ./... && GOOS=darwin $(GO) vet ./...
+	GOOS=windows $(GO) build ./... && GOOS=windows $(GO) vet ./...
 
 fuzz: ## Fuzz the startup parser and the message reader (FUZZTIME=30s each).
 	$(GO) test -run='^$$' -fuzz=FuzzReadStartup -fuzztime=$(FUZZTIME) ./protocol

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -193,9 +192,7 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 		lk := strings.ToLower(k)
 		sc.cur[lk], sc.base[lk], sc.names[lk] = v, v, k
 	}
-	if sys, ok := sock.(*sysConn); ok {
-		sys.raw.Control(func(fd uintptr) { sc.sys, sc.fd = sys, int(fd) })
-	}
+	sc.sys, sc.fd = rawSocket(sock)
 	return sc, nil
 }
 
@@ -231,10 +228,6 @@ func (sc *serverConn) alive() bool {
 	return sc.rd.Buffered() == 0 && peek(sc.conn) == peekEmpty
 }
 
-// peerClosed reports whether c's peer has closed its end (and sent nothing
-// still unread).
-func peerClosed(c net.Conn) bool { return peek(c) == peekEOF }
-
 type peekResult uint8
 
 const (
@@ -243,34 +236,9 @@ const (
 	peekEOF                     // the peer closed, or the socket failed
 )
 
-// peek looks at c's socket without blocking or consuming (MSG_PEEK|MSG_DONTWAIT).
-func peek(c net.Conn) peekResult {
-	sys, ok := c.(syscall.Conn)
-	if !ok {
-		return peekEmpty
-	}
-	raw, err := sys.SyscallConn()
-	if err != nil {
-		return peekEOF
-	}
-	var n int
-	var rerr error
-	// Control, not Read: the look does not wait, so the read deadline (past,
-	// when a park request or a drain has just set it) has no say in it.
-	err = raw.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	})
-	switch {
-	case err != nil:
-		return peekEOF
-	case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK:
-		return peekEmpty
-	case rerr == nil && n > 0:
-		return peekData
-	}
-	return peekEOF
-}
+// peerClosed reports whether c's peer has closed its end (and sent nothing
+// still unread).
+func peerClosed(c net.Conn) bool { return peek(c) == peekEOF }
 
 // noteParam records a ParameterStatus the server sent.
 func (sc *serverConn) noteParam(name, value string) string {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package proxy
 
 import (
@@ -29,12 +31,12 @@ import (
 // (readAhead), and a turn's writes with one more at its end (sendQueue):
 // on a machine where each system call switches page tables and empties
 // the TLB, that saved a third of the pooler's CPU a transaction at 100
-// clients, less where a wake-up has fewer events to serve (bench/NOTES.md,
-// session 14). Anything out of the ordinary (COPY, a
-// Flush, DEALLOCATE or DISCARD, a client that reads slowly, a query larger
-// than a buffer, a hang-up, a drain, a pause, settings to bring in line, an
-// error) ejects the session to a goroutine of its own at a message boundary, with its state as the goroutine path keeps it, and the
-// goroutine path goes on from there. The measurements are in bench/NOTES.md.
+// clients, less where a wake-up has fewer events to serve (docs/relay.md).
+// Anything out of the ordinary (COPY, a Flush, DEALLOCATE or DISCARD, a
+// client that reads slowly, a query larger than a buffer, a hang-up, a
+// drain, a pause, an error) ejects the session to a goroutine of its own at
+// a message boundary, with its state as the goroutine path keeps it, and the
+// goroutine path goes on from there.
 //
 // Only the loop goroutine touches a session while it is in the loop; other
 // goroutines reach it through post (wake, a server handed over by the pool).
@@ -389,12 +391,8 @@ func (p *parker) turn(events []syscall.EpollEvent, inbox *[]loopMsg) {
 	// The events in the order epoll gave them. What they write is queued
 	// and sent at the end of the turn (flushSends; earlier only if the
 	// queue fills), so no backend is woken by a send before the turn is
-	// served, whichever event comes first.
-	// The loop used to serve servers' events before clients' (session 8,
-	// when each send was made at once); since sends are queued that saved
-	// nothing: served in epoll's order, pgmux took less CPU a transaction
-	// at 10 clients in 4 rounds of 4, and TPC-B at 100 clients had a lower
-	// P99 in 12 of 16 (bench/NOTES.md, session 21).
+	// served, whichever event comes first; serving servers' events first
+	// bought nothing since (docs/tried-and-dropped.md).
 	for _, ev := range events {
 		p.event(*(*uint64)(unsafe.Pointer(&ev.Fd)), ev.Events)
 		p.ejectPending()
@@ -640,89 +638,6 @@ func (p *parker) goodbye(ss *session) {
 	ss.rd.Release()
 	ss.serveAndClose(errQuiet)
 }
-
-// scanResult is what scanClient makes of a client's buffered bytes.
-type scanResult int8
-
-const (
-	scanMore  scanResult = iota // whole ordinary messages so far; more to come
-	scanEject                   // something only the goroutine path handles
-	scanReady                   // whole ordinary messages, the last a Query or Sync
-)
-
-// clientBatch is what scanClient makes of a batch of client messages that
-// is ready to send.
-type clientBatch struct {
-	mapped bool // some message names a prepared statement (psOn: the mapping rewrites them)
-	// segs: the Queries and Syncs, each ending a segment (noteSentLocked).
-	// unnamed: whether the batch leaves a Parse of the unnamed statement
-	// unbound (1) or not (0), or -1 if no Query, Bind or such Parse in it
-	// says (session.unnamedOpen as it was).
-	segs    int
-	unnamed int8
-}
-
-// scanClient looks at what a client in the loop has sent: messages the loop
-// serves (simple Query; Parse, Bind, Describe, Execute, Close and Sync)
-// ending with one the server answers with ReadyForQuery. When it is ready,
-// b says what the batch holds, so that the loop's send need not look again.
-func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBatch) {
-	i := 0
-	var last byte
-	b.unnamed = -1
-	for len(buf)-i >= protocol.HeaderLen {
-		typ := buf[i]
-		l := int(binary.BigEndian.Uint32(buf[i+1:]))
-		if l < 4 || l-4 > maxBody {
-			return scanEject, clientBatch{} // the goroutine path says what is wrong with it
-		}
-		if !loopServes[typ] {
-			return scanEject, clientBatch{} // at once: it may never be whole
-		}
-		if len(buf)-i < 1+l {
-			return scanMore, clientBatch{}
-		}
-		body := buf[i+protocol.HeaderLen : i+1+l]
-		switch typ {
-		case 'S':
-			b.segs++
-		case 'Q':
-			if psOn && stmtCommandText(body) {
-				return scanEject, clientBatch{} // DEALLOCATE or DISCARD: the mapping's
-			}
-			b.segs++
-			b.unnamed = 0
-		case 'E':
-		default: // Parse, Bind, Describe, Close
-			if typ == 'B' {
-				b.unnamed = 0
-			}
-			if len(body) == 0 {
-				break // malformed: the server says so
-			}
-			if psOn && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
-				b.mapped = true
-			}
-			if typ == 'P' && body[0] == 0 {
-				b.unnamed = 1
-			}
-		}
-		last = typ
-		i += 1 + l
-	}
-	if i < len(buf) || last != 'Q' && last != 'S' {
-		return scanMore, clientBatch{}
-	}
-	return scanReady, b
-}
-
-// loopServes holds the client message types scanClient lets the loop serve.
-var loopServes = func() (t [256]bool) {
-	for _, typ := range []byte("QPBDCES") {
-		t[typ] = true
-	}
-	return t
-}()
 
 // startTx begins the transaction whose first messages the client has sent,
 // if they are ordinary and whole; if they are not whole it waits for more.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package proxy
 
 import (
@@ -97,78 +99,6 @@ func ioRingOK() bool {
 	}
 	r.close()
 	return true
-}
-
-// FuzzScanClient: whatever a client sends, the loop's look at it does not
-// fail, and what it calls ready is whole messages it serves, back to back,
-// ending with a Query or a Sync; and the account the loop's send makes of
-// the batch at once (noteBatchLocked) is the one forward's, message by
-// message, would have made.
-func FuzzScanClient(f *testing.F) {
-	f.Add([]byte("Q\x00\x00\x00\x0dSELECT 1\x00"), true)
-	f.Add([]byte("P\x00\x00\x00\x08s1\x00\x00\x00B\x00\x00\x00\x0c\x00s1\x00\x00\x00\x00\x00\x00S\x00\x00\x00\x04"), true)
-	f.Add([]byte("Q\x00\x00\x00\x0ddeallocate\x00"), true)
-	f.Add([]byte("X\x00\x00\x00\x04"), false)
-	f.Add([]byte("Q\x00\x00\x00\x02"), false)
-	f.Add([]byte("P\x00\x00\x00\x09\x00x\x00\x00\x00B\x00\x00\x00\x04S\x00\x00\x00\x04"), false) // a Bind with no body still closes the unnamed Parse
-	f.Fuzz(func(t *testing.T, buf []byte, psOn bool) {
-		res, batch := scanClient(buf, 1<<20, psOn)
-		mapped := batch.mapped
-		if res != scanReady {
-			if mapped {
-				t.Fatal("mapped reported for a batch not ready")
-			}
-			return
-		}
-		var last byte
-		for i := 0; i < len(buf); {
-			if len(buf)-i < 5 {
-				t.Fatalf("ready with a cut header at %d", i)
-			}
-			l := int(buf[i+1])<<24 | int(buf[i+2])<<16 | int(buf[i+3])<<8 | int(buf[i+4])
-			if l < 4 || i+1+l > len(buf) {
-				t.Fatalf("ready with a bad length %d at %d", l, i)
-			}
-			switch buf[i] {
-			case 'Q', 'P', 'B', 'D', 'C', 'E', 'S':
-			default:
-				t.Fatalf("ready with message type %q", buf[i])
-			}
-			last = buf[i]
-			i += 1 + l
-		}
-		if last != 'Q' && last != 'S' {
-			t.Fatalf("ready ending with %q", last)
-		}
-		if !psOn && mapped {
-			t.Fatal("mapped without the mapping")
-		}
-		for _, open := range []bool{false, true} {
-			one, all := &session{unnamedOpen: open}, &session{unnamedOpen: open}
-			for i := 0; i < len(buf); {
-				l := int(buf[i+1])<<24 | int(buf[i+2])<<16 | int(buf[i+3])<<8 | int(buf[i+4])
-				if one.noteSentLocked(buf[i], l-4, buf[i] == 'P' && l > 4 && buf[i+5] == 0, true) {
-					one.segSent++
-				}
-				i += 1 + l
-			}
-			all.noteBatchLocked(batch, len(buf))
-			type account struct {
-				pending                     int
-				mid, flushOpen, unnamedOpen bool
-				segSent                     uint64
-				segLen                      int
-				bytesIn                     int64
-				started                     bool
-			}
-			of := func(ss *session) account {
-				return account{ss.pending, ss.mid, ss.flushOpen, ss.unnamedOpen, ss.segSent, ss.segLen, ss.bytesIn, ss.txStart != 0}
-			}
-			if a, b := of(one), of(all); a != b {
-				t.Fatalf("unnamed open before %v: message by message %+v, as a batch %+v", open, a, b)
-			}
-		}
-	})
 }
 
 // TestQueuedClientHangsUp: a client that sends a query and hangs up while it
@@ -279,23 +209,6 @@ func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
 	}
 }
 
-// clientStep is a query one of a test's raw clients runs.
-type clientStep struct {
-	c   *rawClient
-	sql string
-}
-
-// runSteps runs steps in order (to bring a pool's servers into a known
-// state, say) and fails the test at the first error.
-func runSteps(t *testing.T, steps []clientStep) {
-	t.Helper()
-	for _, step := range steps {
-		if err := step.c.query(step.sql); err != nil {
-			t.Fatalf("%s: %v", step.sql, err)
-		}
-	}
-}
-
 // twoClients starts a proxy with a pool of poolSize and logs two raw clients
 // in through it, with the same settings.
 func twoClients(t *testing.T, poolSize int) (*testProxy, *rawClient, *rawClient) {
@@ -333,15 +246,6 @@ func (p *testProxy) loopServes(t *testing.T, c *rawClient) {
 		}
 		return p.sessionOf(c).inLoop.Load()
 	})
-}
-
-func loggedIn(t *testing.T, p *testProxy) *rawClient {
-	t.Helper()
-	c := dialRaw(t, p.addr)
-	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 // TestLoopReadBufferPerTransaction: in the loop a client's read buffer is

@@ -158,3 +158,30 @@ func (r *rawClient) firstValue() (string, error) {
 		}
 	}
 }
+
+// loggedIn returns a raw client logged in to p as the superuser.
+func loggedIn(t *testing.T, p *testProxy) *rawClient {
+	t.Helper()
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// runSteps runs steps in order (to bring a pool's servers into a known
+// state, say) and fails the test at the first error.
+func runSteps(t *testing.T, steps []clientStep) {
+	t.Helper()
+	for _, step := range steps {
+		if err := step.c.query(step.sql); err != nil {
+			t.Fatalf("%s: %v", step.sql, err)
+		}
+	}
+}
+
+// clientStep is a query one of a test's raw clients runs.
+type clientStep struct {
+	c   *rawClient
+	sql string
+}

@@ -935,7 +935,7 @@ func (ss *session) kill() {
 // or writes a number the kernel has since given to another connection (see
 // sysConn), nor takes a newcomer's out of its epoll set.
 func (ss *session) hangUp() {
-	if s, ok := ss.sock.(*sysConn); ok {
+	if s, ok := ss.sock.(interface{ shutdown() }); ok {
 		s.shutdown()
 		return
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package proxy
 
 import (
@@ -17,7 +19,7 @@ import (
 // call, so the scheduler does not hand the goroutines to a second thread
 // meanwhile. Pinned to one core that hand-off, and the thread switches it
 // brings, cost more than the relay itself (see
-// bench/NOTES.md). Deadlines and Close act on it as on the net.Conn.
+// docs/relay.md). Deadlines and Close act on it as on the net.Conn.
 //
 // TryRead and TryWrite, the relay loop's, go further: they call the kernel
 // on the descriptor's number itself, without the net.Conn's reference count
@@ -62,6 +64,18 @@ func newSysConn(c net.Conn) io.ReadWriter {
 	return s
 }
 
+// rawSocket returns sock's sysConn and descriptor for the loop, or nil and -1
+// when sock has none.
+func rawSocket(sock io.ReadWriter) (*sysConn, int) {
+	s, ok := sock.(*sysConn)
+	if !ok {
+		return nil, -1
+	}
+	fd := -1
+	s.raw.Control(func(d uintptr) { fd = int(d) })
+	return s, fd
+}
+
 // shutdown ends the connection both ways without closing its descriptor:
 // whoever waits to read or write it wakes to EOF or an error, and its owner
 // closes it (see sysConn).
@@ -73,7 +87,7 @@ func (o *sysOp) read(fd uintptr) bool {
 	for {
 		// recvfrom and sendto rather than read and write: on a socket they
 		// skip the file layer's work (position lock, access checks), about
-		// 0.8 us a transaction on this machine (see bench/NOTES.md, session 7).
+		// 0.8 us a transaction on this machine (docs/relay.md).
 		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(bufPtr(o.p)), uintptr(len(o.p)), 0, 0, 0)
 		switch e {
 		case syscall.EINTR:

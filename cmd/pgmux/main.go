@@ -17,7 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -32,7 +31,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"github.com/pgmux/pgmux/admin"
 	"github.com/pgmux/pgmux/config"
@@ -173,22 +171,6 @@ func run(args []string) error {
 // adminShutdownTimeout bounds how long the admin API's requests under way
 // may take to finish once pgmux has drained.
 const adminShutdownTimeout = 2 * time.Second
-
-// listen listens on addr with SO_REUSEPORT, so that a second pgmux can
-// listen on the same address while this one drains.
-func listen(addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	return lc.Listen(context.Background(), "tcp", addr)
-}
 
 func newLogger(level string) (*zap.Logger, error) {
 	var lvl zapcore.Level

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -24,7 +26,7 @@ import (
 // answer, briefly, and while it waits for a core, answers that have come in
 // wait with it, and so do the servers they would free. With 100 us, its
 // delays over 0.5 ms after a wake-up fell from 62-141 to 18-21 in 4 s of
-// TPC-B at 100 clients (perf sched; bench/NOTES.md, session 19).
+// TPC-B at 100 clients (perf sched; docs/relay.md).
 func setSchedSlice(d time.Duration) (n int, kept bool, err error) {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {

@@ -20,7 +20,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -47,7 +46,7 @@ type Cluster struct {
 	dsnPass  string
 	dir      string
 	bin      string
-	cred     *syscall.Credential
+	cred     *credential
 }
 
 // Start creates and starts a cluster, or attaches to PGMUX_TEST_DSN.
@@ -72,7 +71,7 @@ func Start() (*Cluster, error) {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		c.cred = &credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 	c.dir, err = os.MkdirTemp("", "pgmux-pg-")
 	if err != nil {
@@ -143,9 +142,7 @@ func (c *Cluster) cmd(name string, args ...string) *exec.Cmd {
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Dir = c.dir
-	if c.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
-	}
+	runAs(cmd, c.cred)
 	return cmd
 }
 

@@ -1,0 +1,37 @@
+//go:build unix
+
+package proxy
+
+import (
+	"net"
+	"syscall"
+)
+
+// peek looks at c's socket without blocking or consuming (MSG_PEEK|MSG_DONTWAIT).
+func peek(c net.Conn) peekResult {
+	sys, ok := c.(syscall.Conn)
+	if !ok {
+		return peekEmpty
+	}
+	raw, err := sys.SyscallConn()
+	if err != nil {
+		return peekEOF
+	}
+	var n int
+	var rerr error
+	// Control, not Read: the look does not wait, so the read deadline (past,
+	// when a park request or a drain has just set it) has no say in it.
+	err = raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	})
+	switch {
+	case err != nil:
+		return peekEOF
+	case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK:
+		return peekEmpty
+	case rerr == nil && n > 0:
+		return peekData
+	}
+	return peekEOF
+}

@@ -28,6 +28,14 @@ var badDeps = map[string]map[string]string{
 		"github.com/prometheus/":           "pool exposes Stats; admin turns them into metrics",
 		"github.com/pgmux/pgmux/config":    "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/prepared": {
+		"net":                           "prepared rewrites messages; the drivers do the I/O",
+		"go.uber.org/zap":               "prepared does not log",
+		"github.com/prometheus/":        "prepared has counters; admin turns them into metrics",
+		"github.com/pgmux/pgmux/pool":   "prepared knows nothing of pools",
+		"github.com/pgmux/pgmux/proxy":  "prepared knows nothing of sessions",
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/proxy": {
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 		"github.com/pgmux/pgmux/admin":  "admin reads the proxy, not the other way",

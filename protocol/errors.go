@@ -60,3 +60,13 @@ func (e *PgError) AppendTo(dst []byte) []byte {
 	}
 	return out
 }
+
+// DecodeError decodes an ErrorResponse body; a malformed one becomes an
+// internal error, so that whoever reads it always has a code to act on.
+func DecodeError(body []byte) *PgError {
+	var er pgproto3.ErrorResponse
+	if er.Decode(body) != nil {
+		return Error(CodeInternalError, "malformed error from server")
+	}
+	return &PgError{Severity: er.Severity, Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
+}

@@ -363,3 +363,10 @@ func (r *Reader) Complete() bool {
 	}
 	return b >= 1+int(binary.BigEndian.Uint32(r.buf[r.r+1:r.r+HeaderLen]))
 }
+
+// CommandComplete returns a CommandComplete message with tag.
+func CommandComplete(tag string) []byte {
+	out := AppendHeader(make([]byte, 0, HeaderLen+len(tag)+1), 'C', len(tag)+1)
+	out = append(out, tag...)
+	return append(out, 0)
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 )
 
@@ -50,8 +51,8 @@ type serverConn struct {
 	leased    atomic.Bool // lent to a client (for reports)
 
 	txStatus byte
-	copyIn   bool        // the server waits for COPY data
-	prepared preparedSet // statements prepared under pgmux names
+	copyIn   bool              // the server waits for COPY data
+	prepared prepared.Registry // statements prepared under pgmux names
 	// syncedFP is the fingerprint of the settings (see settingsFP) that
 	// syncParams last matched the server to, 0 once they may have changed.
 	syncedFP uint64
@@ -379,7 +380,7 @@ func (sc *serverConn) syncNote(want map[string]string, typ byte, body []byte) *p
 			}
 		}
 	case 'E':
-		return decodeError(body)
+		return protocol.DecodeError(body)
 	}
 	return nil
 }
@@ -462,7 +463,7 @@ func (sc *serverConn) forgetSession() {
 		sc.cur[k] = v
 	}
 	clear(sc.differs)
-	sc.prepared.clear()
+	sc.prepared.Clear()
 	sc.psDirty = false
 	sc.syncedFP = 0
 }
@@ -472,7 +473,7 @@ func (sc *serverConn) discardAll() error {
 	var pgErr *protocol.PgError
 	err := sc.simpleQuery("DISCARD ALL", func(typ byte, body []byte) {
 		if typ == 'E' {
-			pgErr = decodeError(body)
+			pgErr = protocol.DecodeError(body)
 		}
 	})
 	if err == nil && pgErr != nil {
@@ -501,14 +502,6 @@ func (sc *serverConn) cancel(timeout time.Duration) error {
 	var b [1]byte
 	c.Read(b[:]) // EOF once the postmaster has processed it
 	return nil
-}
-
-func decodeError(body []byte) *protocol.PgError {
-	var er pgproto3.ErrorResponse
-	if er.Decode(body) != nil {
-		return protocol.Error(protocol.CodeInternalError, "malformed error from server")
-	}
-	return &protocol.PgError{Severity: er.Severity, Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
 }
 
 // appendIdent appends s quoted as an SQL identifier where it needs to be.

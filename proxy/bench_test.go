@@ -61,12 +61,13 @@ func BenchmarkBindRelay(b *testing.B) {
 	bind, _ := (&pgproto3.Bind{PreparedStatement: "stmtcache_0123456789abcdef", Parameters: [][]byte{[]byte("42"), []byte("hello")}}).Encode(nil)
 	for _, on := range []bool{true, false} {
 		b.Run(fmt.Sprintf("mapping=%v", on), func(b *testing.B) {
-			ss := &session{srv: &Server{}, psOn: on, stmts: map[string]*clientStmt{}}
+			ss := &session{srv: &Server{}, psOn: on}
+			ss.ps.Counters = &ss.srv.ps
 			ss.rd = protocol.NewReader(&testio.Cyclic{B: bind}, 4096, 1<<20)
 			sc := &serverConn{bw: bufio.NewWriterSize(io.Discard, 16<<10)}
-			cs := &clientStmt{server: serverStmtName([]byte("SELECT $1, $2\x00\x00\x00")), query: []byte("SELECT $1, $2\x00\x00\x00")}
-			ss.stmts["stmtcache_0123456789abcdef"] = cs
-			sc.prepared.add(cs.server)
+			// The statement prepared on sc, as after its ParseComplete.
+			ss.ps.Rewrite(&sc.prepared, 'P', []byte("stmtcache_0123456789abcdef\x00SELECT $1, $2\x00\x00\x00"), nil)
+			ss.ps.Answer(&sc.prepared, '1')
 			b.ReportAllocs()
 			b.SetBytes(int64(len(bind)))
 			b.ResetTimer()

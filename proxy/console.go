@@ -145,13 +145,13 @@ func (ss *session) consoleCommand(words []string, admin bool) ([]byte, *protocol
 		if err := s.Pause(ctx); err != nil {
 			return nil, protocol.Error(protocol.CodeQueryCanceled, err.Error())
 		}
-		return commandComplete("PAUSE"), nil
+		return protocol.CommandComplete("PAUSE"), nil
 	case "RESUME":
 		if err := needAdmin(); err != nil {
 			return nil, err
 		}
 		s.Resume()
-		return commandComplete("RESUME"), nil
+		return protocol.CommandComplete("RESUME"), nil
 	case "RELOAD":
 		if err := needAdmin(); err != nil {
 			return nil, err
@@ -161,7 +161,7 @@ func (ss *session) consoleCommand(words []string, admin bool) ([]byte, *protocol
 				return nil, protocol.Error("F0000", "reload refused: "+err.Error())
 			}
 		}
-		return commandComplete("RELOAD"), nil
+		return protocol.CommandComplete("RELOAD"), nil
 	case "SHUTDOWN":
 		if err := needAdmin(); err != nil {
 			return nil, err
@@ -169,7 +169,7 @@ func (ss *session) consoleCommand(words []string, admin bool) ([]byte, *protocol
 		if f := s.options().OnShutdown; f != nil {
 			f()
 		}
-		return commandComplete("SHUTDOWN"), nil
+		return protocol.CommandComplete("SHUTDOWN"), nil
 	}
 	return nil, protocol.Error("42601", "admin console: unknown command "+strings.Join(words, " ")+
 		" (SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|VERSION, PAUSE, RESUME, RELOAD, SHUTDOWN)")
@@ -193,7 +193,7 @@ func table(cols []string, numeric []bool, rows [][]string, tag string) []byte {
 		}
 		out, _ = dr.Encode(out)
 	}
-	return append(out, commandComplete(tag+" "+strconv.Itoa(len(rows)))...)
+	return append(out, protocol.CommandComplete(tag+" "+strconv.Itoa(len(rows)))...)
 }
 
 func itoa[T ~int | ~int64](v T) string { return strconv.FormatInt(int64(v), 10) }

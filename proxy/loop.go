@@ -718,7 +718,7 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	// No look for a hang-up here (acquireLease's, one recvfrom per
 	// transaction under load): the client's socket stayed in the epoll set
 	// while it waited, and clientReady saw it hang up.
-	if sc.sys == nil || ss.psOn && sc.prepared.len() > ss.srv.options().MaxPreparedStatements {
+	if sc.sys == nil || ss.psOn && sc.prepared.Len() > ss.srv.options().MaxPreparedStatements {
 		// Statements to trim: bind's. The loop read the request whole,
 		// so the goroutine may hand the session back as soon as it has
 		// served it.
@@ -883,7 +883,7 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	// an entry in the mapping's queue to keep the later ones in step.
 	// Relaying them in one run with the rest (relayAnswer) saves looking
 	// at each, which was most of what -M extended costs over simple.
-	if lc.plain = len(ss.psQueue) == 0; lc.plain {
+	if lc.plain = ss.ps.Idle(); lc.plain {
 		ss.noteBatchLocked(lc.batch, len(buf))
 	} else {
 		for i := 0; i < len(buf); {
@@ -891,7 +891,7 @@ func (p *parker) send(ss *session, sc *serverConn) {
 			l := int(binary.BigEndian.Uint32(buf[i+1:]))
 			unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
 			if ss.noteSentLocked(typ, l-4, unnamedParse, false) {
-				ss.segSent++
+				ss.ps.Sent(1)
 			}
 			i += 1 + l
 		}

@@ -87,9 +87,7 @@ func (ss *session) tryPark() (requested, parked bool) {
 	ss.parkReq = false
 	if ss.lease == nil && !ss.draining && ss.rd.Buffered() == 0 && ss.bw == nil {
 		ss.rd.Release()
-		if len(ss.psQueue) == 0 {
-			ss.psQueue, ss.psArr = nil, nil // no array kept through an idle spell
-		}
+		ss.ps.Park() // no array kept through an idle spell
 		if ss.srv.parker.park(ss) {
 			return true, true
 		}

@@ -350,39 +350,3 @@ func TestPgbenchPrepared(t *testing.T) {
 		runPgbench(t, bin, p, "pgbench_prepared", "-M", "prepared", "-c", "10")
 	})
 }
-
-// TestPSQueueReuse: the answer queue of a session that relays an unnamed
-// Parse every transaction (pgbench -M extended, most drivers) reuses its
-// array instead of allocating one a transaction, and keeps nothing a
-// popped entry named.
-func TestPSQueueReuse(t *testing.T) {
-	ss, sc := &session{}, &serverConn{}
-	cs := &clientStmt{server: "s"}
-	allocs := testing.AllocsPerRun(100, func() {
-		ss.mu.Lock()
-		ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'P'})
-		ss.psPushLocked(psEntry{seg: ss.segSent, kind: 'C', cs: cs})
-		ss.segSent++ // the Sync
-		ss.mu.Unlock()
-		if out := ss.psAnswer(sc, '1'); out != '1' {
-			t.Fatalf("ParseComplete answered as %q", out)
-		}
-		if out := ss.psAnswer(sc, '3'); out != '3' {
-			t.Fatalf("CloseComplete answered as %q", out)
-		}
-		ss.mu.Lock()
-		ss.psSegmentDoneLocked(sc)
-		ss.mu.Unlock()
-	})
-	if allocs != 0 {
-		t.Errorf("%v allocations a transaction, want 0", allocs)
-	}
-	if len(ss.psQueue) != 0 || cap(ss.psArr) == 0 {
-		t.Fatalf("queue %d entries, array kept %d", len(ss.psQueue), cap(ss.psArr))
-	}
-	for _, e := range ss.psArr[:cap(ss.psArr)] {
-		if e.cs != nil {
-			t.Fatal("the kept array still points to a statement")
-		}
-	}
-}

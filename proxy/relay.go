@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 )
 
@@ -137,7 +138,7 @@ func (ss *session) forward(typ byte, n int) error {
 		if len(head) > protocol.HeaderLen {
 			body := head[protocol.HeaderLen:]
 			unnamedParse = typ == 'P' && body[0] == 0
-			mapped = ss.psOn && namesStatement(typ, body, n)
+			mapped = ss.psOn && prepared.NamesStatement(typ, body, n)
 		} else {
 			mapped = ss.psOn && n > 0
 		}
@@ -183,7 +184,7 @@ func (ss *session) forward(typ byte, n int) error {
 
 	ss.mu.Lock()
 	if endsSegment {
-		ss.segSent++ // after the write: what it carried belongs to this segment
+		ss.ps.Sent(1) // after the write: what it carried belongs to this segment
 	}
 	ss.writing = false
 	if ss.readerWaiting {
@@ -231,7 +232,7 @@ func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, unmatched bool)
 	}
 	if ss.psOn && !unmatched && (typ == 'P' || typ == 'C') {
 		// Relayed as it is, but its answer must still be matched.
-		ss.psPushLocked(psEntry{seg: ss.segSent, kind: typ})
+		ss.ps.Passed(typ)
 	}
 	segs := 0
 	if endsSegment {
@@ -250,7 +251,7 @@ func (ss *session) noteBatchLocked(b clientBatch, n int) {
 		ss.unnamedOpen = b.unnamed == 1
 	}
 	ss.noteSegmentsLocked(b.segs, n)
-	ss.segSent += uint64(b.segs)
+	ss.ps.Sent(b.segs)
 }
 
 // noteSegmentsLocked accounts for n bytes sent, the last of them ending segs
@@ -451,7 +452,10 @@ func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 			ss.serverFailed(err)
 			return stepEnded
 		}
-		if out := ss.psAnswer(sc, typ); out != 0 {
+		ss.mu.Lock()
+		out := ss.ps.Answer(&sc.prepared, typ)
+		ss.mu.Unlock()
+		if out != 0 {
 			msg := parseCompleteMsg
 			if out == '3' {
 				msg = closeCompleteMsg
@@ -472,11 +476,10 @@ func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 		var out []byte
 		if ss.psOn {
 			ss.mu.Lock()
-			dup := ss.dupPending > 0
-			ss.mu.Unlock()
-			if dup {
-				out = ss.dupError(body)
+			if ss.ps.AwaitsDup() {
+				out = ss.ps.DupError(body)
 			}
+			ss.mu.Unlock()
 		}
 		if out == nil {
 			ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'E', n))
@@ -583,7 +586,7 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 		ss.pending--
 	}
 	if ss.psOn {
-		ss.psSegmentDoneLocked(sc)
+		ss.ps.Ready(&sc.prepared)
 	}
 	sc.txStatus = status
 	if ss.segLen > 0 {
@@ -729,7 +732,7 @@ func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
 	if sc.rd.InMessage() {
 		return false // the reader stopped inside a message
 	}
-	if ss.psOn && (len(ss.psQueue) > 0 || sc.prepared.hasPending() || sc.psDirty) {
+	if ss.psOn && (!ss.ps.Idle() || sc.prepared.Pending() || sc.psDirty) {
 		return false // which statements the server holds is no longer sure
 	}
 	sc.setDeadline(time.Now().Add(settleTimeout))

@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 
+	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 )
 
@@ -52,7 +53,7 @@ func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBat
 		case 'S':
 			b.segs++
 		case 'Q':
-			if psOn && stmtCommandText(body) {
+			if psOn && prepared.IsStmtCommand(body) {
 				return scanEject, clientBatch{} // DEALLOCATE or DISCARD: the mapping's
 			}
 			b.segs++
@@ -65,7 +66,7 @@ func scanClient(buf []byte, maxBody int, psOn bool) (res scanResult, b clientBat
 			if len(body) == 0 {
 				break // malformed: the server says so
 			}
-			if psOn && namesStatement(typ, body[:min(len(body), 64)], len(body)) {
+			if psOn && prepared.NamesStatement(typ, body[:min(len(body), 64)], len(body)) {
 				b.mapped = true
 			}
 			if typ == 'P' && body[0] == 0 {

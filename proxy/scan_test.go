@@ -51,7 +51,7 @@ func FuzzScanClient(f *testing.F) {
 			for i := 0; i < len(buf); {
 				l := int(buf[i+1])<<24 | int(buf[i+2])<<16 | int(buf[i+3])<<8 | int(buf[i+4])
 				if one.noteSentLocked(buf[i], l-4, buf[i] == 'P' && l > 4 && buf[i+5] == 0, true) {
-					one.segSent++
+					one.ps.Sent(1)
 				}
 				i += 1 + l
 			}
@@ -65,7 +65,7 @@ func FuzzScanClient(f *testing.F) {
 				started                     bool
 			}
 			of := func(ss *session) account {
-				return account{ss.pending, ss.mid, ss.flushOpen, ss.unnamedOpen, ss.segSent, ss.segLen, ss.bytesIn, ss.txStart != 0}
+				return account{ss.pending, ss.mid, ss.flushOpen, ss.unnamedOpen, ss.ps.Segments(), ss.segLen, ss.bytesIn, ss.txStart != 0}
 			}
 			if a, b := of(one), of(all); a != b {
 				t.Fatalf("unnamed open before %v: message by message %+v, as a batch %+v", open, a, b)

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 	"github.com/pgmux/pgmux/stats"
 )
@@ -117,7 +118,7 @@ type Server struct {
 	opts atomic.Pointer[Options] // replaced whole by Update
 	log  *zap.Logger
 
-	ps       preparedCounters
+	ps       prepared.Counters
 	metrics  *metrics
 	clients  atomic.Int64 // client connections open, cancel requests included
 	nextID   atomic.Uint64
@@ -328,4 +329,4 @@ func (s *Server) cancel(pid uint32, key []byte) {
 }
 
 // Prepared returns the prepared-statement mapping's counters.
-func (s *Server) Prepared() stats.Prepared { return s.ps.snapshot() }
+func (s *Server) Prepared() stats.Prepared { return s.ps.Snapshot() }

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 	"github.com/pgmux/pgmux/stats"
 )
@@ -100,16 +101,11 @@ type session struct {
 	serverTorn    bool // a client message reached the server only in part
 	serverDead    bool // relayServer found the server gone and told the client
 	draining      bool
-	drainAt       time.Time              // when draining, close the client once clean and past this
-	deadline      time.Time              // the client read deadline armed
-	psQueue       []psEntry              // Parse and Close requests awaiting their answer
-	psArr         []psEntry              // psQueue's array from its front, kept for reuse (psPushLocked)
-	segSent       uint64                 // Sync, Query and FunctionCall messages sent
-	segDone       uint64                 // ReadyForQuery messages received
-	dupPending    int                    // duplicate-Parse stand-ins awaiting their error
-	stmts         map[string]*clientStmt // the client's named statements
-	parkReq       bool                   // the sweep asked the session to park (see tryPark)
-	binding       bool                   // between its first message and a server: not idle, whatever its state says
+	drainAt       time.Time       // when draining, close the client once clean and past this
+	deadline      time.Time       // the client read deadline armed
+	ps            prepared.Mapper // the client's named statements (see prepared.go)
+	parkReq       bool            // the sweep asked the session to park (see tryPark)
+	binding       bool            // between its first message and a server: not idle, whatever its state says
 
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
@@ -210,6 +206,7 @@ func newSession(srv *Server, c net.Conn, overLimit bool) *session {
 		start:     time.Now(),
 	}
 	ss.cond.L = &ss.mu
+	ss.ps.Counters = &srv.ps
 	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
 	ss.id = srv.nextID.Add(1)
 	return ss
@@ -823,8 +820,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.binding = false
 	ss.inlineBytes = 0
 	ss.segLen, ss.txStart = 0, 0
-	ss.psResetLocked()
-	ss.dupPending, ss.segDone = 0, ss.segSent
+	ss.ps.Attach()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	ss.setState(stateActive)

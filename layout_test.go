@@ -28,6 +28,14 @@ var badDeps = map[string]map[string]string{
 		"github.com/prometheus/":           "pool exposes Stats; admin turns them into metrics",
 		"github.com/pgmux/pgmux/config":    "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/core": {
+		"net":                           "the core decides; the drivers do the I/O",
+		"go.uber.org/zap":               "the core does not log",
+		"github.com/prometheus/":        "the core has no metrics",
+		"github.com/pgmux/pgmux/pool":   "the core is told of servers granted, it does not take them",
+		"github.com/pgmux/pgmux/proxy":  "the drivers call the core, not the other way",
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/prepared": {
 		"net":                           "prepared rewrites messages; the drivers do the I/O",
 		"go.uber.org/zap":               "prepared does not log",

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
 )
@@ -184,7 +185,7 @@ type loopState struct {
 	// the client since; it must before it may enter again, or a client
 	// whose socket the loop cannot read (EOF, an error) would go round.
 	ejected bool
-	batch   clientBatch // what the client sent, as scanClient saw it
+	batch   core.Batch // what the client sent, as core.Scan saw it
 	// plain: nothing in the answer being relayed is for the prepared-
 	// statement mapping to match (see send), so ParseComplete and
 	// CloseComplete pass as they are.
@@ -642,12 +643,12 @@ func (p *parker) goodbye(ss *session) {
 // startTx begins the transaction whose first messages the client has sent,
 // if they are ordinary and whole; if they are not whole it waits for more.
 func (p *parker) startTx(ss *session) {
-	res, batch := scanClient(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.psOn)
+	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.psOn)
 	switch {
-	case res == scanEject, res == scanMore && ss.rd.Buffered() >= ss.rd.Size():
+	case res == core.ScanEject, res == core.ScanMore && ss.rd.Buffered() >= ss.rd.Size():
 		p.eject(ss) // the goroutine path's, or larger than the buffer
 		return
-	case res == scanMore:
+	case res == core.ScanMore:
 		return // more is to come before the server can answer
 	}
 	ss.lc.batch = batch
@@ -872,7 +873,7 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	lc := ss.lc
 	lc.phase = phaseActive // the server is the session's: an eject keeps it
 	ss.writer().Reset(&lc.out)
-	if lc.batch.mapped {
+	if lc.batch.Mapped {
 		p.sendMapped(ss, sc)
 		return
 	}
@@ -1091,7 +1092,7 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 			p.eject(ss) // COPY FROM STDIN: the goroutine path's
 			return false
 		}
-		if typ == 'Z' && ss.pending == 0 {
+		if typ == 'Z' && ss.acct.Owed() == 0 {
 			// The server is kept (a transaction left open): wait for
 			// the client's next query with it, still watching the
 			// server, whose hang-up meanwhile ends the session.

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 )
@@ -47,32 +48,27 @@ func (ss *session) serve() error {
 			}
 			return ss.clientError(err)
 		}
-		switch typ {
-		case 'P', 'B', 'D', 'E', 'C', 'H', 'S', 'F':
-		case 'd', 'c', 'f':
-			// Outside COPY PostgreSQL ignores these (a failed COPY leaves a
-			// client still sending); with no server bound there is no COPY.
-			if !ss.bound() {
+		switch kind, perr := core.Classify(typ); kind {
+		case core.CopyData:
+			if !ss.bound() { // no server, so no COPY
 				if err := ss.rd.Skip(n); err != nil {
 					return ss.clientError(err)
 				}
 				continue
 			}
-		case 'X':
+		case core.Terminate:
 			ss.rd.Skip(n)
 			return errQuiet
-		case 'Q':
-			if ss.psOn && !ss.bound() && ss.stmtCommand(n) {
+		case core.Invalid:
+			return perr
+		case core.Relay:
+			if typ == 'Q' && ss.psOn && !ss.bound() && ss.stmtCommand(n) {
 				if handled, err := ss.answerLocally(n); err != nil {
 					return err
 				} else if handled {
 					continue
 				}
 			}
-		case 'p':
-			return protocol.Fatal(protocol.CodeProtocolViolation, "unexpected password message after authentication")
-		default:
-			return protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("invalid frontend message type %d", typ))
 		}
 		if err := ss.forward(typ, n); err != nil {
 			return err
@@ -212,24 +208,7 @@ func (ss *session) forward(typ byte, n int) error {
 // rewrites it and queues its own, or the loop relays the answer as it is
 // (parker.send).
 func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, unmatched bool) (endsSegment bool) {
-	switch typ {
-	case 'S', 'F':
-		endsSegment = true
-	case 'Q':
-		ss.unnamedOpen, endsSegment = false, true
-	case 'P':
-		// A Parse of the unnamed statement that is not bound before the
-		// Sync (pgx's describe-then-execute) must find the statement on
-		// the same server next time: keep the server until a Bind.
-		ss.mid = true
-		ss.unnamedOpen = ss.unnamedOpen || unnamedParse
-	case 'B':
-		ss.mid, ss.unnamedOpen = true, false
-	case 'D', 'E', 'C':
-		ss.mid = true
-	case 'H':
-		ss.mid, ss.flushOpen = true, true
-	}
+	endsSegment = ss.acct.Sent(typ, unnamedParse)
 	if ss.psOn && !unmatched && (typ == 'P' || typ == 'C') {
 		// Relayed as it is, but its answer must still be matched.
 		ss.ps.Passed(typ)
@@ -243,26 +222,19 @@ func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, unmatched bool)
 }
 
 // noteBatchLocked is noteSentLocked for a whole batch the loop sends at
-// once (parker.send), from what scanClient made of it, when none of its
+// once (parker.send), from what core.Scan made of it, when none of its
 // messages needs an entry in the mapping's queue. It also counts the
 // batch's segments as sent.
-func (ss *session) noteBatchLocked(b clientBatch, n int) {
-	if b.unnamed >= 0 {
-		ss.unnamedOpen = b.unnamed == 1
-	}
-	ss.noteSegmentsLocked(b.segs, n)
-	ss.ps.Sent(b.segs)
+func (ss *session) noteBatchLocked(b core.Batch, n int) {
+	ss.acct.SentBatch(b)
+	ss.noteSegmentsLocked(b.Segments, n)
+	ss.ps.Sent(b.Segments)
 }
 
-// noteSegmentsLocked accounts for n bytes sent, the last of them ending segs
-// segments (a Sync, Query or FunctionCall each): the transaction's start,
-// each segment's, the answers awaited. A segment's end leaves the session
-// out of any extended-protocol exchange and past any Flush.
+// noteSegmentsLocked counts, for the statistics, n bytes sent, the last of
+// them ending segs segments (a Sync, Query or FunctionCall each): when the
+// transaction and each segment started.
 func (ss *session) noteSegmentsLocked(segs, n int) {
-	if segs > 0 {
-		ss.pending += segs
-		ss.mid, ss.flushOpen = false, false
-	}
 	if ss.txStart == 0 || segs > 0 {
 		now := ss.now()
 		if ss.txStart == 0 {
@@ -274,13 +246,6 @@ func (ss *session) noteSegmentsLocked(segs, n int) {
 		}
 	}
 	ss.bytesIn += int64(n)
-}
-
-// trackedSettings are the reported settings that follow a client from
-// server to server when it changes them, as in PgBouncer.
-var trackedSettings = map[string]bool{
-	"application_name": true, "client_encoding": true, "datestyle": true, "timezone": true,
-	"intervalstyle": true, "standard_conforming_strings": true, "search_path": true,
 }
 
 // relayStep is what relaying one server message led to.
@@ -322,8 +287,8 @@ func (ss *session) awaitServer(sc *serverConn) error {
 	// the wait queue interleaves sessions anyway, about 4% fewer (the yield
 	// costs more with a thousand goroutines to go round).
 	runtime.Gosched()
-	sc.armCheck()        // a timeout at any message boundary hands over to relayServer
-	for ss.pending > 0 { // only this goroutine changes pending while no relayServer runs
+	sc.armCheck()            // a timeout at any message boundary hands over to relayServer
+	for ss.acct.Owed() > 0 { // only this goroutine changes the account while no relayServer runs
 		if sc.checkAt == 0 {
 			sc.armCheck() // again after a long message (see relayMessage)
 		}
@@ -353,13 +318,13 @@ func (ss *session) awaitServer(sc *serverConn) error {
 // that no Sync followed, whatever comes, by relayServer.
 func (ss *session) awaitOwed() error {
 	sc := ss.lease.Conn()
-	if ss.pending > 0 {
+	if ss.acct.Owed() > 0 {
 		if err := ss.awaitServer(sc); err != nil {
 			return err
 		}
 		ss.inlineBytes = 0
 	}
-	if ss.readerDone == nil && ss.lease != nil && ss.flushOpen {
+	if ss.readerDone == nil && ss.lease != nil && ss.acct.Flushed() {
 		ss.goRelay(sc)
 	}
 	return nil
@@ -498,7 +463,7 @@ func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 		var ps pgproto3.ParameterStatus
 		if ps.Decode(body) == nil {
 			lk := sc.noteParam(ps.Name, ps.Value)
-			if _, ok := ss.want[lk]; ok || trackedSettings[lk] {
+			if _, ok := ss.want[lk]; ok || core.Tracked(lk) {
 				ss.want[lk] = ps.Value
 				ss.wantGen++
 			}
@@ -582,9 +547,7 @@ var (
 func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) bool {
 	now := ss.now()
 	ss.mu.Lock()
-	if ss.pending > 0 {
-		ss.pending--
-	}
+	ss.acct.Answered()
 	if ss.psOn {
 		ss.ps.Ready(&sc.prepared)
 	}
@@ -601,13 +564,13 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	ss.pool.addBytes(ss.bytesIn, ss.bytesOut)
 	ss.bytesIn, ss.bytesOut = 0, 0
 	release := false
-	if mayRelease && ss.mode == ModeTransaction && status == 'I' && ss.pending == 0 && !ss.mid && !ss.unnamedOpen && !ss.stopping {
+	if mayRelease && ss.mode == ModeTransaction && ss.acct.Releasable(status) && !ss.stopping {
 		for ss.writing {
 			ss.readerWaiting = true
 			ss.cond.Wait()
 		}
 		ss.readerWaiting = false
-		release = ss.pending == 0 && !ss.mid && !ss.unnamedOpen && !ss.stopping
+		release = ss.acct.Releasable(status) && !ss.stopping
 	}
 	if !release {
 		ss.armDeadlineLocked()
@@ -671,7 +634,7 @@ func (ss *session) finish(err error) {
 	lease := ss.lease
 	ss.lease = nil
 	ss.stopping = true
-	pending, mid, torn, serverDead := ss.pending, ss.mid, ss.serverTorn, ss.serverDead
+	pending, mid, torn, serverDead := ss.acct.Owed(), ss.acct.Open(), ss.serverTorn, ss.serverDead
 	done := ss.readerDone
 	ss.mu.Unlock()
 

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
@@ -90,10 +91,7 @@ type session struct {
 	cond          sync.Cond  // on mu: signals writing went false
 	lease         *pool.Lease[*serverConn]
 	readerDone    chan struct{} // closed when the current relayServer exits; nil while the lease has none
-	pending       int           // Sync, Query and FunctionCall sent, not yet answered by ReadyForQuery
-	mid           bool          // an extended-protocol sequence is open (no Sync since its first message)
-	unnamedOpen   bool          // the unnamed statement was parsed and not yet bound
-	flushOpen     bool          // a Flush was sent and no Sync since: answers may come unbidden
+	acct          core.Account  // what the server owes (see core.Account)
 	inlineBytes   int           // written to the server since the last inline wait (see awaitOwed)
 	writing       bool          // the session goroutine is writing a client message to the server
 	readerWaiting bool
@@ -318,39 +316,15 @@ func (ss *session) login() error {
 		ss.srv.cancel(st.ProcessID, st.SecretKey)
 		return errQuiet
 	}
-	if st.MajorVersion != 3 {
-		return protocol.Fatal(protocol.CodeFeatureNotSupported, fmt.Sprintf(
-			"unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", st.MajorVersion, st.MinorVersion))
-	}
-	var unknownOpts []string
-	for _, p := range st.Params {
-		if strings.HasPrefix(p.Key, "_pq_.") {
-			unknownOpts = append(unknownOpts, p.Key)
-		}
-	}
-	if st.MinorVersion > 0 || len(unknownOpts) > 0 {
-		// As PostgreSQL does: offer 3.0 and name the options it does not know.
-		msg, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknownOpts}).Encode(nil)
-		ss.bw.Write(msg)
-	}
+	lg, err := core.ParseStartup(st)
+	ss.bw.Write(lg.Negotiate)
 	if ss.overLimit {
 		return protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
 	}
-	user, _ := st.Get("user")
-	if user == "" {
-		return protocol.Fatal(protocol.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
-	}
-	dbName, ok := st.Get("database")
-	if !ok || dbName == "" {
-		dbName = user
-	}
-	if v, ok := st.Get("replication"); ok && v != "false" && v != "off" && v != "0" && v != "no" {
-		return protocol.Fatal(protocol.CodeFeatureNotSupported, "replication connections are not supported by pgmux")
-	}
-	want, err := startupSettings(st.Params)
 	if err != nil {
 		return err
 	}
+	user, dbName, want := lg.User, lg.Database, lg.Settings
 	if consoleDatabase(dbName) {
 		ss.user = user
 		return ss.console(user)
@@ -427,80 +401,6 @@ func (ss *session) login() error {
 }
 
 func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
-
-// startupSettings returns the run-time settings among the startup parameters,
-// by lower-cased name, including those given as -c name=value in options.
-func startupSettings(params []protocol.Param) (map[string]string, error) {
-	want := make(map[string]string)
-	for _, p := range params {
-		switch {
-		case p.Key == "user" || p.Key == "database" || p.Key == "replication" || strings.HasPrefix(p.Key, "_pq_."):
-		case p.Key == "options":
-			opts, err := parseOptions(p.Value)
-			if err != nil {
-				return nil, err
-			}
-			for k, v := range opts {
-				want[strings.ToLower(k)] = v
-			}
-		default:
-			want[strings.ToLower(p.Key)] = p.Value
-		}
-	}
-	return want, nil
-}
-
-// parseOptions reads the options startup parameter: "-c name=value" and
-// "--name=value" settings separated by spaces, with backslash escapes, as
-// PostgreSQL's pg_split_opts does. Other switches are refused.
-func parseOptions(s string) (map[string]string, error) {
-	var words []string
-	var cur strings.Builder
-	escaped, inWord := false, false
-	for _, r := range s {
-		switch {
-		case escaped:
-			cur.WriteRune(r)
-			escaped = false
-		case r == '\\':
-			escaped, inWord = true, true
-		case r == ' ' || r == '\t' || r == '\n':
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteRune(r)
-			inWord = true
-		}
-	}
-	if inWord {
-		words = append(words, cur.String())
-	}
-	out := make(map[string]string)
-	for i := 0; i < len(words); i++ {
-		w := words[i]
-		var setting string
-		switch {
-		case w == "-c" && i+1 < len(words):
-			i++
-			setting = words[i]
-		case strings.HasPrefix(w, "-c"):
-			setting = w[2:]
-		case strings.HasPrefix(w, "--"):
-			setting = w[2:]
-		default:
-			return nil, protocol.Fatal(protocol.CodeFeatureNotSupported, fmt.Sprintf("unsupported startup option %q: pgmux takes only -c name=value", w))
-		}
-		k, v, ok := strings.Cut(setting, "=")
-		if !ok || k == "" {
-			return nil, protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("invalid startup option %q", w))
-		}
-		out[strings.ReplaceAll(k, "-", "_")] = v
-	}
-	return out, nil
-}
 
 // authenticate checks the client's password as auth_type says and sends
 // AuthenticationOk.
@@ -816,7 +716,7 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.writer()
 	ss.mu.Lock()
-	ss.lease, ss.readerDone, ss.pending, ss.mid, ss.unnamedOpen, ss.flushOpen = lease, nil, 0, false, false, false
+	ss.lease, ss.readerDone, ss.acct = lease, nil, core.Account{}
 	ss.binding = false
 	ss.inlineBytes = 0
 	ss.segLen, ss.txStart = 0, 0
@@ -874,7 +774,7 @@ func (ss *session) holdForCancel() *serverConn {
 // cleanLocked reports whether no transaction or request is open on the
 // session's server, or it holds none.
 func (ss *session) cleanLocked() bool {
-	return ss.lease == nil || ss.pending == 0 && !ss.mid && ss.lease.Conn().txStatus == 'I'
+	return ss.lease == nil || ss.acct.Quiet() && ss.lease.Conn().txStatus == 'I'
 }
 
 // pastDeadline is a read deadline that has passed: setting it wakes a reader.
@@ -885,17 +785,17 @@ var pastDeadline = time.Unix(1, 0)
 func (ss *session) armDeadlineLocked() {
 	o := ss.srv.options()
 	var d time.Time
-	switch {
-	case ss.draining && ss.cleanLocked():
-		d = ss.drainAt
-	case ss.lease == nil || ss.mode == ModeSession && ss.cleanLocked():
-		if o.ClientIdleTimeout > 0 {
+	// Asked only when some timeout may apply: without one, no walk to the
+	// server through the lease at each statement of a transaction.
+	if ss.draining || o.ClientIdleTimeout > 0 || o.IdleTransactionTimeout > 0 {
+		switch core.Waiting(ss.waitStateLocked()) {
+		case core.WaitDrain:
+			d = ss.drainAt
+		case core.WaitIdle:
 			d = time.Now().Add(o.ClientIdleTimeout)
+		case core.WaitIdleInTx:
+			d = time.Now().Add(o.IdleTransactionTimeout)
 		}
-	case o.IdleTransactionTimeout > 0 && ss.pending == 0 && !ss.mid && ss.lease.Conn().txStatus != 'I':
-		// The timeout asked first: without one, no walk to the server
-		// through the lease at each statement of a transaction.
-		d = time.Now().Add(o.IdleTransactionTimeout)
 	}
 	if d != ss.deadline && !d.Equal(ss.deadline) { // != first: inlined, and both zero at each statement without timeouts
 		ss.conn.SetReadDeadline(d)
@@ -946,11 +846,16 @@ func (ss *session) timeoutError() error {
 	if ss.deadline.IsZero() || time.Now().Before(ss.deadline) {
 		return nil
 	}
-	switch {
-	case ss.draining && ss.cleanLocked():
-		return protocol.Fatal(protocol.CodeAdminShutdown, "terminating connection: pgmux is shutting down")
-	case ss.lease != nil && ss.lease.Conn().txStatus != 'I':
-		return protocol.Fatal(protocol.CodeIdleInTransactionTimout, "idle_transaction_timeout: terminating connection due to idle-in-transaction timeout")
+	return core.Expired(ss.waitStateLocked())
+}
+
+// waitStateLocked is what decides the session's client timeout.
+func (ss *session) waitStateLocked() core.WaitState {
+	o := ss.srv.options()
+	w := core.WaitState{Draining: ss.draining, Held: ss.lease != nil, Session: ss.mode == ModeSession,
+		Quiet: ss.acct.Quiet(), TxStatus: 'I', IdleTimeout: o.ClientIdleTimeout > 0, TxTimeout: o.IdleTransactionTimeout > 0}
+	if w.Held {
+		w.TxStatus = ss.lease.Conn().txStatus
 	}
-	return protocol.Fatal(protocol.CodeIdleSessionTimeout, "client_idle_timeout: terminating connection due to idle-session timeout")
+	return w
 }

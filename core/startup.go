@@ -1,0 +1,143 @@
+package core
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// Login is what a client's StartupMessage asks for.
+type Login struct {
+	User     string
+	Database string // the user's name when the client names none
+	// Settings are the run-time settings among the startup parameters, by
+	// lower-cased name, those given as -c name=value in options included.
+	Settings map[string]string
+	// Negotiate is a NegotiateProtocolVersion to send the client before
+	// anything else, or nil: as PostgreSQL does, a client asking for a
+	// newer minor version or for protocol options it does not know is
+	// offered 3.0 and told which options those are.
+	Negotiate []byte
+}
+
+// ParseStartup reads a StartupMessage. On error, the Login still carries
+// Negotiate when the client is owed one before the error.
+func ParseStartup(st *protocol.Startup) (Login, error) {
+	var l Login
+	if st.MajorVersion != 3 {
+		return l, protocol.Fatal(protocol.CodeFeatureNotSupported, fmt.Sprintf(
+			"unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", st.MajorVersion, st.MinorVersion))
+	}
+	var unknown []string
+	for _, p := range st.Params {
+		if strings.HasPrefix(p.Key, "_pq_.") {
+			unknown = append(unknown, p.Key)
+		}
+	}
+	if st.MinorVersion > 0 || len(unknown) > 0 {
+		l.Negotiate, _ = (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown}).Encode(nil)
+	}
+	l.User, _ = st.Get("user")
+	if l.User == "" {
+		return l, protocol.Fatal(protocol.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+	}
+	var ok bool
+	if l.Database, ok = st.Get("database"); !ok || l.Database == "" {
+		l.Database = l.User
+	}
+	if v, ok := st.Get("replication"); ok && v != "false" && v != "off" && v != "0" && v != "no" {
+		return l, protocol.Fatal(protocol.CodeFeatureNotSupported, "replication connections are not supported by pgmux")
+	}
+	var err error
+	l.Settings, err = startupSettings(st.Params)
+	return l, err
+}
+
+// startupSettings returns the run-time settings among the startup
+// parameters, by lower-cased name, including those given as -c name=value in
+// options.
+func startupSettings(params []protocol.Param) (map[string]string, error) {
+	want := make(map[string]string)
+	for _, p := range params {
+		switch {
+		case p.Key == "user" || p.Key == "database" || p.Key == "replication" || strings.HasPrefix(p.Key, "_pq_."):
+		case p.Key == "options":
+			opts, err := parseOptions(p.Value)
+			if err != nil {
+				return nil, err
+			}
+			for k, v := range opts {
+				want[strings.ToLower(k)] = v
+			}
+		default:
+			want[strings.ToLower(p.Key)] = p.Value
+		}
+	}
+	return want, nil
+}
+
+// parseOptions reads the options startup parameter: "-c name=value" and
+// "--name=value" settings separated by spaces, with backslash escapes, as
+// PostgreSQL's pg_split_opts does. Other switches are refused.
+func parseOptions(s string) (map[string]string, error) {
+	var words []string
+	var cur strings.Builder
+	escaped, inWord := false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\':
+			escaped, inWord = true, true
+		case r == ' ' || r == '\t' || r == '\n':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	out := make(map[string]string)
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		var setting string
+		switch {
+		case w == "-c" && i+1 < len(words):
+			i++
+			setting = words[i]
+		case strings.HasPrefix(w, "-c"):
+			setting = w[2:]
+		case strings.HasPrefix(w, "--"):
+			setting = w[2:]
+		default:
+			return nil, protocol.Fatal(protocol.CodeFeatureNotSupported, fmt.Sprintf("unsupported startup option %q: pgmux takes only -c name=value", w))
+		}
+		k, v, ok := strings.Cut(setting, "=")
+		if !ok || k == "" {
+			return nil, protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("invalid startup option %q", w))
+		}
+		out[strings.ReplaceAll(k, "-", "_")] = v
+	}
+	return out, nil
+}
+
+// Tracked reports whether a reported setting (by lower-cased name) follows a
+// client from server to server when it changes it, as in PgBouncer.
+func Tracked(key string) bool {
+	switch key {
+	case "application_name", "client_encoding", "datestyle", "timezone",
+		"intervalstyle", "standard_conforming_strings", "search_path":
+		return true
+	}
+	return false
+}

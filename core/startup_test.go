@@ -1,0 +1,102 @@
+package core
+
+import (
+	"errors"
+	"maps"
+	"testing"
+
+	"github.com/pgmux/pgmux/protocol"
+)
+
+func TestParseStartup(t *testing.T) {
+	p := func(kv ...string) []protocol.Param {
+		var out []protocol.Param
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, protocol.Param{Key: kv[i], Value: kv[i+1]})
+		}
+		return out
+	}
+	tests := []struct {
+		name      string
+		major     uint16
+		minor     uint16
+		params    []protocol.Param
+		code      string // the error's SQLSTATE, "" for none
+		negotiate bool
+		user, db  string
+		settings  map[string]string
+	}{
+		{name: "user and database", major: 3, params: p("user", "alice", "database", "app"),
+			user: "alice", db: "app", settings: map[string]string{}},
+		{name: "database defaults to the user", major: 3, params: p("user", "alice"),
+			user: "alice", db: "alice", settings: map[string]string{}},
+		{name: "settings lower-cased, options read", major: 3,
+			params: p("user", "a", "DateStyle", "ISO", "options", `-c search_path=s1 --statement-timeout=5s -c x=a\ b`),
+			user:   "a", db: "a", settings: map[string]string{"datestyle": "ISO", "search_path": "s1", "statement_timeout": "5s", "x": "a b"}},
+		{name: "3.2 is offered 3.0", major: 3, minor: 2, params: p("user", "a"), negotiate: true,
+			user: "a", db: "a", settings: map[string]string{}},
+		{name: "protocol options are named back", major: 3, params: p("user", "a", "_pq_.x", "1"), negotiate: true,
+			user: "a", db: "a", settings: map[string]string{}},
+		{name: "protocol 2", major: 2, params: p("user", "a"), code: "0A000"},
+		{name: "no user", major: 3, params: p("database", "d"), code: "28000"},
+		{name: "no user, after negotiating", major: 3, minor: 2, params: p("database", "d"), code: "28000", negotiate: true},
+		{name: "replication", major: 3, params: p("user", "a", "replication", "database"), code: "0A000"},
+		{name: "replication off", major: 3, params: p("user", "a", "replication", "off"),
+			user: "a", db: "a", settings: map[string]string{}},
+		{name: "another switch in options", major: 3, params: p("user", "a", "options", "-F"), code: "0A000"},
+		{name: "a setting without a value", major: 3, params: p("user", "a", "options", "-c x"), code: "08P01"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lg, err := ParseStartup(&protocol.Startup{Kind: protocol.KindStartup, MajorVersion: tt.major, MinorVersion: tt.minor, Params: tt.params})
+			var pgErr *protocol.PgError
+			switch {
+			case tt.code == "" && err != nil:
+				t.Fatalf("error %v", err)
+			case tt.code != "" && (!errors.As(err, &pgErr) || pgErr.Code != tt.code || pgErr.Severity != "FATAL"):
+				t.Fatalf("error %v, want FATAL %s", err, tt.code)
+			}
+			if (lg.Negotiate != nil) != tt.negotiate {
+				t.Fatalf("negotiate %q, want %v", lg.Negotiate, tt.negotiate)
+			}
+			if tt.code != "" {
+				return
+			}
+			if lg.User != tt.user || lg.Database != tt.db || !maps.Equal(lg.Settings, tt.settings) {
+				t.Fatalf("%+v, want %s %s %v", lg, tt.user, tt.db, tt.settings)
+			}
+		})
+	}
+}
+
+func TestWait(t *testing.T) {
+	tests := []struct {
+		name string
+		s    WaitState
+		wait Wait
+		code string // what the session ends with when that wait times out
+	}{
+		{"idle, no timeouts", WaitState{TxStatus: 'I'}, WaitForever, "57P05"},
+		{"idle", WaitState{TxStatus: 'I', IdleTimeout: true, TxTimeout: true}, WaitIdle, "57P05"},
+		{"draining, idle", WaitState{Draining: true, TxStatus: 'I'}, WaitDrain, "57P01"},
+		{"draining, in a transaction", WaitState{Draining: true, Held: true, Quiet: true, TxStatus: 'T'}, WaitForever, "25P03"},
+		{"draining, in a transaction with its timeout", WaitState{Draining: true, Held: true, Quiet: true, TxStatus: 'T', TxTimeout: true}, WaitIdleInTx, "25P03"},
+		{"draining, a query running", WaitState{Draining: true, Held: true, TxStatus: 'I'}, WaitForever, "57P05"},
+		{"draining, session mode, between transactions", WaitState{Draining: true, Held: true, Session: true, Quiet: true, TxStatus: 'I'}, WaitDrain, "57P01"},
+		{"idle in a transaction", WaitState{Held: true, Quiet: true, TxStatus: 'T', IdleTimeout: true, TxTimeout: true}, WaitIdleInTx, "25P03"},
+		{"in a failed transaction", WaitState{Held: true, Quiet: true, TxStatus: 'E', TxTimeout: true}, WaitIdleInTx, "25P03"},
+		{"a query running: the server is watched, not the client", WaitState{Held: true, TxStatus: 'T', IdleTimeout: true, TxTimeout: true}, WaitForever, "25P03"},
+		{"session mode between transactions", WaitState{Held: true, Session: true, Quiet: true, TxStatus: 'I', IdleTimeout: true}, WaitIdle, "57P05"},
+		{"session mode in a transaction", WaitState{Held: true, Session: true, Quiet: true, TxStatus: 'T', IdleTimeout: true}, WaitForever, "25P03"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Waiting(tt.s); got != tt.wait {
+				t.Errorf("wait %v, want %v", got, tt.wait)
+			}
+			if err := Expired(tt.s); err.Code != tt.code || err.Severity != "FATAL" {
+				t.Errorf("expired with %v, want FATAL %s", err, tt.code)
+			}
+		})
+	}
+}

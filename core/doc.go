@@ -13,10 +13,12 @@
 //     in (Classify), and whether a batch of them is an ordinary request the
 //     event loop may serve whole (Scan);
 //   - the reading of a StartupMessage (ParseStartup);
+//   - run-time settings: those a client wants (Wanted), a server's
+//     (ServerSettings), and the query that brings one to the other;
 //   - which client timeout applies and what it ends the session with (Wait).
 //
-// The rest of a session's decisions (settings, settle, cancel, drain and
-// pause as events) move here as the drivers thin; docs/relay.md says where
+// The rest of a session's decisions (settle, cancel, drain and pause as
+// events) move here as the drivers thin; docs/relay.md says where
 // that stands.
 //
 // It must never import net, syscall, the pools, the proxy, a logger or

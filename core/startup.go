@@ -130,14 +130,3 @@ func parseOptions(s string) (map[string]string, error) {
 	}
 	return out, nil
 }
-
-// Tracked reports whether a reported setting (by lower-cased name) follows a
-// client from server to server when it changes it, as in PgBouncer.
-func Tracked(key string) bool {
-	switch key {
-	case "application_name", "client_encoding", "datestyle", "timezone",
-		"intervalstyle", "standard_conforming_strings", "search_path":
-		return true
-	}
-	return false
-}

@@ -3,11 +3,9 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
@@ -40,11 +39,7 @@ type serverConn struct {
 	pid           uint32
 	key           []byte
 
-	// Settings as the server last reported or as pgmux set them, by
-	// lower-cased name; base holds the values it started with.
-	cur, base map[string]string
-	names     map[string]string   // lower-cased name -> the server's spelling
-	differs   map[string]struct{} // keys of cur that differ from base (or are not in it)
+	settings core.ServerSettings // as the server reported them or pgmux set them
 
 	owner     *dbPool
 	connected time.Time
@@ -53,10 +48,7 @@ type serverConn struct {
 	txStatus byte
 	copyIn   bool              // the server waits for COPY data
 	prepared prepared.Registry // statements prepared under pgmux names
-	// syncedFP is the fingerprint of the settings (see settingsFP) that
-	// syncParams last matched the server to, 0 once they may have changed.
-	syncedFP uint64
-	psDirty  bool // a client's DEALLOCATE or DISCARD left prepared unsure
+	psDirty  bool              // a client's DEALLOCATE or DISCARD left prepared unsure
 	// checkAt is when the read deadline armed by armCheck falls (unix
 	// nanoseconds), 0 when none is.
 	checkAt int64
@@ -184,14 +176,8 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 		addr:     addr,
 		pid:      hc.PID,
 		key:      hc.SecretKey,
-		cur:      make(map[string]string, len(hc.ParameterStatuses)),
-		base:     make(map[string]string, len(hc.ParameterStatuses)),
-		names:    make(map[string]string, len(hc.ParameterStatuses)),
+		settings: core.NewServerSettings(hc.ParameterStatuses),
 		txStatus: 'I',
-	}
-	for k, v := range hc.ParameterStatuses {
-		lk := strings.ToLower(k)
-		sc.cur[lk], sc.base[lk], sc.names[lk] = v, v, k
 	}
 	sc.sys, sc.fd = rawSocket(sock)
 	return sc, nil
@@ -241,49 +227,11 @@ const (
 // still unread).
 func peerClosed(c net.Conn) bool { return peek(c) == peekEOF }
 
-// noteParam records a ParameterStatus the server sent.
-func (sc *serverConn) noteParam(name, value string) string {
-	lk := strings.ToLower(name)
-	sc.setCur(lk, value)
-	if _, ok := sc.names[lk]; !ok {
-		sc.names[lk] = name
-	}
-	return lk
-}
-
-// setCur records a setting's current value, keeping differs up to date.
-func (sc *serverConn) setCur(k, v string) {
-	sc.syncedFP = 0
-	sc.cur[k] = v
-	if base, ok := sc.base[k]; ok && base == v {
-		delete(sc.differs, k)
-	} else {
-		if sc.differs == nil {
-			sc.differs = map[string]struct{}{}
-		}
-		sc.differs[k] = struct{}{}
-	}
-}
-
-// resetCur records that a setting is back to the server's start.
-func (sc *serverConn) resetCur(k string) {
-	sc.syncedFP = 0
-	if base, ok := sc.base[k]; ok {
-		sc.cur[k] = base
-	} else {
-		delete(sc.cur, k)
-	}
-	delete(sc.differs, k)
-}
-
-// syncParams makes the server's settings match what the client asked for at
-// startup (and has since changed, as reported by ParameterStatus): keys the
-// client wants are SET where they differ, keys it does not want but that
-// differ from the server's start are RESET. want is updated with the server's
-// canonical spelling of each value so the next comparison is exact.
-// The caller owns sc and no reader goroutine is running on it.
-func (sc *serverConn) syncParams(want map[string]string) error {
-	msg, touched := sc.syncQuery(want, nil, nil)
+// syncParams brings the server's settings to want's (see
+// core.ServerSettings.SyncQuery), waiting for its answer. The caller owns sc
+// and no reader goroutine is running on it.
+func (sc *serverConn) syncParams(want *core.Wanted) error {
+	msg, touched := sc.settings.SyncQuery(want, nil, nil)
 	if len(msg) == 0 {
 		return nil
 	}
@@ -296,108 +244,20 @@ func (sc *serverConn) syncParams(want map[string]string) error {
 	return sc.syncAnswer(want, touched, nil)
 }
 
-// syncQuery appends to msg the Query message that brings sc's settings to
-// want (nothing when they match), and to touched the keys it sets or
-// resets. It records the values as set (see syncFailed for when they are
-// not).
-func (sc *serverConn) syncQuery(want map[string]string, msg []byte, touched []string) ([]byte, []string) {
-	start, set := len(msg), len(touched)
-	msg = append(msg, 'Q', 0, 0, 0, 0)
-	body := len(msg)
-	// set_config takes a value as the startup packet gives it; SET would
-	// quote a list such as search_path 'a, b' into one name.
-	for k, v := range want {
-		if cur, ok := sc.cur[k]; !ok || cur != v {
-			if len(touched) == set {
-				msg = append(msg, "SELECT "...)
-			} else {
-				msg = append(msg, ", "...)
-			}
-			msg = append(msg, "pg_catalog.set_config("...)
-			msg = appendLiteral(msg, k)
-			msg = append(msg, ", "...)
-			msg = appendLiteral(msg, v)
-			msg = append(msg, ", false)"...)
-			touched = append(touched, k)
-		}
-	}
-	if len(touched) > set {
-		msg = append(msg, ';')
-	}
-	wanted := len(touched)
-	for k := range sc.differs {
-		if _, ok := want[k]; !ok {
-			msg = append(msg, "RESET "...)
-			msg = appendIdent(msg, k)
-			msg = append(msg, ';')
-			touched = append(touched, k)
-		}
-	}
-	if len(msg) == body {
-		return msg[:start], touched
-	}
-	msg = append(msg, 0)
-	binary.BigEndian.PutUint32(msg[start+1:], uint32(len(msg)-start-1))
-	// Values pgmux SET are not all reported back (search_path is not, before
-	// PostgreSQL 18), so record them now; reported ones are overwritten as
-	// the answer comes.
-	for _, k := range touched[set:wanted] {
-		sc.setCur(k, want[k])
-	}
-	for _, k := range touched[wanted:] {
-		sc.resetCur(k)
-	}
-	return msg, touched
-}
-
-// syncAnswer reads the rest of the answer to syncQuery's query, of which
-// the loop may have read part (failed: it held an error), and returns the
-// error the server sent, if any.
-func (sc *serverConn) syncAnswer(want map[string]string, touched []string, failed *protocol.PgError) error {
+// syncAnswer reads the rest of the answer to a settings query, of which the
+// loop may have read part (failed: it held an error), and returns the error
+// the server sent, if any.
+func (sc *serverConn) syncAnswer(want *core.Wanted, touched []string, failed *protocol.PgError) error {
 	err := sc.readUntilReady(func(typ byte, body []byte) {
-		if e := sc.syncNote(want, typ, body); e != nil {
+		if e := core.SyncNote(want, typ, body); e != nil {
 			failed = e
 		}
 	})
 	if err == nil && failed != nil {
-		sc.syncFailed(touched)
+		sc.settings.SyncFailed(touched)
 		return failed
 	}
 	return err
-}
-
-// syncNote takes in one message of the answer to syncQuery's query (other
-// than ReadyForQuery, and after noteMessage): the server's spelling of a
-// value it reports, or the error it sends.
-func (sc *serverConn) syncNote(want map[string]string, typ byte, body []byte) *protocol.PgError {
-	switch typ {
-	case 'S':
-		var ps pgproto3.ParameterStatus
-		if ps.Decode(body) == nil {
-			lk := strings.ToLower(ps.Name)
-			if _, ok := want[lk]; ok {
-				want[lk] = ps.Value // the server's spelling of the value
-			}
-		}
-	case 'E':
-		return protocol.DecodeError(body)
-	}
-	return nil
-}
-
-// syncFailed records that the settings a failed syncQuery query touched are
-// as they were, which pgmux no longer knows: the query failed whole, but
-// syncQuery recorded them as set. Unknown, they are set or reset again by
-// the next sync.
-func (sc *serverConn) syncFailed(touched []string) {
-	sc.syncedFP = 0
-	for _, k := range touched {
-		delete(sc.cur, k)
-		if sc.differs == nil {
-			sc.differs = map[string]struct{}{}
-		}
-		sc.differs[k] = struct{}{}
-	}
 }
 
 // simpleQuery runs q and passes every response message to fn until
@@ -449,7 +309,7 @@ func (sc *serverConn) noteMessage(typ byte, body []byte) (ready bool, err error)
 	case 'S':
 		var ps pgproto3.ParameterStatus
 		if ps.Decode(body) == nil {
-			sc.noteParam(ps.Name, ps.Value)
+			sc.settings.Note(ps.Name, ps.Value)
 		}
 	}
 	return false, nil
@@ -458,14 +318,9 @@ func (sc *serverConn) noteMessage(typ byte, body []byte) (ready bool, err error)
 // forgetSession records that the server's session state is back to its
 // start, as after DISCARD ALL: settings as at connect, no statements.
 func (sc *serverConn) forgetSession() {
-	clear(sc.cur)
-	for k, v := range sc.base {
-		sc.cur[k] = v
-	}
-	clear(sc.differs)
+	sc.settings.Reset()
 	sc.prepared.Clear()
 	sc.psDirty = false
-	sc.syncedFP = 0
 }
 
 // discardAll runs DISCARD ALL on a server nobody else uses.
@@ -502,41 +357,4 @@ func (sc *serverConn) cancel(timeout time.Duration) error {
 	var b [1]byte
 	c.Read(b[:]) // EOF once the postmaster has processed it
 	return nil
-}
-
-// appendIdent appends s quoted as an SQL identifier where it needs to be.
-func appendIdent(b []byte, s string) []byte {
-	plain := s != ""
-	for i, r := range s {
-		if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
-			plain = false
-		}
-	}
-	if plain {
-		return append(b, s...)
-	}
-	return appendQuoted(b, s, '"')
-}
-
-// appendLiteral appends s as an SQL string literal.
-func appendLiteral(b []byte, s string) []byte {
-	if strings.IndexByte(s, '\\') >= 0 {
-		b = append(b, 'E')
-	}
-	return appendQuoted(b, s, '\'')
-}
-
-// appendQuoted appends s between quote characters q, with q doubled and, in
-// an E” literal, backslashes too.
-func appendQuoted(b []byte, s string, q byte) []byte {
-	esc := q == '\'' && strings.IndexByte(s, '\\') >= 0
-	b = append(b, q)
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == q || esc && c == '\\' {
-			b = append(b, c)
-		}
-		b = append(b, c)
-	}
-	return append(b, q)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/stats"
 )
@@ -25,8 +26,8 @@ type dbPool struct {
 	db   Database
 	pool atomic.Pointer[pool.Pool[*serverConn]]
 
-	mu      sync.Mutex    // guards following
-	params  []serverParam // the server's settings at connect, by name (see serverParams)
+	mu      sync.Mutex   // guards following
+	params  []core.Param // the server's settings at connect, by name (see serverParams)
 	servers map[*serverConn]struct{}
 	errors  map[string]int64 // ErrorResponse from servers, by SQLSTATE class
 

@@ -731,7 +731,7 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	if queued {
 		ss.waitingSince.Store(0)
 	}
-	if sc.syncedFP != ss.settingsFP() {
+	if !sc.settings.InSync(&ss.want) {
 		// Settings to bring in line: a server dialed since, or last used
 		// by a client with other settings.
 		p.syncServer(ss, lease)
@@ -755,10 +755,10 @@ func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) {
 // PgBouncer's, without a goroutine.
 func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 	lc, sc := ss.lc, lease.Conn()
-	msg, touched := sc.syncQuery(ss.want, p.syncBuf[:0], lc.syncKeys[:0])
+	msg, touched := sc.settings.SyncQuery(&ss.want, p.syncBuf[:0], lc.syncKeys[:0])
 	p.syncBuf = msg[:0]
 	if len(msg) == 0 {
-		sc.syncedFP = ss.settingsFP()
+		sc.settings.Synced(&ss.want)
 		p.bindServer(ss, lease)
 		return
 	}
@@ -805,7 +805,7 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 				p.synced(ss)
 				return
 			}
-			if e := sc.syncNote(ss.want, typ, body); e != nil {
+			if e := core.SyncNote(&ss.want, typ, body); e != nil {
 				lc.syncErr = e
 			}
 		}
@@ -830,7 +830,7 @@ func (p *parker) synced(ss *session) {
 	if lc.syncErr != nil || sc.txStatus != 'I' {
 		// The client asked for a setting the server refuses: the
 		// goroutine path asks again, and tells the client.
-		sc.syncFailed(lc.syncKeys)
+		sc.settings.SyncFailed(lc.syncKeys)
 		if sc.txStatus == 'I' {
 			releaseLease(lease)
 		} else {
@@ -840,7 +840,7 @@ func (p *parker) synced(ss *session) {
 		p.ejectServed(ss)
 		return
 	}
-	sc.syncedFP = ss.settingsFP()
+	sc.settings.Synced(&ss.want)
 	p.bindServer(ss, lease)
 }
 
@@ -853,12 +853,12 @@ func (ss *session) finishSync() {
 	lease := lc.sync
 	sc := lease.Conn()
 	lc.sync = nil
-	err := sc.syncAnswer(ss.want, lc.syncKeys, lc.syncErr)
+	err := sc.syncAnswer(&ss.want, lc.syncKeys, lc.syncErr)
 	lc.syncErr = nil
 	var pgErr *protocol.PgError
 	switch {
 	case err == nil:
-		sc.syncedFP = ss.settingsFP()
+		sc.settings.Synced(&ss.want)
 		releaseLease(lease)
 	case errors.As(err, &pgErr) && sc.txStatus == 'I':
 		releaseLease(lease)

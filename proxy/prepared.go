@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"maps"
 
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
@@ -105,11 +104,7 @@ func (ss *session) answerLocally(n int) (bool, error) {
 	}
 	if discard {
 		// DISCARD ALL puts the client's settings back as it logged in.
-		ss.want = maps.Clone(ss.startupWant)
-		if ss.want == nil {
-			ss.want = map[string]string{}
-		}
-		ss.wantGen++
+		ss.want.Discard()
 	}
 	ss.rd.Skip(n)
 	if prev := ss.readerDone; prev != nil {

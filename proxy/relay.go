@@ -462,11 +462,7 @@ func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 		}
 		var ps pgproto3.ParameterStatus
 		if ps.Decode(body) == nil {
-			lk := sc.noteParam(ps.Name, ps.Value)
-			if _, ok := ss.want[lk]; ok || core.Tracked(lk) {
-				ss.want[lk] = ps.Value
-				ss.wantGen++
-			}
+			ss.want.Reported(sc.settings.Note(ps.Name, ps.Value), ps.Value)
 		}
 		ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'S', n))
 		if _, err := ss.bw.Write(body); err != nil {

@@ -6,12 +6,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"io"
-	"maps"
 	"net"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,14 +68,10 @@ type session struct {
 	user        string
 	pool        *dbPool
 	mode        string
-	// want holds the settings the client asked for, by lower-cased name. It
-	// is touched by relayServer (ParameterStatus) and by bind, never by both
-	// at once: bind runs only when no relayServer does.
-	want        map[string]string
-	wantGen     uint64 // bumped whenever want changes
-	wantFP      uint64 // settingsFP's value for want at fpGen
-	fpGen       uint64
-	startupWant map[string]string // want as the startup packet gave it
+	// want holds the settings the client asked for. It is touched by
+	// relayServer (ParameterStatus) and by bind, never by both at once:
+	// bind runs only when no relayServer does.
+	want core.Wanted
 
 	// Prepared-statement mapping (see prepared.go), on in transaction mode
 	// unless max_prepared_statements is 0. psBuf belongs to the session
@@ -329,10 +321,7 @@ func (ss *session) login() error {
 		ss.user = user
 		return ss.console(user)
 	}
-	ss.user, ss.dbName, ss.want = user, dbName, want
-	if len(want) > 0 {
-		ss.startupWant = maps.Clone(want)
-	}
+	ss.user, ss.dbName, ss.want = user, dbName, core.NewWanted(want)
 	ss.appName = want["application_name"]
 	db, ok := ss.srv.options().Databases(dbName)
 	if !ok {
@@ -371,11 +360,11 @@ func (ss *session) login() error {
 	// Show the client the server's parameters as its own settings make them.
 	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it
 	for _, p := range params {
-		v := p.value
-		if w, ok := ss.want[p.key]; ok {
+		v := p.Value
+		if w, ok := ss.want.Get(p.Key); ok {
 			v = w
 		}
-		buf, _ = (&pgproto3.ParameterStatus{Name: p.name, Value: v}).Encode(buf)
+		buf, _ = (&pgproto3.ParameterStatus{Name: p.Name, Value: v}).Encode(buf)
 	}
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: be32(ss.secret)}).Encode(buf)
 	buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
@@ -514,15 +503,10 @@ func (ss *session) authSCRAM(secret *protocol.ScramSecret, failed error) error {
 	return nil
 }
 
-// serverParam is a parameter a server reports at its start: its name as
-// the server spells it, lower-cased (as the keys of session.want), and its
-// value.
-type serverParam struct{ name, key, value string }
-
 // serverParams returns the parameters a server of the session's pool reports
 // at its start, by name, connecting once per pool to learn them. Kept sorted,
 // they are not sorted again at every login.
-func (ss *session) serverParams() ([]serverParam, error) {
+func (ss *session) serverParams() ([]core.Param, error) {
 	p := ss.pool
 	p.mu.Lock()
 	params := p.params
@@ -535,12 +519,8 @@ func (ss *session) serverParams() ([]serverParam, error) {
 		return nil, err
 	}
 	sc := lease.Conn()
-	params = make([]serverParam, 0, len(sc.base))
-	for lk, v := range sc.base {
-		params = append(params, serverParam{name: sc.names[lk], key: lk, value: v})
-	}
+	params = sc.settings.Params()
 	releaseLease(lease)
-	slices.SortFunc(params, func(a, b serverParam) int { return strings.Compare(a.name, b.name) })
 	p.mu.Lock()
 	p.params = params
 	p.mu.Unlock()
@@ -685,10 +665,10 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 		// Settings need no look when the server was last matched to the
 		// same settings (this client's, or another's that are the same) and
 		// has not changed since.
-		if fp := ss.settingsFP(); sc.syncedFP != fp {
+		if !sc.settings.InSync(&ss.want) {
 			sc.clearDeadline()
-			if err = sc.syncParams(ss.want); err == nil {
-				sc.syncedFP = fp
+			if err = sc.syncParams(&ss.want); err == nil {
+				sc.settings.Synced(&ss.want)
 			}
 		}
 		if err == nil && ss.psOn {
@@ -729,31 +709,6 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 		// (notifications): it is relayed by a goroutine of its own.
 		ss.goRelay(lease.Conn())
 	}
-}
-
-// fpSeed seeds settings fingerprints.
-var fpSeed = maphash.MakeSeed()
-
-// settingsFP returns a fingerprint of the settings the client asked for
-// (never 0), recomputed only when they change. Two clients asking for the
-// same settings have the same fingerprint, so that a server matched to one
-// needs no look for the other.
-func (ss *session) settingsFP() uint64 {
-	if ss.wantFP != 0 && ss.fpGen == ss.wantGen {
-		return ss.wantFP
-	}
-	var fp uint64
-	var h maphash.Hash
-	h.SetSeed(fpSeed)
-	for k, v := range ss.want {
-		h.Reset()
-		h.WriteString(k)
-		h.WriteByte(0)
-		h.WriteString(v)
-		fp += h.Sum64() // a sum: the order of the map does not matter
-	}
-	ss.wantFP, ss.fpGen = fp|1, ss.wantGen
-	return ss.wantFP
 }
 
 // holdForCancel returns the server the session holds, with a cancel counted

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -142,55 +141,4 @@ func TestSetFollowsClient(t *testing.T) {
 	if err := a.QueryRow(ctx, "SHOW application_name").Scan(&got); err != nil || got != "changed-by-a" {
 		t.Fatalf("a sees application_name %q (%v)", got, err)
 	}
-}
-
-// FuzzAppendLiteral: whatever a client sends as a setting's value (or name),
-// the literal appendLiteral makes of it reads back as that value and ends
-// where it should, as PostgreSQL's lexer reads one (standard strings on):
-// nothing of it escapes into the settings query.
-func FuzzAppendLiteral(f *testing.F) {
-	for _, s := range []string{"", "plain", "o'neil", `a\b`, `\'`, `'; DROP TABLE x; --`, `\`, `''\\`} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		lit := string(appendLiteral([]byte("x"), s))[1:]
-		esc := strings.HasPrefix(lit, "E'")
-		if esc {
-			lit = lit[1:]
-		}
-		if len(lit) < 2 || lit[0] != '\'' {
-			t.Fatalf("%q: literal %q does not open with a quote", s, lit)
-		}
-		var got strings.Builder
-		i := 1
-	scan:
-		for ; i < len(lit); i++ {
-			c := lit[i]
-			switch {
-			case esc && c == '\\':
-				if i+1 == len(lit) {
-					t.Fatalf("%q: literal %q ends in an escape", s, lit)
-				}
-				i++
-				got.WriteByte(lit[i]) // \\ and \' alike
-				continue
-			case c == '\'':
-				if i+1 < len(lit) && lit[i+1] == '\'' {
-					got.WriteByte('\'')
-					i++
-					continue
-				}
-			default:
-				got.WriteByte(c)
-				continue
-			}
-			break scan // the closing quote
-		}
-		if i != len(lit)-1 {
-			t.Fatalf("%q: literal %q closes at byte %d of %d", s, lit, i, len(lit))
-		}
-		if got.String() != s {
-			t.Fatalf("%q: literal %q reads back as %q", s, lit, got.String())
-		}
-	})
 }

@@ -20,6 +20,7 @@ run: build ## Run pgmux on 127.0.0.1:6432 in front of the PostgreSQL on 127.0.0.
 test: deps ## Everything, race detector on; starts throwaway PostgreSQL and Redis unless PGMUX_TEST_DSN / PGMUX_TEST_REDIS_URL are set.
 	$(GO) test -race -count=1 -p 1 -timeout 15m ./...
 	PGMUX_TEST_RELAY_LOOP=0 $(GO) test -race -count=1 -timeout 10m ./proxy # again with relay_loop off
+	PGMUX_TEST_LOOPS=1 $(GO) test -race -count=1 -timeout 10m ./proxy # again with one event loop (the first run has one per core)
 
 test-short: ## Unit tests only, no servers.
 	$(GO) test -race -short -count=1 ./...

@@ -78,7 +78,7 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
   echo "round by round (pgmux against PgBouncer in the same round): rounds won, the median of the rounds' ratios"
   echo "pgmux/PgBouncer (tps r, p99 r) with a 90% confidence interval of that median (none under 5 rounds),"
   echo "and the range over the rounds;"
-  echo "2c>=1c: rounds pgmux on both cores made at least the TPS of pgmux pinned"
+  echo "2c>=1c: rounds pgmux on both cores (two event loops) made at least the TPS of pgmux pinned (one)"
   tail -n +2 "$CSV" | sort -t, -k1,1 -k2,2 -k3,3n | awk -F, "$MEDIAN$CI"'
     $6 == "" || ($4 != "pgbouncer" && $4 != "pgmux" && $4 != "pgmux-2cores") { next }
     { k=$1","$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k }

@@ -11,7 +11,8 @@
 # size (20) in transaction mode. A second pgmux, allowed both cores, runs the
 # select-only points at 100 and 1,000 clients in the same rounds, between the
 # two pinned poolers, so that "mux 2core" is a median of rounds run beside
-# the pinned ones.
+# the pinned ones. Each runs as shipped, with loops at its default of one
+# event loop per core it may use: the pinned pgmux runs one, the other two.
 #
 # Sessions: each pooler runs in a session of its own (setsid), as a daemon
 # (pgbouncer -d) or a service does. With the kernel's autogroup scheduling

@@ -46,6 +46,7 @@ type Config struct {
 	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
 	RelayLoop              bool                `mapstructure:"relay_loop"`
 	IOURing                bool                `mapstructure:"io_uring"`
+	Loops                  int                 `mapstructure:"loops"` // 0: one per core the process may use
 	SchedSlice             time.Duration       `mapstructure:"sched_slice"`
 	LogLevel               string              `mapstructure:"log_level"`
 	Databases              map[string]Database `mapstructure:"databases"`
@@ -94,6 +95,10 @@ func Default() Config {
 		LogLevel:              "info",
 	}
 }
+
+// MaxLoops bounds the loops key: more event loops than that would only
+// share cores.
+const MaxLoops = 256
 
 // Flags returns the command-line flags that override the file: one per
 // top-level scalar key, spelled with dashes (--default-pool-size).
@@ -241,6 +246,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPreparedStatements < 0 {
 		bad("max_prepared_statements", "must not be negative, got %d", c.MaxPreparedStatements)
+	}
+	if c.Loops < 0 || c.Loops > MaxLoops {
+		bad("loops", "must be between 0 (one per core) and %d, got %d", MaxLoops, c.Loops)
 	}
 	if c.MaxPacketSize < 1024 {
 		bad("max_packet_size", "must be at least 1024, got %d", c.MaxPacketSize)

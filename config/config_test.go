@@ -15,6 +15,9 @@ func TestLoadGood(t *testing.T) {
 	if c.ServerIdleTimeout != 600*time.Second || c.ServerLifetime != time.Hour || c.QueryWaitTimeout != 2*time.Minute {
 		t.Errorf("durations: %s %s %s", c.ServerIdleTimeout, c.ServerLifetime, c.QueryWaitTimeout)
 	}
+	if c.Loops != 2 {
+		t.Errorf("loops: %d", c.Loops)
+	}
 	app, ok := c.Resolved("app")
 	if !ok || app.PoolMode != "session" || app.PoolSize != 10 || app.User != "app" || app.Password != "secret" {
 		t.Errorf("app: %+v", app)
@@ -28,7 +31,7 @@ func TestLoadGood(t *testing.T) {
 func TestLoadBad(t *testing.T) {
 	want := map[string][]string{
 		"unknown-key.bad.yaml":  {"pool_size_typo"},
-		"bad-values.bad.yaml":   {"listen:", "pool_mode:", "default_pool_size:", "auth_type:", "databases.app.port:", "databases.app.pool_mode:", "sched_slice: must be 0"},
+		"bad-values.bad.yaml":   {"listen:", "pool_mode:", "default_pool_size:", "auth_type:", "databases.app.port:", "databases.app.pool_mode:", "sched_slice: must be 0", "loops: must be between 0"},
 		"no-databases.bad.yaml": {"databases: at least one"},
 		"md5-no-file.bad.yaml":  {"auth_file: required with auth_type md5"},
 		"bad-duration.bad.yaml": {"query_wait_timeout"},

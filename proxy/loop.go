@@ -217,7 +217,7 @@ func (w *loopWriter) Write(p []byte) (int, error) {
 		*w.spill = append(*w.spill, p...)
 		return len(p), nil
 	}
-	return w.ss.srv.parker.queueSend(w, p)
+	return w.ss.loop.queueSend(w, p)
 }
 
 func newParker(srv *Server) *parker {
@@ -444,13 +444,16 @@ func (p *parker) event(token uint64, events uint32) {
 	}
 	if token&srvBit != 0 {
 		var sc *serverConn
+		var owner *session
 		p.mu.Lock()
 		if s := p.slotLocked(token); s != nil {
-			sc = s.sc
+			// Under mu: another loop that takes the server over frees
+			// the slot under mu before it sets its own owner.
+			sc, owner = s.sc, s.sc.loopOwner
 		}
 		p.mu.Unlock()
-		if sc != nil && sc.loopOwner != nil {
-			p.serverReady(sc.loopOwner, sc, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
+		if owner != nil {
+			p.serverReady(owner, sc, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 		} // else not the loop's now: its holder reads it
 		return
 	}
@@ -517,6 +520,7 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 	ss.parkToken, ss.parkedFd = 0, -1
 	lc := ss.lc
 	if lc.srv != nil {
+		p.settleAhead(lc.srv.sys) // its goroutine may give the server to another loop
 		lc.srv.loopOwner, lc.srv = nil, nil
 	}
 	p.mu.Unlock()
@@ -783,7 +787,7 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 	lc := ss.lc
 	for more := true; more; {
 		var err error
-		if more, err = sc.fill(hup); err != nil {
+		if more, err = p.fill(sc, hup); err != nil {
 			p.syncBroken(ss)
 			return
 		}
@@ -955,10 +959,16 @@ func (p *parker) sendMapped(ss *session, sc *serverConn) {
 }
 
 // watchServer makes the loop relay sc's answers to ss. A server's socket is
-// added to the epoll set once, edge-triggered, and stays: no epoll_ctl per
-// transaction. Its events while it is not the loop's are ignored.
+// added to a loop's epoll set, edge-triggered, and stays while that loop
+// serves it: no epoll_ctl per transaction. Its events while no session of
+// the loop holds it are ignored. One loop watches a server at a time: a
+// server that comes to a session of another loop (the pools are shared) is
+// taken out of the first loop's set first.
 func (p *parker) watchServer(ss *session, sc *serverConn) bool {
-	if sc.loopTok == 0 {
+	if sc.loop != p {
+		if sc.loop != nil {
+			sc.loop.dropServer(sc)
+		}
 		p.mu.Lock()
 		token, slot := p.newTokenLocked(srvBit)
 		ev := syscall.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET}
@@ -982,6 +992,17 @@ func (p *parker) unwatchServer(ss *session) {
 	if sc := ss.lc.srv; sc != nil {
 		sc.loopOwner, ss.lc.srv = nil, nil
 	}
+}
+
+// dropServer takes sc, which no session of p holds, out of p's epoll set,
+// for another loop to watch it: p's events for it, those in the batch it is
+// serving included, find no slot from then on.
+func (p *parker) dropServer(sc *serverConn) {
+	p.mu.Lock()
+	p.freeLocked(sc.loopTok)
+	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, sc.fd, nil)
+	p.mu.Unlock()
+	sc.loopTok, sc.loop = 0, nil
 }
 
 // forgetServer drops a closed server's registration (closing its socket took
@@ -1020,7 +1041,7 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 	}
 	for more := true; more; {
 		var err error
-		if more, err = sc.fill(hup); err != nil {
+		if more, err = p.fill(sc, hup); err != nil {
 			p.eject(ss) // EOF, an error, a message larger than the buffer: awaitServer's
 			return
 		}
@@ -1040,8 +1061,8 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 // come for it, and the loop would wait for ever on a server that has gone
 // (its last words, a FATAL error say, read and the end of file left unseen).
 // err is the end of file, a failure, or a message larger than the buffer.
-func (sc *serverConn) fill(hup bool) (more bool, err error) {
-	n, free, err := sc.loop.read(sc.sys, &sc.rd)
+func (p *parker) fill(sc *serverConn, hup bool) (more bool, err error) {
+	n, free, err := p.read(sc.sys, &sc.rd)
 	switch {
 	case err == errWouldBlock:
 		return false, nil

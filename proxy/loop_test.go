@@ -5,9 +5,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -86,8 +88,10 @@ func testLoopSlowReader(t *testing.T, uring bool) {
 	if p.options().RelayLoop && p.loopEjects() == 0 {
 		t.Fatal("the slow client was never handed to a goroutine")
 	}
-	if p.parker.start() && (p.parker.sendq.ring != nil) != uring && ioRingOK() {
-		t.Fatalf("io_uring wanted %v, ring made %v", uring, p.parker.sendq.ring != nil)
+	for _, l := range p.loops {
+		if l.start() && (l.sendq.ring != nil) != uring && ioRingOK() {
+			t.Fatalf("io_uring wanted %v, ring made %v", uring, l.sendq.ring != nil)
+		}
 	}
 }
 
@@ -259,8 +263,8 @@ func TestLoopReadBufferPerTransaction(t *testing.T) {
 	holding := func() bool {
 		// The loop gives the buffer back before it ends its turn under
 		// the lock, and sends the answer after: the client has it.
-		p.parker.mu.Lock()
-		defer p.parker.mu.Unlock()
+		ss.loop.mu.Lock()
+		defer ss.loop.mu.Unlock()
 		if !ss.inLoop.Load() {
 			t.Fatal("the session left the loop")
 		}
@@ -401,9 +405,13 @@ func expectEnd(t *testing.T, c *rawClient) {
 
 // loopEjects is how many sessions p's loop has ejected to a goroutine.
 func (p *testProxy) loopEjects() int {
-	p.parker.mu.Lock()
-	defer p.parker.mu.Unlock()
-	return p.parker.ejects
+	n := 0
+	for _, l := range p.loops {
+		l.mu.Lock()
+		n += l.ejects
+		l.mu.Unlock()
+	}
+	return n
 }
 
 // appClient is a raw client logged in through p with application_name app,
@@ -567,10 +575,7 @@ func TestLoopGoodbye(t *testing.T) {
 	if n := p.loopEjects() - ejects; n != 0 {
 		t.Fatalf("%d sessions ejected to a goroutine to close a client that said goodbye; want 0", n)
 	}
-	p.parker.mu.Lock()
-	parked := p.parker.nparked
-	p.parker.mu.Unlock()
-	if parked != 0 {
+	if parked := p.parked(); parked != 0 {
 		t.Fatalf("the loop still counts %d sessions", parked)
 	}
 
@@ -625,14 +630,78 @@ func testLoopReadsAhead(t *testing.T, uring bool) {
 			}
 		}
 	}
-	p.parker.mu.Lock()
-	aheads := p.parker.aheads
-	p.parker.mu.Unlock()
+	aheads := 0
+	for _, l := range p.loops {
+		l.mu.Lock()
+		aheads += l.aheads
+		l.mu.Unlock()
+	}
 	t.Logf("wake-ups with reads made ahead: %d", aheads)
 	switch {
 	case !uring && aheads > 0:
 		t.Fatalf("%d wake-ups read ahead with io_uring off", aheads)
 	case uring && ioRingOK() && aheads == 0:
 		t.Fatal("the loop never read ahead")
+	}
+}
+
+// TestLoopsShareServers: with two event loops and one server, each
+// transaction of two clients on different loops takes the server from the
+// other loop (watchServer moves its registration), and every answer reaches
+// the client that asked, whole; then many clients on a pool of two, at once.
+func TestLoopsShareServers(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) {
+		db.PoolSize = 1
+		o.Loops = 2
+	})
+	if !p.options().RelayLoop {
+		t.Skip("relay_loop is off")
+	}
+	a, b := loggedIn(t, p), loggedIn(t, p)
+	p.loopServes(t, a)
+	p.loopServes(t, b)
+	if p.sessionOf(a).loop == p.sessionOf(b).loop {
+		t.Fatal("two clients in a row were given the same loop")
+	}
+	for i := range 200 {
+		for j, c := range []*rawClient{a, b} {
+			want := strconv.Itoa(i*2 + j)
+			if got, err := c.value("SELECT " + want); err != nil || got != want {
+				t.Fatalf("round %d, client %d: %q, %v", i, j, got, err)
+			}
+		}
+	}
+	if n := p.loopEjects(); n != 0 {
+		t.Fatalf("%d sessions ejected: the moves were not the loops'", n)
+	}
+
+	p = startProxy(t, func(o *Options, db *Database) {
+		db.PoolSize = 2
+		o.Loops = 2
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for c := range 8 {
+		cl := loggedIn(t, p)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 150 {
+				want := strconv.Itoa(c*1000 + i)
+				q := "SELECT " + want
+				if i%5 == 0 {
+					q = "BEGIN; SELECT " + want + "; COMMIT"
+				}
+				if got, err := cl.value(q); err != nil || got != want {
+					errs <- fmt.Errorf("client %d, query %d: %q, %v", c, i, got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

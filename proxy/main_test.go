@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -75,6 +76,7 @@ func startProxy(t testing.TB, edit func(o *Options, db *Database)) *testProxy {
 		MaxPreparedStatements: 200,
 		RelayLoop:             os.Getenv("PGMUX_TEST_RELAY_LOOP") != "0",
 		NoIOURing:             os.Getenv("PGMUX_TEST_IO_URING") == "0",
+		Loops:                 testLoops(),
 	}
 	if edit != nil {
 		edit(&o, &db)
@@ -152,5 +154,12 @@ func countBackends(t testing.TB, dbName, cond string) int {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND "+cond, dbName).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
+	return n
+}
+
+// testLoops is the event loops the tests' proxies run: PGMUX_TEST_LOOPS, or
+// one per core.
+func testLoops() int {
+	n, _ := strconv.Atoi(os.Getenv("PGMUX_TEST_LOOPS"))
 	return n
 }

@@ -52,7 +52,7 @@ func (s *Server) sweep() {
 		for _, ss := range idle {
 			ss.requestPark()
 		}
-		switch n := s.parker.count(); {
+		switch n := s.parked(); {
 		case n-freedAt >= freeAfterParked:
 			debug.FreeOSMemory() // the parked sessions' stacks
 			freedAt = n
@@ -60,6 +60,15 @@ func (s *Server) sweep() {
 			freedAt = n
 		}
 	}
+}
+
+// parked returns how many sessions are in the event loops.
+func (s *Server) parked() int {
+	n := 0
+	for _, p := range s.loops {
+		n += p.count()
+	}
+	return n
 }
 
 // requestPark wakes the session's goroutine, waiting for its client with no
@@ -88,7 +97,7 @@ func (ss *session) tryPark() (requested, parked bool) {
 	if ss.lease == nil && !ss.draining && ss.rd.Buffered() == 0 && ss.bw == nil {
 		ss.rd.Release()
 		ss.ps.Park() // no array kept through an idle spell
-		if ss.srv.parker.park(ss) {
+		if ss.loop.park(ss) {
 			return true, true
 		}
 	}
@@ -99,7 +108,7 @@ func (ss *session) tryPark() (requested, parked bool) {
 // wake resumes a parked session so that it sees what has changed (a drain,
 // a kill, its idle timeout). The loop does it: it may be serving the session.
 func (ss *session) wake() {
-	ss.srv.parker.post(loopMsg{ss: ss, wake: true})
+	ss.loop.post(loopMsg{ss: ss, wake: true})
 }
 
 // resume serves a parked session again, in a goroutine of its own.

@@ -27,7 +27,7 @@ func TestIdleClientsPark(t *testing.T) {
 		}
 		clients[i] = c
 	}
-	waitFor(t, 4*parkSweep, func() bool { return p.parker.count() == n })
+	waitFor(t, 4*parkSweep, func() bool { return p.parked() == n })
 	if g := runtime.NumGoroutine(); g > before+n/2 {
 		t.Fatalf("%d goroutines with %d clients parked (%d before they came)", g, n, before)
 	}
@@ -48,11 +48,11 @@ func TestIdleClientsPark(t *testing.T) {
 		// that and too short for a sweep to park a session left with a
 		// goroutine.
 		want = n
-		for end := time.Now().Add(parkSweep / 4); p.parker.count() != want && time.Now().Before(end); {
+		for end := time.Now().Add(parkSweep / 4); p.parked() != want && time.Now().Before(end); {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if got := p.parker.count(); got != want {
+	if got := p.parked(); got != want {
 		t.Fatalf("%d parked after half the clients spoke, want %d", got, want)
 	}
 	clients[n-1].Close() // a parked client hangs up
@@ -77,7 +77,7 @@ func TestShutdownWakesParked(t *testing.T) {
 	if err := c.query("SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 4*parkSweep, func() bool { return p.parker.count() == 1 })
+	waitFor(t, 4*parkSweep, func() bool { return p.parked() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()

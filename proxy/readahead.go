@@ -26,6 +26,11 @@ type readAhead struct {
 	buf  []byte // the reader's free space the read went into
 	free int
 	res  int32 // the count read, or -errno; resUnknown if not made
+	// taken: its handler took the result (read), or it was given up
+	// (settleAhead). Only an entry not taken still marks its socket: a
+	// server's socket, once its result is taken, may pass to another
+	// loop within the turn, which alone may touch its mark then.
+	taken bool
 }
 
 // readAhead reads ahead for evs, the events of a wake-up, if more than one
@@ -71,7 +76,7 @@ func (p *parker) readAhead(evs []syscall.EpollEvent) {
 		a.res = ops[i].res
 		ops[i] = ringOp{}
 		if a.res == resUnknown {
-			a.s.ahead = 0 // not made: the handler reads itself
+			a.s.ahead, a.taken = 0, true // not made: the handler reads itself
 			continue
 		}
 		if a.res > 0 {
@@ -109,7 +114,7 @@ func (p *parker) read(s *sysConn, rd *protocol.Reader) (n, free int, err error) 
 		return n, free, err
 	}
 	a := &p.ahead[s.ahead-1]
-	s.ahead = 0
+	s.ahead, a.taken = 0, true
 	if a.res >= 0 {
 		n, err = readResult(int(a.res), 0)
 	} else {
@@ -118,10 +123,22 @@ func (p *parker) read(s *sysConn, rd *protocol.Reader) (n, free int, err error) 
 	return n, a.free, err
 }
 
+// settleAhead gives up s's read ahead, if it has one: what it read is in
+// its reader already. The loop calls it before a socket it read ahead may
+// leave the loop otherwise than through read (an eject).
+func (p *parker) settleAhead(s *sysConn) {
+	if s != nil && s.ahead != 0 {
+		p.ahead[s.ahead-1].taken = true
+		s.ahead = 0
+	}
+}
+
 // dropAhead forgets the wake-up's reads ahead, taken or not.
 func (p *parker) dropAhead() {
 	for i := range p.ahead {
-		p.ahead[i].s.ahead = 0
+		if !p.ahead[i].taken {
+			p.ahead[i].s.ahead = 0
+		}
 		p.ahead[i] = readAhead{}
 	}
 	p.ahead = p.ahead[:0]

@@ -100,7 +100,7 @@ func (ss *session) enterLoop() bool {
 			return false
 		}
 	}
-	return ss.srv.parker.park(ss)
+	return ss.loop.park(ss)
 }
 
 func (ss *session) bound() bool {

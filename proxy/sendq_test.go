@@ -103,12 +103,11 @@ func testSendQueue(t *testing.T, uring bool) {
 	}
 }
 
-// srvForTest gives the writers' sessions a server whose parker is p, which
-// loopWriter.Write goes through.
+// srvForTest makes p the writers' sessions' loop, which loopWriter.Write
+// goes through.
 func (p *parker) srvForTest(ws ...*loopWriter) {
-	srv := &Server{parker: p}
 	for _, w := range ws {
-		w.ss.srv = srv
+		w.ss.loop = p
 	}
 }
 

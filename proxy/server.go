@@ -11,6 +11,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +100,10 @@ type Options struct {
 	// NoIOURing makes the relay loop's sends with one sendto each, even
 	// where the kernel offers io_uring (see sendQueue).
 	NoIOURing bool
+	// Loops is how many event loops serve the clients, each on its share
+	// of them; 0 means one per core the process may use (GOMAXPROCS). It is
+	// read once, by New.
+	Loops int
 }
 
 func (o *Options) defaults() {
@@ -136,7 +141,7 @@ type Server struct {
 	lns      []net.Listener
 	closed   bool
 
-	parker  *parker
+	loops   []*parker // the event loops; a session keeps the one it is given at accept
 	started time.Time
 	wg      sync.WaitGroup // one per session goroutine
 	doneCh  chan struct{}  // closed when Shutdown has finished
@@ -154,7 +159,13 @@ func New(opts Options) *Server {
 		resumeCh: make(chan struct{}),
 		started:  time.Now(),
 	}
-	s.parker = newParker(s)
+	n := opts.Loops
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	for range n {
+		s.loops = append(s.loops, newParker(s))
+	}
 	go s.sweep()
 	close(s.resumeCh) // not paused
 	s.opts.Store(&opts)

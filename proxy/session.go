@@ -52,6 +52,7 @@ import (
 // does the I/O they announce, and never does I/O while holding mu.
 type session struct {
 	srv       *Server
+	loop      *parker // the event loop the session was given at accept
 	id        uint64
 	conn      net.Conn
 	sock      io.ReadWriter // conn's reads and writes (see sysConn)
@@ -140,7 +141,7 @@ var stateNames = [...]string{"login", "idle", "waiting", "active", "closed"}
 // else the clock's.
 func (ss *session) now() int64 {
 	if ss.inLoop.Load() {
-		return ss.srv.parker.now
+		return ss.loop.now
 	}
 	return time.Now().UnixNano()
 }
@@ -148,7 +149,7 @@ func (ss *session) now() int64 {
 // poolNow is pool.Now, read once a wake-up in the loop (see parker.tick).
 func (ss *session) poolNow() time.Duration {
 	if ss.inLoop.Load() {
-		return ss.srv.parker.mono
+		return ss.loop.mono
 	}
 	return pool.Now()
 }
@@ -199,6 +200,7 @@ func newSession(srv *Server, c net.Conn, overLimit bool) *session {
 	ss.ps.Counters = &srv.ps
 	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
 	ss.id = srv.nextID.Add(1)
+	ss.loop = srv.loops[ss.id%uint64(len(srv.loops))]
 	return ss
 }
 
@@ -226,7 +228,7 @@ var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 409
 func (ss *session) writer() *bufio.Writer {
 	if ss.bw == nil {
 		if ss.inLoop.Load() {
-			ss.bw = ss.srv.parker.getWriter()
+			ss.bw = ss.loop.getWriter()
 		} else {
 			ss.bw = writerPool.Get().(*bufio.Writer)
 		}
@@ -241,7 +243,7 @@ func (ss *session) putWriter() {
 	if ss.bw != nil && ss.bw.Buffered() == 0 {
 		ss.bw.Reset(nil)
 		if ss.inLoop.Load() {
-			ss.srv.parker.putWriter(ss.bw)
+			ss.loop.putWriter(ss.bw)
 		} else {
 			writerPool.Put(ss.bw)
 		}

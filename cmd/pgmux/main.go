@@ -209,6 +209,9 @@ func (a *app) Reload() error {
 			if cfg.SchedSlice != old.SchedSlice {
 				applySchedSlice(a.log, cfg.SchedSlice)
 			}
+			if cfg.Loops != old.Loops {
+				a.log.Warn("loops takes effect at the next start", zap.Int("loops", old.Loops), zap.Int("new", cfg.Loops))
+			}
 			a.log.Info("configuration reloaded", zap.String("config", a.path))
 			return nil
 		}
@@ -261,6 +264,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
 		RelayLoop:              cfg.RelayLoop,
 		NoIOURing:              !cfg.IOURing,
+		Loops:                  cfg.Loops,
 		Registerer:             a.reg,
 		ReadyDatabases:         cfg.ReadyDatabases(),
 		AdminUsers:             cfg.AdminUsers,

@@ -28,6 +28,14 @@ var badDeps = map[string]map[string]string{
 		"github.com/prometheus/":           "pool exposes Stats; admin turns them into metrics",
 		"github.com/pgmux/pgmux/config":    "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/auth": {
+		"net":                           "auth checks answers; the session carries them",
+		"go.uber.org/zap":               "auth does not log",
+		"github.com/prometheus/":        "auth has no metrics",
+		"github.com/pgmux/pgmux/pool":   "auth knows nothing of pools",
+		"github.com/pgmux/pgmux/proxy":  "auth knows nothing of sessions",
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/core": {
 		"net":                           "the core decides; the drivers do the I/O",
 		"go.uber.org/zap":               "the core does not log",

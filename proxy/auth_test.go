@@ -9,16 +9,16 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/internal/pgtest"
-	"github.com/pgmux/pgmux/protocol"
 )
 
 // authUsers is an auth file as pgmux reads it: plain passwords for the users
 // that also log in to the server, hashed secrets for users mapped to a fixed
 // backend user.
-func authUsers(t *testing.T) map[string]protocol.Secret {
+func authUsers(t *testing.T) map[string]auth.Secret {
 	t.Helper()
-	scram, err := protocol.NewScramSecret("hashed-scram-pw", nil, 4096)
+	scram, err := auth.NewScramSecret("hashed-scram-pw", nil, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,8 +27,8 @@ func authUsers(t *testing.T) map[string]protocol.Secret {
 "hashed_scram" "%s"
 "hashed_md5" "%s"
 `, pgtest.ScramUser, pgtest.ScramPassword, pgtest.MD5User, pgtest.MD5Password,
-		scram.String(), protocol.MD5Secret("hashed_md5", "hashed-md5-pw"))
-	users, err := protocol.ParseUserlist(strings.NewReader(userlist))
+		scram.String(), auth.MD5Secret("hashed_md5", "hashed-md5-pw"))
+	users, err := auth.ParseUserlist(strings.NewReader(userlist))
 	if err != nil {
 		t.Fatal(err)
 	}

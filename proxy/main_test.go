@@ -14,8 +14,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/internal/pgtest"
-	"github.com/pgmux/pgmux/protocol"
 )
 
 // cluster is the PostgreSQL server every test in the package shares.
@@ -64,7 +64,7 @@ func startProxy(t testing.TB, edit func(o *Options, db *Database)) *testProxy {
 	o := Options{
 		Logger:                zaptest.NewLogger(t, zaptest.Level(zapLevelForTests())),
 		AuthType:              "trust",
-		Users:                 map[string]protocol.Secret{},
+		Users:                 map[string]auth.Secret{},
 		MaxClientConn:         10000,
 		MaxPacketSize:         1 << 30,
 		QueryWaitTimeout:      30 * time.Second,

@@ -22,8 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/prepared"
-	"github.com/pgmux/pgmux/protocol"
 	"github.com/pgmux/pgmux/stats"
 )
 
@@ -65,7 +65,7 @@ type Options struct {
 	// AuthType is "trust", "md5" or "scram-sha-256".
 	AuthType string
 	// Users holds the secrets of the auth file.
-	Users map[string]protocol.Secret
+	Users map[string]auth.Secret
 
 	MaxClientConn          int
 	MinPoolSize            int

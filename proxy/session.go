@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/prepared"
@@ -465,13 +466,13 @@ func (ss *session) authMD5(secret string, failed error) error {
 	if err != nil {
 		return err
 	}
-	if !protocol.CheckMD5(secret, salt, body) {
+	if !auth.CheckMD5(secret, salt, body) {
 		return failed
 	}
 	return nil
 }
 
-func (ss *session) authSCRAM(secret *protocol.ScramSecret, failed error) error {
+func (ss *session) authSCRAM(secret *auth.ScramSecret, failed error) error {
 	msg, _ := (&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}).Encode(nil)
 	ss.bw.Write(msg)
 	body, err := ss.readPassword()
@@ -482,7 +483,7 @@ func (ss *session) authSCRAM(secret *protocol.ScramSecret, failed error) error {
 	if err := initial.Decode(body); err != nil || initial.AuthMechanism != "SCRAM-SHA-256" {
 		return protocol.Fatal(protocol.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
 	}
-	sv := protocol.NewScramServer(secret)
+	sv := auth.NewScramServer(secret)
 	first, err := sv.First(initial.Data)
 	if err != nil {
 		return protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
@@ -494,7 +495,7 @@ func (ss *session) authSCRAM(secret *protocol.ScramSecret, failed error) error {
 		return err
 	}
 	final, err := sv.Final(body)
-	if errors.Is(err, protocol.ErrAuthFailed) {
+	if errors.Is(err, auth.ErrAuthFailed) {
 		return failed
 	}
 	if err != nil {

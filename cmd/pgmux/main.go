@@ -33,8 +33,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgmux/pgmux/admin"
+	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/config"
-	"github.com/pgmux/pgmux/protocol"
 	"github.com/pgmux/pgmux/proxy"
 )
 
@@ -230,13 +230,13 @@ var _ admin.Control = (*app)(nil)
 
 // proxyOptions turns the configuration into the proxy's options.
 func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
-	users := map[string]protocol.Secret{}
+	users := map[string]auth.Secret{}
 	if cfg.AuthFile != "" {
 		f, err := os.Open(cfg.AuthFile)
 		if err != nil {
 			return proxy.Options{}, fmt.Errorf("auth_file: %w", err)
 		}
-		users, err = protocol.ParseUserlist(f)
+		users, err = auth.ParseUserlist(f)
 		f.Close()
 		if err != nil {
 			return proxy.Options{}, fmt.Errorf("auth_file %s: %w", cfg.AuthFile, err)

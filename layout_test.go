@@ -17,7 +17,6 @@ var badDeps = map[string]map[string]string{
 		"github.com/prometheus/":         "protocol has no metrics",
 		"github.com/pgmux/pgmux/pool":    "protocol knows nothing of pools",
 		"github.com/pgmux/pgmux/proxy":   "protocol knows nothing of sessions",
-		"github.com/jackc/puddle":        "protocol knows nothing of pools",
 		"github.com/pgmux/pgmux/config":  "only cmd imports config",
 		"github.com/jackc/pgx/v5/pgconn": "protocol stays on pgproto3",
 	},

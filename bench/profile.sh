@@ -20,7 +20,10 @@
 # then PROFILE_TX transactions from each of PROFILE_CLIENTS clients, counted
 # from a zeroed profile. Prints instructions per transaction, by package and
 # by function (self cost). pgmux runs with GODEBUG=asyncpreemptoff=1:
-# callgrind 3.19 aborts on the signals Go uses to preempt goroutines.
+# callgrind 3.19 aborts on the signals Go uses to preempt goroutines; and
+# with cpu.rdtscp=off: it does not know RDTSCP, which the runtime reads its
+# tick counter with where the CPU has it (it dies on SIGILL at the first
+# contended lock).
 # PgBouncer is not profiled beside it: callgrind_control reaches a process
 # through vgdb, which waited for ever on an idle PgBouncer blocked in
 # epoll_wait (Go's runtime wakes by itself, so pgmux is reached).
@@ -129,7 +132,7 @@ selfcost() {
 n=$((TX * CLIENTS))
 [ ${#bins[@]} -gt 0 ] || bins=(bin/pgmux)
 echo "profile: user-space instructions per transaction, pgbench $SCRIPT -M $MODE, $CLIENTS clients x $TX transactions, pool 20, under callgrind"
-export GODEBUG=asyncpreemptoff=1
+export GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off
 i=0
 for bin in "${bins[@]}"; do
   i=$((i + 1))

@@ -15,10 +15,12 @@
 //   - the reading of a StartupMessage (ParseStartup);
 //   - run-time settings: those a client wants (Wanted), a server's
 //     (ServerSettings), and the query that brings one to the other;
-//   - which client timeout applies and what it ends the session with (Wait).
+//   - which client timeout applies and what it ends the session with (Wait);
+//   - what to make sure of about a server just granted (Granted), and how
+//     to settle one whose client left (SettleFor, SettleDone).
 //
-// The rest of a session's decisions (settle, cancel, drain and pause as
-// events) move here as the drivers thin; docs/relay.md says where
+// The rest of a session's decisions (cancel, drain and pause as events, and
+// the relay of a server's answers) move here as the drivers thin; docs/relay.md says where
 // that stands.
 //
 // It must never import net, syscall, the pools, the proxy, a logger or

@@ -714,16 +714,16 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	}
 	sc := lease.Conn()
 	sc.clearDeadline() // an inline wait's, which would fail the loop's reads
-	// The checks acquireLease makes, without blocking.
-	if lease.IdleDurationAt(p.mono) > aliveCheckAfter && !sc.alive() {
+	// The looks acquireLease makes, without blocking; none for a hang-up:
+	// the client's socket stayed in the epoll set while it waited, and
+	// clientReady saw it hang up.
+	g := ss.granted(lease, 0)
+	if g.CheckAlive && !sc.alive() {
 		destroyLease(lease)
 		p.ejectServed(ss) // the goroutine path takes another
 		return
 	}
-	// No look for a hang-up here (acquireLease's, one recvfrom per
-	// transaction under load): the client's socket stayed in the epoll set
-	// while it waited, and clientReady saw it hang up.
-	if sc.sys == nil || ss.psOn && sc.prepared.Len() > ss.srv.options().MaxPreparedStatements {
+	if sc.sys == nil || g.Trim {
 		// Statements to trim: bind's. The loop read the request whole,
 		// so the goroutine may hand the session back as soon as it has
 		// served it.
@@ -735,7 +735,7 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	if queued {
 		ss.waitingSince.Store(0)
 	}
-	if !sc.settings.InSync(&ss.want) {
+	if g.Sync {
 		// Settings to bring in line: a server dialed since, or last used
 		// by a client with other settings.
 		p.syncServer(ss, lease)
@@ -917,13 +917,13 @@ func (p *parker) send(ss *session, sc *serverConn) {
 		ss.mu.Unlock()
 		err = errServerCrashed
 	}
-	p.awaitServer(ss, sc, err)
+	p.awaitAnswer(ss, sc, err)
 }
 
-// awaitServer waits in the loop for the answer to what send wrote, or ejects
+// awaitAnswer waits in the loop for the answer to what send wrote, or ejects
 // the session: after err (its end), or to write what the server's socket did
 // not take.
-func (p *parker) awaitServer(ss *session, sc *serverConn, err error) {
+func (p *parker) awaitAnswer(ss *session, sc *serverConn, err error) {
 	if err != nil {
 		ss.lc.endErr = err
 		p.eject(ss)
@@ -955,7 +955,7 @@ func (p *parker) sendMapped(ss *session, sc *serverConn) {
 		err = errServerCrashed
 	}
 	sc.bw.Reset(sc.sys)
-	p.awaitServer(ss, sc, err) // the read buffer kept, as in send
+	p.awaitAnswer(ss, sc, err) // the read buffer kept, as in send
 }
 
 // watchServer makes the loop relay sc's answers to ss. A server's socket is
@@ -1014,8 +1014,9 @@ func (p *parker) forgetServer(token uint64) {
 }
 
 // serverReady is an event on a session's server socket: its answer relayed
-// as far as it has come, through relayMessage as awaitServer does. sc is the
-// server the loop relays for ss (its loopOwner), so the session's: taken
+// as far as it has come, through relayMessage as the goroutine path's
+// awaitServer does. sc is the server the loop relays for ss (its
+// loopOwner), so the session's: taken
 // from the event, not through the lease (three pointers more to follow,
 // each a likely cache miss on a core the backends share). hup: the event
 // said the server hung up or failed.
@@ -1042,7 +1043,7 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 	for more := true; more; {
 		var err error
 		if more, err = p.fill(sc, hup); err != nil {
-			p.eject(ss) // EOF, an error, a message larger than the buffer: awaitServer's
+			p.eject(ss) // EOF, an error, a message larger than the buffer: the goroutine path's to tell
 			return
 		}
 		if !p.relayAnswer(ss, sc) {

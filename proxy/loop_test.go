@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmux/pgmux/core"
 )
 
 // TestLoopSlowReader: a client that does not read a large answer for a while
@@ -136,7 +138,7 @@ func TestQueuedClientHangsUp(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, func() bool { ps := p.Pools(); return len(ps) == 1 && ps[0].ClientsWaiting == 1 })
 	gone.Close()
-	time.Sleep(hangupCheckAfter + 100*time.Millisecond)
+	time.Sleep(core.HangupCheckAfter + 100*time.Millisecond)
 	if err := holder.query("COMMIT"); err != nil {
 		t.Fatal(err)
 	}

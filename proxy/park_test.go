@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/pgmux/pgmux/core"
 )
 
 // TestIdleClientsPark: idle clients give up their goroutines, are served
@@ -134,7 +136,7 @@ func TestParkRequestWhileQueued(t *testing.T) {
 		return false
 	})
 	queued.requestPark() // as a sweep that saw it idle a moment before
-	time.Sleep(hangupCheckAfter + 50*time.Millisecond)
+	time.Sleep(core.HangupCheckAfter + 50*time.Millisecond)
 	if err := holder.query("COMMIT"); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"runtime"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -630,7 +629,7 @@ func (ss *session) finish(err error) {
 	lease := ss.lease
 	ss.lease = nil
 	ss.stopping = true
-	pending, mid, torn, serverDead := ss.acct.Owed(), ss.acct.Open(), ss.serverTorn, ss.serverDead
+	acct, torn, serverDead := ss.acct, ss.serverTorn, ss.serverDead
 	done := ss.readerDone
 	ss.mu.Unlock()
 
@@ -643,7 +642,7 @@ func (ss *session) finish(err error) {
 		<-done
 	}
 	if lease != nil {
-		if !torn && ss.settle(lease.Conn(), pending, mid) {
+		if !torn && ss.settle(lease.Conn(), acct) {
 			lease.Conn().cancels.Wait()
 			releaseLease(lease)
 		} else {
@@ -681,41 +680,37 @@ func (ss *session) finish(err error) {
 // come back to idle before it is closed instead.
 const settleTimeout = 5 * time.Second
 
-// settle brings a server whose client has gone back to a clean idle state, so
-// that it can return to the pool: a running query is cancelled and its output
-// read to the end, a COPY IN is failed, an open extended-protocol sequence is
-// closed with Sync, an open transaction is rolled back, and in session mode
-// server_reset_query runs. It reports whether the server is clean; if not, the
-// caller closes it. pending and mid are the session's counts for sc.
-func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
-	if sc.rd.InMessage() {
-		return false // the reader stopped inside a message
-	}
-	if ss.psOn && (!ss.ps.Idle() || sc.prepared.Pending() || sc.psDirty) {
-		return false // which statements the server holds is no longer sure
+// settle brings a server whose client has gone back to a clean idle state
+// (core.SettleFor plans it), so that it can return to the pool, and reports
+// whether it did; if not, the caller closes the server. acct is the
+// session's account of sc.
+func (ss *session) settle(sc *serverConn, acct core.Account) bool {
+	plan := core.SettleFor(acct, sc.rd.InMessage(), sc.copyIn,
+		ss.psOn && (!ss.ps.Idle() || sc.prepared.Pending() || sc.psDirty))
+	if plan.Close {
+		return false
 	}
 	sc.setDeadline(time.Now().Add(settleTimeout))
 	defer sc.setDeadline(time.Time{})
-	if pending > 0 && !sc.copyIn {
+	if plan.Cancel {
 		// Wait until the postmaster has taken the cancel: then it cannot
 		// arrive after the server has gone to another client.
 		if err := sc.cancel(time.Second); err != nil {
 			return false
 		}
 	}
-	if sc.copyIn {
+	if plan.CopyFail {
 		msg, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
 		sc.bw.Write(msg)
 	}
-	if mid {
+	if plan.Sync {
 		sc.bw.Write([]byte{'S', 0, 0, 0, 4})
-		pending++
 	}
 	if err := sc.bw.Flush(); err != nil {
 		return false
 	}
 	startedCopy := false
-	for ; pending > 0; pending-- {
+	for n := plan.Answers; n > 0; n-- {
 		err := sc.readUntilReady(func(typ byte, _ []byte) {
 			if typ == 'G' || typ == 'W' {
 				startedCopy = true
@@ -725,25 +720,18 @@ func (ss *session) settle(sc *serverConn, pending int, mid bool) bool {
 			return false // a COPY started by a message not yet answered: give up
 		}
 	}
-	if sc.txStatus != 'I' {
+	rollback, reset := core.SettleDone(sc.txStatus, ss.mode == ModeSession, ss.srv.options().ServerResetQuery)
+	if rollback {
 		if err := sc.simpleQuery("ROLLBACK", nil); err != nil || sc.txStatus != 'I' {
 			return false
 		}
 	}
-	return ss.resetServer(sc)
-}
-
-// resetServer runs server_reset_query on a server leaving a session-mode
-// client, and reports whether the server is clean.
-func (ss *session) resetServer(sc *serverConn) bool {
-	q := strings.TrimSpace(ss.srv.options().ServerResetQuery)
-	if ss.mode != ModeSession || q == "" {
+	if reset == "" {
 		return true
 	}
-	sc.setDeadline(time.Now().Add(settleTimeout))
-	defer sc.setDeadline(time.Time{})
+	sc.setDeadline(time.Now().Add(settleTimeout)) // the reset query's own
 	var failed bool
-	err := sc.simpleQuery(q, func(typ byte, _ []byte) {
+	err := sc.simpleQuery(reset, func(typ byte, _ []byte) {
 		if typ == 'E' {
 			failed = true
 		}

@@ -517,7 +517,7 @@ func (ss *session) serverParams() ([]core.Param, error) {
 	if params != nil {
 		return params, nil
 	}
-	lease, err := ss.acquireLease(time.Now())
+	lease, _, err := ss.acquireLease(time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -549,11 +549,12 @@ func clientReadError(err error, timeoutName string) error {
 
 // acquireLease takes a healthy server from the pool, waiting at most
 // query_wait_timeout for each try (a try fails when the server it got was
-// found dead); start is when the client began to wait. A client that hung up while it waited
-// gives the server straight back (its first message, already read, goes
-// nowhere), so that a crowd of clients that left does not keep the others
-// waiting.
-func (ss *session) acquireLease(start time.Time) (*pool.Lease[*serverConn], error) {
+// found dead); start is when the client began to wait. It makes the looks
+// core.Granted asks for and returns what else is to be done. A client that
+// hung up while it waited gives the server straight back (its first message,
+// already read, goes nowhere), so that a crowd of clients that left does not
+// keep the others waiting.
+func (ss *session) acquireLease(start time.Time) (*pool.Lease[*serverConn], core.Grant, error) {
 	for {
 		pl := ss.pool.pool.Load()
 		lease, err := pl.AcquireWithin(ss.ctx, ss.srv.options().QueryWaitTimeout)
@@ -561,39 +562,32 @@ func (ss *session) acquireLease(start time.Time) (*pool.Lease[*serverConn], erro
 			continue // a reload replaced the pool meanwhile
 		}
 		if err != nil {
-			return nil, ss.acquireError(err)
+			return nil, core.Grant{}, ss.acquireError(err)
 		}
 		sc := lease.Conn()
-		// A server may have gone away while idle (restart, a timeout on its
-		// side): look before lending one that sat for a while. It costs one
-		// non-blocking recv.
-		if lease.IdleDuration() > aliveCheckAfter && sc.clearDeadline() && !sc.alive() {
+		g := ss.granted(lease, time.Since(start))
+		if g.CheckAlive && sc.clearDeadline() && !sc.alive() {
 			destroyLease(lease)
 			continue
 		}
-		// Under load every transaction waits a little: look for a hang-up
-		// only after a wait long enough for a client to have given up.
-		if time.Since(start) > hangupCheckAfter && peerClosed(ss.conn) {
+		if g.CheckHangup && peerClosed(ss.conn) {
 			releaseLease(lease)
-			return nil, errQuiet
+			return nil, core.Grant{}, errQuiet
 		}
 		sc.leased.Store(true)
-		return lease, nil
+		return lease, g, nil
 	}
 }
 
-// aliveCheckAfter is how long a server must have been idle to be checked
-// before it is lent: one that died within this time of its last use fails
-// its next client with "server conn crashed?", as in PgBouncer.
-const aliveCheckAfter = 100 * time.Millisecond
-
-// hangupCheckAfter is how long a client must have waited for a server to be
-// checked for a hang-up before the server is lent to it. The check is a
-// system call: at 20 ms half the transactions of pgbench -c 100 over a pool
-// of 20 paid it (one recvfrom for every two transactions, which make seven
-// system calls in all); a client that gives up on a wait gives up later than
-// this.
-const hangupCheckAfter = 100 * time.Millisecond
+// granted is core.Granted for a server lease has just given the session,
+// after a wait of waited; both drivers ask it.
+func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration) core.Grant {
+	sc, max := lease.Conn(), 0
+	if ss.psOn {
+		max = ss.srv.options().MaxPreparedStatements
+	}
+	return core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.settings.InSync(&ss.want), sc.prepared.Len(), max)
+}
 
 // errPoolClosed is the client's error when pgmux shuts its pools.
 var errPoolClosed = protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
@@ -656,7 +650,7 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 	ss.waitingSince.Store(start.UnixNano())
 	defer ss.waitingSince.Store(0)
 	for attempt := 0; ; attempt++ {
-		lease, err := ss.acquireLease(start)
+		lease, g, err := ss.acquireLease(start)
 		if err != nil {
 			return nil, err
 		}
@@ -665,16 +659,13 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 			ss.pool.observeWait(now.Sub(start), now.UnixNano())
 		}
 		sc := lease.Conn()
-		// Settings need no look when the server was last matched to the
-		// same settings (this client's, or another's that are the same) and
-		// has not changed since.
-		if !sc.settings.InSync(&ss.want) {
+		if g.Sync {
 			sc.clearDeadline()
 			if err = sc.syncParams(&ss.want); err == nil {
 				sc.settings.Synced(&ss.want)
 			}
 		}
-		if err == nil && ss.psOn {
+		if err == nil && g.Trim {
 			err = ss.trimPrepared(sc, ss.srv.options().MaxPreparedStatements)
 		}
 		if err == nil {

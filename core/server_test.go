@@ -1,0 +1,84 @@
+package core
+
+import (
+	"testing"
+	"time"
+)
+
+func TestGranted(t *testing.T) {
+	ms := time.Millisecond
+	tests := []struct {
+		name              string
+		idle, waited      time.Duration
+		inSync            bool
+		prepared, maxPrep int
+		want              Grant
+	}{
+		{"busy pool, nothing to do", 0, 2 * ms, true, 5, 200, Grant{}},
+		{"idle a while: look whether it is alive", 150 * ms, 0, true, 0, 200, Grant{CheckAlive: true}},
+		{"a long wait: look whether the client is still there", 0, 150 * ms, true, 0, 200, Grant{CheckHangup: true}},
+		{"settings differ", 0, 0, false, 0, 200, Grant{Sync: true}},
+		{"too many statements", 0, 0, true, 201, 200, Grant{Trim: true}},
+		{"the mapping off: never trimmed", 0, 0, true, 500, 0, Grant{}},
+		{"all of it", time.Second, time.Second, false, 300, 200, Grant{true, true, true, true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Granted(tt.idle, tt.waited, tt.inSync, tt.prepared, tt.maxPrep); got != tt.want {
+				t.Fatalf("%+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSettle: a server whose client left is brought back to idle by the
+// steps its account calls for, or closed when its state is not known.
+func TestSettle(t *testing.T) {
+	account := func(sent ...byte) Account {
+		var a Account
+		for _, typ := range sent {
+			a.Sent(typ, false)
+		}
+		return a
+	}
+	tests := []struct {
+		name      string
+		a         Account
+		inMessage bool
+		copyIn    bool
+		unsure    bool
+		want      Settle
+	}{
+		{"idle: nothing to do", account(), false, false, false, Settle{}},
+		{"a query running: cancel, read its answer", account('Q'), false, false, false, Settle{Cancel: true, Answers: 1}},
+		{"a pipeline running", account('S', 'S', 'Q'), false, false, false, Settle{Cancel: true, Answers: 3}},
+		{"a sequence open: Sync and read its answer", account('P', 'B'), false, false, false, Settle{Sync: true, Answers: 1}},
+		{"a query and a sequence", account('Q', 'P'), false, false, false, Settle{Cancel: true, Sync: true, Answers: 2}},
+		{"COPY FROM STDIN: fail it, no cancel", account('Q'), false, true, false, Settle{CopyFail: true, Answers: 1}},
+		{"stopped inside a message: close", account('Q'), true, false, false, Settle{Close: true}},
+		{"statements unsure: close", account(), false, false, true, Settle{Close: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := SettleFor(tt.a, tt.inMessage, tt.copyIn, tt.unsure); got != tt.want {
+				t.Fatalf("%+v, want %+v", got, tt.want)
+			}
+		})
+	}
+	for _, c := range []struct {
+		tx       byte
+		session  bool
+		query    string
+		rollback bool
+		reset    string
+	}{
+		{'I', false, "DISCARD ALL", false, ""},
+		{'T', false, "DISCARD ALL", true, ""},
+		{'E', true, " DISCARD ALL ", true, "DISCARD ALL"},
+		{'I', true, "", false, ""},
+	} {
+		if rb, reset := SettleDone(c.tx, c.session, c.query); rb != c.rollback || reset != c.reset {
+			t.Errorf("%c, session %v, %q: rollback %v, reset %q; want %v, %q", c.tx, c.session, c.query, rb, reset, c.rollback, c.reset)
+		}
+	}
+}

@@ -35,6 +35,12 @@ var badDeps = map[string]map[string]string{
 		"github.com/pgmux/pgmux/proxy":  "auth knows nothing of sessions",
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/console": {
+		"go.uber.org/zap":               "the console answers; the proxy logs",
+		"github.com/pgmux/pgmux/pool":   "the console reads pools through Source",
+		"github.com/pgmux/pgmux/proxy":  "the console reads the proxy through Source",
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/core": {
 		"net":                           "the core decides; the drivers do the I/O",
 		"go.uber.org/zap":               "the core does not log",

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/auth"
+	"github.com/pgmux/pgmux/console"
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/prepared"
@@ -320,7 +321,7 @@ func (ss *session) login() error {
 		return err
 	}
 	user, dbName, want := lg.User, lg.Database, lg.Settings
-	if consoleDatabase(dbName) {
+	if console.IsDatabase(dbName) {
 		ss.user = user
 		return ss.console(user)
 	}

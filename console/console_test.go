@@ -1,0 +1,146 @@
+package console
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmux/pgmux/stats"
+)
+
+// fake is a Source that records what the console did to it.
+type fake struct {
+	paused         bool
+	reloads, shuts int
+	reloadErr      error
+}
+
+func (f *fake) Pools() []stats.Pool {
+	return []stats.Pool{{Database: "app", User: "u", ClientsActive: 3, ServersIdle: 2, PoolMode: "transaction", MaxWait: 1500 * time.Millisecond}}
+}
+func (f *fake) Clients() []stats.Client {
+	return []stats.Client{{ID: 7, Addr: "127.0.0.1:5000", Database: "app", User: "u", State: "active", ServerPID: 42}}
+}
+func (f *fake) Servers() []stats.Server {
+	return []stats.Server{{Database: "app", User: "u", Addr: "127.0.0.1:5432", PID: 42, State: "active"}}
+}
+func (f *fake) Databases() []Database {
+	return []Database{{Name: "app", Host: "127.0.0.1", Port: 5432, DBName: "app", PoolSize: 20, PoolMode: "transaction", Current: 2}}
+}
+func (f *fake) ConfigRows() [][]string {
+	return [][]string{{"listen", "127.0.0.1:6432", "127.0.0.1:6432", "no"}}
+}
+func (f *fake) Started() time.Time          { return time.Now().Add(-time.Minute) }
+func (f *fake) Paused() bool                { return f.paused }
+func (f *fake) Pause(context.Context) error { f.paused = true; return nil }
+func (f *fake) Resume()                     { f.paused = false }
+func (f *fake) Reload() error               { f.reloads++; return f.reloadErr }
+func (f *fake) Shutdown()                   { f.shuts++ }
+
+// read decodes an answer into its messages.
+func read(t *testing.T, b []byte) []pgproto3.BackendMessage {
+	t.Helper()
+	var out []pgproto3.BackendMessage
+	for len(b) > 0 {
+		l := int(b[1])<<24 | int(b[2])<<16 | int(b[3])<<8 | int(b[4])
+		body := b[5 : 1+l]
+		var m pgproto3.BackendMessage
+		switch b[0] {
+		case 'T':
+			m = &pgproto3.RowDescription{}
+		case 'D':
+			m = &pgproto3.DataRow{}
+		case 'C':
+			m = &pgproto3.CommandComplete{}
+		case 'E':
+			m = &pgproto3.ErrorResponse{}
+		case 'I':
+			m = &pgproto3.EmptyQueryResponse{}
+		default:
+			t.Fatalf("message %q", b[0])
+		}
+		if err := m.Decode(body); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+		b = b[1+l:]
+	}
+	return out
+}
+
+func TestAnswer(t *testing.T) {
+	tests := []struct {
+		query  string
+		admin  bool
+		want   []string // per message: T<cols>, D<first value>, C<tag>, E<code>, I
+		effect func(f *fake) bool
+	}{
+		{"SHOW POOLS", false, []string{"T16", "Dapp", "CSHOW 1"}, nil},
+		{"show clients;", false, []string{"T18", "DC", "CSHOW 1"}, nil},
+		{"SHOW SERVERS", false, []string{"T18", "DS", "CSHOW 1"}, nil},
+		{"SHOW DATABASES", false, []string{"T13", "Dapp", "CSHOW 1"}, nil},
+		{"SHOW STATS", false, []string{"T16", "Dapp", "CSHOW 1"}, nil},
+		{"SHOW CONFIG", false, []string{"T4", "Dlisten", "CSHOW 1"}, nil},
+		{"SHOW VERSION", false, []string{"T1", "D" + Version, "CSHOW 1"}, nil},
+		{"", false, []string{"I"}, nil},
+		{" ; ", false, []string{"I"}, nil},
+		{"SHOW POOLS; SHOW VERSION", false, []string{"T16", "Dapp", "CSHOW 1", "T1", "D" + Version, "CSHOW 1"}, nil},
+		{"PAUSE", false, []string{"E42501"}, func(f *fake) bool { return !f.paused }},
+		{"PAUSE", true, []string{"CPAUSE"}, func(f *fake) bool { return f.paused }},
+		{"RELOAD", true, []string{"CRELOAD"}, func(f *fake) bool { return f.reloads == 1 }},
+		{"SHUTDOWN", false, []string{"E42501"}, func(f *fake) bool { return f.shuts == 0 }},
+		{"SHUTDOWN", true, []string{"CSHUTDOWN"}, func(f *fake) bool { return f.shuts == 1 }},
+		{"SHOW VERSION; FROBNICATE; SHOW POOLS", false, []string{"T1", "D" + Version, "CSHOW 1", "E42601"}, nil},
+		{"SHOW", false, []string{"E42601"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			f := &fake{}
+			var got []string
+			for _, m := range read(t, Answer(f, tt.query, tt.admin)) {
+				switch m := m.(type) {
+				case *pgproto3.RowDescription:
+					got = append(got, "T"+itoa(len(m.Fields)))
+				case *pgproto3.DataRow:
+					got = append(got, "D"+string(m.Values[0]))
+				case *pgproto3.CommandComplete:
+					got = append(got, "C"+string(m.CommandTag))
+				case *pgproto3.ErrorResponse:
+					got = append(got, "E"+m.Code)
+				case *pgproto3.EmptyQueryResponse:
+					got = append(got, "I")
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
+				t.Fatalf("%q: %v, want %v", tt.query, got, tt.want)
+			}
+			if tt.effect != nil && !tt.effect(f) {
+				t.Fatalf("%q: not carried out: %+v", tt.query, f)
+			}
+		})
+	}
+}
+
+// TestReloadRefused: a refused reload is the client's error, with the reason.
+func TestReloadRefused(t *testing.T) {
+	f := &fake{reloadErr: errors.New("databases: at least one database is required")}
+	msgs := read(t, Answer(f, "RELOAD", true))
+	er, ok := msgs[0].(*pgproto3.ErrorResponse)
+	if len(msgs) != 1 || !ok || er.Code != "F0000" || !strings.Contains(er.Message, "at least one database") {
+		t.Fatalf("%#v", msgs)
+	}
+}
+
+// TestShowDatabasesPaused: SHOW DATABASES says whether pgmux is paused.
+func TestShowDatabasesPaused(t *testing.T) {
+	f := &fake{paused: true}
+	msgs := read(t, Answer(f, "SHOW DATABASES", false))
+	row := msgs[1].(*pgproto3.DataRow)
+	if string(row.Values[11]) != "1" || string(row.Values[10]) != "2" {
+		t.Fatalf("paused %q, current %q", row.Values[11], row.Values[10])
+	}
+}

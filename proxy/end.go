@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgmux/pgmux/core"
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// The end of a session: the server it holds settled (core.SettleFor plans
+// it) or closed, the client told why, the session forgotten.
+
+// finish ends the session: it settles the server it holds (see settle),
+// tells the client why it is closed if there is something to say, and
+// forgets the session.
+func (ss *session) finish(err error) {
+	ss.mu.Lock()
+	lease := ss.lease
+	ss.lease = nil
+	ss.stopping = true
+	acct, torn, serverDead := ss.acct, ss.serverTorn, ss.serverDead
+	done := ss.readerDone
+	ss.mu.Unlock()
+
+	if done != nil {
+		if lease != nil {
+			// Wake relayServer whether it waits on the server or the client.
+			lease.Conn().conn.SetReadDeadline(pastDeadline)
+			ss.conn.SetWriteDeadline(pastDeadline)
+		}
+		<-done
+	}
+	if lease != nil {
+		if !torn && ss.settle(lease.Conn(), acct) {
+			lease.Conn().cancels.Wait()
+			releaseLease(lease)
+		} else {
+			destroyLease(lease)
+		}
+	}
+	ss.setState(stateClosed)
+	var pgErr *protocol.PgError
+	isPg := err != errQuiet && errors.As(err, &pgErr) // once: errors.As is dear, and every logout comes here
+	reason := reasonClient
+	switch {
+	case isPg && pgErr.Code == protocol.CodeAdminShutdown:
+		reason = reasonShutdown
+	case isPg:
+		reason = reasonError
+	case serverDead:
+		reason = reasonServer
+	}
+	ss.srv.metrics.disconnects.WithLabelValues(reason).Inc()
+	if isPg {
+		ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		ss.writer().Reset(ss.sock)
+		ss.bw.Write(pgErr.AppendTo(nil))
+		ss.bw.Flush()
+		if pgErr.Code != protocol.CodeAdminShutdown {
+			ss.logger().Info("client closed", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message))
+		}
+	}
+	ss.putWriter()
+	ss.srv.remove(ss)
+	ss.debug("session closed", zap.Duration("duration", time.Since(ss.start)))
+}
+
+// settleTimeout bounds how long a server left by its client may take to
+// come back to idle before it is closed instead.
+const settleTimeout = 5 * time.Second
+
+// settle brings a server whose client has gone back to a clean idle state
+// (core.SettleFor plans it), so that it can return to the pool, and reports
+// whether it did; if not, the caller closes the server. acct is the
+// session's account of sc.
+func (ss *session) settle(sc *serverConn, acct core.Account) bool {
+	plan := core.SettleFor(acct, sc.rd.InMessage(), sc.copyIn,
+		ss.psOn && (!ss.ps.Idle() || sc.prepared.Pending() || sc.psDirty))
+	if plan.Close {
+		return false
+	}
+	sc.setDeadline(time.Now().Add(settleTimeout))
+	defer sc.setDeadline(time.Time{})
+	if plan.Cancel {
+		// Wait until the postmaster has taken the cancel: then it cannot
+		// arrive after the server has gone to another client.
+		if err := sc.cancel(time.Second); err != nil {
+			return false
+		}
+	}
+	if plan.CopyFail {
+		msg, _ := (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(nil)
+		sc.bw.Write(msg)
+	}
+	if plan.Sync {
+		sc.bw.Write([]byte{'S', 0, 0, 0, 4})
+	}
+	if err := sc.bw.Flush(); err != nil {
+		return false
+	}
+	startedCopy := false
+	for n := plan.Answers; n > 0; n-- {
+		err := sc.readUntilReady(func(typ byte, _ []byte) {
+			if typ == 'G' || typ == 'W' {
+				startedCopy = true
+			}
+		})
+		if err != nil || startedCopy {
+			return false // a COPY started by a message not yet answered: give up
+		}
+	}
+	rollback, reset := core.SettleDone(sc.txStatus, ss.mode == ModeSession, ss.srv.options().ServerResetQuery)
+	if rollback {
+		if err := sc.simpleQuery("ROLLBACK", nil); err != nil || sc.txStatus != 'I' {
+			return false
+		}
+	}
+	if reset == "" {
+		return true
+	}
+	sc.setDeadline(time.Now().Add(settleTimeout)) // the reset query's own
+	var failed bool
+	err := sc.simpleQuery(reset, func(typ byte, _ []byte) {
+		if typ == 'E' {
+			failed = true
+		}
+	})
+	if err != nil || failed || sc.txStatus != 'I' {
+		return false
+	}
+	sc.forgetSession() // as DISCARD ALL does
+	return true
+}

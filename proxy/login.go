@@ -1,0 +1,269 @@
+package proxy
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgmux/pgmux/auth"
+	"github.com/pgmux/pgmux/console"
+	"github.com/pgmux/pgmux/core"
+	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// Login: the startup packet read (core.ParseStartup), the client
+// authenticated as auth_type says (package auth checks the answers), and
+// the server's settings shown to the client as its own make them.
+
+// login runs the startup and authentication phase, up to the client's first
+// ReadyForQuery.
+func (ss *session) login() error {
+	ss.writer()
+	if t := ss.srv.options().ClientLoginTimeout; t > 0 {
+		ss.conn.SetDeadline(time.Now().Add(t))
+	}
+	var st *protocol.Startup
+	for tries := 0; ; tries++ {
+		var err error
+		st, err = protocol.ReadStartup(ss.rd)
+		if err != nil {
+			return clientReadError(err, "client_login_timeout")
+		}
+		if st.Kind != protocol.KindSSLRequest && st.Kind != protocol.KindGSSENCRequest {
+			break
+		}
+		if tries > 2 {
+			return protocol.Fatal(protocol.CodeProtocolViolation, "too many encryption requests")
+		}
+		// No TLS or GSSAPI yet: say no, and the client goes on in the clear.
+		if _, err := ss.sock.Write([]byte{'N'}); err != nil {
+			return errQuiet
+		}
+	}
+	if st.Kind == protocol.KindCancelRequest {
+		ss.srv.cancel(st.ProcessID, st.SecretKey)
+		return errQuiet
+	}
+	lg, err := core.ParseStartup(st)
+	ss.bw.Write(lg.Negotiate)
+	if ss.overLimit {
+		return protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
+	}
+	if err != nil {
+		return err
+	}
+	user, dbName, want := lg.User, lg.Database, lg.Settings
+	if console.IsDatabase(dbName) {
+		ss.user = user
+		return ss.console(user)
+	}
+	ss.user, ss.dbName, ss.want = user, dbName, core.NewWanted(want)
+	ss.appName = want["application_name"]
+	db, ok := ss.srv.options().Databases(dbName)
+	if !ok {
+		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
+	}
+	if err := ss.authenticate(user); err != nil {
+		return err
+	}
+	backendUser, password := user, db.Password
+	if db.User != "" {
+		backendUser = db.User
+	}
+	if password == "" {
+		password = ss.srv.options().Users[backendUser].Plain
+	}
+	ss.mode = db.PoolMode
+	if ss.mode == ModeTransaction && ss.srv.options().MaxPreparedStatements > 0 {
+		ss.psOn = true
+	}
+	ss.pool, err = ss.srv.poolFor(dbName, db, backendUser, password)
+	if err != nil {
+		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
+	}
+	ss.statsPool.Store(ss.pool)
+	params, err := ss.serverParams()
+	if err != nil {
+		return err
+	}
+	var lease *pool.Lease[*serverConn]
+	if ss.mode == ModeSession {
+		if lease, err = ss.acquireSynced(); err != nil {
+			return err
+		}
+	}
+	ss.srv.register(ss)
+	// Show the client the server's parameters as its own settings make them.
+	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it
+	for _, p := range params {
+		v := p.Value
+		if w, ok := ss.want.Get(p.Key); ok {
+			v = w
+		}
+		buf, _ = (&pgproto3.ParameterStatus{Name: p.Name, Value: v}).Encode(buf)
+	}
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: be32(ss.secret)}).Encode(buf)
+	buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
+	ss.bw.Write(buf)
+	if err := ss.bw.Flush(); err != nil {
+		if lease != nil {
+			releaseLease(lease)
+		}
+		return errQuiet
+	}
+	ss.conn.SetDeadline(time.Time{})
+	ss.setState(stateIdle)
+	if lease != nil {
+		ss.attach(lease) // from now on relayServer owns the client's writer
+	} else {
+		ss.putWriter()
+	}
+	ss.mu.Lock()
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+	ss.debug("session opened", zap.String("pool_mode", ss.mode))
+	return nil
+}
+
+func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
+
+// authenticate checks the client's password as auth_type says and sends
+// AuthenticationOk.
+func (ss *session) authenticate(user string) error {
+	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
+	secret, known := ss.srv.options().Users[user]
+	var err error
+	switch ss.srv.options().AuthType {
+	case "trust", "":
+	case "md5":
+		if !known {
+			return failed
+		}
+		// As PostgreSQL does, a SCRAM secret gets SCRAM even under md5.
+		if secret.MD5 != "" {
+			err = ss.authMD5(secret.MD5, failed)
+		} else {
+			err = ss.authSCRAM(secret.SCRAM, failed)
+		}
+		if err != nil {
+			return err
+		}
+	case "scram-sha-256":
+		if !known {
+			return failed
+		}
+		if secret.SCRAM == nil {
+			ss.logger().Error("auth_file holds an md5 secret for this user; SCRAM needs the password or a SCRAM secret")
+			return failed
+		}
+		if err = ss.authSCRAM(secret.SCRAM, failed); err != nil {
+			return err
+		}
+	default:
+		return protocol.Fatal(protocol.CodeInternalError, "unknown auth_type")
+	}
+	ok, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
+	ss.bw.Write(ok)
+	return nil
+}
+
+// readPassword reads the client's next message, which must be a
+// PasswordMessage (or a SASL response, which shares its type).
+func (ss *session) readPassword() ([]byte, error) {
+	if err := ss.bw.Flush(); err != nil {
+		return nil, errQuiet
+	}
+	typ, n, err := ss.rd.Next()
+	if err != nil {
+		return nil, clientReadError(err, "client_login_timeout")
+	}
+	if typ != 'p' {
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ))
+	}
+	if n > protocol.MaxStartupPacketLen {
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, "password response too long")
+	}
+	body, err := ss.rd.Body(n)
+	if err != nil {
+		return nil, clientReadError(err, "client_login_timeout")
+	}
+	return body, nil
+}
+
+func (ss *session) authMD5(secret string, failed error) error {
+	var salt [4]byte
+	rand.Read(salt[:])
+	msg, _ := (&pgproto3.AuthenticationMD5Password{Salt: salt}).Encode(nil)
+	ss.bw.Write(msg)
+	body, err := ss.readPassword()
+	if err != nil {
+		return err
+	}
+	if !auth.CheckMD5(secret, salt, body) {
+		return failed
+	}
+	return nil
+}
+
+func (ss *session) authSCRAM(secret *auth.ScramSecret, failed error) error {
+	msg, _ := (&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}).Encode(nil)
+	ss.bw.Write(msg)
+	body, err := ss.readPassword()
+	if err != nil {
+		return err
+	}
+	var initial pgproto3.SASLInitialResponse
+	if err := initial.Decode(body); err != nil || initial.AuthMechanism != "SCRAM-SHA-256" {
+		return protocol.Fatal(protocol.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
+	}
+	sv := auth.NewScramServer(secret)
+	first, err := sv.First(initial.Data)
+	if err != nil {
+		return protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
+	}
+	msg, _ = (&pgproto3.AuthenticationSASLContinue{Data: first}).Encode(nil)
+	ss.bw.Write(msg)
+	body, err = ss.readPassword()
+	if err != nil {
+		return err
+	}
+	final, err := sv.Final(body)
+	if errors.Is(err, auth.ErrAuthFailed) {
+		return failed
+	}
+	if err != nil {
+		return protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
+	}
+	msg, _ = (&pgproto3.AuthenticationSASLFinal{Data: final}).Encode(nil)
+	ss.bw.Write(msg)
+	return nil
+}
+
+// serverParams returns the parameters a server of the session's pool reports
+// at its start, by name, connecting once per pool to learn them. Kept sorted,
+// they are not sorted again at every login.
+func (ss *session) serverParams() ([]core.Param, error) {
+	p := ss.pool
+	p.mu.Lock()
+	params := p.params
+	p.mu.Unlock()
+	if params != nil {
+		return params, nil
+	}
+	lease, _, err := ss.acquireLease(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	sc := lease.Conn()
+	params = sc.settings.Params()
+	releaseLease(lease)
+	p.mu.Lock()
+	p.params = params
+	p.mu.Unlock()
+	return params, nil
+}

@@ -1,0 +1,511 @@
+//go:build linux
+
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pgmux/pgmux/core"
+	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/protocol"
+)
+
+// A transaction in the event loop: the client's request read whole and
+// sorted (core.Scan), a server taken without blocking, its settings brought
+// in line, the request sent and the answer relayed up to ReadyForQuery.
+
+// startTx begins the transaction whose first messages the client has sent,
+// if they are ordinary and whole; if they are not whole it waits for more.
+func (p *parker) startTx(ss *session) {
+	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.psOn)
+	switch {
+	case res == core.ScanEject, res == core.ScanMore && ss.rd.Buffered() >= ss.rd.Size():
+		p.eject(ss) // the goroutine path's, or larger than the buffer
+		return
+	case res == core.ScanMore:
+		return // more is to come before the server can answer
+	}
+	ss.lc.batch = batch
+	ss.mu.Lock()
+	if ss.draining || ss.serverDead {
+		ss.mu.Unlock()
+		p.eject(ss)
+		return
+	}
+	if lease := ss.lease; lease != nil {
+		// A transaction left open: its server is still the session's,
+		// and the loop watches it (lc.srv) unless the session came in
+		// with it some other way.
+		ss.mu.Unlock()
+		sc := ss.lc.srv
+		if sc == nil {
+			sc = lease.Conn()
+		}
+		p.send(ss, sc)
+		return
+	}
+	ss.binding = true
+	ss.mu.Unlock()
+	if ss.srv.Paused() {
+		p.eject(ss) // waits for RESUME in a goroutine
+		return
+	}
+	lc := ss.lc
+	lc.waitStart = p.now
+	lc.phase = phaseWaiting
+	lease, err := ss.pool.pool.Load().AcquireAsync(lc.wait, ss.srv.options().QueryWaitTimeout)
+	if err != nil {
+		p.eject(ss) // a closed pool: the goroutine path retries or tells
+		return
+	}
+	if lease == nil {
+		// Queued: the session shows as waiting until its server comes.
+		// One served at once goes from idle to active (attach), without
+		// the two gauge moves and the stores of a wait of no length.
+		ss.setState(stateWaiting)
+		ss.waitingSince.Store(lc.waitStart)
+		lc.queued = true
+		return
+	}
+	p.gotServer(ss, lease, nil)
+}
+
+// gotServer goes on with a server (or the error) the session waited for.
+func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err error) {
+	lc := ss.lc
+	queued := lc.queued
+	lc.queued = false
+	if err != nil {
+		if !errors.Is(err, pool.ErrClosed) {
+			lc.endErr = ss.acquireError(err)
+		}
+		p.eject(ss)
+		return
+	}
+	sc := lease.Conn()
+	sc.clearDeadline() // an inline wait's, which would fail the loop's reads
+	// The looks acquireLease makes, without blocking; none for a hang-up:
+	// the client's socket stayed in the epoll set while it waited, and
+	// clientReady saw it hang up.
+	g := ss.granted(lease, 0)
+	if g.CheckAlive && !sc.alive() {
+		destroyLease(lease)
+		p.ejectServed(ss) // the goroutine path takes another
+		return
+	}
+	if sc.sys == nil || g.Trim {
+		// Statements to trim: bind's. The loop read the request whole,
+		// so the goroutine may hand the session back as soon as it has
+		// served it.
+		releaseLease(lease)
+		p.ejectServed(ss)
+		return
+	}
+	ss.pool.observeWait(time.Duration(p.now-lc.waitStart), p.now)
+	if queued {
+		ss.waitingSince.Store(0)
+	}
+	if g.Sync {
+		// Settings to bring in line: a server dialed since, or last used
+		// by a client with other settings.
+		p.syncServer(ss, lease)
+		return
+	}
+	p.bindServer(ss, lease)
+}
+
+// bindServer makes lease, a server whose settings are the client's, the
+// session's, and sends it the client's request.
+func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) {
+	sc := lease.Conn()
+	sc.leased.Store(true)
+	ss.attach(lease)
+	p.send(ss, sc)
+}
+
+// syncServer sends lease's server the query that brings its settings to the
+// session's, as acquireSynced does, and waits in the loop for the answer
+// (syncAnswered) before it sends the client's request: one round trip, as
+// PgBouncer's, without a goroutine.
+func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
+	lc, sc := ss.lc, lease.Conn()
+	msg, touched := sc.settings.SyncQuery(&ss.want, p.syncBuf[:0], lc.syncKeys[:0])
+	p.syncBuf = msg[:0]
+	if len(msg) == 0 {
+		sc.settings.Synced(&ss.want)
+		p.bindServer(ss, lease)
+		return
+	}
+	if n, err := sc.sys.TryWrite(msg); n < len(msg) || err != nil {
+		// A socket that does not take a small query at once (or failed)
+		// holds part of it: the server is no use to anyone.
+		destroyLease(lease)
+		p.ejectServed(ss) // the goroutine path takes another
+		return
+	}
+	lc.sync, lc.syncKeys, lc.syncErr = lease, touched, nil
+	lc.phase = phaseSyncing
+	if !p.watchServer(ss, sc) {
+		p.ejectServed(ss) // its goroutine reads the answer (finishSync)
+	}
+}
+
+// syncAnswered reads the answer to syncServer's query as far as it has
+// come, and at its end sends the client's request, or ejects the session
+// to the goroutine path, which tells the client the server's error.
+func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
+	lc := ss.lc
+	for more := true; more; {
+		var err error
+		if more, err = p.fill(sc, hup); err != nil {
+			p.syncBroken(ss)
+			return
+		}
+		for sc.rd.Complete() {
+			typ, n, err := sc.rd.Next()
+			var body []byte
+			if err == nil {
+				body, err = sc.rd.Body(n)
+			}
+			var ready bool
+			if err == nil {
+				ready, err = sc.noteMessage(typ, body)
+			}
+			switch {
+			case err != nil:
+				p.syncBroken(ss)
+				return
+			case ready:
+				p.synced(ss)
+				return
+			}
+			if e := core.SyncNote(&ss.want, typ, body); e != nil {
+				lc.syncErr = e
+			}
+		}
+	}
+}
+
+// syncBroken closes the server whose answer to syncServer's query could not
+// be read, and ejects the session: the goroutine path takes another.
+func (p *parker) syncBroken(ss *session) {
+	destroyLease(ss.lc.sync)
+	ss.lc.sync = nil
+	p.ejectServed(ss)
+}
+
+// synced goes on after the whole answer to syncServer's query.
+func (p *parker) synced(ss *session) {
+	lc := ss.lc
+	lease := lc.sync
+	sc := lease.Conn()
+	lc.sync = nil
+	p.unwatchServer(ss)
+	if lc.syncErr != nil || sc.txStatus != 'I' {
+		// The client asked for a setting the server refuses: the
+		// goroutine path asks again, and tells the client.
+		sc.settings.SyncFailed(lc.syncKeys)
+		if sc.txStatus == 'I' {
+			releaseLease(lease)
+		} else {
+			destroyLease(lease)
+		}
+		lc.syncErr = nil
+		p.ejectServed(ss)
+		return
+	}
+	sc.settings.Synced(&ss.want)
+	p.bindServer(ss, lease)
+}
+
+// finishSync reads, in the goroutine the session was ejected to, the rest
+// of the answer to the loop's syncServer query, and gives the server back
+// to the pool (its settings matched to the session's unless the server
+// refused them); the goroutine path then takes a server again.
+func (ss *session) finishSync() {
+	lc := ss.lc
+	lease := lc.sync
+	sc := lease.Conn()
+	lc.sync = nil
+	err := sc.syncAnswer(&ss.want, lc.syncKeys, lc.syncErr)
+	lc.syncErr = nil
+	var pgErr *protocol.PgError
+	switch {
+	case err == nil:
+		sc.settings.Synced(&ss.want)
+		releaseLease(lease)
+	case errors.As(err, &pgErr) && sc.txStatus == 'I':
+		releaseLease(lease)
+	default:
+		destroyLease(lease)
+	}
+}
+
+// send writes what the client sent to sc, the session's server, as forward
+// does message by message, and waits for the answer.
+func (p *parker) send(ss *session, sc *serverConn) {
+	lc := ss.lc
+	lc.phase = phaseActive // the server is the session's: an eject keeps it
+	ss.writer().Reset(&lc.out)
+	if lc.batch.Mapped {
+		p.sendMapped(ss, sc)
+		return
+	}
+	buf := ss.rd.BufferedBytes()
+	ss.mu.Lock()
+	// No statement named (else sendMapped) and nothing queued before: the
+	// answers to these Parses and Closes pass as they are, and none needs
+	// an entry in the mapping's queue to keep the later ones in step.
+	// Relaying them in one run with the rest (relayAnswer) saves looking
+	// at each, which was most of what -M extended costs over simple.
+	if lc.plain = ss.ps.Idle(); lc.plain {
+		ss.noteBatchLocked(lc.batch, len(buf))
+	} else {
+		for i := 0; i < len(buf); {
+			typ := buf[i]
+			l := int(binary.BigEndian.Uint32(buf[i+1:]))
+			unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
+			if ss.noteSentLocked(typ, l-4, unnamedParse, false) {
+				ss.ps.Sent(1)
+			}
+			i += 1 + l
+		}
+	}
+	ss.armDeadlineLocked()
+	ss.mu.Unlock()
+	lc.srvOut.sock = sc.sys
+	_, err := lc.srvOut.Write(buf) // what the socket does not take into lc.toServer
+	// The read buffer, now empty, is kept until the transaction ends
+	// (relayAnswer): a transaction of several statements takes it from
+	// the pool once, not at each (a sync.Pool Get and Put, about 4% of
+	// pgmux's user-space instructions under TPC-B). Idle clients still
+	// hold none.
+	ss.rd.Discard(len(buf))
+	if err != nil {
+		ss.mu.Lock()
+		ss.serverTorn = true
+		ss.mu.Unlock()
+		err = errServerCrashed
+	}
+	p.awaitAnswer(ss, sc, err)
+}
+
+// awaitAnswer waits in the loop for the answer to what send wrote, or ejects
+// the session: after err (its end), or to write what the server's socket did
+// not take.
+func (p *parker) awaitAnswer(ss *session, sc *serverConn, err error) {
+	if err != nil {
+		ss.lc.endErr = err
+		p.eject(ss)
+		return
+	}
+	if len(ss.lc.toServer) > 0 || !p.watchServer(ss, sc) {
+		p.eject(ss)
+	}
+}
+
+// sendMapped is send for messages that name prepared statements: each goes
+// through forward, as on the goroutine path, into a server writer that does
+// not block.
+func (p *parker) sendMapped(ss *session, sc *serverConn) {
+	lc := ss.lc
+	lc.srvOut.sock = sc.sys
+	lc.plain = false
+	sc.bw.Reset(&lc.srvOut)
+	ss.inlineBytes = 0 // the loop waits for every answer: nothing piles up
+	var err error
+	for err == nil && ss.rd.Buffered() > 0 {
+		var typ byte
+		var n int
+		if typ, n, err = ss.rd.Next(); err == nil {
+			err = ss.forward(typ, n)
+		}
+	}
+	if err == nil && sc.bw.Flush() != nil {
+		err = errServerCrashed
+	}
+	sc.bw.Reset(sc.sys)
+	p.awaitAnswer(ss, sc, err) // the read buffer kept, as in send
+}
+
+// watchServer makes the loop relay sc's answers to ss. A server's socket is
+// added to a loop's epoll set, edge-triggered, and stays while that loop
+// serves it: no epoll_ctl per transaction. Its events while no session of
+// the loop holds it are ignored. One loop watches a server at a time: a
+// server that comes to a session of another loop (the pools are shared) is
+// taken out of the first loop's set first.
+func (p *parker) watchServer(ss *session, sc *serverConn) bool {
+	if sc.loop != p {
+		if sc.loop != nil {
+			sc.loop.dropServer(sc)
+		}
+		p.mu.Lock()
+		token, slot := p.newTokenLocked(srvBit)
+		ev := syscall.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET}
+		*(*uint64)(unsafe.Pointer(&ev.Fd)) = token
+		if syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, sc.fd, &ev) != nil {
+			p.freeLocked(token)
+			p.mu.Unlock()
+			return false
+		}
+		slot.sc = sc
+		sc.loopTok, sc.loop = token, p
+		p.mu.Unlock()
+	}
+	sc.loopOwner, ss.lc.srv = ss, sc
+	return true
+}
+
+// unwatchServer ends the loop's relaying for the session's server, before
+// it may go back to the pool.
+func (p *parker) unwatchServer(ss *session) {
+	if sc := ss.lc.srv; sc != nil {
+		sc.loopOwner, ss.lc.srv = nil, nil
+	}
+}
+
+// dropServer takes sc, which no session of p holds, out of p's epoll set,
+// for another loop to watch it: p's events for it, those in the batch it is
+// serving included, find no slot from then on.
+func (p *parker) dropServer(sc *serverConn) {
+	p.mu.Lock()
+	p.freeLocked(sc.loopTok)
+	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, sc.fd, nil)
+	p.mu.Unlock()
+	sc.loopTok, sc.loop = 0, nil
+}
+
+// forgetServer drops a closed server's registration (closing its socket took
+// it out of the epoll set).
+func (p *parker) forgetServer(token uint64) {
+	p.mu.Lock()
+	p.freeLocked(token)
+	p.mu.Unlock()
+}
+
+// serverReady is an event on a session's server socket: its answer relayed
+// as far as it has come, through relayMessage as the goroutine path's
+// awaitServer does. sc is the server the loop relays for ss (its
+// loopOwner), so the session's: taken
+// from the event, not through the lease (three pointers more to follow,
+// each a likely cache miss on a core the backends share). hup: the event
+// said the server hung up or failed.
+func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
+	lc := ss.lc
+	if lc.phase == phaseSyncing {
+		p.syncAnswered(ss, sc, hup)
+		return
+	}
+	if lc.phase != phaseActive {
+		if hup && lc.phase == phaseIdle {
+			// The server of a transaction left open has gone while
+			// its client is idle (killed, or idle_in_transaction_
+			// session_timeout): the client is told now, as PgBouncer
+			// does, not at its next query.
+			ss.mu.Lock()
+			ss.serverTorn = true
+			ss.mu.Unlock()
+			lc.endErr = errServerCrashed
+			p.eject(ss)
+		}
+		return
+	}
+	for more := true; more; {
+		var err error
+		if more, err = p.fill(sc, hup); err != nil {
+			p.eject(ss) // EOF, an error, a message larger than the buffer: the goroutine path's to tell
+			return
+		}
+		if !p.relayAnswer(ss, sc) {
+			return
+		}
+	}
+	if len(lc.spill) > 0 {
+		p.eject(ss) // the client reads slowly: a goroutine waits for it
+	}
+}
+
+// fill reads what sc's socket holds into sc.rd for the loop, and reports
+// whether to read again before the next event. Edge-triggered, the loop
+// reads until a read comes back short (the socket had no more) or would
+// block. After a hang-up it reads on to the end of file: no later edge would
+// come for it, and the loop would wait for ever on a server that has gone
+// (its last words, a FATAL error say, read and the end of file left unseen).
+// err is the end of file, a failure, or a message larger than the buffer.
+func (p *parker) fill(sc *serverConn, hup bool) (more bool, err error) {
+	n, free, err := p.read(sc.sys, &sc.rd)
+	switch {
+	case err == errWouldBlock:
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return n == free || hup, nil
+}
+
+// awaitClient arms the timeout of the session's wait for its client's next
+// query (idle, or idle in a transaction), as readyForQuery set it.
+func (p *parker) awaitClient(ss *session) {
+	ss.mu.Lock()
+	d := ss.deadline
+	ss.mu.Unlock()
+	if d.IsZero() {
+		return // no timeout (armTimerLocked would do nothing)
+	}
+	p.mu.Lock()
+	p.armTimerLocked(ss, d)
+	p.mu.Unlock()
+}
+
+// relayAnswer relays the whole messages sc.rd holds, and reports whether the
+// loop still relays sc's answer to ss.
+func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
+	lc := ss.lc
+	for sc.rd.Complete() {
+		typ := sc.rd.BufferedBytes()[0]
+		if typ == 'Z' {
+			p.unwatchServer(ss) // it may go back to the pool now
+		}
+		switch ss.relayMessage(sc, ss.psOn && !lc.plain) {
+		case stepReleased:
+			lc.phase = phaseIdle
+			ss.rd.Release() // the transaction is over (see send)
+			if len(lc.spill) > 0 || ss.bw != nil {
+				p.eject(ss)
+				return false
+			}
+			p.awaitClient(ss)
+			return false
+		case stepEnded:
+			p.eject(ss)
+			return false
+		}
+		if sc.copyIn {
+			p.eject(ss) // COPY FROM STDIN: the goroutine path's
+			return false
+		}
+		if typ == 'Z' && ss.acct.Owed() == 0 {
+			// The server is kept (a transaction left open): wait for
+			// the client's next query with it, still watching the
+			// server, whose hang-up meanwhile ends the session.
+			lc.phase = phaseIdle
+			if ss.bw.Flush(); len(lc.spill) > 0 || !p.watchServer(ss, sc) {
+				p.eject(ss)
+				return false
+			}
+			p.awaitClient(ss)
+			return false
+		}
+		if typ == 'Z' && !p.watchServer(ss, sc) {
+			p.eject(ss)
+			return false
+		}
+	}
+	return true
+}

@@ -28,7 +28,8 @@
 # through vgdb, which waited for ever on an idle PgBouncer blocked in
 # epoll_wait (Go's runtime wakes by itself, so pgmux is reached).
 #
-# Environment: PROFILE_SCRIPT (tpcb, the default, or select: -S),
+# Environment: PROFILE_PROCS (GOMAXPROCS, so event loops; 1), PROFILE_SCRIPT
+# (tpcb, the default, or select: -S),
 # PROFILE_MODE (simple, extended or prepared), PROFILE_CLIENTS (20),
 # PROFILE_TX (transactions per client, 200), PROFILE_TOP (functions listed,
 # 25), PROFILE_OUT (a directory to keep the callgrind files in).
@@ -133,6 +134,9 @@ n=$((TX * CLIENTS))
 [ ${#bins[@]} -gt 0 ] || bins=(bin/pgmux)
 echo "profile: user-space instructions per transaction, pgbench $SCRIPT -M $MODE, $CLIENTS clients x $TX transactions, pool 20, under callgrind"
 export GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off
+# One P, so one event loop: the pooler as make bench runs it, pinned to one
+# core (PROFILE_PROCS for another count).
+export GOMAXPROCS=${PROFILE_PROCS:-1}
 i=0
 for bin in "${bins[@]}"; do
   i=$((i + 1))

@@ -108,9 +108,6 @@ func (m *Mapper) AwaitsDup() bool { return m.dups > 0 }
 // one, and the answers of what follows belong to the next.
 func (m *Mapper) Sent(n int) { m.segSent += uint64(n) }
 
-// Segments is how many segments Sent has counted.
-func (m *Mapper) Segments() uint64 { return m.segSent }
-
 // Passed accounts for a Parse or Close (typ) relayed as it is, whose answer
 // must still be matched.
 func (m *Mapper) Passed(typ byte) { m.push(entry{seg: m.segSent, kind: typ}) }

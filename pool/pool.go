@@ -315,7 +315,7 @@ func (p *Pool[T]) takeIdleLocked() *Lease[T] {
 // leaseOf returns the Lease of a connection just taken from the idle stack.
 func leaseOf[T Conn](e *entry[T]) *Lease[T] {
 	l := &e.lease
-	l.e, l.handed = e, false
+	l.handed = false
 	return l
 }
 
@@ -376,7 +376,7 @@ func (p *Pool[T]) dial() error {
 	}
 	now := Now()
 	e := &entry[T]{conn: c, born: now, idleAt: now}
-	e.lease.p = p
+	e.lease.e, e.lease.p = e, p
 	p.idle = append(p.idle, e)
 	p.serveLocked()
 	return nil

@@ -30,7 +30,8 @@
 #
 # Environment: PROFILE_PROCS (GOMAXPROCS, so event loops; 1), PROFILE_SCRIPT
 # (tpcb, the default, or select: -S),
-# PROFILE_MODE (simple, extended or prepared), PROFILE_CLIENTS (20),
+# PROFILE_MODE (simple, extended or prepared), PROFILE_CONFIG (lines added to
+# pgmux's config, such as "relay_loop: false"), PROFILE_CLIENTS (20),
 # PROFILE_TX (transactions per client, 200), PROFILE_TOP (functions listed,
 # 25), PROFILE_OUT (a directory to keep the callgrind files in).
 set -euo pipefail
@@ -81,6 +82,7 @@ auth_type: trust
 log_level: error
 databases:
   postgres: {host: 127.0.0.1, port: $pg_port}
+${PROFILE_CONFIG:-}
 YAML
 
 # bench_tx N: N transactions from each client through the pooler.

@@ -49,10 +49,7 @@ type serverConn struct {
 	copyIn   bool              // the server waits for COPY data
 	prepared prepared.Registry // statements prepared under pgmux names
 	psDirty  bool              // a client's DEALLOCATE or DISCARD left prepared unsure
-	// checkAt is when the read deadline armed by armCheck falls (unix
-	// nanoseconds), 0 when none is.
-	checkAt int64
-	cancels sync.WaitGroup // cancel requests in flight to this backend
+	cancels  sync.WaitGroup    // cancel requests in flight to this backend
 	// cancelling counts them too, for a look that does not wait (see
 	// readyForQuery); it falls before cancels' Done.
 	cancelling atomic.Int32
@@ -76,37 +73,6 @@ func (sc *serverConn) Close() error {
 	return sc.conn.Close()
 }
 
-// slowServer is how long a session waits inline for its server's answer
-// (see awaitServer) before relayServer takes over and the client is watched.
-const slowServer = 250 * time.Millisecond
-
-// armCheck makes sure a read deadline at least slowServer away is armed. It
-// moves the deadline only when less than that is left, so that a busy server
-// sees a timer change about once per slowServer, not once per transaction.
-func (sc *serverConn) armCheck() {
-	now := time.Now().UnixNano()
-	if sc.checkAt-now < int64(slowServer) {
-		sc.checkAt = now + 2*int64(slowServer)
-		sc.conn.SetReadDeadline(time.Unix(0, sc.checkAt))
-	}
-}
-
-// clearDeadline removes the deadline armCheck set, before a read that must
-// not time out; it returns true, to be used in a condition.
-func (sc *serverConn) clearDeadline() bool {
-	if sc.checkAt != 0 {
-		sc.checkAt = 0
-		sc.conn.SetReadDeadline(time.Time{})
-	}
-	return true
-}
-
-// setDeadline sets sc's read and write deadline, replacing armCheck's.
-func (sc *serverConn) setDeadline(t time.Time) {
-	sc.checkAt = 0
-	sc.conn.SetDeadline(t)
-}
-
 // releaseLease gives a clean server back to its pool.
 func releaseLease(l *pool.Lease[*serverConn]) { releaseLeaseAt(l, pool.Now()) }
 
@@ -121,7 +87,7 @@ func releaseLeaseAt(l *pool.Lease[*serverConn], now time.Duration) {
 // wiping prepared statements a DEALLOCATE or DISCARD left unsure.
 func releaseSettled(sc *serverConn, lease *pool.Lease[*serverConn]) {
 	sc.cancels.Wait()
-	if sc.psDirty && sc.clearDeadline() && sc.discardAll() != nil {
+	if sc.psDirty && sc.discardAll() != nil {
 		destroyLease(lease)
 		return
 	}

@@ -83,8 +83,8 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 	if plan.Close {
 		return false
 	}
-	sc.setDeadline(time.Now().Add(settleTimeout))
-	defer sc.setDeadline(time.Time{})
+	sc.conn.SetDeadline(time.Now().Add(settleTimeout))
+	defer sc.conn.SetDeadline(time.Time{})
 	if plan.Cancel {
 		// Wait until the postmaster has taken the cancel: then it cannot
 		// arrive after the server has gone to another client.
@@ -122,7 +122,7 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 	if reset == "" {
 		return true
 	}
-	sc.setDeadline(time.Now().Add(settleTimeout)) // the reset query's own
+	sc.conn.SetDeadline(time.Now().Add(settleTimeout)) // the reset query's own
 	var failed bool
 	err := sc.simpleQuery(reset, func(typ byte, _ []byte) {
 		if typ == 'E' {

@@ -89,7 +89,6 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		return
 	}
 	sc := lease.Conn()
-	sc.clearDeadline() // an inline wait's, which would fail the loop's reads
 	// The looks acquireLease makes, without blocking; none for a hang-up:
 	// the client's socket stayed in the epoll set while it waited, and
 	// clientReady saw it hang up.
@@ -318,7 +317,6 @@ func (p *parker) sendMapped(ss *session, sc *serverConn) {
 	lc.srvOut.sock = sc.sys
 	lc.plain = false
 	sc.bw.Reset(&lc.srvOut)
-	ss.inlineBytes = 0 // the loop waits for every answer: nothing piles up
 	var err error
 	for err == nil && ss.rd.Buffered() > 0 {
 		var typ byte

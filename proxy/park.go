@@ -94,7 +94,7 @@ func (ss *session) tryPark() (requested, parked bool) {
 		return false, false
 	}
 	ss.parkReq = false
-	if ss.lease == nil && !ss.draining && ss.rd.Buffered() == 0 && ss.bw == nil {
+	if ss.mayParkLocked() {
 		ss.rd.Release()
 		ss.ps.Park() // no array kept through an idle spell
 		if ss.loop.park(ss) {

@@ -61,7 +61,6 @@ func (ss *session) trimPrepared(sc *serverConn, max int) error {
 	if len(names) == 0 {
 		return nil
 	}
-	sc.clearDeadline()
 	if _, err := sc.bw.Write(msg); err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -18,14 +17,10 @@ import (
 // serve reads the client's messages after login until it leaves.
 func (ss *session) serve() error {
 	for {
+		if ss.readerDone == nil && ss.lease != nil {
+			ss.goRelay(ss.lease.Conn()) // a server the loop relayed until it ejected the session
+		}
 		if ss.rd.Buffered() == 0 {
-			if ss.readerDone == nil && ss.lease != nil {
-				// Nothing relays the server and the client is to be waited
-				// for: first take the answers it is owed.
-				if err := ss.awaitOwed(); err != nil {
-					return err
-				}
-			}
 			ss.rd.Release() // an idle client holds no read buffer
 			if ss.enterLoop() {
 				return errParked
@@ -79,7 +74,7 @@ func (ss *session) serve() error {
 // server, to the relay loop (see loop.go), and reports whether it did: the
 // goroutine must then return without touching the session.
 func (ss *session) enterLoop() bool {
-	if !ss.srv.options().RelayLoop || ss.mode != ModeTransaction || ss.bw != nil {
+	if !ss.srv.options().RelayLoop || ss.mode != ModeTransaction {
 		return false
 	}
 	if ss.lc != nil && ss.lc.ejected {
@@ -88,18 +83,28 @@ func (ss *session) enterLoop() bool {
 	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.lease != nil || ss.draining || ss.parkReq || ss.serverDead || ss.stopping || ss.rd.Buffered() != 0 {
+	if ss.parkReq || !ss.mayParkLocked() {
+		return false
+	}
+	return ss.loop.park(ss)
+}
+
+// mayParkLocked reports whether the session, with no server and nothing of
+// its client's unread, may wait in the loop; relayServer must have finished
+// with the client writer.
+func (ss *session) mayParkLocked() bool {
+	if ss.lease != nil || ss.draining || ss.serverDead || ss.stopping || ss.rd.Buffered() != 0 {
 		return false
 	}
 	if done := ss.readerDone; done != nil {
 		select {
-		case <-done: // the last relayServer has finished
+		case <-done:
 			ss.readerDone = nil
 		default:
 			return false
 		}
 	}
-	return ss.loop.park(ss)
+	return ss.bw == nil
 }
 
 func (ss *session) bound() bool {
@@ -151,13 +156,6 @@ func (ss *session) forward(typ byte, n int) error {
 	}
 	sc := ss.lease.Conn()
 	endsSegment := ss.noteSentLocked(typ, n, unnamedParse, mapped)
-	if ss.readerDone == nil {
-		if ss.inlineBytes += protocol.HeaderLen + n; ss.inlineBytes > inlineMaxBytes {
-			ss.mu.Unlock()
-			ss.goRelay(sc)
-			ss.mu.Lock()
-		}
-	}
 	ss.writing = true
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
@@ -254,91 +252,24 @@ const (
 	stepMore     relayStep = iota // go on reading the server
 	stepReleased                  // sc went back to the pool
 	stepEnded                     // relaying ended on a failure, already handled
-	stepSlow                      // the server's answer is late (inline waits only; see awaitServer)
 )
 
 // relayServer copies sc's output to the client while the session holds sc,
-// and gives sc back to the pool at the first safe point (see session).
+// and gives sc back to the pool at the first safe point (see session). With
+// the relay loop on, a session whose server went back asks to re-enter it.
 func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
-	defer close(done)
-	for ss.relayMessage(sc, ss.psOn) == stepMore {
+	step := stepMore
+	for step == stepMore {
+		step = ss.relayMessage(sc, ss.psOn)
+	}
+	close(done)
+	if step == stepReleased && ss.srv.options().RelayLoop {
+		ss.requestPark()
 	}
 }
-
-// awaitServer relays sc's answers to the client from the session goroutine
-// itself while every Sync and Query sent awaits its ReadyForQuery: the common
-// transaction then takes no second goroutine and no hand-off. It returns when
-// all are answered (sc released or kept for the client's next message) or
-// hands the rest of the lease to relayServer when the server's answer is slow
-// (a long query, during which the client must be watched) or when the server
-// waits for the client (COPY FROM STDIN). A non-nil error ends the session.
-func (ss *session) awaitServer(sc *serverConn) error {
-	// Let every other session with work ready take its turn before this one
-	// reads its answer, as an event loop would. Without it, a server woken on
-	// the proxy's core preempts the proxy at once, has answered by the time
-	// this goroutine reads, and is free again (top of the idle stack, or
-	// handed to the next waiter) before any other client's query has been
-	// looked at: one server then runs every transaction, in turn with the
-	// proxy, on the proxy's core, while the others and the second core idle.
-	// pgbench -S through pgmux pinned to one core (pool 20): at 10 and 100
-	// clients 0.58 and 0.77 preemptions a transaction without this, 0.31 and
-	// 0.36 with it, and 10-22% more transactions; at 1,000 clients, where
-	// the wait queue interleaves sessions anyway, about 4% fewer (the yield
-	// costs more with a thousand goroutines to go round).
-	runtime.Gosched()
-	sc.armCheck()            // a timeout at any message boundary hands over to relayServer
-	for ss.acct.Owed() > 0 { // only this goroutine changes the account while no relayServer runs
-		if sc.checkAt == 0 {
-			sc.armCheck() // again after a long message (see relayMessage)
-		}
-		switch ss.relayMessage(sc, ss.psOn) {
-		case stepMore:
-			if sc.copyIn {
-				ss.goRelay(sc)
-				return nil
-			}
-		case stepReleased:
-			return nil
-		case stepEnded:
-			return ss.clientError(net.ErrClosed)
-		case stepSlow:
-			if ss.ctx.Err() != nil {
-				return errQuiet
-			}
-			ss.goRelay(sc)
-			return nil
-		}
-	}
-	return nil
-}
-
-// awaitOwed relays, before the session waits for its client, what the server
-// owes: the answers to every Sync and Query sent (inline), or, after a Flush
-// that no Sync followed, whatever comes, by relayServer.
-func (ss *session) awaitOwed() error {
-	sc := ss.lease.Conn()
-	if ss.acct.Owed() > 0 {
-		if err := ss.awaitServer(sc); err != nil {
-			return err
-		}
-		ss.inlineBytes = 0
-	}
-	if ss.readerDone == nil && ss.lease != nil && ss.acct.Flushed() {
-		ss.goRelay(sc)
-	}
-	return nil
-}
-
-// inlineMaxBytes bounds what a session writes to its server between inline
-// waits: a client that pipelines more than socket buffers hold while it
-// reads its answers must have them relayed as it writes (by relayServer), or
-// the server, blocked writing answers nobody reads, stops reading too.
-const inlineMaxBytes = 256 << 10
 
 // goRelay starts relayServer on the lease the session holds.
 func (ss *session) goRelay(sc *serverConn) {
-	// Before the goroutine starts: finish may set a deadline to wake it.
-	sc.clearDeadline()
 	done := make(chan struct{})
 	ss.mu.Lock()
 	ss.readerDone = done
@@ -377,15 +308,8 @@ func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 	}
 	typ, n, err := sc.rd.Next()
 	if err != nil {
-		var ne net.Error
-		if sc.checkAt != 0 && errors.As(err, &ne) && ne.Timeout() {
-			return stepSlow
-		}
 		ss.serverFailed(err)
 		return stepEnded
-	}
-	if sc.checkAt != 0 && !sc.rd.Complete() {
-		sc.clearDeadline() // a long message: the check must not cut it in two
 	}
 	ss.bytesOut += int64(protocol.HeaderLen + n)
 	switch typ {

@@ -31,16 +31,11 @@ import (
 //
 // In session mode the session is active from login to close.
 //
-// In transaction mode the session's goroutine does the whole of a common
-// transaction: it reads the client, writes the server and, before it waits
-// for the client again, relays the server's answers up to the ReadyForQuery
-// of every Sync and Query sent (awaitServer). No second goroutine, no
-// hand-off. It starts relayServer, a goroutine that reads the server and
-// writes the client, for the rest of the lease when one goroutine would not
-// do: the answer is slow (the client must be watched for a hang-up meanwhile),
-// the server waits for COPY data, a Flush asks for answers with no Sync, or a
-// pipeline outgrows what socket buffers hold. In session mode relayServer
-// always runs, as the server may speak while the client is idle.
+// On the portable driver a second goroutine, relayServer, reads the server
+// and writes the client for as long as the session holds a server, so that
+// the client is read (for a hang-up, COPY data, a pipeline) while the server
+// answers, and the server may speak while the client is idle (session mode).
+// The relay loop (loop.go) serves common transactions without either.
 //
 // While relayServer runs the two goroutines agree on when the server may go
 // back to the pool through the fields under mu: the server is released only
@@ -83,7 +78,6 @@ type session struct {
 	lease         *pool.Lease[*serverConn]
 	readerDone    chan struct{} // closed when the current relayServer exits; nil while the lease has none
 	acct          core.Account  // what the server owes (see core.Account)
-	inlineBytes   int           // written to the server since the last inline wait (see awaitOwed)
 	writing       bool          // the session goroutine is writing a client message to the server
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
@@ -315,7 +309,7 @@ func (ss *session) acquireLease(start time.Time) (*pool.Lease[*serverConn], core
 		}
 		sc := lease.Conn()
 		g := ss.granted(lease, time.Since(start))
-		if g.CheckAlive && sc.clearDeadline() && !sc.alive() {
+		if g.CheckAlive && !sc.alive() {
 			destroyLease(lease)
 			continue
 		}
@@ -390,6 +384,7 @@ func (ss *session) bind() error {
 		return err
 	}
 	ss.attach(lease)
+	ss.goRelay(lease.Conn())
 	return nil
 }
 
@@ -409,7 +404,6 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 		}
 		sc := lease.Conn()
 		if g.Sync {
-			sc.clearDeadline()
 			if err = sc.syncParams(&ss.want); err == nil {
 				sc.settings.Synced(&ss.want)
 			}
@@ -434,24 +428,17 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 	}
 }
 
-// attach makes lease the session's server (and starts relayServer on it in
-// session mode).
+// attach makes lease the session's server.
 func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.writer()
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.acct = lease, nil, core.Account{}
 	ss.binding = false
-	ss.inlineBytes = 0
 	ss.segLen, ss.txStart = 0, 0
 	ss.ps.Attach()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	ss.setState(stateActive)
-	if ss.mode != ModeTransaction {
-		// In session mode the server may speak while the client is idle
-		// (notifications): it is relayed by a goroutine of its own.
-		ss.goRelay(lease.Conn())
-	}
 }
 
 // holdForCancel returns the server the session holds, with a cancel counted

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"net"
 	"os"
 	"sync"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
-	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 )
 
@@ -39,17 +37,14 @@ type serverConn struct {
 	pid           uint32
 	key           []byte
 
-	settings core.ServerSettings // as the server reported them or pgmux set them
+	core.Server // its protocol state
 
 	owner     *dbPool
 	connected time.Time
 	leased    atomic.Bool // lent to a client (for reports)
 
-	txStatus byte
-	copyIn   bool              // the server waits for COPY data
-	prepared prepared.Registry // statements prepared under pgmux names
-	psDirty  bool              // a client's DEALLOCATE or DISCARD left prepared unsure
-	cancels  sync.WaitGroup    // cancel requests in flight to this backend
+	psDirty bool           // a client's DEALLOCATE or DISCARD left prepared statements unsure
+	cancels sync.WaitGroup // cancel requests in flight to this backend
 	// cancelling counts them too, for a look that does not wait (see
 	// readyForQuery); it falls before cancels' Done.
 	cancelling atomic.Int32
@@ -134,16 +129,15 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 	sock := newSysConn(conn)
 	network, addr := db.serverAddr()
 	sc := &serverConn{
-		conn:     conn,
-		fd:       -1,
-		rd:       *protocol.NewReader(sock, 16<<10, maxBody),
-		bw:       bufio.NewWriterSize(sock, 16<<10),
-		network:  network,
-		addr:     addr,
-		pid:      hc.PID,
-		key:      hc.SecretKey,
-		settings: core.NewServerSettings(hc.ParameterStatuses),
-		txStatus: 'I',
+		conn:    conn,
+		fd:      -1,
+		rd:      *protocol.NewReader(sock, 16<<10, maxBody),
+		bw:      bufio.NewWriterSize(sock, 16<<10),
+		network: network,
+		addr:    addr,
+		pid:     hc.PID,
+		key:     hc.SecretKey,
+		Server:  core.Server{TxStatus: 'I', Settings: core.NewServerSettings(hc.ParameterStatuses)},
 	}
 	sc.sys, sc.fd = rawSocket(sock)
 	return sc, nil
@@ -197,7 +191,7 @@ func peerClosed(c net.Conn) bool { return peek(c) == peekEOF }
 // core.ServerSettings.SyncQuery), waiting for its answer. The caller owns sc
 // and no reader goroutine is running on it.
 func (sc *serverConn) syncParams(want *core.Wanted) error {
-	msg, touched := sc.settings.SyncQuery(want, nil, nil)
+	msg, touched := sc.Settings.SyncQuery(want, nil, nil)
 	if len(msg) == 0 {
 		return nil
 	}
@@ -220,7 +214,7 @@ func (sc *serverConn) syncAnswer(want *core.Wanted, touched []string, failed *pr
 		}
 	})
 	if err == nil && failed != nil {
-		sc.settings.SyncFailed(touched)
+		sc.Settings.SyncFailed(touched)
 		return failed
 	}
 	return err
@@ -252,7 +246,7 @@ func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte)) error {
 		if err != nil {
 			return err
 		}
-		if ready, err := sc.noteMessage(typ, body); ready || err != nil {
+		if ready, err := sc.Note(typ, body); ready || err != nil {
 			return err
 		}
 		if fn != nil {
@@ -261,31 +255,11 @@ func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte)) error {
 	}
 }
 
-// noteMessage notes what a message of sc's answer to pgmux's own query says
-// of the server (its transaction status, a setting) and reports whether it
-// was the ReadyForQuery that ends the answer.
-func (sc *serverConn) noteMessage(typ byte, body []byte) (ready bool, err error) {
-	switch typ {
-	case 'Z':
-		if len(body) != 1 {
-			return true, errors.New("bad ReadyForQuery from server")
-		}
-		sc.txStatus, sc.copyIn = body[0], false
-		return true, nil
-	case 'S':
-		var ps pgproto3.ParameterStatus
-		if ps.Decode(body) == nil {
-			sc.settings.Note(ps.Name, ps.Value)
-		}
-	}
-	return false, nil
-}
-
 // forgetSession records that the server's session state is back to its
 // start, as after DISCARD ALL: settings as at connect, no statements.
 func (sc *serverConn) forgetSession() {
-	sc.settings.Reset()
-	sc.prepared.Clear()
+	sc.Settings.Reset()
+	sc.Prepared.Clear()
 	sc.psDirty = false
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/internal/testio"
 	"github.com/pgmux/pgmux/protocol"
 )
@@ -61,13 +62,13 @@ func BenchmarkBindRelay(b *testing.B) {
 	bind, _ := (&pgproto3.Bind{PreparedStatement: "stmtcache_0123456789abcdef", Parameters: [][]byte{[]byte("42"), []byte("hello")}}).Encode(nil)
 	for _, on := range []bool{true, false} {
 		b.Run(fmt.Sprintf("mapping=%v", on), func(b *testing.B) {
-			ss := &session{srv: &Server{}, psOn: on}
-			ss.ps.Counters = &ss.srv.ps
+			ss := &session{srv: &Server{}, Session: core.Session{Mapping: on}}
+			ss.PS.Counters = &ss.srv.ps
 			ss.rd = protocol.NewReader(&testio.Cyclic{B: bind}, 4096, 1<<20)
 			sc := &serverConn{bw: bufio.NewWriterSize(io.Discard, 16<<10)}
 			// The statement prepared on sc, as after its ParseComplete.
-			ss.ps.Rewrite(&sc.prepared, 'P', []byte("stmtcache_0123456789abcdef\x00SELECT $1, $2\x00\x00\x00"), nil)
-			ss.ps.Answer(&sc.prepared, '1')
+			ss.PS.Rewrite(&sc.Prepared, 'P', []byte("stmtcache_0123456789abcdef\x00SELECT $1, $2\x00\x00\x00"), nil)
+			ss.PS.Answer(&sc.Prepared, '1')
 			b.ReportAllocs()
 			b.SetBytes(int64(len(bind)))
 			b.ResetTimer()

@@ -217,7 +217,7 @@ func (s *Server) Servers() []stats.Server {
 				state = "active"
 			}
 			out = append(out, stats.Server{Database: p.key.database, User: p.key.user, Addr: sc.addr, PID: sc.pid,
-				State: state, ConnectTime: sc.connected, Prepared: sc.prepared.Count()})
+				State: state, ConnectTime: sc.connected, Prepared: sc.Prepared.Count()})
 		}
 		p.mu.Unlock()
 	}

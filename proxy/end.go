@@ -22,7 +22,7 @@ func (ss *session) finish(err error) {
 	lease := ss.lease
 	ss.lease = nil
 	ss.stopping = true
-	acct, torn, serverDead := ss.acct, ss.serverTorn, ss.serverDead
+	acct, torn, serverDead := ss.Acct, ss.serverTorn, ss.serverDead
 	done := ss.readerDone
 	ss.mu.Unlock()
 
@@ -78,8 +78,8 @@ const settleTimeout = 5 * time.Second
 // whether it did; if not, the caller closes the server. acct is the
 // session's account of sc.
 func (ss *session) settle(sc *serverConn, acct core.Account) bool {
-	plan := core.SettleFor(acct, sc.rd.InMessage(), sc.copyIn,
-		ss.psOn && (!ss.ps.Idle() || sc.prepared.Pending() || sc.psDirty))
+	plan := core.SettleFor(acct, sc.rd.InMessage(), sc.CopyIn,
+		ss.Mapping && (!ss.PS.Idle() || sc.Prepared.Pending() || sc.psDirty))
 	if plan.Close {
 		return false
 	}
@@ -113,9 +113,9 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 			return false // a COPY started by a message not yet answered: give up
 		}
 	}
-	rollback, reset := core.SettleDone(sc.txStatus, ss.mode == ModeSession, ss.srv.options().ServerResetQuery)
+	rollback, reset := core.SettleDone(sc.TxStatus, ss.mode == ModeSession, ss.srv.options().ServerResetQuery)
 	if rollback {
-		if err := sc.simpleQuery("ROLLBACK", nil); err != nil || sc.txStatus != 'I' {
+		if err := sc.simpleQuery("ROLLBACK", nil); err != nil || sc.TxStatus != 'I' {
 			return false
 		}
 	}
@@ -129,7 +129,7 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 			failed = true
 		}
 	})
-	if err != nil || failed || sc.txStatus != 'I' {
+	if err != nil || failed || sc.TxStatus != 'I' {
 		return false
 	}
 	sc.forgetSession() // as DISCARD ALL does

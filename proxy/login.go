@@ -62,7 +62,7 @@ func (ss *session) login() error {
 		ss.user = user
 		return ss.console(user)
 	}
-	ss.user, ss.dbName, ss.want = user, dbName, core.NewWanted(want)
+	ss.user, ss.dbName, ss.Want = user, dbName, core.NewWanted(want)
 	ss.appName = want["application_name"]
 	db, ok := ss.srv.options().Databases(dbName)
 	if !ok {
@@ -79,8 +79,9 @@ func (ss *session) login() error {
 		password = ss.srv.options().Users[backendUser].Plain
 	}
 	ss.mode = db.PoolMode
+	ss.Pooled = ss.mode == ModeTransaction
 	if ss.mode == ModeTransaction && ss.srv.options().MaxPreparedStatements > 0 {
-		ss.psOn = true
+		ss.Mapping = true
 	}
 	ss.pool, err = ss.srv.poolFor(dbName, db, backendUser, password)
 	if err != nil {
@@ -102,7 +103,7 @@ func (ss *session) login() error {
 	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it
 	for _, p := range params {
 		v := p.Value
-		if w, ok := ss.want.Get(p.Key); ok {
+		if w, ok := ss.Want.Get(p.Key); ok {
 			v = w
 		}
 		buf, _ = (&pgproto3.ParameterStatus{Name: p.Name, Value: v}).Encode(buf)
@@ -260,7 +261,7 @@ func (ss *session) serverParams() ([]core.Param, error) {
 		return nil, err
 	}
 	sc := lease.Conn()
-	params = sc.settings.Params()
+	params = sc.Settings.Params()
 	releaseLease(lease)
 	p.mu.Lock()
 	p.params = params

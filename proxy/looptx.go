@@ -23,7 +23,7 @@ import (
 // startTx begins the transaction whose first messages the client has sent,
 // if they are ordinary and whole; if they are not whole it waits for more.
 func (p *parker) startTx(ss *session) {
-	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.psOn)
+	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.Mapping)
 	switch {
 	case res == core.ScanEject, res == core.ScanMore && ss.rd.Buffered() >= ss.rd.Size():
 		p.eject(ss) // the goroutine path's, or larger than the buffer
@@ -134,10 +134,10 @@ func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) {
 // PgBouncer's, without a goroutine.
 func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 	lc, sc := ss.lc, lease.Conn()
-	msg, touched := sc.settings.SyncQuery(&ss.want, p.syncBuf[:0], lc.syncKeys[:0])
+	msg, touched := sc.Settings.SyncQuery(&ss.Want, p.syncBuf[:0], lc.syncKeys[:0])
 	p.syncBuf = msg[:0]
 	if len(msg) == 0 {
-		sc.settings.Synced(&ss.want)
+		sc.Settings.Synced(&ss.Want)
 		p.bindServer(ss, lease)
 		return
 	}
@@ -174,7 +174,7 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 			}
 			var ready bool
 			if err == nil {
-				ready, err = sc.noteMessage(typ, body)
+				ready, err = sc.Note(typ, body)
 			}
 			switch {
 			case err != nil:
@@ -184,7 +184,7 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 				p.synced(ss)
 				return
 			}
-			if e := core.SyncNote(&ss.want, typ, body); e != nil {
+			if e := core.SyncNote(&ss.Want, typ, body); e != nil {
 				lc.syncErr = e
 			}
 		}
@@ -206,11 +206,11 @@ func (p *parker) synced(ss *session) {
 	sc := lease.Conn()
 	lc.sync = nil
 	p.unwatchServer(ss)
-	if lc.syncErr != nil || sc.txStatus != 'I' {
+	if lc.syncErr != nil || sc.TxStatus != 'I' {
 		// The client asked for a setting the server refuses: the
 		// goroutine path asks again, and tells the client.
-		sc.settings.SyncFailed(lc.syncKeys)
-		if sc.txStatus == 'I' {
+		sc.Settings.SyncFailed(lc.syncKeys)
+		if sc.TxStatus == 'I' {
 			releaseLease(lease)
 		} else {
 			destroyLease(lease)
@@ -219,7 +219,7 @@ func (p *parker) synced(ss *session) {
 		p.ejectServed(ss)
 		return
 	}
-	sc.settings.Synced(&ss.want)
+	sc.Settings.Synced(&ss.Want)
 	p.bindServer(ss, lease)
 }
 
@@ -232,14 +232,14 @@ func (ss *session) finishSync() {
 	lease := lc.sync
 	sc := lease.Conn()
 	lc.sync = nil
-	err := sc.syncAnswer(&ss.want, lc.syncKeys, lc.syncErr)
+	err := sc.syncAnswer(&ss.Want, lc.syncKeys, lc.syncErr)
 	lc.syncErr = nil
 	var pgErr *protocol.PgError
 	switch {
 	case err == nil:
-		sc.settings.Synced(&ss.want)
+		sc.Settings.Synced(&ss.Want)
 		releaseLease(lease)
-	case errors.As(err, &pgErr) && sc.txStatus == 'I':
+	case errors.As(err, &pgErr) && sc.TxStatus == 'I':
 		releaseLease(lease)
 	default:
 		destroyLease(lease)
@@ -263,7 +263,7 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	// an entry in the mapping's queue to keep the later ones in step.
 	// Relaying them in one run with the rest (relayAnswer) saves looking
 	// at each, which was most of what -M extended costs over simple.
-	if lc.plain = ss.ps.Idle(); lc.plain {
+	if lc.plain = ss.PS.Idle(); lc.plain {
 		ss.noteBatchLocked(lc.batch, len(buf))
 	} else {
 		for i := 0; i < len(buf); {
@@ -271,7 +271,7 @@ func (p *parker) send(ss *session, sc *serverConn) {
 			l := int(binary.BigEndian.Uint32(buf[i+1:]))
 			unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
 			if ss.noteSentLocked(typ, l-4, unnamedParse, false) {
-				ss.ps.Sent(1)
+				ss.PS.Sent(1)
 			}
 			i += 1 + l
 		}
@@ -470,7 +470,7 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 		if typ == 'Z' {
 			p.unwatchServer(ss) // it may go back to the pool now
 		}
-		switch ss.relayMessage(sc, ss.psOn && !lc.plain) {
+		switch ss.relayMessage(sc, ss.Mapping && !lc.plain) {
 		case stepReleased:
 			lc.phase = phaseIdle
 			ss.rd.Release() // the transaction is over (see send)
@@ -484,11 +484,11 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 			p.eject(ss)
 			return false
 		}
-		if sc.copyIn {
+		if sc.CopyIn {
 			p.eject(ss) // COPY FROM STDIN: the goroutine path's
 			return false
 		}
-		if typ == 'Z' && ss.acct.Owed() == 0 {
+		if typ == 'Z' && ss.Acct.Owed() == 0 {
 			// The server is kept (a transaction left open): wait for
 			// the client's next query with it, still watching the
 			// server, whose hang-up meanwhile ends the session.

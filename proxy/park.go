@@ -96,7 +96,7 @@ func (ss *session) tryPark() (requested, parked bool) {
 	ss.parkReq = false
 	if ss.mayParkLocked() {
 		ss.rd.Release()
-		ss.ps.Park() // no array kept through an idle spell
+		ss.PS.Park() // no array kept through an idle spell
 		if ss.loop.park(ss) {
 			return true, true
 		}

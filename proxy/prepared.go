@@ -9,7 +9,7 @@ import (
 
 // Prepared statements under transaction pooling are mapped by package
 // prepared (see its doc); what follows is the I/O around it. The session's
-// Mapper (ss.ps) is guarded by ss.mu, a server's Registry by the mutex of
+// Mapper (ss.PS) is guarded by ss.mu, a server's Registry by the mutex of
 // the session holding it.
 
 // writeMapped writes a client's Parse, Bind, Describe or Close (typ) to sc
@@ -21,7 +21,7 @@ func (ss *session) writeMapped(sc *serverConn, typ byte, n int) error {
 		return err
 	}
 	ss.mu.Lock()
-	out, rest := ss.ps.Rewrite(&sc.prepared, typ, body, ss.psBuf)
+	out, rest := ss.PS.Rewrite(&sc.Prepared, typ, body, ss.psBuf)
 	ss.mu.Unlock()
 	ss.psBuf = out[:0]
 	if _, err := sc.bw.Write(out); err != nil {
@@ -42,7 +42,7 @@ func (ss *session) writeMappedQuery(sc *serverConn, n int) error {
 		return err
 	}
 	ss.mu.Lock()
-	out, dirty := ss.ps.RewriteQuery(&sc.prepared, string(bytes.TrimRight(body, "\x00")), ss.psBuf)
+	out, dirty := ss.PS.RewriteQuery(&sc.Prepared, string(bytes.TrimRight(body, "\x00")), ss.psBuf)
 	if dirty {
 		sc.psDirty = true
 	}
@@ -57,7 +57,7 @@ func (ss *session) writeMappedQuery(sc *serverConn, n int) error {
 // trimPrepared closes the least recently used statements on sc beyond max,
 // on a server no one else is using (before it is lent).
 func (ss *session) trimPrepared(sc *serverConn, max int) error {
-	msg, names := sc.prepared.Trim(max)
+	msg, names := sc.Prepared.Trim(max)
 	if len(names) == 0 {
 		return nil
 	}
@@ -70,7 +70,7 @@ func (ss *session) trimPrepared(sc *serverConn, max int) error {
 	if err := sc.readUntilReady(nil); err != nil {
 		return err
 	}
-	sc.prepared.Evicted(names, &ss.srv.ps)
+	sc.Prepared.Evicted(names, &ss.srv.ps)
 	return nil
 }
 
@@ -96,14 +96,14 @@ func (ss *session) answerLocally(n int) (bool, error) {
 		return false, clientReadError(err, "timeout")
 	}
 	ss.mu.Lock()
-	reply, discard, ok := ss.ps.Local(string(bytes.TrimRight(b[protocol.HeaderLen:], "\x00")))
+	reply, discard, ok := ss.PS.Local(string(bytes.TrimRight(b[protocol.HeaderLen:], "\x00")))
 	ss.mu.Unlock()
 	if !ok {
 		return false, nil
 	}
 	if discard {
 		// DISCARD ALL puts the client's settings back as it logged in.
-		ss.want.Discard()
+		ss.Want.Discard()
 	}
 	ss.rd.Skip(n)
 	if prev := ss.readerDone; prev != nil {

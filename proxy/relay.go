@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/core"
@@ -56,7 +54,7 @@ func (ss *session) serve() error {
 		case core.Invalid:
 			return perr
 		case core.Relay:
-			if typ == 'Q' && ss.psOn && !ss.bound() && ss.stmtCommand(n) {
+			if typ == 'Q' && ss.Mapping && !ss.bound() && ss.stmtCommand(n) {
 				if handled, err := ss.answerLocally(n); err != nil {
 					return err
 				} else if handled {
@@ -138,9 +136,9 @@ func (ss *session) forward(typ byte, n int) error {
 		if len(head) > protocol.HeaderLen {
 			body := head[protocol.HeaderLen:]
 			unnamedParse = typ == 'P' && body[0] == 0
-			mapped = ss.psOn && prepared.NamesStatement(typ, body, n)
+			mapped = ss.Mapping && prepared.NamesStatement(typ, body, n)
 		} else {
-			mapped = ss.psOn && n > 0
+			mapped = ss.Mapping && n > 0
 		}
 	}
 	ss.mu.Lock()
@@ -164,7 +162,7 @@ func (ss *session) forward(typ byte, n int) error {
 	switch {
 	case mapped:
 		err = ss.writeMapped(sc, typ, n)
-	case ss.psOn && typ == 'Q' && ss.stmtCommand(n):
+	case ss.Mapping && typ == 'Q' && ss.stmtCommand(n):
 		err = ss.writeMappedQuery(sc, n)
 	default:
 		err = ss.rd.Relay(sc.bw, n)
@@ -177,7 +175,7 @@ func (ss *session) forward(typ byte, n int) error {
 
 	ss.mu.Lock()
 	if endsSegment {
-		ss.ps.Sent(1) // after the write: what it carried belongs to this segment
+		ss.PS.Sent(1) // after the write: what it carried belongs to this segment
 	}
 	ss.writing = false
 	if ss.readerWaiting {
@@ -199,17 +197,10 @@ func (ss *session) forward(typ byte, n int) error {
 }
 
 // noteSentLocked accounts for a client message of type typ, with a body of n
-// bytes, about to be written to the session's server, and reports whether
-// it ends a segment (its answer ends with ReadyForQuery). unmatched says
-// that its answer needs no entry in the mapping's queue: the mapping
-// rewrites it and queues its own, or the loop relays the answer as it is
-// (parker.send).
-func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, unmatched bool) (endsSegment bool) {
-	endsSegment = ss.acct.Sent(typ, unnamedParse)
-	if ss.psOn && !unmatched && (typ == 'P' || typ == 'C') {
-		// Relayed as it is, but its answer must still be matched.
-		ss.ps.Passed(typ)
-	}
+// bytes, about to be written to the session's server (core.Session.Sent),
+// and reports whether it ends a segment.
+func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, rewritten bool) (endsSegment bool) {
+	endsSegment = ss.Sent(typ, unnamedParse, rewritten)
 	segs := 0
 	if endsSegment {
 		segs = 1
@@ -219,13 +210,10 @@ func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, unmatched bool)
 }
 
 // noteBatchLocked is noteSentLocked for a whole batch the loop sends at
-// once (parker.send), from what core.Scan made of it, when none of its
-// messages needs an entry in the mapping's queue. It also counts the
-// batch's segments as sent.
+// once (parker.send), with nothing in it for the mapping to match.
 func (ss *session) noteBatchLocked(b core.Batch, n int) {
-	ss.acct.SentBatch(b)
+	ss.SentBatch(b)
 	ss.noteSegmentsLocked(b.Segments, n)
-	ss.ps.Sent(b.Segments)
 }
 
 // noteSegmentsLocked counts, for the statistics, n bytes sent, the last of
@@ -260,7 +248,7 @@ const (
 func (ss *session) relayServer(sc *serverConn, done chan struct{}) {
 	step := stepMore
 	for step == stepMore {
-		step = ss.relayMessage(sc, ss.psOn)
+		step = ss.relayMessage(sc, ss.Mapping)
 	}
 	close(done)
 	if step == stepReleased && ss.srv.options().RelayLoop {
@@ -277,33 +265,17 @@ func (ss *session) goRelay(sc *serverConn) {
 	go ss.relayServer(sc, done)
 }
 
-// relayMessage relays one message of sc's to the client. ps: ParseComplete
-// and CloseComplete are matched against the prepared-statement mapping's
-// queue (psAnswer), else they pass as they are.
-func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
-	if !sc.copyIn {
-		// Messages passed on as they are (the default case below: rows,
-		// their description, CommandComplete...), whole in the buffer, go
-		// in one copy. CommandComplete would only clear copyIn.
-		stop := &relayStopPS
-		if !ps {
-			stop = &relayStop
-		}
-		if n, count := sc.rd.WholeRun(stop); count > 0 {
+// relayMessage relays one message of sc's to the client, as the core
+// decides (core.Session.FromServer). matched: ParseComplete and
+// CloseComplete are matched against the prepared-statement mapping's queue.
+func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
+	if !sc.CopyIn {
+		// Messages passed on as they are, whole in the buffer, go in one copy.
+		if n, count := sc.rd.WholeRun(core.StopTable(matched)); count > 0 {
 			ss.bytesOut += int64(n)
-			if _, err := ss.bw.Write(sc.rd.BufferedBytes()[:n]); err != nil {
-				sc.rd.Discard(n)
-				ss.clientWriteFailed()
-				return stepEnded
-			}
+			_, err := ss.bw.Write(sc.rd.BufferedBytes()[:n])
 			sc.rd.Discard(n)
-			if !sc.rd.Complete() {
-				if err := ss.bw.Flush(); err != nil {
-					ss.clientWriteFailed()
-					return stepEnded
-				}
-			}
-			return stepMore
+			return ss.flushPartial(sc, err)
 		}
 	}
 	typ, n, err := sc.rd.Next()
@@ -312,120 +284,52 @@ func (ss *session) relayMessage(sc *serverConn, ps bool) relayStep {
 		return stepEnded
 	}
 	ss.bytesOut += int64(protocol.HeaderLen + n)
-	switch typ {
-	case 'Z':
-		body, err := sc.rd.Body(n)
-		if err != nil || n != 1 {
-			ss.serverFailed(fmt.Errorf("bad ReadyForQuery: %v", err))
-			return stepEnded
-		}
-		sc.copyIn = false
-		_, werr := ss.bw.Write(readyMessage(body[0]))
-		if ss.readyForQuery(sc, body[0], werr == nil) {
-			return stepReleased
-		}
-		if werr != nil {
-			ss.clientWriteFailed()
-			return stepEnded
-		}
-	case '1', '3': // ParseComplete, CloseComplete
-		if !ps {
-			if err := sc.rd.Relay(ss.bw, n); err != nil {
-				ss.relayFailed(err)
-				return stepEnded
-			}
-			break
-		}
-		if err := sc.rd.Skip(n); err != nil {
-			ss.serverFailed(err)
-			return stepEnded
-		}
-		ss.mu.Lock()
-		out := ss.ps.Answer(&sc.prepared, typ)
-		ss.mu.Unlock()
-		if out != 0 {
-			msg := parseCompleteMsg
-			if out == '3' {
-				msg = closeCompleteMsg
-			}
-			if _, err := ss.bw.Write(msg); err != nil {
-				ss.clientWriteFailed()
-				return stepEnded
-			}
-		}
-	case 'E':
-		sc.copyIn = false
-		body, err := sc.rd.Body(n)
-		if err != nil {
-			ss.serverFailed(err)
-			return stepEnded
-		}
-		ss.pool.countError(errorCode(body))
-		var out []byte
-		if ss.psOn {
-			ss.mu.Lock()
-			if ss.ps.AwaitsDup() {
-				out = ss.ps.DupError(body)
-			}
-			ss.mu.Unlock()
-		}
-		if out == nil {
-			ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'E', n))
-			out = body
-		}
-		if _, err := ss.bw.Write(out); err != nil {
-			ss.clientWriteFailed()
-			return stepEnded
-		}
-	case 'S':
-		body, err := sc.rd.Body(n)
-		if err != nil {
-			ss.serverFailed(err)
-			return stepEnded
-		}
-		var ps pgproto3.ParameterStatus
-		if ps.Decode(body) == nil {
-			ss.want.Reported(sc.settings.Note(ps.Name, ps.Value), ps.Value)
-		}
-		ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], 'S', n))
-		if _, err := ss.bw.Write(body); err != nil {
-			ss.clientWriteFailed()
-			return stepEnded
-		}
-	default:
-		switch typ {
-		case 'G', 'W': // CopyInResponse, CopyBothResponse
-			sc.copyIn = true
-		case 'C':
-			sc.copyIn = false
-		}
+	if !core.Looks(&sc.Server, typ, matched) {
 		if err := sc.rd.Relay(ss.bw, n); err != nil {
 			ss.relayFailed(err)
 			return stepEnded
 		}
+		return ss.flushPartial(sc, nil)
 	}
-	if !sc.rd.Complete() {
-		if err := ss.bw.Flush(); err != nil {
-			ss.clientWriteFailed()
-			return stepEnded
-		}
+	body, err := sc.rd.Body(n)
+	var r core.Reply
+	if err == nil {
+		ss.mu.Lock()
+		r, err = ss.FromServer(&sc.Server, typ, body, matched)
+		ss.mu.Unlock()
 	}
-	return stepMore
+	if err != nil {
+		ss.serverFailed(err)
+		return stepEnded
+	}
+	if r.Code != "" {
+		ss.pool.countError(r.Code)
+	}
+	switch {
+	case r.Out != nil:
+		_, err = ss.bw.Write(r.Out)
+	case !r.Drop:
+		ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], typ, n))
+		_, err = ss.bw.Write(body)
+	}
+	if r.Ready && ss.readyForQuery(sc, r.Release && err == nil) {
+		return stepReleased
+	}
+	return ss.flushPartial(sc, err)
 }
 
-// relayStop and relayStopPS (prepared statements mapped) are the server
-// message types relayMessage looks at rather than passes on (its cases but
-// the default), which end a run WholeRun may relay in one copy.
-var relayStop, relayStopPS = relayStopTable(false), relayStopTable(true)
-
-func relayStopTable(ps bool) (t [256]bool) {
-	for _, typ := range []byte{'Z', 'E', 'S', 'G', 'W'} {
-		t[typ] = true
+// flushPartial ends a relayed message: after err writing it, relaying ends;
+// else the client is written now if the server's reader holds nothing more
+// whole.
+func (ss *session) flushPartial(sc *serverConn, err error) relayStep {
+	if err == nil && !sc.rd.Complete() {
+		err = ss.bw.Flush()
 	}
-	if ps {
-		t['1'], t['3'] = true, true
+	if err != nil {
+		ss.clientWriteFailed()
+		return stepEnded
 	}
-	return t
+	return stepMore
 }
 
 // relayFailed ends relaying after a failed Relay from the server.
@@ -438,39 +342,13 @@ func (ss *session) relayFailed(err error) {
 	}
 }
 
-// readyMessage is the ReadyForQuery message for a transaction status, made
-// once for the three there are (a slice made per message escapes into the
-// writer: one allocation per transaction).
-func readyMessage(status byte) []byte {
-	switch status {
-	case 'I':
-		return readyIdle
-	case 'T':
-		return readyInTx
-	case 'E':
-		return readyFailed
-	}
-	return []byte{'Z', 0, 0, 0, 5, status}
-}
-
-var (
-	readyIdle   = []byte{'Z', 0, 0, 0, 5, 'I'}
-	readyInTx   = []byte{'Z', 0, 0, 0, 5, 'T'}
-	readyFailed = []byte{'Z', 0, 0, 0, 5, 'E'}
-)
-
-// readyForQuery accounts for a ReadyForQuery relayed from sc and, at a safe
-// point in transaction mode, releases sc (unless the client could not be
-// written, mayRelease false). It reports whether relayServer must stop
-// because sc was released.
-func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) bool {
+// readyForQuery keeps the statistics of a ReadyForQuery the core has noted
+// and, when it may release the server (mayRelease) and no client message is
+// being written, gives sc back to the pool. It reports whether it did.
+func (ss *session) readyForQuery(sc *serverConn, mayRelease bool) bool {
 	now := ss.now()
+	status := sc.TxStatus
 	ss.mu.Lock()
-	ss.acct.Answered()
-	if ss.psOn {
-		ss.ps.Ready(&sc.prepared)
-	}
-	sc.txStatus = status
 	if ss.segLen > 0 {
 		ss.pool.observeQuery(time.Duration(now-ss.segStarts[ss.segHead]), now)
 		ss.segHead = (ss.segHead + 1) % len(ss.segStarts)
@@ -483,13 +361,13 @@ func (ss *session) readyForQuery(sc *serverConn, status byte, mayRelease bool) b
 	ss.pool.addBytes(ss.bytesIn, ss.bytesOut)
 	ss.bytesIn, ss.bytesOut = 0, 0
 	release := false
-	if mayRelease && ss.mode == ModeTransaction && ss.acct.Releasable(status) && !ss.stopping {
+	if mayRelease && !ss.stopping {
 		for ss.writing {
 			ss.readerWaiting = true
 			ss.cond.Wait()
 		}
 		ss.readerWaiting = false
-		release = ss.acct.Releasable(status) && !ss.stopping
+		release = ss.Acct.Releasable(status) && !ss.stopping // the client may have sent more meanwhile
 	}
 	if !release {
 		ss.armDeadlineLocked()
@@ -544,26 +422,3 @@ func (ss *session) serverFailed(err error) {
 func (ss *session) clientWriteFailed() {
 	ss.hangUp()
 }
-
-// errorCode returns the SQLSTATE field of an ErrorResponse body.
-func errorCode(body []byte) string {
-	for len(body) > 1 {
-		typ := body[0]
-		end := 1
-		for end < len(body) && body[end] != 0 {
-			end++
-		}
-		if typ == 'C' {
-			return string(body[1:end])
-		}
-		body = body[min(end+1, len(body)):]
-	}
-	return ""
-}
-
-// ParseComplete and CloseComplete, as psAnswer's caller writes them: built
-// once, not a slice made each time (it escapes into the writer).
-var (
-	parseCompleteMsg = []byte{'1', 0, 0, 0, 4}
-	closeCompleteMsg = []byte{'3', 0, 0, 0, 4}
-)

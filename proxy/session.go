@@ -16,7 +16,6 @@ import (
 
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
-	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 	"github.com/pgmux/pgmux/stats"
 )
@@ -62,33 +61,26 @@ type session struct {
 	user        string
 	pool        *dbPool
 	mode        string
-	// want holds the settings the client asked for. It is touched by
-	// relayServer (ParameterStatus) and by bind, never by both at once:
-	// bind runs only when no relayServer does.
-	want core.Wanted
-
-	// Prepared-statement mapping (see prepared.go), on in transaction mode
-	// unless max_prepared_statements is 0. psBuf belongs to the session
-	// goroutine.
-	psOn  bool
+	// The protocol state: Want is touched by relayServer (ParameterStatus)
+	// and by bind, never both at once; Acct and PS under mu. psBuf belongs
+	// to the session goroutine.
+	core.Session
 	psBuf []byte
 
 	mu            sync.Mutex // guards following
 	cond          sync.Cond  // on mu: signals writing went false
 	lease         *pool.Lease[*serverConn]
 	readerDone    chan struct{} // closed when the current relayServer exits; nil while the lease has none
-	acct          core.Account  // what the server owes (see core.Account)
 	writing       bool          // the session goroutine is writing a client message to the server
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
 	serverTorn    bool // a client message reached the server only in part
 	serverDead    bool // relayServer found the server gone and told the client
 	draining      bool
-	drainAt       time.Time       // when draining, close the client once clean and past this
-	deadline      time.Time       // the client read deadline armed
-	ps            prepared.Mapper // the client's named statements (see prepared.go)
-	parkReq       bool            // the sweep asked the session to park (see tryPark)
-	binding       bool            // between its first message and a server: not idle, whatever its state says
+	drainAt       time.Time // when draining, close the client once clean and past this
+	deadline      time.Time // the client read deadline armed
+	parkReq       bool      // the sweep asked the session to park (see tryPark)
+	binding       bool      // between its first message and a server: not idle, whatever its state says
 
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
@@ -189,7 +181,7 @@ func newSession(srv *Server, c net.Conn, overLimit bool) *session {
 		start:     time.Now(),
 	}
 	ss.cond.L = &ss.mu
-	ss.ps.Counters = &srv.ps
+	ss.PS.Counters = &srv.ps
 	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
 	ss.id = srv.nextID.Add(1)
 	ss.loop = srv.loops[ss.id%uint64(len(srv.loops))]
@@ -326,10 +318,10 @@ func (ss *session) acquireLease(start time.Time) (*pool.Lease[*serverConn], core
 // after a wait of waited; both drivers ask it.
 func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration) core.Grant {
 	sc, max := lease.Conn(), 0
-	if ss.psOn {
+	if ss.Mapping {
 		max = ss.srv.options().MaxPreparedStatements
 	}
-	return core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.settings.InSync(&ss.want), sc.prepared.Len(), max)
+	return core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.Settings.InSync(&ss.Want), sc.Prepared.Len(), max)
 }
 
 // errPoolClosed is the client's error when pgmux shuts its pools.
@@ -404,8 +396,8 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 		}
 		sc := lease.Conn()
 		if g.Sync {
-			if err = sc.syncParams(&ss.want); err == nil {
-				sc.settings.Synced(&ss.want)
+			if err = sc.syncParams(&ss.Want); err == nil {
+				sc.Settings.Synced(&ss.Want)
 			}
 		}
 		if err == nil && g.Trim {
@@ -415,7 +407,7 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 			return lease, nil
 		}
 		var pgErr *protocol.PgError
-		if errors.As(err, &pgErr) && sc.txStatus == 'I' {
+		if errors.As(err, &pgErr) && sc.TxStatus == 'I' {
 			releaseLease(lease)
 			pgErr.Severity = "FATAL"
 			return nil, pgErr // the client asked for a setting the server refuses
@@ -432,10 +424,10 @@ func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
 func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.writer()
 	ss.mu.Lock()
-	ss.lease, ss.readerDone, ss.acct = lease, nil, core.Account{}
+	ss.lease, ss.readerDone, ss.Acct = lease, nil, core.Account{}
 	ss.binding = false
 	ss.segLen, ss.txStart = 0, 0
-	ss.ps.Attach()
+	ss.PS.Attach()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
 	ss.setState(stateActive)
@@ -459,7 +451,7 @@ func (ss *session) holdForCancel() *serverConn {
 // cleanLocked reports whether no transaction or request is open on the
 // session's server, or it holds none.
 func (ss *session) cleanLocked() bool {
-	return ss.lease == nil || ss.acct.Quiet() && ss.lease.Conn().txStatus == 'I'
+	return ss.lease == nil || ss.Acct.Quiet() && ss.lease.Conn().TxStatus == 'I'
 }
 
 // pastDeadline is a read deadline that has passed: setting it wakes a reader.
@@ -538,9 +530,9 @@ func (ss *session) timeoutError() error {
 func (ss *session) waitStateLocked() core.WaitState {
 	o := ss.srv.options()
 	w := core.WaitState{Draining: ss.draining, Held: ss.lease != nil, Session: ss.mode == ModeSession,
-		Quiet: ss.acct.Quiet(), TxStatus: 'I', IdleTimeout: o.ClientIdleTimeout > 0, TxTimeout: o.IdleTransactionTimeout > 0}
+		Quiet: ss.Acct.Quiet(), TxStatus: 'I', IdleTimeout: o.ClientIdleTimeout > 0, TxTimeout: o.IdleTransactionTimeout > 0}
 	if w.Held {
-		w.TxStatus = ss.lease.Conn().txStatus
+		w.TxStatus = ss.lease.Conn().TxStatus
 	}
 	return w
 }

@@ -48,6 +48,9 @@ type Session struct {
 	Want    Wanted
 	Mapping bool // prepared-statement mapping is on
 	Pooled  bool // transaction mode: the server goes back between transactions
+
+	cancelled bool // a cancel came while the request waited for a server (Admit)
+	skipping  bool // the rest of a request cancelled while it waited is dropped (Skip)
 }
 
 // Sent accounts for a client message of type typ about to be written to the

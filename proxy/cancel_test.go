@@ -231,3 +231,67 @@ func TestServerUnixSocket(t *testing.T) {
 		t.Fatalf("ready with no socket in the directory: %v", err)
 	}
 }
+
+// TestCancelWhileWaiting: a cancel that comes while the client's request
+// waits for a server (a pool of one, held by another client) stops the
+// request: the client gets 57014 at once, the request never runs, and the
+// client goes on. Simple and extended protocol.
+func TestCancelWhileWaiting(t *testing.T) {
+	const dbName = "cancel_waiting"
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1; o.QueryWaitTimeout = 20 * time.Second })
+	for _, extended := range []bool{false, true} {
+		holder := dialRaw(t, p.addr)
+		if err := holder.startup(cluster.SuperUserName(), dbName); err != nil {
+			t.Fatal(err)
+		}
+		holder.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(1.5)"})
+		if err := holder.fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // the holder has the pool's server
+
+		waiter := dialRaw(t, p.addr)
+		if err := waiter.startup(cluster.SuperUserName(), dbName); err != nil {
+			t.Fatal(err)
+		}
+		const marker = "SELECT 'cancelled_while_waiting', pg_sleep(0)"
+		if extended {
+			waiter.fe.Send(&pgproto3.Parse{Query: marker})
+			waiter.fe.Send(&pgproto3.Bind{})
+			waiter.fe.Send(&pgproto3.Execute{})
+			waiter.fe.Send(&pgproto3.Sync{})
+		} else {
+			waiter.fe.Send(&pgproto3.Query{String: marker})
+		}
+		if err := waiter.fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // queued behind the holder
+		cancelAt := time.Now()
+		if err := waiter.sendCancel(p.addr); err != nil {
+			t.Fatal(err)
+		}
+		waiter.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := waiter.untilReady(); sqlstate(err) != "57014" {
+			t.Fatalf("extended %v: the waiting client got %v, want 57014", extended, err)
+		}
+		if took := time.Since(cancelAt); took > time.Second {
+			t.Fatalf("extended %v: cancelled after %s, while the holder still held the server", extended, took)
+		}
+		if err := holder.untilReady(); err != nil {
+			t.Fatalf("holder: %v", err)
+		}
+		// The request never ran, and the client goes on.
+		if n := countBackends(t, dbName, "query LIKE '%cancelled_while_waiting%'"); n != 0 {
+			t.Fatalf("extended %v: the cancelled request ran on %d backends", extended, n)
+		}
+		if v, err := waiter.value("SELECT 7"); err != nil || v != "7" {
+			t.Fatalf("extended %v: after the cancel: %q, %v", extended, v, err)
+		}
+		holder.Close()
+		waiter.Close()
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestPauseHoldsNewTransactions: while the server is paused (PgBouncer's
@@ -42,5 +44,38 @@ func TestPauseHoldsNewTransactions(t *testing.T) {
 	}
 	if p.Paused() {
 		t.Fatal("Paused() true after Resume")
+	}
+}
+
+// TestCancelWhilePaused: a request waiting for RESUME is cancelled as one
+// waiting for a server is: 57014 at once, and the client goes on after
+// Resume.
+func TestCancelWhilePaused(t *testing.T) {
+	p := startProxy(t, nil)
+	c := dialRaw(t, p.addr)
+	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Resume()
+	c.fe.Send(&pgproto3.Query{String: "SELECT 1"})
+	if err := c.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := c.sendCancel(p.addr); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if err := c.untilReady(); sqlstate(err) != "57014" {
+		t.Fatalf("the paused client got %v, want 57014", err)
+	}
+	p.Resume()
+	if v, err := c.value("SELECT 7"); err != nil || v != "7" {
+		t.Fatalf("after Resume: %q, %v", v, err)
 	}
 }

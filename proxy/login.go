@@ -94,7 +94,7 @@ func (ss *session) login() error {
 	}
 	var lease *pool.Lease[*serverConn]
 	if ss.mode == ModeSession {
-		if lease, err = ss.acquireSynced(); err != nil {
+		if lease, err = ss.acquireSynced(ss.ctx); err != nil {
 			return err
 		}
 	}
@@ -256,7 +256,7 @@ func (ss *session) serverParams() ([]core.Param, error) {
 	if params != nil {
 		return params, nil
 	}
-	lease, _, err := ss.acquireLease(time.Now())
+	lease, _, err := ss.acquireLease(ss.ctx, time.Now())
 	if err != nil {
 		return nil, err
 	}

@@ -51,9 +51,10 @@ func (p *parker) startTx(ss *session) {
 		return
 	}
 	ss.binding = true
+	adm := ss.Admit(ss.srv.Paused())
 	ss.mu.Unlock()
-	if ss.srv.Paused() {
-		p.eject(ss) // waits for RESUME in a goroutine
+	if adm != core.Acquire {
+		p.eject(ss) // its goroutine waits for RESUME, or answers a cancel
 		return
 	}
 	lc := ss.lc
@@ -86,6 +87,14 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 			lc.endErr = ss.acquireError(err)
 		}
 		p.eject(ss)
+		return
+	}
+	ss.mu.Lock()
+	adm := ss.Admit(false)
+	ss.mu.Unlock()
+	if adm == core.Cancelled {
+		releaseLease(lease)
+		p.eject(ss) // its goroutine answers the request as cancelled (bind)
 		return
 	}
 	sc := lease.Conn()

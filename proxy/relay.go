@@ -40,6 +40,12 @@ func (ss *session) serve() error {
 			}
 			return ss.clientError(err)
 		}
+		if skip, reply := ss.Skip(typ); skip {
+			if err := ss.answerAlone(n, reply); err != nil {
+				return err
+			}
+			continue
+		}
 		switch kind, perr := core.Classify(typ); kind {
 		case core.CopyData:
 			if !ss.bound() { // no server, so no COPY
@@ -62,10 +68,36 @@ func (ss *session) serve() error {
 				}
 			}
 		}
-		if err := ss.forward(typ, n); err != nil {
+		err = ss.forward(typ, n)
+		if err == errCancelledWait {
+			ss.mu.Lock()
+			reply := ss.CancelWaiting(nil, typ)
+			ss.mu.Unlock()
+			err = ss.answerAlone(n, reply)
+		}
+		if err != nil {
 			return err
 		}
 	}
+}
+
+// answerAlone drops the client's message being read, of body length n, and
+// writes reply, if any, to the client; the session holds no server.
+func (ss *session) answerAlone(n int, reply []byte) error {
+	if err := ss.rd.Skip(n); err != nil {
+		return ss.clientError(err)
+	}
+	if reply == nil {
+		return nil
+	}
+	w := ss.writer()
+	w.Write(reply)
+	err := w.Flush()
+	ss.putWriter()
+	if err != nil {
+		return errQuiet
+	}
+	return nil
 }
 
 // enterLoop hands the session, waiting for its client's next query with no
@@ -91,7 +123,7 @@ func (ss *session) enterLoop() bool {
 // its client's unread, may wait in the loop; relayServer must have finished
 // with the client writer.
 func (ss *session) mayParkLocked() bool {
-	if ss.lease != nil || ss.draining || ss.serverDead || ss.stopping || ss.rd.Buffered() != 0 {
+	if ss.lease != nil || ss.draining || ss.serverDead || ss.stopping || ss.rd.Buffered() != 0 || ss.Skipping() {
 		return false
 	}
 	if done := ss.readerDone; done != nil {

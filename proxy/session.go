@@ -81,6 +81,7 @@ type session struct {
 	deadline      time.Time // the client read deadline armed
 	parkReq       bool      // the sweep asked the session to park (see tryPark)
 	binding       bool      // between its first message and a server: not idle, whatever its state says
+	waitStop      func()    // stops the goroutine path's wait for a server (a cancel)
 
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
@@ -289,10 +290,10 @@ func clientReadError(err error, timeoutName string) error {
 // hung up while it waited gives the server straight back (its first message,
 // already read, goes nowhere), so that a crowd of clients that left does not
 // keep the others waiting.
-func (ss *session) acquireLease(start time.Time) (*pool.Lease[*serverConn], core.Grant, error) {
+func (ss *session) acquireLease(ctx context.Context, start time.Time) (*pool.Lease[*serverConn], core.Grant, error) {
 	for {
 		pl := ss.pool.pool.Load()
-		lease, err := pl.AcquireWithin(ss.ctx, ss.srv.options().QueryWaitTimeout)
+		lease, err := pl.AcquireWithin(ctx, ss.srv.options().QueryWaitTimeout)
 		if errors.Is(err, pool.ErrClosed) && ss.pool.pool.Load() != pl {
 			continue // a reload replaced the pool meanwhile
 		}
@@ -332,7 +333,7 @@ func (ss *session) acquireError(err error) error {
 	switch {
 	case errors.Is(err, pool.ErrClosed):
 		return errPoolClosed
-	case ss.ctx.Err() != nil:
+	case ss.ctx.Err() != nil, errors.Is(err, context.Canceled): // the client left, or a cancel stopped the wait
 		return errQuiet
 	case errors.As(err, &pgErr):
 		ss.logger().Warn("server login failed", zap.Error(err))
@@ -361,18 +362,44 @@ func (ss *session) bind() error {
 		ss.parkReq = false
 		ss.conn.SetReadDeadline(ss.deadline)
 	}
+	adm := ss.Admit(ss.srv.Paused())
+	if adm == core.Cancelled { // while the loop queued it
+		ss.binding = false
+		ss.mu.Unlock()
+		ss.setState(stateIdle)
+		return errCancelledWait
+	}
+	ctx, stop := context.WithCancel(ss.ctx) // stopped by a cancel (holdForCancel)
+	defer stop()
+	ss.waitStop = stop
 	ss.mu.Unlock()
 	if prev := ss.readerDone; prev != nil {
 		<-prev // the last relayServer may still be flushing to the client
 	}
 	ss.setState(stateWaiting)
-	if err := ss.srv.waitResumed(ss.ctx); err != nil {
-		ss.setState(stateIdle)
-		return errQuiet
+	var lease *pool.Lease[*serverConn]
+	var err error
+	if adm == core.AwaitResume {
+		err = ss.srv.waitResumed(ctx)
 	}
-	lease, err := ss.acquireSynced()
+	if err == nil {
+		lease, err = ss.acquireSynced(ctx)
+	}
+	ss.mu.Lock()
+	ss.waitStop = nil
+	if ss.Admit(false) == core.Cancelled {
+		ss.binding = false
+		err = errCancelledWait
+		if lease != nil {
+			releaseLease(lease)
+		}
+	}
+	ss.mu.Unlock()
 	if err != nil {
 		ss.setState(stateIdle)
+		if ss.ctx.Err() != nil {
+			return errQuiet
+		}
 		return err
 	}
 	ss.attach(lease)
@@ -381,12 +408,12 @@ func (ss *session) bind() error {
 }
 
 // acquireSynced leases a server whose settings match the client's.
-func (ss *session) acquireSynced() (*pool.Lease[*serverConn], error) {
+func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn], error) {
 	start := time.Now()
 	ss.waitingSince.Store(start.UnixNano())
 	defer ss.waitingSince.Store(0)
 	for attempt := 0; ; attempt++ {
-		lease, g, err := ss.acquireLease(start)
+		lease, g, err := ss.acquireLease(ctx, start)
 		if err != nil {
 			return nil, err
 		}
@@ -426,6 +453,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.Acct = lease, nil, core.Account{}
 	ss.binding = false
+	ss.Attached()
 	ss.segLen, ss.txStart = 0, 0
 	ss.PS.Attach()
 	ss.armDeadlineLocked()
@@ -433,26 +461,32 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.setState(stateActive)
 }
 
-// holdForCancel returns the server the session holds, with a cancel counted
-// against it so that it is not released to another client before the cancel
-// has been delivered; the caller calls sc.cancelDone.
+// holdForCancel does what a CancelRequest for the session does
+// (core.CancelFor). It returns the server the session holds, if the cancel
+// is for it, with the cancel counted against it so that it is not released
+// to another client before the cancel has been delivered; the caller calls
+// sc.cancelDone. A request waiting for a server is stopped instead.
 func (ss *session) holdForCancel() *serverConn {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.lease == nil {
-		return nil
+	switch ss.Cancel(ss.lease != nil, ss.binding) {
+	case core.CancelForwarded:
+		sc := ss.lease.Conn()
+		sc.cancels.Add(1)
+		sc.cancelling.Add(1)
+		return sc
+	case core.CancelWaiting:
+		if ss.waitStop != nil {
+			ss.waitStop()
+		}
+		ss.wake() // out of the loop's wait, if it waits there
 	}
-	sc := ss.lease.Conn()
-	sc.cancels.Add(1)
-	sc.cancelling.Add(1)
-	return sc
+	return nil
 }
 
-// cleanLocked reports whether no transaction or request is open on the
-// session's server, or it holds none.
-func (ss *session) cleanLocked() bool {
-	return ss.lease == nil || ss.Acct.Quiet() && ss.lease.Conn().TxStatus == 'I'
-}
+// errCancelledWait ends bind when a cancel stopped the session's wait for a
+// server: its request is answered as cancelled (see cancelledWait).
+var errCancelledWait = errors.New("request cancelled while waiting for a server")
 
 // pastDeadline is a read deadline that has passed: setting it wakes a reader.
 var pastDeadline = time.Unix(1, 0)

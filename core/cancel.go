@@ -1,0 +1,106 @@
+package core
+
+import "github.com/pgmux/pgmux/protocol"
+
+// CancelAction is what a client's CancelRequest does to its session.
+type CancelAction int8
+
+const (
+	// CancelIgnored: nothing of the client's runs or waits, and the request
+	// is dropped, as PostgreSQL drops one for an idle backend.
+	CancelIgnored CancelAction = iota
+	// CancelForwarded: the client's request is on the server it holds,
+	// which is sent the cancel and kept from other clients until the
+	// cancel has been delivered.
+	CancelForwarded
+	// CancelWaiting: the client's request waits for a server. It is never
+	// run, and the client is answered as PostgreSQL answers a cancelled
+	// statement (see Session.CancelWaiting).
+	CancelWaiting
+)
+
+// CancelFor returns what a CancelRequest does to a session that holds a
+// server (held) or waits for one to send its request to (waiting).
+func CancelFor(held, waiting bool) CancelAction {
+	switch {
+	case held:
+		return CancelForwarded
+	case waiting:
+		return CancelWaiting
+	}
+	return CancelIgnored
+}
+
+// Cancel does a CancelRequest for the session (CancelFor) and returns what
+// it does; a waiting request is marked cancelled (Admit).
+func (s *Session) Cancel(held, waiting bool) CancelAction {
+	a := CancelFor(held, waiting)
+	if a == CancelWaiting {
+		s.cancelled = true
+	}
+	return a
+}
+
+// Admission is what becomes of a client's request that needs a server.
+type Admission int8
+
+const (
+	Acquire     Admission = iota // take a server from the pool
+	AwaitResume                  // PAUSE is in force: wait for RESUME, then decide again
+	Cancelled                    // a cancel came while it waited: answered by CancelWaiting, never run
+)
+
+// Admit decides what becomes of a request that needs a server, when it
+// comes and after each wait; paused says PAUSE is in force. A transaction
+// under way holds its server and is not asked: it goes on through a pause.
+func (s *Session) Admit(paused bool) Admission {
+	switch {
+	case s.cancelled:
+		return Cancelled
+	case paused:
+		return AwaitResume
+	}
+	return Acquire
+}
+
+// Attached notes that the request goes to the server granted: a cancel
+// that came after the wait ended is lost, as one that reaches PostgreSQL
+// just before a query starts.
+func (s *Session) Attached() { s.cancelled = false }
+
+// cancelledError is PostgreSQL's error for a statement cancelled at the
+// client's request.
+var cancelledError = (&protocol.PgError{Severity: "ERROR", Code: protocol.CodeQueryCanceled,
+	Message: "canceling statement due to user request"}).AppendTo(nil)
+
+// CancelWaiting answers a request cancelled while it waited for a server,
+// whose first message, of type typ, the driver has read and drops: the
+// client gets the error at once and, as after any error in the extended
+// protocol, the rest of the request up to its Sync is dropped (Skip) before
+// its ReadyForQuery. It appends what the client gets now to dst.
+func (s *Session) CancelWaiting(dst []byte, typ byte) []byte {
+	s.cancelled = false
+	dst = append(dst, cancelledError...)
+	if typ == 'Q' || typ == 'S' || typ == 'F' {
+		return append(dst, readyIdle...)
+	}
+	s.skipping = true
+	return dst
+}
+
+// Skip reports whether a client message of type typ is dropped, being part
+// of a request cancelled while it waited; reply is what the client then gets
+// (the ReadyForQuery of the request's Sync), if anything.
+func (s *Session) Skip(typ byte) (skip bool, reply []byte) {
+	if !s.skipping || typ == 'X' {
+		return false, nil
+	}
+	if typ == 'S' {
+		s.skipping = false
+		return true, readyIdle
+	}
+	return true, nil
+}
+
+// Skipping reports whether the rest of a cancelled request is being dropped.
+func (s *Session) Skipping() bool { return s.skipping }

@@ -31,15 +31,20 @@ func CancelFor(held, waiting bool) CancelAction {
 	return CancelIgnored
 }
 
-// Cancel does a CancelRequest for the session (CancelFor) and returns what
-// it does; a waiting request is marked cancelled (Admit).
-func (s *Session) Cancel(held, waiting bool) CancelAction {
-	a := CancelFor(held, waiting)
+// Cancel does a CancelRequest for the session, which holds a server or
+// not (held), and returns what it does (CancelFor); a waiting request is
+// marked cancelled (Admit).
+func (s *Session) Cancel(held bool) CancelAction {
+	a := CancelFor(held, s.waiting)
 	if a == CancelWaiting {
 		s.cancelled = true
 	}
 	return a
 }
+
+// Waiting reports whether a request of the client's waits for a server:
+// admitted (Admit) and not yet Attached.
+func (s *Session) Waiting() bool { return s.waiting }
 
 // Admission is what becomes of a client's request that needs a server.
 type Admission int8
@@ -56,17 +61,20 @@ const (
 func (s *Session) Admit(paused bool) Admission {
 	switch {
 	case s.cancelled:
+		s.waiting = false
 		return Cancelled
 	case paused:
+		s.waiting = true
 		return AwaitResume
 	}
+	s.waiting = true
 	return Acquire
 }
 
-// Attached notes that the request goes to the server granted: a cancel
-// that came after the wait ended is lost, as one that reaches PostgreSQL
-// just before a query starts.
-func (s *Session) Attached() { s.cancelled = false }
+// Attached notes that the request goes to the server granted: it waits no
+// more, and a cancel that came after the wait ended is lost, as one that
+// reaches PostgreSQL just before a query starts.
+func (s *Session) Attached() { s.cancelled, s.waiting = false, false }
 
 // cancelledError is PostgreSQL's error for a statement cancelled at the
 // client's request.

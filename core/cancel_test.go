@@ -71,14 +71,14 @@ func TestAdmit(t *testing.T) {
 		want   Admission
 	}{
 		{nil, false, Acquire},
-		{nil, true, AwaitResume},                               // PAUSE: the request waits
-		{nil, false, Acquire},                                  // RESUME: it goes on
-		{func() { s.Cancel(false, false) }, false, Acquire},    // a cancel while idle does nothing
-		{func() { s.Cancel(false, true) }, true, Cancelled},    // while it waited for RESUME
-		{func() { s.CancelWaiting(nil, 'Q') }, false, Acquire}, // answered: the next request is served
-		{func() { s.Cancel(false, true) }, false, Cancelled},   // while it waited for a server
-		{func() { s.Attached() }, false, Acquire},              // too late: the request went to a server
-		{func() { s.Cancel(true, false) }, false, Acquire},     // forwarded to the server it holds
+		{nil, true, AwaitResume}, // PAUSE: the request waits
+		{nil, false, Acquire},    // RESUME: it goes on
+		{func() { s.Attached(); s.Cancel(false) }, false, Acquire}, // a cancel while idle does nothing
+		{func() { s.Cancel(false) }, true, Cancelled},              // while it waited for RESUME
+		{func() { s.CancelWaiting(nil, 'Q') }, false, Acquire},     // answered: the next request is served
+		{func() { s.Cancel(false) }, false, Cancelled},             // while it waited for a server
+		{func() { s.Attached() }, false, Acquire},                  // too late: the request went to a server
+		{func() { s.Cancel(true) }, false, Acquire},                // forwarded to the server it holds
 	}
 	for i, st := range steps {
 		if st.do != nil {

@@ -49,7 +49,8 @@ type Session struct {
 	Mapping bool // prepared-statement mapping is on
 	Pooled  bool // transaction mode: the server goes back between transactions
 
-	cancelled bool // a cancel came while the request waited for a server (Admit)
+	waiting   bool // a request waits for a server (Admit, Attached)
+	cancelled bool // a cancel came while it waited (Admit)
 	skipping  bool // the rest of a request cancelled while it waited is dropped (Skip)
 }
 

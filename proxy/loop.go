@@ -529,10 +529,7 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 	}
 	lc.queued = false
 	if lc.phase == phaseWaiting || lc.phase == phaseSyncing {
-		ss.waitingSince.Store(0)
-		ss.mu.Lock()
-		ss.binding = false
-		ss.mu.Unlock()
+		ss.waitingSince.Store(0) // still waiting (Session.Waiting), for its goroutine to take a server
 		ss.setState(stateIdle)
 	}
 	lc.phase = phaseIdle

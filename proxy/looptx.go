@@ -50,7 +50,6 @@ func (p *parker) startTx(ss *session) {
 		p.send(ss, sc)
 		return
 	}
-	ss.binding = true
 	adm := ss.Admit(ss.srv.Paused())
 	ss.mu.Unlock()
 	if adm != core.Acquire {

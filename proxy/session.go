@@ -80,7 +80,6 @@ type session struct {
 	drainAt       time.Time // when draining, close the client once clean and past this
 	deadline      time.Time // the client read deadline armed
 	parkReq       bool      // the sweep asked the session to park (see tryPark)
-	binding       bool      // between its first message and a server: not idle, whatever its state says
 	waitStop      func()    // stops the goroutine path's wait for a server (a cancel)
 
 	// Parking (see park.go).
@@ -357,14 +356,12 @@ func (ss *session) bind() error {
 	// A sweep that saw the session idle a moment ago may have asked it to
 	// park: it is not idle any more, and the request's past read deadline
 	// must not fail the reads (and the hang-up check) of its transaction.
-	ss.binding = true
 	if ss.parkReq {
 		ss.parkReq = false
 		ss.conn.SetReadDeadline(ss.deadline)
 	}
 	adm := ss.Admit(ss.srv.Paused())
 	if adm == core.Cancelled { // while the loop queued it
-		ss.binding = false
 		ss.mu.Unlock()
 		ss.setState(stateIdle)
 		return errCancelledWait
@@ -388,7 +385,6 @@ func (ss *session) bind() error {
 	ss.mu.Lock()
 	ss.waitStop = nil
 	if ss.Admit(false) == core.Cancelled {
-		ss.binding = false
 		err = errCancelledWait
 		if lease != nil {
 			releaseLease(lease)
@@ -452,7 +448,6 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.writer()
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.Acct = lease, nil, core.Account{}
-	ss.binding = false
 	ss.Attached()
 	ss.segLen, ss.txStart = 0, 0
 	ss.PS.Attach()
@@ -469,7 +464,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 func (ss *session) holdForCancel() *serverConn {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	switch ss.Cancel(ss.lease != nil, ss.binding) {
+	switch ss.Cancel(ss.lease != nil) {
 	case core.CancelForwarded:
 		sc := ss.lease.Conn()
 		sc.cancels.Add(1)

@@ -6,12 +6,17 @@
 // made once for every driver and tested without a socket.
 //
 // It owns so far:
-//   - the account of a client's exchange with the server it holds (Account):
-//     what is owed, whether an extended-protocol sequence or a Flush is open,
-//     and so when the server may go back to the pool (the release rule);
+//   - a client's protocol state (Session) and a server's (Server), which the
+//     drivers keep in their session and server structs;
+//   - what the client gets for each server message and whether the server
+//     may go back to the pool (Session.FromServer), by the account of the
+//     exchange (Account: what is owed, an open extended-protocol sequence, a
+//     Flush, and so the release rule);
 //   - the sorting of client messages: what a message type means once logged
 //     in (Classify), and whether a batch of them is an ordinary request the
 //     event loop may serve whole (Scan);
+//   - what becomes of a request that needs a server (Admit: take one, wait
+//     for RESUME, or answer it as cancelled) and what a cancel does (Cancel);
 //   - the reading of a StartupMessage (ParseStartup);
 //   - run-time settings: those a client wants (Wanted), a server's
 //     (ServerSettings), and the query that brings one to the other;
@@ -19,9 +24,8 @@
 //   - what to make sure of about a server just granted (Granted), and how
 //     to settle one whose client left (SettleFor, SettleDone).
 //
-// The rest of a session's decisions (cancel, drain and pause as events, and
-// the relay of a server's answers) move here as the drivers thin; docs/relay.md says where
-// that stands.
+// What the drivers still decide themselves, and the next steps, are in
+// docs/relay.md.
 //
 // It must never import net, syscall, the pools, the proxy, a logger or
 // metrics.

@@ -14,6 +14,7 @@ type Server struct {
 	CopyIn   bool              // it waits for COPY data
 	Settings ServerSettings    // as it reported them or pgmux set them
 	Prepared prepared.Registry // statements prepared under pgmux names
+	Closing  bool              // it sent a FATAL error: it ends the connection, and its client knows why
 }
 
 // errBadReady is a ReadyForQuery whose body is not one status byte.
@@ -133,6 +134,9 @@ func (s *Session) FromServer(srv *Server, typ byte, body []byte, matched bool) (
 		return Reply{Drop: true}, nil
 	case 'E':
 		srv.CopyIn = false
+		if sev := errorField(body, 'S'); sev == "FATAL" || sev == "PANIC" {
+			srv.Closing = true
+		}
 		r := Reply{Code: ErrorCode(body)}
 		if s.Mapping && s.PS.AwaitsDup() {
 			r.Out = s.PS.DupError(body)
@@ -175,14 +179,16 @@ var (
 )
 
 // ErrorCode returns the SQLSTATE field of an ErrorResponse body.
-func ErrorCode(body []byte) string {
+func ErrorCode(body []byte) string { return errorField(body, 'C') }
+
+// errorField returns the field of type typ of an ErrorResponse body.
+func errorField(body []byte, typ byte) string {
 	for len(body) > 1 {
-		typ := body[0]
 		end := 1
 		for end < len(body) && body[end] != 0 {
 			end++
 		}
-		if typ == 'C' {
+		if body[0] == typ {
 			return string(body[1:end])
 		}
 		body = body[min(end+1, len(body)):]

@@ -206,3 +206,20 @@ func TestFromServerBadReady(t *testing.T) {
 		t.Fatal("ErrorCode")
 	}
 }
+
+// TestFromServerFatal: a server's FATAL error reaches the client as it is
+// and marks the server as ending, so that its client is not told twice.
+func TestFromServerFatal(t *testing.T) {
+	s := &Session{Pooled: true}
+	srv := &Server{TxStatus: 'I'}
+	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P01",
+		Message: "terminating connection due to administrator command"}).Encode(nil)
+	r, err := s.FromServer(srv, 'E', b[5:], false)
+	if err != nil || r.Out != nil || r.Drop || r.Code != "57P01" || !srv.Closing {
+		t.Fatalf("reply %+v, err %v, closing %v", r, err, srv.Closing)
+	}
+	other := &Server{TxStatus: 'I'}
+	if s.FromServer(other, 'E', []byte(errorBody("42703", "no column")), false); other.Closing {
+		t.Fatal("an ERROR taken for the end of the server")
+	}
+}

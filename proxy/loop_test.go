@@ -393,7 +393,10 @@ func expectEnd(t *testing.T, c *rawClient) {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ErrorResponse:
-			if m.Severity == "FATAL" && fatal == "" {
+			if m.Severity == "FATAL" && fatal != "" {
+				t.Fatalf("a second FATAL, %s %q, after %s", m.Code, m.Message, fatal)
+			}
+			if m.Severity == "FATAL" {
 				fatal = m.Code
 			}
 		case *pgproto3.ReadyForQuery:

@@ -443,8 +443,11 @@ func (ss *session) serverFailed(err error) {
 	ss.serverDead = true
 	ss.mu.Unlock()
 	ss.logger().Warn("server connection lost", zap.Uint32("server_pid", lease.Conn().pid), zap.Error(err))
+	closing := lease.Conn().Closing
 	destroyLease(lease)
-	ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
+	if !closing { // else the client has the server's own FATAL
+		ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
+	}
 	ss.bw.Flush()
 	ss.hangUp()
 }

@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -89,6 +90,15 @@ func run(args []string) error {
 		return err
 	}
 	a.srv = proxy.New(opts)
+	// Both ports bound before either is served: a busy admin port ends
+	// pgmux before any client has been taken in.
+	var aln net.Listener
+	if cfg.AdminListen != "" {
+		if aln, err = listen(cfg.AdminListen); err != nil {
+			return fmt.Errorf("admin_listen: %w", err)
+		}
+		defer aln.Close()
+	}
 	ln, err := listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -119,10 +129,6 @@ func run(args []string) error {
 			Token:    cfg.AdminToken,
 			Pprof:    os.Getenv("PGMUX_PPROF") == "1",
 		})}
-		aln, err := listen(cfg.AdminListen)
-		if err != nil {
-			return fmt.Errorf("admin_listen: %w", err)
-		}
 		g.Go(func() error {
 			if err := adminSrv.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
 				return err

@@ -404,3 +404,47 @@ func TestSIGTERM(t *testing.T) {
 		t.Fatalf("want the 2 committed rows, got %d, %v", n, err)
 	}
 }
+
+// TestAdminPortBusy: with admin_listen taken, pgmux exits non-zero without
+// having said it listens, and its client port never takes a connection.
+func TestAdminPortBusy(t *testing.T) {
+	needPG(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port, _ := pgtest.FreePort()
+	p := &pgmuxProc{port: port, adminPort: busy.Addr().(*net.TCPAddr).Port}
+	p.path = filepath.Join(t.TempDir(), "pgmux.yaml")
+	p.writeConfig(t, baseConfig)
+	cmd := exec.Command(binPath, "--config", p.path)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		select {
+		case err := <-exited:
+			if err == nil {
+				t.Fatalf("pgmux exited 0 with its admin port busy\n%s", out.String())
+			}
+			if !strings.Contains(out.String(), "admin_listen") {
+				t.Fatalf("pgmux did not say which port was busy:\n%s", out.String())
+			}
+			if strings.Contains(out.String(), `"listening"`) {
+				t.Fatalf("pgmux said it was listening:\n%s", out.String())
+			}
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			cmd.Process.Kill()
+			t.Fatal("the client port took a connection while the admin port was busy")
+		}
+	}
+}

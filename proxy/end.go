@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -42,6 +43,7 @@ func (ss *session) finish(err error) {
 			destroyLease(lease)
 		}
 	}
+	refused := clientState(ss.state.Load()) == stateLogin
 	ss.setState(stateClosed)
 	var pgErr *protocol.PgError
 	isPg := err != errQuiet && errors.As(err, &pgErr) // once: errors.As is dear, and every logout comes here
@@ -60,7 +62,14 @@ func (ss *session) finish(err error) {
 		ss.writer().Reset(ss.sock)
 		ss.bw.Write(pgErr.AppendTo(nil))
 		ss.bw.Flush()
-		if pgErr.Code != protocol.CodeAdminShutdown {
+		switch {
+		case refused:
+			ss.srv.metrics.refusals.WithLabelValues(pgErr.Code).Inc()
+			if ok, more := ss.srv.refusalLog.allow(pgErr.Code, time.Now()); ok {
+				ss.logger().Info("client refused", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message),
+					zap.Int("more_since_last", more))
+			}
+		case pgErr.Code != protocol.CodeAdminShutdown:
 			ss.logger().Info("client closed", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message))
 		}
 	}
@@ -134,4 +143,39 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 	}
 	sc.forgetSession() // as DISCARD ALL does
 	return true
+}
+
+// logLimit lets one log line a key through per interval, and counts the
+// rest: a flood of refused connections writes a line a second, not one
+// each.
+type logLimit struct {
+	mu    sync.Mutex
+	every time.Duration
+	keys  map[string]*limited
+}
+
+type limited struct {
+	last time.Time
+	held int // lines held back since last
+}
+
+// allow reports whether a line for key may be written at now, and how many
+// were held back since the last one.
+func (l *logLimit) allow(key string, now time.Time) (ok bool, held int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.keys == nil {
+		l.keys = map[string]*limited{}
+	}
+	k := l.keys[key]
+	if k == nil {
+		k = &limited{}
+		l.keys[key] = k
+	}
+	if !k.last.IsZero() && now.Sub(k.last) < l.every {
+		k.held++
+		return false, 0
+	}
+	held, k.last, k.held = k.held, now, 0
+	return true, held
 }

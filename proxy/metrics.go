@@ -18,6 +18,7 @@ type metrics struct {
 	errors      *prometheus.CounterVec
 	connects    *prometheus.CounterVec
 	disconnects *prometheus.CounterVec
+	refusals    *prometheus.CounterVec
 }
 
 // latencyBuckets are the latency histograms' upper bounds: 50µs to about
@@ -70,9 +71,11 @@ func newMetrics(reg prometheus.Registerer, src *Server) *metrics {
 			Help: "Server connection attempts."}, []string{"result"}),
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgmux_client_disconnects_total",
 			Help: "Client connections ended, by reason."}, []string{"reason"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgmux_client_refusals_total",
+			Help: "Client connections refused at login, by SQLSTATE."}, []string{"sqlstate"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.errors, m.connects, m.disconnects, &gauges{src}, &poolCounters{src})
+		reg.MustRegister(m.errors, m.connects, m.disconnects, m.refusals, &gauges{src}, &poolCounters{src})
 	}
 	return m
 }

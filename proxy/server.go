@@ -123,11 +123,14 @@ type Server struct {
 	opts atomic.Pointer[Options] // replaced whole by Update
 	log  *zap.Logger
 
-	ps       prepared.Counters
-	metrics  *metrics
-	clients  atomic.Int64 // client connections open, cancel requests included
-	nextID   atomic.Uint64
-	draining atomic.Bool
+	ps      prepared.Counters
+	metrics *metrics
+	// refusalLog writes one line a second per SQLSTATE for clients refused
+	// at login, with a count of the rest.
+	refusalLog logLimit
+	clients    atomic.Int64 // client connections open, cancel requests included
+	nextID     atomic.Uint64
+	draining   atomic.Bool
 	// paused is read without mu (every transaction of the relay loop asks,
 	// and mu is held for as long as a listing of every session takes);
 	// written under mu, with resumeCh.
@@ -170,6 +173,7 @@ func New(opts Options) *Server {
 	close(s.resumeCh) // not paused
 	s.opts.Store(&opts)
 	s.metrics = newMetrics(opts.Registerer, s)
+	s.refusalLog.every = time.Second
 	return s
 }
 

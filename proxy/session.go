@@ -324,6 +324,10 @@ func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration)
 	return core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.Settings.InSync(&ss.Want), sc.Prepared.Len(), max)
 }
 
+// errServerConnect is the client's error when no server could be reached;
+// where and why is in the log, not told to clients.
+var errServerConnect = protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed")
+
 // errPoolClosed is the client's error when pgmux shuts its pools.
 var errPoolClosed = protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
 
@@ -346,7 +350,7 @@ func (ss *session) acquireError(err error) error {
 			"server_connect_timeout: no answer from the server within %s", ss.srv.options().ServerConnectTimeout))
 	}
 	ss.logger().Warn("server connect failed", zap.Error(err))
-	return protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
+	return errServerConnect
 }
 
 // bind leases a server, brings its settings to the client's, and starts
@@ -437,7 +441,8 @@ func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn],
 		}
 		destroyLease(lease)
 		if attempt >= 2 {
-			return nil, protocol.Fatal(protocol.CodeConnectionFailure, "server connection failed: "+err.Error())
+			ss.logger().Warn("server broken at grant, three times", zap.Error(err))
+			return nil, errServerConnect
 		}
 		// A broken server: take another.
 	}

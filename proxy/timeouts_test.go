@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,6 +101,23 @@ func TestTimeouts(t *testing.T) {
 		}
 		if took := time.Since(start); took > 3*time.Second {
 			t.Fatalf("failed after %s with a 300ms server_connect_timeout", took)
+		}
+	})
+	t.Run("a server that refuses connections", func(t *testing.T) {
+		closed, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := closed.Addr().(*net.TCPAddr).Port
+		closed.Close()
+		p := startProxy(t, func(o *Options, db *Database) { db.Port = port })
+		c := dialRaw(t, p.addr)
+		err = c.startup(cluster.SuperUserName(), "postgres")
+		if code := sqlstate(err); code != "08006" {
+			t.Fatalf("want 08006, got %v", err)
+		}
+		if msg := err.Error(); strings.Contains(msg, "127.0.0.1") || strings.Contains(msg, strconv.Itoa(port)) {
+			t.Fatalf("the client is told the server's address: %q", msg)
 		}
 	})
 	t.Run("server_idle_timeout and min_pool_size", func(t *testing.T) {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +133,84 @@ func TestPipelineBothWays(t *testing.T) {
 	}
 	if err := <-werr; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSlowReaderBoundedMemory: ten clients that ask for a 3 GB result and
+// do not read it make pgmux hold a bounded amount, not the results: a
+// server is read no faster than its client takes the answer. When they
+// leave, their servers come back and the memory goes. One client then reads
+// a whole result.
+func TestSlowReaderBoundedMemory(t *testing.T) {
+	const dbName = "slow_readers"
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 12 })
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	// A set-returning function in the select list streams its rows: the
+	// server makes them only as fast as they are read.
+	query := func(rows int) *pgproto3.Query {
+		return &pgproto3.Query{String: fmt.Sprintf("SELECT repeat('x', 1000) FROM (SELECT generate_series(1, %d)) s", rows)}
+	}
+	before := heap()
+	var readers []*rawClient
+	for range 10 {
+		c := dialRaw(t, p.addr)
+		if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
+			t.Fatal(err)
+		}
+		if p.options().RelayLoop {
+			p.loopServes(t, c)
+		}
+		c.fe.Send(query(3_000_000))
+		if err := c.fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		readers = append(readers, c)
+	}
+	time.Sleep(3 * time.Second) // the servers write all they can meanwhile
+	grown := heap() - before
+	t.Logf("heap grew by %d KiB for ten clients that do not read", grown>>10)
+	if grown > 64<<20 {
+		t.Fatalf("pgmux's heap grew by %d MiB for ten clients that do not read", grown>>20)
+	}
+	for _, c := range readers {
+		c.Close()
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		return countBackends(t, dbName, "state = 'active' AND query LIKE '%generate_series%'") == 0
+	})
+	if left := heap() - before; left > 8<<20 {
+		t.Fatalf("%d MiB still held after the clients left", left>>20)
+	}
+
+	c := loggedIn(t, p)
+	const rows = 100_000
+	c.fe.Send(query(rows))
+	if err := c.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	n := 0
+	for {
+		msg, err := c.fe.Receive()
+		if err != nil {
+			t.Fatalf("after %d rows: %v", n, err)
+		}
+		if _, ok := msg.(*pgproto3.DataRow); ok {
+			n++
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if n != rows {
+		t.Fatalf("%d rows, want %d", n, rows)
 	}
 }

@@ -431,9 +431,12 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 		if !p.relayAnswer(ss, sc) {
 			return
 		}
+		if len(lc.spill) > 0 {
+			break // the client reads slowly: the server is read no faster
+		}
 	}
 	if len(lc.spill) > 0 {
-		p.eject(ss) // the client reads slowly: a goroutine waits for it
+		p.eject(ss) // a goroutine waits for the client
 	}
 }
 

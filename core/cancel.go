@@ -71,10 +71,14 @@ func (s *Session) Admit(paused bool) Admission {
 	return Acquire
 }
 
-// Attached notes that the request goes to the server granted: it waits no
-// more, and a cancel that came after the wait ended is lost, as one that
-// reaches PostgreSQL just before a query starts.
-func (s *Session) Attached() { s.cancelled, s.waiting = false, false }
+// Attached notes that the request goes to the server granted, and reports
+// whether a cancel came as its wait ended: the driver forwards it once the
+// request has reached the server.
+func (s *Session) Attached() (cancel bool) {
+	cancel = s.cancelled
+	s.cancelled, s.waiting = false, false
+	return cancel
+}
 
 // cancelledError is PostgreSQL's error for a statement cancelled at the
 // client's request.

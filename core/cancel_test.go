@@ -77,8 +77,12 @@ func TestAdmit(t *testing.T) {
 		{func() { s.Cancel(false) }, true, Cancelled},              // while it waited for RESUME
 		{func() { s.CancelWaiting(nil, 'Q') }, false, Acquire},     // answered: the next request is served
 		{func() { s.Cancel(false) }, false, Cancelled},             // while it waited for a server
-		{func() { s.Attached() }, false, Acquire},                  // too late: the request went to a server
-		{func() { s.Cancel(true) }, false, Acquire},                // forwarded to the server it holds
+		{func() {
+			if !s.Attached() {
+				t.Fatal("a cancel as the wait ended is not to be forwarded")
+			}
+		}, false, Acquire}, // the request went to a server: the cancel follows it
+		{func() { s.Cancel(true) }, false, Acquire}, // forwarded to the server it holds
 	}
 	for i, st := range steps {
 		if st.do != nil {

@@ -295,3 +295,63 @@ func TestCancelWhileWaiting(t *testing.T) {
 		waiter.Close()
 	}
 }
+
+// TestCancelQueuedCrowd: thirty clients queued behind a pool of one each
+// cancel their pg_sleep(10): every one gets 57014 within a second of its
+// cancel, and no sleep runs.
+func TestCancelQueuedCrowd(t *testing.T) {
+	const dbName = "cancel_crowd"
+	if err := needPG(t).CreateDatabase(dbName); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1; o.QueryWaitTimeout = 30 * time.Second })
+	holder := dialRaw(t, p.addr)
+	if err := holder.startup(cluster.SuperUserName(), dbName); err != nil {
+		t.Fatal(err)
+	}
+	holder.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(3)"})
+	if err := holder.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	clients := make([]*rawClient, 30)
+	for i := range clients {
+		c := dialRaw(t, p.addr)
+		if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
+			t.Fatal(err)
+		}
+		c.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(10)"})
+		if err := c.fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		clients[i] = c
+	}
+	time.Sleep(200 * time.Millisecond)
+	var g errgroup.Group
+	for i, c := range clients {
+		g.Go(func() error {
+			at := time.Now()
+			if err := c.sendCancel(p.addr); err != nil {
+				return err
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if err := c.untilReady(); sqlstate(err) != "57014" {
+				return fmt.Errorf("client %d got %v, want 57014", i, err)
+			}
+			if took := time.Since(at); took > time.Second {
+				return fmt.Errorf("client %d cancelled after %s", i, took)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.untilReady(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := countBackends(t, dbName, "query = 'SELECT pg_sleep(10)'"); n != 0 {
+		t.Fatalf("%d queued sleeps ran", n)
+	}
+}

@@ -285,9 +285,14 @@ func (p *parker) send(ss *session, sc *serverConn) {
 		}
 	}
 	ss.armDeadlineLocked()
+	cancel := ss.cancelAfter
+	ss.cancelAfter = false
 	ss.mu.Unlock()
 	lc.srvOut.sock = sc.sys
 	_, err := lc.srvOut.Write(buf) // what the socket does not take into lc.toServer
+	if cancel {
+		ss.cancelSent() // after the request, which the turn's end sends
+	}
 	// The read buffer, now empty, is kept until the transaction ends
 	// (relayAnswer): a transaction of several statements takes it from
 	// the pool once, not at each (a sync.Pool Get and Put, about 4% of

@@ -206,14 +206,19 @@ func (ss *session) forward(typ byte, n int) error {
 	}
 
 	ss.mu.Lock()
+	cancel := false
 	if endsSegment {
 		ss.PS.Sent(1) // after the write: what it carried belongs to this segment
+		cancel, ss.cancelAfter = ss.cancelAfter && err == nil, false
 	}
 	ss.writing = false
 	if ss.readerWaiting {
 		ss.cond.Broadcast()
 	}
 	ss.mu.Unlock()
+	if cancel {
+		ss.cancelSent()
+	}
 	if err != nil {
 		// The server got part of a message at most: it cannot be reused.
 		ss.mu.Lock()

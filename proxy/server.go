@@ -329,10 +329,13 @@ func (s *Server) cancel(pid uint32, key []byte) {
 	if subtle.ConstantTimeCompare(want[:], key) != 1 {
 		return
 	}
-	sc := ss.holdForCancel()
-	if sc == nil {
-		return
+	if sc := ss.holdForCancel(); sc != nil {
+		s.sendCancel(sc)
 	}
+}
+
+// sendCancel sends a cancel to sc, counted against it by holdForCancel.
+func (s *Server) sendCancel(sc *serverConn) {
 	defer sc.cancelDone()
 	timeout := s.options().ServerConnectTimeout
 	if timeout <= 0 {

@@ -81,6 +81,7 @@ type session struct {
 	deadline      time.Time // the client read deadline armed
 	parkReq       bool      // the sweep asked the session to park (see tryPark)
 	waitStop      func()    // stops the goroutine path's wait for a server (a cancel)
+	cancelAfter   bool      // a cancel came as the wait ended: forwarded once the request is sent
 
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
@@ -453,7 +454,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.writer()
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.Acct = lease, nil, core.Account{}
-	ss.Attached()
+	ss.cancelAfter = ss.Attached()
 	ss.segLen, ss.txStart = 0, 0
 	ss.PS.Attach()
 	ss.armDeadlineLocked()
@@ -482,6 +483,14 @@ func (ss *session) holdForCancel() *serverConn {
 		ss.wake() // out of the loop's wait, if it waits there
 	}
 	return nil
+}
+
+// cancelSent forwards a cancel that came as the session's wait for a
+// server ended, now that its request has reached the server.
+func (ss *session) cancelSent() {
+	if sc := ss.holdForCancel(); sc != nil {
+		go ss.srv.sendCancel(sc)
+	}
 }
 
 // errCancelledWait ends bind when a cancel stopped the session's wait for a

@@ -46,7 +46,7 @@ type serverConn struct {
 	psDirty bool           // a client's DEALLOCATE or DISCARD left prepared statements unsure
 	cancels sync.WaitGroup // cancel requests in flight to this backend
 	// cancelling counts them too, for a look that does not wait (see
-	// readyForQuery); it falls before cancels' Done.
+	// readyLocked); it falls before cancels' Done.
 	cancelling atomic.Int32
 }
 

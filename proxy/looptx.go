@@ -464,7 +464,7 @@ func (p *parker) fill(sc *serverConn, hup bool) (more bool, err error) {
 }
 
 // awaitClient arms the timeout of the session's wait for its client's next
-// query (idle, or idle in a transaction), as readyForQuery set it.
+// query (idle, or idle in a transaction), as readyLocked set it.
 func (p *parker) awaitClient(ss *session) {
 	ss.mu.Lock()
 	d := ss.deadline

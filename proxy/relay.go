@@ -332,7 +332,9 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 	var r core.Reply
 	if err == nil {
 		ss.mu.Lock()
-		r, err = ss.FromServer(&sc.Server, typ, body, matched)
+		if r, err = ss.FromServer(&sc.Server, typ, body, matched); r.Ready && err == nil {
+			return ss.readyLocked(sc, r) // under the same lock
+		}
 		ss.mu.Unlock()
 	}
 	if err != nil {
@@ -348,9 +350,6 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 	case !r.Drop:
 		ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], typ, n))
 		_, err = ss.bw.Write(body)
-	}
-	if r.Ready && ss.readyForQuery(sc, r.Release && err == nil) {
-		return stepReleased
 	}
 	return ss.flushPartial(sc, err)
 }
@@ -379,13 +378,13 @@ func (ss *session) relayFailed(err error) {
 	}
 }
 
-// readyForQuery keeps the statistics of a ReadyForQuery the core has noted
-// and, when it may release the server (mayRelease) and no client message is
-// being written, gives sc back to the pool. It reports whether it did.
-func (ss *session) readyForQuery(sc *serverConn, mayRelease bool) bool {
+// readyLocked keeps the statistics of a ReadyForQuery the core has noted
+// (r), with ss.mu held, and releases it; when the core lets the server go
+// back and no client message is being written, it gives sc back to the
+// pool after the client's ReadyForQuery is written.
+func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	now := ss.now()
 	status := sc.TxStatus
-	ss.mu.Lock()
 	if ss.segLen > 0 {
 		ss.pool.observeQuery(time.Duration(now-ss.segStarts[ss.segHead]), now)
 		ss.segHead = (ss.segHead + 1) % len(ss.segStarts)
@@ -398,7 +397,7 @@ func (ss *session) readyForQuery(sc *serverConn, mayRelease bool) bool {
 	ss.pool.addBytes(ss.bytesIn, ss.bytesOut)
 	ss.bytesIn, ss.bytesOut = 0, 0
 	release := false
-	if mayRelease && !ss.stopping {
+	if r.Release && !ss.stopping {
 		for ss.writing {
 			ss.readerWaiting = true
 			ss.cond.Wait()
@@ -409,7 +408,8 @@ func (ss *session) readyForQuery(sc *serverConn, mayRelease bool) bool {
 	if !release {
 		ss.armDeadlineLocked()
 		ss.mu.Unlock()
-		return false
+		_, err := ss.bw.Write(r.Out)
+		return ss.flushPartial(sc, err)
 	}
 	lease := ss.lease
 	ss.lease = nil
@@ -420,6 +420,7 @@ func (ss *session) readyForQuery(sc *serverConn, mayRelease bool) bool {
 	ss.mu.Unlock()
 	ss.setState(stateIdle)
 
+	ss.bw.Write(r.Out)
 	err := ss.bw.Flush()
 	ss.putWriter()
 	if sc.cancelling.Load() > 0 || sc.psDirty {
@@ -432,7 +433,7 @@ func (ss *session) readyForQuery(sc *serverConn, mayRelease bool) bool {
 	if err != nil {
 		ss.hangUp() // wakes the session goroutine, which ends
 	}
-	return true
+	return stepReleased
 }
 
 // serverFailed handles a failed read of the server: unless the session is

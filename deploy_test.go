@@ -19,7 +19,8 @@ import (
 
 // TestKubernetesManifests parses deploy/kubernetes as Kubernetes objects
 // (unknown fields are errors), loads the pgmux configuration they carry, and
-// checks the sidecar's probes, drain hook and grace period.
+// checks that pgmux is a native sidecar, with probes, a drain hook and a
+// grace period longer than its drain.
 func TestKubernetesManifests(t *testing.T) {
 	files, _ := filepath.Glob("deploy/kubernetes/*.yaml")
 	if len(files) == 0 {
@@ -73,14 +74,24 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Fatalf("the ConfigMap's pgmux.yaml: %v", err)
 	}
 	spec := deployments[0].Spec.Template.Spec
+	for _, c := range spec.Containers {
+		if c.Name == "pgmux" {
+			t.Fatal("pgmux is an ordinary container: it would stop while the app still needs it")
+		}
+	}
+	// A native sidecar: an init container that keeps running, started before
+	// the app and stopped after it.
 	var pgmux *corev1.Container
-	for i := range spec.Containers {
-		if spec.Containers[i].Name == "pgmux" {
-			pgmux = &spec.Containers[i]
+	for i := range spec.InitContainers {
+		if spec.InitContainers[i].Name == "pgmux" {
+			pgmux = &spec.InitContainers[i]
 		}
 	}
 	if pgmux == nil {
-		t.Fatal("no pgmux container")
+		t.Fatal("no pgmux init container")
+	}
+	if p := pgmux.RestartPolicy; p == nil || *p != corev1.ContainerRestartPolicyAlways {
+		t.Fatal("the pgmux init container lacks restartPolicy: Always (a native sidecar)")
 	}
 	cmd := func(h *corev1.ProbeHandler) string {
 		if h == nil || h.Exec == nil {

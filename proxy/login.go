@@ -24,8 +24,14 @@ import (
 // ReadyForQuery.
 func (ss *session) login() error {
 	ss.writer()
+	loginBy := time.Time{}
 	if t := ss.srv.options().ClientLoginTimeout; t > 0 {
-		ss.conn.SetDeadline(time.Now().Add(t))
+		loginBy = ss.start.Add(t)
+	}
+	if silent := ss.start.Add(startupSilence); loginBy.IsZero() || silent.Before(loginBy) {
+		ss.conn.SetDeadline(silent) // a socket that says nothing goes soon
+	} else {
+		ss.conn.SetDeadline(loginBy)
 	}
 	var st *protocol.Startup
 	for tries := 0; ; tries++ {
@@ -33,6 +39,9 @@ func (ss *session) login() error {
 		st, err = protocol.ReadStartup(ss.rd)
 		if err != nil {
 			return clientReadError(err, "client_login_timeout")
+		}
+		if tries == 0 {
+			ss.conn.SetDeadline(loginBy)
 		}
 		if st.Kind != protocol.KindSSLRequest && st.Kind != protocol.KindGSSENCRequest {
 			break
@@ -49,9 +58,12 @@ func (ss *session) login() error {
 		ss.srv.cancel(st.ProcessID, st.SecretKey)
 		return errQuiet
 	}
+	ss.counted = true
+	ss.srv.prelogin.Add(-1)
+	overLimit := ss.srv.loggedIn.Add(1) > int64(ss.srv.options().MaxClientConn)
 	lg, err := core.ParseStartup(st)
 	ss.bw.Write(lg.Negotiate)
-	if ss.overLimit {
+	if overLimit {
 		return protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
 	}
 	if err != nil {

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -12,14 +14,14 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// TestRefusalFlood: two thousand clients refused at login (a database that
+// TestRefusalFlood: ten thousand clients refused at login (a database that
 // does not exist) are each told why and counted in the metrics, and write a
 // handful of log lines, not one each.
 func TestRefusalFlood(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	reg := prometheus.NewRegistry()
 	p := startProxy(t, func(o *Options, db *Database) { o.Logger = zap.New(core); o.Registerer = reg })
-	const flood = 2000
+	const flood = 10000
 	var g errgroup.Group
 	g.SetLimit(20)
 	for range flood {
@@ -64,4 +66,40 @@ func TestLogLimit(t *testing.T) {
 			t.Fatalf("step %d: %v %d, want %v %d", i, ok, held, step.ok, step.held)
 		}
 	}
+}
+
+// TestSilentSocketsLockNobodyOut: two thousand sockets that send nothing,
+// with max_client_conn at 1,000, do not keep a client that logs in from
+// being served at once; pgmux closes them after startupSilence.
+func TestSilentSocketsLockNobodyOut(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { o.MaxClientConn = 1000 })
+	silent := make([]net.Conn, 2000)
+	for i := range silent {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatalf("socket %d: %v", i, err)
+		}
+		defer c.Close()
+		silent[i] = c
+	}
+	waitFor(t, 5*time.Second, func() bool { return p.ClientCount() == len(silent) })
+	start := time.Now()
+	c := loggedIn(t, p)
+	if v, err := c.value("SELECT 1"); err != nil || v != "1" {
+		t.Fatalf("a client behind %d silent sockets: %q, %v", len(silent), v, err)
+	}
+	took := time.Since(start)
+	if took > time.Second {
+		t.Fatalf("served after %s", took)
+	}
+	t.Logf("logged in and served in %s behind %d silent sockets", took.Round(time.Millisecond), len(silent))
+	// The silent ones are closed once startupSilence has passed.
+	for _, s := range silent[:10] {
+		s.SetReadDeadline(time.Now().Add(startupSilence + 3*time.Second))
+		_, err := io.ReadAll(s) // a FATAL error, then the end
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("a silent socket still open %s after it connected", time.Since(start))
+		}
+	}
+	waitFor(t, 5*time.Second, func() bool { return p.ClientCount() == 1 })
 }

@@ -129,6 +129,8 @@ type Server struct {
 	// at login, with a count of the rest.
 	refusalLog logLimit
 	clients    atomic.Int64 // client connections open, cancel requests included
+	prelogin   atomic.Int64 // of those, the ones that have not sent a startup packet
+	loggedIn   atomic.Int64 // the others but cancel requests: what max_client_conn bounds
 	nextID     atomic.Uint64
 	draining   atomic.Bool
 	// paused is read without mu (every transaction of the relay loop asks,
@@ -214,11 +216,25 @@ func (s *Server) Serve(ln net.Listener) error {
 		// No SetNoDelay or SetKeepAlive: a TCP listener's Accept has set
 		// both (keepalive at Go's 15 s unless its ListenConfig says
 		// otherwise), and each is a system call a login.
-		n := s.clients.Add(1)
-		s.wg.Add(1) // both undone when the session closes (see serveAndClose)
-		go newSession(s, c, n > int64(s.options().MaxClientConn)).run()
+		if s.prelogin.Add(1) > int64(preloginFactor*s.options().MaxClientConn) {
+			s.prelogin.Add(-1)
+			c.Close() // a flood of sockets that have not spoken
+			continue
+		}
+		s.clients.Add(1)
+		s.wg.Add(1) // all three undone when the session closes (see serveAndClose)
+		go newSession(s, c).run()
 	}
 }
+
+// preloginFactor bounds the sockets that have not sent a startup packet, as
+// a multiple of max_client_conn: bounded apart, so that silent sockets never
+// lock out clients that log in; beyond it new sockets are closed at once.
+const preloginFactor = 4
+
+// startupSilence is how long a new socket may stay silent before it is
+// closed (client_login_timeout bounds the whole login, if shorter).
+const startupSilence = 5 * time.Second
 
 // ListenAndServe listens on addr and serves.
 func (s *Server) ListenAndServe(addr string) error {

@@ -50,7 +50,7 @@ type session struct {
 	sock      io.ReadWriter // conn's reads and writes (see sysConn)
 	rd        *protocol.Reader
 	bw        *bufio.Writer // to the client, from writerPool; owned by relayServer while it runs
-	overLimit bool
+	counted   bool          // past its startup packet: counted in loggedIn, not prelogin
 	start     time.Time
 	ctx       context.Context
 	cancelCtx context.CancelFunc
@@ -171,15 +171,14 @@ func (ss *session) snapshot() stats.Client {
 	return c
 }
 
-func newSession(srv *Server, c net.Conn, overLimit bool) *session {
+func newSession(srv *Server, c net.Conn) *session {
 	sock := newSysConn(c)
 	ss := &session{
-		srv:       srv,
-		conn:      c,
-		sock:      sock,
-		rd:        protocol.NewReader(sock, 4096, srv.options().MaxPacketSize),
-		overLimit: overLimit,
-		start:     time.Now(),
+		srv:   srv,
+		conn:  c,
+		sock:  sock,
+		rd:    protocol.NewReader(sock, 4096, srv.options().MaxPacketSize),
+		start: time.Now(),
 	}
 	ss.cond.L = &ss.mu
 	ss.PS.Counters = &srv.ps
@@ -260,6 +259,11 @@ func (ss *session) serveAndClose(err error) {
 	ss.conn.Close()
 	ss.cancelCtx()
 	ss.srv.clients.Add(-1)
+	if ss.counted {
+		ss.srv.loggedIn.Add(-1)
+	} else {
+		ss.srv.prelogin.Add(-1)
+	}
 	ss.srv.wg.Done()
 }
 

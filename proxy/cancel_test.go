@@ -355,3 +355,52 @@ func TestCancelQueuedCrowd(t *testing.T) {
 		t.Fatalf("%d queued sleeps ran", n)
 	}
 }
+
+// TestSessionModeBackendKey: in session mode a client is told its server's
+// own process id, so that pg_backend_pid() matches and terminating that
+// process from elsewhere ends the client's connection; cancel still goes
+// through pgmux.
+func TestSessionModeBackendKey(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolMode = ModeSession })
+	ctx := context.Background()
+	conn := p.connect(t, "postgres", pgx.QueryExecModeExec)
+	var pid uint32
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if got := conn.PgConn().PID(); got != pid {
+		t.Fatalf("the client was told process id %d; its server's is %d", got, pid)
+	}
+	// Cancel, through pgmux, with the key the client was given.
+	errCh := make(chan error, 1)
+	go func() { _, err := conn.Exec(ctx, "SELECT pg_sleep(30)"); errCh <- err }()
+	time.Sleep(300 * time.Millisecond)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := conn.PgConn().CancelRequest(cctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errCh:
+		if sqlstate(err) != "57014" {
+			t.Fatalf("after the cancel: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not cancelled")
+	}
+	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	var ok bool
+	if err := direct.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int32(pid)).Scan(&ok); err != nil || !ok {
+		t.Fatalf("terminating %d: %v %v", pid, ok, err)
+	}
+	qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer qcancel()
+	if err := conn.Ping(qctx); err == nil {
+		t.Fatal("a ping passed on a connection whose server was terminated")
+	}
+	waitFor(t, 5*time.Second, func() bool { return conn.IsClosed() })
+}

@@ -110,7 +110,11 @@ func (ss *session) login() error {
 			return err
 		}
 	}
-	ss.srv.register(ss)
+	var sc *serverConn
+	if lease != nil {
+		sc = lease.Conn()
+	}
+	ss.srv.register(ss, sc)
 	// Show the client the server's parameters as its own settings make them.
 	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it
 	for _, p := range params {

@@ -303,15 +303,26 @@ func (s *Server) add(ss *session) bool {
 	return !s.closed
 }
 
-// register gives a logged-in session a BackendKeyData of its own.
-func (s *Server) register(ss *session) {
-	var b [8]byte
+// register gives a logged-in session its BackendKeyData: in session mode
+// its server's own (sc), so that pg_backend_pid() and pg_terminate_backend
+// reach what the client was told, unless another session has that process
+// id already (a second database server); else one of pgmux's, above any
+// process id Linux gives (pid_max is at most 2^22).
+func (s *Server) register(ss *session, sc *serverConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if sc != nil && sc.pid != 0 && len(sc.key) == 4 {
+		if _, used := s.byPID[sc.pid]; !used {
+			ss.pid, ss.secret = sc.pid, binary.BigEndian.Uint32(sc.key)
+			s.byPID[sc.pid] = ss
+			return
+		}
+	}
+	var b [8]byte
 	for {
 		rand.Read(b[:])
-		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // some clients read it as int32
-		if _, used := s.byPID[pid]; used || pid == 0 {
+		pid := 1<<22 + binary.BigEndian.Uint32(b[:4])%(1<<31-1<<22) // below 2^31: some clients read it as int32
+		if _, used := s.byPID[pid]; used {
 			continue
 		}
 		ss.pid, ss.secret = pid, binary.BigEndian.Uint32(b[4:])

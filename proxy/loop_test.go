@@ -377,7 +377,7 @@ func TestLoopServerEndsItself(t *testing.T) {
 }
 
 // expectEnd reads c until the proxy closes it, within 5 s, and checks that
-// a FATAL error came first and no ReadyForQuery.
+// exactly one ErrorResponse came, a FATAL, and no ReadyForQuery.
 func expectEnd(t *testing.T, c *rawClient) {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -393,12 +393,13 @@ func expectEnd(t *testing.T, c *rawClient) {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ErrorResponse:
-			if m.Severity == "FATAL" && fatal != "" {
-				t.Fatalf("a second FATAL, %s %q, after %s", m.Code, m.Message, fatal)
+			if fatal != "" {
+				t.Fatalf("a second ErrorResponse, %s %s %q, after %s", m.Severity, m.Code, m.Message, fatal)
 			}
-			if m.Severity == "FATAL" {
-				fatal = m.Code
+			if m.Severity != "FATAL" {
+				t.Fatalf("the first error is %s %s %q, not FATAL", m.Severity, m.Code, m.Message)
 			}
+			fatal = m.Code
 		case *pgproto3.ReadyForQuery:
 			t.Fatal("ReadyForQuery from a server that was terminated")
 		}
@@ -709,4 +710,31 @@ func TestLoopsShareServers(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// TestServerKilledMidQuery: a server terminated from elsewhere while it runs
+// a client's query ends that client with exactly one error, the server's,
+// whichever driver relays it.
+func TestServerKilledMidQuery(t *testing.T) {
+	p := startProxy(t, nil)
+	c := loggedIn(t, p)
+	if err := c.query("SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	c.fe.Send(&pgproto3.Query{String: "SELECT 'killed_mid_query', pg_sleep(30)"})
+	if err := c.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	waitFor(t, 5*time.Second, func() bool {
+		var n int
+		direct.QueryRow(ctx, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'SELECT ''killed_mid_query''%'").Scan(&n)
+		return n > 0
+	})
+	expectEnd(t, c)
 }

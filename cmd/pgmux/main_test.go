@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -446,5 +447,58 @@ func TestAdminPortBusy(t *testing.T) {
 			cmd.Process.Kill()
 			t.Fatal("the client port took a connection while the admin port was busy")
 		}
+	}
+}
+
+// TestSlowReadersRSS: ten clients that ask for a 3 GB result each and never
+// read it grow pgmux's resident memory by less than 64 MB, and it stays
+// there after they leave.
+func TestSlowReadersRSS(t *testing.T) {
+	p := startPgmux(t, strings.Replace(baseConfig, "default_pool_size: 5", "default_pool_size: 12", 1))
+	addr := fmt.Sprintf("127.0.0.1:%d", p.port)
+	rss := func() int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+		if err != nil {
+			t.Skipf("no /proc: %v", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, _ := strconv.ParseInt(f[1], 10, 64)
+				return kb << 10
+			}
+		}
+		t.Fatal("no VmRSS")
+		return 0
+	}
+	// Warm: the pool's servers, one client through the relay.
+	c0, err := login(addr, cluster.SuperUserName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c0.Close()
+	before := rss()
+	query, _ := (&pgproto3.Query{String: "SELECT repeat('x', 1000) FROM (SELECT generate_series(1, 3000000)) s"}).Encode(nil)
+	var clients []net.Conn
+	for range 10 {
+		c, err := login(addr, cluster.SuperUserName())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(query); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	time.Sleep(3 * time.Second)
+	during := rss()
+	for _, c := range clients {
+		c.Close()
+	}
+	time.Sleep(2 * time.Second)
+	after := rss()
+	t.Logf("pgmux RSS: %d MiB before, %d MiB with ten clients not reading, %d MiB after they left", before>>20, during>>20, after>>20)
+	if during-before >= 64<<20 || after-before >= 64<<20 {
+		t.Fatalf("RSS grew by %d MiB (%d MiB after they left)", (during-before)>>20, (after-before)>>20)
 	}
 }

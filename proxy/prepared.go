@@ -78,7 +78,7 @@ func (ss *session) trimPrepared(sc *serverConn, max int) error {
 // consumed) may be a DEALLOCATE or DISCARD, which the mapping must see. It
 // only peeks at what is buffered.
 func (ss *session) stmtCommand(n int) bool {
-	b, _ := ss.rd.Peek(min(protocol.HeaderLen+n, ss.rd.Size(), protocol.HeaderLen+64))
+	b, _ := ss.peek(min(protocol.HeaderLen+n, ss.rd.Size(), protocol.HeaderLen+64))
 	if len(b) <= protocol.HeaderLen {
 		return false
 	}
@@ -91,7 +91,7 @@ func (ss *session) answerLocally(n int) (bool, error) {
 	if protocol.HeaderLen+n > ss.rd.Size() {
 		return false, nil
 	}
-	b, err := ss.rd.Peek(protocol.HeaderLen + n)
+	b, err := ss.peek(protocol.HeaderLen + n)
 	if err != nil {
 		return false, clientReadError(err, "timeout")
 	}

@@ -155,6 +155,27 @@ func (ss *session) clientError(err error) error {
 	return clientReadError(err, "timeout")
 }
 
+// peek is ss.rd.Peek for the message being read. A park request (see
+// requestPark) may have set a past read deadline meanwhile: the session is
+// not idle, so the request is dropped and the read tried again.
+func (ss *session) peek(n int) ([]byte, error) {
+	b, err := ss.rd.Peek(n)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		ss.mu.Lock()
+		asked := ss.parkReq
+		if asked {
+			ss.parkReq = false
+			ss.conn.SetReadDeadline(ss.deadline)
+		}
+		ss.mu.Unlock()
+		if asked {
+			b, err = ss.rd.Peek(n)
+		}
+	}
+	return b, err
+}
+
 // forward relays one client message to the session's server, binding one
 // first if it holds none.
 func (ss *session) forward(typ byte, n int) error {
@@ -164,7 +185,7 @@ func (ss *session) forward(typ byte, n int) error {
 	unnamedParse, mapped := false, false
 	switch typ {
 	case 'P', 'B', 'D', 'C':
-		head, _ := ss.rd.Peek(protocol.HeaderLen + min(n, 64))
+		head, _ := ss.peek(protocol.HeaderLen + min(n, 64))
 		if len(head) > protocol.HeaderLen {
 			body := head[protocol.HeaderLen:]
 			unnamedParse = typ == 'P' && body[0] == 0

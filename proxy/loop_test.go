@@ -223,14 +223,6 @@ func twoClients(t *testing.T, poolSize int) (*testProxy, *rawClient, *rawClient)
 	return p, loggedIn(t, p), loggedIn(t, p)
 }
 
-// loggedIn is a raw client logged in through p as the superuser.
-// sessionOf returns the session of the client whose BackendKeyData c got.
-func (p *testProxy) sessionOf(c *rawClient) *session {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.byPID[c.pid]
-}
-
 // startLoopProxy is startProxy with the defaults, for a test of the relay
 // loop: skipped when the run has the loop off.
 func startLoopProxy(t *testing.T) *testProxy {
@@ -240,18 +232,6 @@ func startLoopProxy(t *testing.T) *testProxy {
 		t.Skip("relay_loop is off")
 	}
 	return p
-}
-
-// loopServes runs SELECT 1 on c until the loop has served one (its server's
-// settings are then in line), so that c's next requests are the loop's.
-func (p *testProxy) loopServes(t *testing.T, c *rawClient) {
-	t.Helper()
-	waitFor(t, 2*time.Second, func() bool {
-		if err := c.query("SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
-		return p.sessionOf(c).inLoop.Load()
-	})
 }
 
 // TestLoopReadBufferPerTransaction: in the loop a client's read buffer is

@@ -92,17 +92,6 @@ func TestShutdownWakesParked(t *testing.T) {
 	c.expectFatal(t, "57P01")
 }
 
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestParkRequestWhileQueued: the sweep picks sessions that were idle when it
 // looked; one may have started a transaction since and be queued for a
 // server when the park request comes. The request must not touch it: the

@@ -185,3 +185,34 @@ type clientStep struct {
 	c   *rawClient
 	sql string
 }
+
+// sessionOf returns the session of the client whose BackendKeyData c got.
+func (p *testProxy) sessionOf(c *rawClient) *session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.byPID[c.pid]
+}
+
+// loopServes runs SELECT 1 on c until the loop has served one (its server's
+// settings are then in line), so that c's next requests are the loop's.
+func (p *testProxy) loopServes(t *testing.T, c *rawClient) {
+	t.Helper()
+	waitFor(t, 2*time.Second, func() bool {
+		if err := c.query("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		return p.sessionOf(c).inLoop.Load()
+	})
+}
+
+// waitFor fails the test unless cond holds within d.
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

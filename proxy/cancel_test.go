@@ -388,15 +388,7 @@ func TestSessionModeBackendKey(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("not cancelled")
 	}
-	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close(ctx)
-	var ok bool
-	if err := direct.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int32(pid)).Scan(&ok); err != nil || !ok {
-		t.Fatalf("terminating %d: %v %v", pid, ok, err)
-	}
+	terminateBackend(t, pid)
 	qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer qcancel()
 	if err := conn.Ping(qctx); err == nil {

@@ -325,16 +325,7 @@ func TestLoopServerGoneInTransaction(t *testing.T) {
 		t.Fatalf("after BEGIN: server held %v, in the loop %v; want both", held, ss.inLoop.Load())
 	}
 
-	ctx := context.Background()
-	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close(ctx)
-	var ok bool
-	if err := direct.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int32(pid)).Scan(&ok); err != nil || !ok {
-		t.Fatalf("terminating the server: %v, %v", ok, err)
-	}
+	terminateBackend(t, pid)
 
 	expectEnd(t, c)
 	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 0 })

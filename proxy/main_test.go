@@ -163,3 +163,19 @@ func testLoops() int {
 	n, _ := strconv.Atoi(os.Getenv("PGMUX_TEST_LOOPS"))
 	return n
 }
+
+// terminateBackend ends the server process pid from a connection of its own,
+// as an operator's pg_terminate_backend would.
+func terminateBackend(t testing.TB, pid uint32) {
+	t.Helper()
+	ctx := context.Background()
+	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	var ok bool
+	if err := direct.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int32(pid)).Scan(&ok); err != nil || !ok {
+		t.Fatalf("terminating server process %d: %v, %v", pid, ok, err)
+	}
+}

@@ -25,14 +25,8 @@ func TestSlowQueryClientGone(t *testing.T) {
 	}
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
 	for _, after := range []time.Duration{50 * time.Millisecond, 750 * time.Millisecond} {
-		c := dialRaw(t, p.addr)
-		if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
-			t.Fatal(err)
-		}
-		c.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(30)"})
-		if err := c.fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		c := loggedInTo(t, p, dbName)
+		c.sendAll(t, &pgproto3.Query{String: "SELECT pg_sleep(30)"})
 		time.Sleep(after)
 		c.Close()
 
@@ -59,17 +53,11 @@ func TestSlowQueryClientGone(t *testing.T) {
 // before it sends anything more gets them.
 func TestFlushWithoutSync(t *testing.T) {
 	p := startProxy(t, nil)
-	c := dialRaw(t, p.addr)
-	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
-		t.Fatal(err)
-	}
+	c := loggedInTo(t, p, "postgres")
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	c.fe.Send(&pgproto3.Parse{Query: "SELECT $1::int + 1"})
 	c.fe.Send(&pgproto3.Describe{ObjectType: 'S'})
-	c.fe.Send(&pgproto3.Flush{})
-	if err := c.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	c.sendAll(t, &pgproto3.Flush{})
 	for _, want := range []string{"*pgproto3.ParseComplete", "*pgproto3.ParameterDescription", "*pgproto3.RowDescription"} {
 		msg, err := c.fe.Receive()
 		if err != nil {
@@ -81,10 +69,7 @@ func TestFlushWithoutSync(t *testing.T) {
 	}
 	c.fe.Send(&pgproto3.Bind{Parameters: [][]byte{[]byte("41")}})
 	c.fe.Send(&pgproto3.Execute{})
-	c.fe.Send(&pgproto3.Sync{})
-	if err := c.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	c.sendAll(t, &pgproto3.Sync{})
 	var got string
 	for {
 		msg, err := c.fe.Receive()
@@ -108,10 +93,7 @@ func TestFlushWithoutSync(t *testing.T) {
 // than socket buffers hold, is not left waiting.
 func TestPipelineBothWays(t *testing.T) {
 	p := startProxy(t, nil)
-	c := dialRaw(t, p.addr)
-	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
-		t.Fatal(err)
-	}
+	c := loggedInTo(t, p, "postgres")
 	const n = 3000 // × 4 KB each way: 12 MB
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	q := "SELECT repeat('x', 4000) /* " + strings.Repeat("p", 4000) + " */"
@@ -161,17 +143,11 @@ func TestSlowReaderBoundedMemory(t *testing.T) {
 	before := heap()
 	var readers []*rawClient
 	for range 10 {
-		c := dialRaw(t, p.addr)
-		if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
-			t.Fatal(err)
-		}
+		c := loggedInTo(t, p, dbName)
 		if p.options().RelayLoop && runtime.GOOS == "linux" {
 			p.loopServes(t, c)
 		}
-		c.fe.Send(query(3_000_000))
-		if err := c.fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		c.sendAll(t, query(3_000_000))
 		readers = append(readers, c)
 	}
 	time.Sleep(3 * time.Second) // the servers write all they can meanwhile
@@ -192,10 +168,7 @@ func TestSlowReaderBoundedMemory(t *testing.T) {
 
 	c := loggedIn(t, p)
 	const rows = 100_000
-	c.fe.Send(query(rows))
-	if err := c.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	c.sendAll(t, query(rows))
 	c.SetReadDeadline(time.Now().Add(60 * time.Second))
 	n := 0
 	for {

@@ -243,20 +243,11 @@ func TestCancelWhileWaiting(t *testing.T) {
 	}
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1; o.QueryWaitTimeout = 20 * time.Second })
 	for _, extended := range []bool{false, true} {
-		holder := dialRaw(t, p.addr)
-		if err := holder.startup(cluster.SuperUserName(), dbName); err != nil {
-			t.Fatal(err)
-		}
-		holder.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(1.5)"})
-		if err := holder.fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		holder := loggedInTo(t, p, dbName)
+		holder.sendAll(t, &pgproto3.Query{String: "SELECT pg_sleep(1.5)"})
 		time.Sleep(200 * time.Millisecond) // the holder has the pool's server
 
-		waiter := dialRaw(t, p.addr)
-		if err := waiter.startup(cluster.SuperUserName(), dbName); err != nil {
-			t.Fatal(err)
-		}
+		waiter := loggedInTo(t, p, dbName)
 		const marker = "SELECT 'cancelled_while_waiting', pg_sleep(0)"
 		if extended {
 			waiter.fe.Send(&pgproto3.Parse{Query: marker})
@@ -305,25 +296,13 @@ func TestCancelQueuedCrowd(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1; o.QueryWaitTimeout = 30 * time.Second })
-	holder := dialRaw(t, p.addr)
-	if err := holder.startup(cluster.SuperUserName(), dbName); err != nil {
-		t.Fatal(err)
-	}
-	holder.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(3)"})
-	if err := holder.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	holder := loggedInTo(t, p, dbName)
+	holder.sendAll(t, &pgproto3.Query{String: "SELECT pg_sleep(3)"})
 	time.Sleep(200 * time.Millisecond)
 	clients := make([]*rawClient, 30)
 	for i := range clients {
-		c := dialRaw(t, p.addr)
-		if err := c.startup(cluster.SuperUserName(), dbName); err != nil {
-			t.Fatal(err)
-		}
-		c.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(10)"})
-		if err := c.fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		c := loggedInTo(t, p, dbName)
+		c.sendAll(t, &pgproto3.Query{String: "SELECT pg_sleep(10)"})
 		clients[i] = c
 	}
 	time.Sleep(200 * time.Millisecond)

@@ -52,20 +52,14 @@ func TestPauseHoldsNewTransactions(t *testing.T) {
 // Resume.
 func TestCancelWhilePaused(t *testing.T) {
 	p := startProxy(t, nil)
-	c := dialRaw(t, p.addr)
-	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
-		t.Fatal(err)
-	}
+	c := loggedInTo(t, p, "postgres")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := p.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer p.Resume()
-	c.fe.Send(&pgproto3.Query{String: "SELECT 1"})
-	if err := c.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	c.sendAll(t, &pgproto3.Query{String: "SELECT 1"})
 	time.Sleep(200 * time.Millisecond)
 	if err := c.sendCancel(p.addr); err != nil {
 		t.Fatal(err)

@@ -50,10 +50,7 @@ func testLoopSlowReader(t *testing.T, uring bool) {
 	// About 20 MB, with a small receive buffer: more than the sockets hold.
 	slow.Conn.(*net.TCPConn).SetReadBuffer(32 << 10)
 	const rows = 20000
-	slow.fe.Send(&pgproto3.Query{String: "SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g"})
-	if err := slow.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	slow.sendAll(t, &pgproto3.Query{String: "SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g"})
 	// While the slow client reads nothing, the other is served, many times.
 	for i := range 50 {
 		if err := other.query("SELECT " + strconv.Itoa(i)); err != nil {
@@ -132,10 +129,7 @@ func TestQueuedClientHangsUp(t *testing.T) {
 	if err := holder.query("BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	gone.fe.Send(&pgproto3.Query{String: "INSERT INTO queued_hangup VALUES (1)"})
-	if err := gone.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	gone.sendAll(t, &pgproto3.Query{String: "INSERT INTO queued_hangup VALUES (1)"})
 	waitFor(t, 2*time.Second, func() bool { ps := p.Pools(); return len(ps) == 1 && ps[0].ClientsWaiting == 1 })
 	gone.Close()
 	time.Sleep(core.HangupCheckAfter + 100*time.Millisecond)
@@ -177,10 +171,7 @@ func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
 		})
 	}
 
-	a.fe.Send(&pgproto3.Query{String: "SELECT pg_sleep(0.3)"})
-	if err := a.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	a.sendAll(t, &pgproto3.Query{String: "SELECT pg_sleep(0.3)"})
 	var held *serverConn
 	waitFor(t, 2*time.Second, func() bool {
 		held = p.sessionOf(a).holdForCancel() // as a cancel request on its way
@@ -339,10 +330,7 @@ func TestLoopServerEndsItself(t *testing.T) {
 	p := startLoopProxy(t)
 	c := loggedIn(t, p)
 	p.loopServes(t, c)
-	c.fe.Send(&pgproto3.Query{String: "SELECT pg_terminate_backend(pg_backend_pid())"})
-	if err := c.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	c.sendAll(t, &pgproto3.Query{String: "SELECT pg_terminate_backend(pg_backend_pid())"})
 	expectEnd(t, c)
 	waitFor(t, 2*time.Second, func() bool { return p.ClientCount() == 0 })
 }
@@ -443,10 +431,7 @@ func TestSyncRefusedForgetsSettings(t *testing.T) {
 	if err := bad.startup(cluster.SuperUserName(), "postgres", "TimeZone", tz, "DateStyle", "garbage"); err != nil {
 		t.Fatal(err)
 	}
-	bad.fe.Send(&pgproto3.Query{String: "SELECT 1"})
-	if err := bad.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	bad.sendAll(t, &pgproto3.Query{String: "SELECT 1"})
 	bad.expectFatal(t, "22023") // invalid_parameter_value
 	good := dialRaw(t, p.addr)
 	if err := good.startup(cluster.SuperUserName(), "postgres", "TimeZone", tz); err != nil {
@@ -497,10 +482,7 @@ func TestLoopEjectedWhileSyncing(t *testing.T) {
 	ejects := p.loopEjects()
 	const q = "SELECT current_setting('application_name')"
 	for i := range 2 {
-		b.fe.Send(&pgproto3.Query{String: q})
-		if err := b.fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		b.sendAll(t, &pgproto3.Query{String: q})
 		time.Sleep(100 * time.Millisecond) // for the loop to read it
 		switch n := p.loopEjects() - ejects; {
 		case i == 0 && n != 0:
@@ -535,10 +517,7 @@ func TestLoopGoodbye(t *testing.T) {
 	}
 	terminate := func(c *rawClient) {
 		t.Helper()
-		c.fe.Send(&pgproto3.Terminate{})
-		if err := c.fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		c.sendAll(t, &pgproto3.Terminate{})
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.fe.Receive(); !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Fatalf("after Terminate: %v, want the connection closed", err)
@@ -595,10 +574,7 @@ func testLoopReadsAhead(t *testing.T, uring bool) {
 	}
 	for round := range 40 {
 		for i, c := range clients {
-			c.fe.Send(&pgproto3.Query{String: "SELECT " + strconv.Itoa(round*100+i) + ", repeat('y', " + strconv.Itoa(i*300) + ")"})
-			if err := c.fe.Flush(); err != nil {
-				t.Fatal(err)
-			}
+			c.sendAll(t, &pgproto3.Query{String: "SELECT " + strconv.Itoa(round*100+i) + ", repeat('y', " + strconv.Itoa(i*300) + ")"})
 		}
 		for i, c := range clients {
 			v, err := c.firstValue()
@@ -692,10 +668,7 @@ func TestServerKilledMidQuery(t *testing.T) {
 	if err := c.query("SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	c.fe.Send(&pgproto3.Query{String: "SELECT 'killed_mid_query', pg_sleep(30)"})
-	if err := c.fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	c.sendAll(t, &pgproto3.Query{String: "SELECT 'killed_mid_query', pg_sleep(30)"})
 	ctx := context.Background()
 	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
 	if err != nil {

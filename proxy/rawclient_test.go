@@ -160,13 +160,27 @@ func (r *rawClient) firstValue() (string, error) {
 }
 
 // loggedIn returns a raw client logged in to p as the superuser.
-func loggedIn(t *testing.T, p *testProxy) *rawClient {
+func loggedIn(t *testing.T, p *testProxy) *rawClient { return loggedInTo(t, p, "postgres") }
+
+// loggedInTo is loggedIn to database db.
+func loggedInTo(t testing.TB, p *testProxy, db string) *rawClient {
 	t.Helper()
 	c := dialRaw(t, p.addr)
-	if err := c.startup(cluster.SuperUserName(), "postgres"); err != nil {
+	if err := c.startup(cluster.SuperUserName(), db); err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// sendAll sends msgs and flushes them, failing t if it cannot.
+func (r *rawClient) sendAll(t testing.TB, msgs ...pgproto3.FrontendMessage) {
+	t.Helper()
+	for _, m := range msgs {
+		r.fe.Send(m)
+	}
+	if err := r.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // runSteps runs steps in order (to bring a pool's servers into a known

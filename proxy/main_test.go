@@ -144,17 +144,24 @@ func zapLevelForTests() zapcore.Level {
 // pg_stat_activity also meets cond (SQL, "true" for all).
 func countBackends(t testing.TB, dbName, cond string) int {
 	t.Helper()
+	var n int
+	superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND "+cond, []any{dbName}, &n)
+	return n
+}
+
+// superQuery runs sql with args on a connection of its own to the server,
+// as its superuser, scanning its one row into dest.
+func superQuery(t testing.TB, sql string, args []any, dest ...any) {
+	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND "+cond, dbName).Scan(&n); err != nil {
-		t.Fatal(err)
+	if err := conn.QueryRow(ctx, sql, args...).Scan(dest...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
 	}
-	return n
 }
 
 // testLoops is the event loops the tests' proxies run: PGMUX_TEST_LOOPS, or
@@ -168,14 +175,8 @@ func testLoops() int {
 // as an operator's pg_terminate_backend would.
 func terminateBackend(t testing.TB, pid uint32) {
 	t.Helper()
-	ctx := context.Background()
-	direct, err := pgx.Connect(ctx, cluster.SuperDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close(ctx)
 	var ok bool
-	if err := direct.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int32(pid)).Scan(&ok); err != nil || !ok {
-		t.Fatalf("terminating server process %d: %v, %v", pid, ok, err)
+	if superQuery(t, "SELECT pg_terminate_backend($1, 5000)", []any{int32(pid)}, &ok); !ok {
+		t.Fatalf("server process %d not terminated", pid)
 	}
 }

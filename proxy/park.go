@@ -83,6 +83,19 @@ func (ss *session) requestPark() {
 	ss.conn.SetReadDeadline(pastDeadline)
 }
 
+// dropParkReqLocked drops a park request made while the session was idle:
+// it is not idle any more, and the request's past read deadline must not
+// fail the reads (and the hang-up check) of its transaction. It reports
+// whether there was one.
+func (ss *session) dropParkReqLocked() bool {
+	if !ss.parkReq {
+		return false
+	}
+	ss.parkReq = false
+	ss.conn.SetReadDeadline(ss.deadline)
+	return true
+}
+
 // tryPark runs in the session goroutine after a client read timed out. It
 // reports whether the session was parked (the goroutine must then return
 // without touching the session), or false when the timeout was not a request

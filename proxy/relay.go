@@ -163,11 +163,7 @@ func (ss *session) peek(n int) ([]byte, error) {
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		ss.mu.Lock()
-		asked := ss.parkReq
-		if asked {
-			ss.parkReq = false
-			ss.conn.SetReadDeadline(ss.deadline)
-		}
+		asked := ss.dropParkReqLocked()
 		ss.mu.Unlock()
 		if asked {
 			b, err = ss.rd.Peek(n)

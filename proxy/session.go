@@ -362,13 +362,7 @@ func (ss *session) acquireError(err error) error {
 // relaying its output to the client. It is called with ss.mu held, and
 // releases it.
 func (ss *session) bind() error {
-	// A sweep that saw the session idle a moment ago may have asked it to
-	// park: it is not idle any more, and the request's past read deadline
-	// must not fail the reads (and the hang-up check) of its transaction.
-	if ss.parkReq {
-		ss.parkReq = false
-		ss.conn.SetReadDeadline(ss.deadline)
-	}
+	ss.dropParkReqLocked()
 	adm := ss.Admit(ss.srv.Paused())
 	if adm == core.Cancelled { // while the loop queued it
 		ss.mu.Unlock()

@@ -192,6 +192,9 @@ func TestReleaseWaitsForCancelElsewhere(t *testing.T) {
 			t.Fatalf("another client while a cancel is on its way: %v", err)
 		}
 	}
+	// On the goroutine path b sees ReadyForQuery just before its server is
+	// back in the pool: wait for that, then the held one is the only one out.
+	waitFor(t, 2*time.Second, func() bool { return p.Pools()[0].ServersActive <= 1 })
 	if ps := p.Pools(); ps[0].ServersActive != 1 {
 		t.Fatalf("%d servers out of the pool while the cancel is on its way, want 1 (the one it is meant for)", ps[0].ServersActive)
 	}

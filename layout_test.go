@@ -57,6 +57,12 @@ var badDeps = map[string]map[string]string{
 		"github.com/pgmux/pgmux/proxy":  "prepared knows nothing of sessions",
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/tlsconf": {
+		"go.uber.org/zap":               "tlsconf builds configurations; cmd logs",
+		"github.com/pgmux/pgmux/pool":   "tlsconf knows nothing of pools",
+		"github.com/pgmux/pgmux/proxy":  "the proxy uses tlsconf, not the other way",
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/proxy": {
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 		"github.com/pgmux/pgmux/admin":  "admin reads the proxy, not the other way",

@@ -47,10 +47,29 @@ type Cluster struct {
 	dir      string
 	bin      string
 	cred     *credential
+	tls      bool
 }
 
+// Options change the cluster StartWith makes.
+type Options struct {
+	// ServerCert and ServerKey, files, turn TLS on: the cluster then takes
+	// TCP connections over TLS only (hostssl, and hostnossl rejected), as
+	// a managed database does.
+	ServerCert, ServerKey string
+}
+
+// ErrExternal is StartWith's error for options PGMUX_TEST_DSN's server
+// cannot be given.
+var ErrExternal = errors.New("pgtest: PGMUX_TEST_DSN is set; its server is not made to order")
+
 // Start creates and starts a cluster, or attaches to PGMUX_TEST_DSN.
-func Start() (*Cluster, error) {
+func Start() (*Cluster, error) { return StartWith(Options{}) }
+
+// StartWith creates and starts a cluster as o says.
+func StartWith(o Options) (*Cluster, error) {
+	if os.Getenv("PGMUX_TEST_DSN") != "" && o.ServerCert != "" {
+		return nil, ErrExternal
+	}
 	if dsn := os.Getenv("PGMUX_TEST_DSN"); dsn != "" {
 		cfg, err := pgconn.ParseConfig(dsn)
 		if err != nil {
@@ -86,10 +105,23 @@ func Start() (*Cluster, error) {
 		c.Close()
 		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
+	host := "host"
+	if o.ServerCert != "" {
+		c.tls, host = true, "hostssl"
+		for name, src := range map[string]string{"server.crt": o.ServerCert, "server.key": o.ServerKey} {
+			if err := c.copyIn(src, filepath.Join(data, name)); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
+	}
 	hba := "local all all trust\n" +
-		"host all " + SuperUser + " 127.0.0.1/32 trust\n" +
-		"host all " + MD5User + " 127.0.0.1/32 md5\n" +
-		"host all all 127.0.0.1/32 scram-sha-256\n"
+		host + " all " + SuperUser + " 127.0.0.1/32 trust\n" +
+		host + " all " + MD5User + " 127.0.0.1/32 md5\n" +
+		host + " all all 127.0.0.1/32 scram-sha-256\n"
+	if c.tls {
+		hba += "hostnossl all all 0.0.0.0/0 reject\n"
+	}
 	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		c.Close()
 		return nil, err
@@ -146,6 +178,22 @@ func (c *Cluster) cmd(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// copyIn copies the file src to dst, a file of the server's own that only
+// it may read (PostgreSQL refuses a key others can).
+func (c *Cluster) copyIn(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(dst, b, 0o600); err != nil {
+		return err
+	}
+	if c.cred != nil {
+		return os.Chown(dst, int(c.cred.Uid), int(c.cred.Gid))
+	}
+	return nil
+}
+
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on now.
 func FreePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -177,6 +225,9 @@ func (c *Cluster) Restart() error {
 	data := filepath.Join(c.dir, "data")
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off "+
 		"-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=64MB", c.Port, c.dir)
+	if c.tls {
+		opts += " -c ssl=on" // server.crt and server.key in the data directory
+	}
 	out, err := c.cmd("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "server.log"), "-w", "-t", "60", "-o", opts, "start").CombinedOutput()
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(c.dir, "server.log"))
@@ -215,7 +266,11 @@ func (c *Cluster) Close() {
 
 // DSN returns a connection string to the server itself.
 func (c *Cluster) DSN(user, password, database string) string {
-	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", c.Host, c.Port, user, database)
+	mode := "disable"
+	if c.tls {
+		mode = "require"
+	}
+	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=%s", c.Host, c.Port, user, database, mode)
 	if password != "" {
 		s += " password=" + password
 	}

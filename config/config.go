@@ -5,6 +5,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +19,8 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"github.com/pgmux/pgmux/tlsconf"
 )
 
 // Config is pgmux's configuration. Keys follow PgBouncer's names where one exists.
@@ -49,6 +52,18 @@ type Config struct {
 	Loops                  int                 `mapstructure:"loops"` // 0: one per core the process may use
 	SchedSlice             time.Duration       `mapstructure:"sched_slice"`
 	LogLevel               string              `mapstructure:"log_level"`
+	ClientTLSSSLMode       string              `mapstructure:"client_tls_sslmode"`
+	ClientTLSCertFile      string              `mapstructure:"client_tls_cert_file"`
+	ClientTLSKeyFile       string              `mapstructure:"client_tls_key_file"`
+	ClientTLSCAFile        string              `mapstructure:"client_tls_ca_file"`
+	ClientTLSProtocols     string              `mapstructure:"client_tls_protocols"`
+	ClientTLSCiphers       string              `mapstructure:"client_tls_ciphers"`
+	ServerTLSSSLMode       string              `mapstructure:"server_tls_sslmode"`
+	ServerTLSCertFile      string              `mapstructure:"server_tls_cert_file"`
+	ServerTLSKeyFile       string              `mapstructure:"server_tls_key_file"`
+	ServerTLSCAFile        string              `mapstructure:"server_tls_ca_file"`
+	ServerTLSProtocols     string              `mapstructure:"server_tls_protocols"`
+	ServerTLSCiphers       string              `mapstructure:"server_tls_ciphers"`
 	Databases              map[string]Database `mapstructure:"databases"`
 }
 
@@ -62,6 +77,11 @@ type Database struct {
 	Password string `mapstructure:"password"`
 	PoolMode string `mapstructure:"pool_mode"`
 	PoolSize int    `mapstructure:"pool_size"`
+	// The server leg's TLS for this database, over the top-level keys.
+	ServerTLSSSLMode  string `mapstructure:"server_tls_sslmode"`
+	ServerTLSCertFile string `mapstructure:"server_tls_cert_file"`
+	ServerTLSKeyFile  string `mapstructure:"server_tls_key_file"`
+	ServerTLSCAFile   string `mapstructure:"server_tls_ca_file"`
 }
 
 // The scheduling slices Linux accepts for a task of the normal class
@@ -93,6 +113,12 @@ func Default() Config {
 		IOURing:               true,
 		SchedSlice:            MinSchedSlice,
 		LogLevel:              "info",
+		ClientTLSSSLMode:      "disable",
+		ClientTLSProtocols:    "secure",
+		ClientTLSCiphers:      "default",
+		ServerTLSSSLMode:      "prefer",
+		ServerTLSProtocols:    "secure",
+		ServerTLSCiphers:      "default",
 	}
 }
 
@@ -253,6 +279,11 @@ func (c *Config) Validate() error {
 	if c.MaxPacketSize < 1024 {
 		bad("max_packet_size", "must be at least 1024, got %d", c.MaxPacketSize)
 	}
+	for key, mode := range map[string]string{"client_tls_sslmode": c.ClientTLSSSLMode, "server_tls_sslmode": c.ServerTLSSSLMode} {
+		if _, err := tlsconf.ParseMode(mode); err != nil {
+			bad(key, "%v", err)
+		}
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -274,6 +305,11 @@ func (c *Config) Validate() error {
 		}
 		if d.PoolMode != "" {
 			checkMode(key+".pool_mode", d.PoolMode)
+		}
+		if d.ServerTLSSSLMode != "" {
+			if _, err := tlsconf.ParseMode(d.ServerTLSSSLMode); err != nil {
+				bad(key+".server_tls_sslmode", "%v", err)
+			}
 		}
 		if d.PoolSize < 0 {
 			bad(key+".pool_size", "must not be negative, got %d", d.PoolSize)
@@ -339,6 +375,28 @@ func (c Config) Map() map[string]any {
 		}
 	}
 	return out
+}
+
+// ClientTLS is the client leg's TLS keys.
+func (c *Config) ClientTLS() tlsconf.Settings {
+	return tlsconf.Settings{Key: "client_tls", Mode: c.ClientTLSSSLMode, CertFile: c.ClientTLSCertFile, KeyFile: c.ClientTLSKeyFile,
+		CAFile: c.ClientTLSCAFile, Protocols: c.ClientTLSProtocols, Ciphers: c.ClientTLSCiphers}
+}
+
+// ServerTLS is the server leg's TLS keys for database name (an entry of
+// Databases), its own keys over the top-level ones.
+func (c *Config) ServerTLS(name string) tlsconf.Settings {
+	s := tlsconf.Settings{Key: "server_tls", Mode: c.ServerTLSSSLMode, CertFile: c.ServerTLSCertFile, KeyFile: c.ServerTLSKeyFile,
+		CAFile: c.ServerTLSCAFile, Protocols: c.ServerTLSProtocols, Ciphers: c.ServerTLSCiphers}
+	d := c.Databases[name]
+	if d.ServerTLSSSLMode != "" || d.ServerTLSCertFile != "" || d.ServerTLSKeyFile != "" || d.ServerTLSCAFile != "" {
+		s.Key = "databases." + name + ".server_tls"
+		s.Mode = cmp.Or(d.ServerTLSSSLMode, s.Mode)
+		s.CertFile = cmp.Or(d.ServerTLSCertFile, s.CertFile)
+		s.KeyFile = cmp.Or(d.ServerTLSKeyFile, s.KeyFile)
+		s.CAFile = cmp.Or(d.ServerTLSCAFile, s.CAFile)
+	}
+	return s
 }
 
 // ReadyDatabases are the databases named in the file (not "*").

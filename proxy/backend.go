@@ -112,6 +112,8 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 	cfg.Fallbacks = nil
 	cfg.RuntimeParams = map[string]string{}
 	cfg.ConnectTimeout = 0 // ctx carries it
+	network, addr := db.serverAddr()
+	serverTLS(cfg, db, network)
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -127,7 +129,6 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 		return nil, err
 	}
 	sock := newSysConn(conn)
-	network, addr := db.serverAddr()
 	sc := &serverConn{
 		conn:    conn,
 		fd:      -1,
@@ -150,6 +151,10 @@ func dialServer(ctx context.Context, db *Database, user, password string, maxBod
 // session waiting for them would wait forever. Closing c ends that Read; the
 // socket lives on in the duplicate descriptor.
 func takeOver(c net.Conn) (net.Conn, error) {
+	if g, ok := c.(*gate); ok {
+		g.hijacked.Store(true) // TLS: the gate keeps what a read under way gets
+		return g, nil
+	}
 	fc, ok := c.(interface{ File() (*os.File, error) })
 	if !ok {
 		return c, nil // not a socket (a test's pipe): nothing reads behind us

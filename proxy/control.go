@@ -128,6 +128,7 @@ func (s *Server) Update(opts Options) {
 		p.mu.Lock()
 		old := p.db
 		p.db.PoolMode = db.PoolMode
+		p.db.ServerTLS = db.ServerTLS // new dials use the certificates reloaded
 		p.mu.Unlock()
 		if db.Host == old.Host && db.Port == old.Port && db.DBName == old.DBName && db.PoolSize == old.PoolSize && db.Password == old.Password {
 			// The pool stays: the limits are its to change (a new pool

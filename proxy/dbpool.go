@@ -25,6 +25,9 @@ type dbPool struct {
 	key  poolKey
 	db   Database
 	pool atomic.Pointer[pool.Pool[*serverConn]]
+	// tlsServers: a server of the pool speaks TLS, so the event loop, which
+	// reads raw descriptors, does not serve its clients (see loopable).
+	tlsServers atomic.Bool
 
 	mu      sync.Mutex   // guards following
 	params  []core.Param // the server's settings at connect, by name (see serverParams)
@@ -47,8 +50,15 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user, password string) (*poo
 	maxBody := o.MaxPacketSize
 	return pool.New(pool.Config[*serverConn]{
 		Dial: func(ctx context.Context) (*serverConn, error) {
-			sc, err := dialServer(ctx, &db, user, password, maxBody)
+			d := db
+			p.mu.Lock()
+			d.ServerTLS = p.db.ServerTLS // as the latest reload left it
+			p.mu.Unlock()
+			sc, err := dialServer(ctx, &d, user, password, maxBody)
 			if err == nil {
+				if sc.sys == nil {
+					p.tlsServers.Store(true)
+				}
 				sc.owner = p
 				sc.connected = time.Now()
 				p.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/tlsconf"
 )
 
 // Login: the startup packet read (core.ParseStartup), the client
@@ -33,6 +34,23 @@ func (ss *session) login() error {
 	} else {
 		ss.conn.SetDeadline(loginBy)
 	}
+	tlsOn := ss.srv.options().ClientTLS
+	if tlsOn != nil && tlsOn.Mode == tlsconf.Disable {
+		tlsOn = nil
+	}
+	if first, err := ss.rd.Peek(1); err != nil {
+		return clientReadError(err, "client_login_timeout")
+	} else if first[0] == tlsRecord {
+		if tlsOn == nil {
+			return errQuiet // TLS, which is off: nothing to say it in
+		}
+		pre := append([]byte(nil), ss.rd.BufferedBytes()...)
+		ss.rd.Discard(len(pre))
+		if err := ss.startTLS(tlsOn.Config, pre, true); err != nil {
+			ss.debug("TLS handshake failed", zap.Error(err))
+			return errQuiet
+		}
+	}
 	var st *protocol.Startup
 	for tries := 0; ; tries++ {
 		var err error
@@ -49,7 +67,22 @@ func (ss *session) login() error {
 		if tries > 2 {
 			return protocol.Fatal(protocol.CodeProtocolViolation, "too many encryption requests")
 		}
-		// No TLS or GSSAPI yet: say no, and the client goes on in the clear.
+		if st.Kind == protocol.KindSSLRequest && tlsOn != nil && !ss.tls {
+			if ss.rd.Buffered() > 0 {
+				// Bytes sent in the clear to be read as if encrypted.
+				return protocol.Fatal(protocol.CodeProtocolViolation, "received unencrypted data after SSL request")
+			}
+			if _, err := ss.sock.Write([]byte{'S'}); err != nil {
+				return errQuiet
+			}
+			if err := ss.startTLS(tlsOn.Config, nil, false); err != nil {
+				ss.debug("TLS handshake failed", zap.Error(err))
+				return errQuiet
+			}
+			continue
+		}
+		// No GSSAPI (nor TLS, if off): say no, and the client goes on
+		// as it is.
 		if _, err := ss.sock.Write([]byte{'N'}); err != nil {
 			return errQuiet
 		}
@@ -57,6 +90,10 @@ func (ss *session) login() error {
 	if st.Kind == protocol.KindCancelRequest {
 		ss.srv.cancel(st.ProcessID, st.SecretKey)
 		return errQuiet
+	}
+	if tlsOn.Required() && !ss.tls {
+		return protocol.Fatal(protocol.CodeInvalidAuthorization,
+			"TLS required (client_tls_sslmode is "+tlsOn.Mode.String()+"): connect with sslmode=require or stronger")
 	}
 	ss.counted = true
 	ss.srv.prelogin.Add(-1)

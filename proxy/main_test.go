@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 	if cluster != nil {
 		cluster.Close()
 	}
+	closeTLSEnv()
 	os.Exit(code)
 }
 

@@ -76,7 +76,7 @@ func (s *Server) parked() int {
 func (ss *session) requestPark() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.lease != nil || ss.Waiting() || ss.draining || ss.parkReq || ss.mode != ModeTransaction || ss.inLoop.Load() {
+	if ss.lease != nil || ss.Waiting() || ss.draining || ss.parkReq || ss.mode != ModeTransaction || ss.inLoop.Load() || !ss.loopable() {
 		return
 	}
 	ss.parkReq = true

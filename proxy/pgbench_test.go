@@ -45,9 +45,15 @@ func pgbenchDB(t *testing.T, dbName string) string {
 // test unless it ends with transactions processed and none failed.
 func runPgbench(t *testing.T, bin string, p *testProxy, dbName string, args ...string) {
 	t.Helper()
+	runPgbenchEnv(t, bin, p, dbName, []string{"PGSSLMODE=disable"}, args...)
+}
+
+// runPgbenchEnv is runPgbench with env added to pgbench's environment.
+func runPgbenchEnv(t *testing.T, bin string, p *testProxy, dbName string, env []string, args ...string) {
+	t.Helper()
 	args = append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(p.port), "-U", cluster.SuperUserName(), "-j", "2", "-T", "4", "-n"}, args...)
 	cmd := exec.Command(bin, append(args, dbName)...)
-	cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("pgbench %v: %v\n%s", args, err, out)

@@ -104,7 +104,7 @@ func (ss *session) answerAlone(n int, reply []byte) error {
 // server, to the relay loop (see loop.go), and reports whether it did: the
 // goroutine must then return without touching the session.
 func (ss *session) enterLoop() bool {
-	if !ss.srv.options().RelayLoop || ss.mode != ModeTransaction {
+	if !ss.srv.options().RelayLoop || ss.mode != ModeTransaction || !ss.loopable() {
 		return false
 	}
 	if ss.lc != nil && ss.lc.ejected {
@@ -136,6 +136,11 @@ func (ss *session) mayParkLocked() bool {
 	}
 	return ss.bw == nil
 }
+
+// loopable reports whether the event loop may serve the session: it reads
+// and writes raw descriptors, so neither the client nor its pool's servers
+// may speak TLS.
+func (ss *session) loopable() bool { return !ss.tls && !ss.pool.tlsServers.Load() }
 
 func (ss *session) bound() bool {
 	ss.mu.Lock()

@@ -25,6 +25,7 @@ import (
 	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/stats"
+	"github.com/pgmux/pgmux/tlsconf"
 )
 
 // Pool modes.
@@ -43,6 +44,9 @@ type Database struct {
 	Password string // backend password; empty means the auth file's
 	PoolMode string
 	PoolSize int
+	// ServerTLS is how the server is reached: nil or tlsconf's disable
+	// for plain text.
+	ServerTLS *tlsconf.Servers
 }
 
 // serverAddr is where db's server listens, as net.Dial takes it: a Host
@@ -66,6 +70,8 @@ type Options struct {
 	AuthType string
 	// Users holds the secrets of the auth file.
 	Users map[string]auth.Secret
+	// ClientTLS is what clients may or must use; nil is disable.
+	ClientTLS *tlsconf.Clients
 
 	MaxClientConn          int
 	MinPoolSize            int

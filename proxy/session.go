@@ -51,6 +51,7 @@ type session struct {
 	rd        *protocol.Reader
 	bw        *bufio.Writer // to the client, from writerPool; owned by relayServer while it runs
 	counted   bool          // past its startup packet: counted in loggedIn, not prelogin
+	tls       bool          // the client speaks TLS (conn and sock are the TLS connection)
 	start     time.Time
 	ctx       context.Context
 	cancelCtx context.CancelFunc

@@ -37,6 +37,7 @@ import (
 	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/config"
 	"github.com/pgmux/pgmux/proxy"
+	"github.com/pgmux/pgmux/tlsconf"
 )
 
 func main() {
@@ -248,14 +249,31 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 			return proxy.Options{}, fmt.Errorf("auth_file %s: %w", cfg.AuthFile, err)
 		}
 	}
+	clientTLS, err := tlsconf.ForClients(cfg.ClientTLS())
+	if err != nil {
+		return proxy.Options{}, err
+	}
+	// Each database's server TLS built once here, not at each login.
+	serverTLS := map[string]*tlsconf.Servers{}
+	for name := range cfg.Databases {
+		if serverTLS[name], err = tlsconf.ForServers(cfg.ServerTLS(name)); err != nil {
+			return proxy.Options{}, err
+		}
+	}
 	return proxy.Options{
 		Logger: a.log,
 		Databases: func(name string) (proxy.Database, bool) {
 			d, ok := cfg.Resolved(name)
-			return proxy.Database(d), ok
+			tls := serverTLS[name]
+			if _, own := cfg.Databases[name]; !own {
+				tls = serverTLS["*"]
+			}
+			return proxy.Database{Host: d.Host, Port: d.Port, DBName: d.DBName, User: d.User, Password: d.Password,
+				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ServerTLS: tls}, ok
 		},
 		AuthType:               cfg.AuthType,
 		Users:                  users,
+		ClientTLS:              clientTLS,
 		MaxClientConn:          cfg.MaxClientConn,
 		MinPoolSize:            cfg.MinPoolSize,
 		MaxPacketSize:          cfg.MaxPacketSize,

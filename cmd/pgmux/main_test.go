@@ -67,6 +67,7 @@ type pgmuxProc struct {
 	port      int
 	adminPort int
 	token     string
+	ssl       string // the clients' sslmode and its companions; disable if empty
 	out       *syncBuffer
 	exited    chan error
 }
@@ -190,7 +191,11 @@ func needPG(t testing.TB) *pgtest.Cluster {
 }
 
 func (p *pgmuxProc) dsn(user, database string) string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable", p.port, user, database)
+	ssl := p.ssl
+	if ssl == "" {
+		ssl = "disable"
+	}
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=%s", p.port, user, database, ssl)
 }
 
 const baseConfig = `

@@ -1,0 +1,307 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/pgmux/pgmux/auth"
+	"github.com/pgmux/pgmux/internal/pgtest"
+	"github.com/pgmux/pgmux/internal/testcert"
+	"github.com/pgmux/pgmux/tlsconf"
+)
+
+// tlsEnv is what the TLS tests share: a CA, a PostgreSQL that takes TCP
+// connections over TLS only (its certificate for localhost), and a
+// certificate for pgmux (localhost and 127.0.0.1).
+var tlsEnv struct {
+	once    sync.Once
+	err     error
+	dir     string
+	ca      *testcert.CA
+	cluster *pgtest.Cluster
+	pgmux   testcert.Pair
+}
+
+func needTLS(t *testing.T) {
+	t.Helper()
+	needPG(t)
+	e := &tlsEnv
+	e.once.Do(func() {
+		if e.dir, e.err = os.MkdirTemp("", "pgmux-tls-"); e.err != nil {
+			return
+		}
+		if e.ca, e.err = testcert.NewCA(e.dir, "ca"); e.err != nil {
+			return
+		}
+		var pg testcert.Pair
+		if pg, e.err = e.ca.Issue("postgres", "localhost", "localhost"); e.err != nil {
+			return
+		}
+		if e.pgmux, e.err = e.ca.Issue("pgmux", "localhost", "localhost", "127.0.0.1"); e.err != nil {
+			return
+		}
+		e.cluster, e.err = pgtest.StartWith(pgtest.Options{ServerCert: pg.CertFile, ServerKey: pg.KeyFile})
+	})
+	if errors.Is(e.err, pgtest.ErrExternal) {
+		t.Skip("needs a PostgreSQL of its own with TLS (PGMUX_TEST_DSN is set)")
+	}
+	if e.err != nil {
+		t.Fatal(e.err)
+	}
+}
+
+// closeTLSEnv stops what needTLS started.
+func closeTLSEnv() {
+	if tlsEnv.cluster != nil {
+		tlsEnv.cluster.Close()
+	}
+	if tlsEnv.dir != "" {
+		os.RemoveAll(tlsEnv.dir)
+	}
+}
+
+// tlsServerDB points db at the TLS-only cluster, reached as host with
+// sslmode mode, verified against the test CA, logging in as the SCRAM user.
+func tlsServerDB(t *testing.T, o *Options, db *Database, host, mode string) {
+	t.Helper()
+	servers, err := tlsconf.ForServers(tlsconf.Settings{Key: "server_tls", Mode: mode, CAFile: tlsEnv.ca.CertFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Host, db.Port, db.ServerTLS = host, tlsEnv.cluster.Port, servers
+	secret, err := auth.ParseSecret(pgtest.ScramUser, pgtest.ScramPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Users = map[string]auth.Secret{pgtest.ScramUser: secret}
+}
+
+// TestServerTLSVerifyFull: pgmux reaches a server that takes TLS only,
+// verifying its certificate and name, in both pool modes, and serves
+// prepared statements over it.
+func TestServerTLSVerifyFull(t *testing.T) {
+	needTLS(t)
+	for _, mode := range []string{ModeTransaction, ModeSession} {
+		t.Run(mode, func(t *testing.T) {
+			p := startProxy(t, func(o *Options, db *Database) {
+				tlsServerDB(t, o, db, "localhost", "verify-full")
+				db.PoolMode = mode
+			})
+			ctx := context.Background()
+			conn, err := pgx.Connect(ctx, p.dsn(pgtest.ScramUser, "", "postgres"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			for i := 0; i < 3; i++ { // prepared by pgx, mapped by pgmux
+				var ssl bool
+				var version string
+				if err := conn.QueryRow(ctx, "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND $1::int > 0", i+1).Scan(&ssl, &version); err != nil {
+					t.Fatal(err)
+				}
+				if !ssl {
+					t.Fatal("the server connection is not TLS")
+				}
+				if i == 0 {
+					t.Logf("server leg: %s", version)
+				}
+			}
+		})
+	}
+}
+
+// TestServerTLSWrongName: a server whose certificate names another host is
+// refused under verify-full, with the reason logged and an error for the
+// client, and no attempt in plain text.
+func TestServerTLSWrongName(t *testing.T) {
+	needTLS(t)
+	core, logs := observer.New(zapcore.WarnLevel)
+	p := startProxy(t, func(o *Options, db *Database) {
+		tlsServerDB(t, o, db, "127.0.0.1", "verify-full") // the certificate names localhost only
+		o.Logger = zap.New(core)
+	})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, p.dsn(pgtest.ScramUser, "", "postgres"))
+	if err == nil {
+		var n int
+		err = conn.QueryRow(ctx, "SELECT 1").Scan(&n)
+		conn.Close(ctx)
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "08006" {
+		t.Fatalf("client got %v, want 08006", err)
+	}
+	var logged string
+	for _, e := range logs.All() {
+		if e.Message == "server connect failed" || e.Message == "server login failed" {
+			logged = e.ContextMap()["error"].(string)
+		}
+	}
+	t.Logf("logged: %s", logged)
+	if !strings.Contains(logged, "failed to verify certificate") {
+		t.Fatalf("the log does not say why: %q", logged)
+	}
+	if strings.Contains(logged, "no encryption") {
+		t.Fatalf("pgmux tried plain text after TLS failed: %q", logged)
+	}
+}
+
+// tlsClients is a client leg that requires TLS, with pgmux's certificate.
+func tlsClients(t *testing.T, mode string) *tlsconf.Clients {
+	t.Helper()
+	c, err := tlsconf.ForClients(tlsconf.Settings{Key: "client_tls", Mode: mode, CertFile: tlsEnv.pgmux.CertFile, KeyFile: tlsEnv.pgmux.KeyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tlsDSN is p.dsn for a client that verifies pgmux's certificate.
+func tlsDSN(p *testProxy, user, database, extra string) string {
+	return strings.Replace(p.dsn(user, "", database), "sslmode=disable", "sslmode=verify-full sslrootcert="+tlsEnv.ca.CertFile+" "+extra, 1)
+}
+
+// TestClientTLS: with client_tls_sslmode require, clients that verify
+// pgmux's certificate are served over TLS in both pool modes (prepared
+// statements, COPY both ways, a cancel), whether they negotiate with an
+// SSLRequest or directly; a client in plain text gets 28000 before any
+// password is asked.
+func TestClientTLS(t *testing.T) {
+	needTLS(t)
+	for _, mode := range []string{ModeTransaction, ModeSession} {
+		t.Run(mode, func(t *testing.T) {
+			p := startProxy(t, func(o *Options, db *Database) {
+				o.ClientTLS = tlsClients(t, "require")
+				db.PoolMode = mode
+			})
+			ctx := context.Background()
+			for _, negotiation := range []string{"postgres", "direct"} {
+				conn, err := pgx.Connect(ctx, tlsDSN(p, cluster.SuperUserName(), "postgres", "sslnegotiation="+negotiation))
+				if err != nil {
+					t.Fatalf("%s: %v", negotiation, err)
+				}
+				if _, ok := conn.PgConn().Conn().(*tls.Conn); !ok {
+					t.Fatalf("%s: the client is not on TLS", negotiation)
+				}
+				exerciseTLS(t, conn)
+				conn.Close(ctx)
+			}
+			_, err := pgx.Connect(ctx, p.dsn(cluster.SuperUserName(), "", "postgres"))
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+				t.Fatalf("a client in plain text got %v, want 28000", err)
+			}
+			t.Logf("plain text: %s", pgErr.Message)
+		})
+	}
+}
+
+// exerciseTLS runs, on conn, prepared statements, COPY in and out and a
+// cancelled statement.
+func exerciseTLS(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	table := "tls_copy_" + strconv.Itoa(int(conn.PgConn().PID()%1e6))
+	if _, err := conn.Exec(ctx, "CREATE TEMP TABLE IF NOT EXISTS "+table+" (n int, s text)"); err != nil && !strings.Contains(err.Error(), "temp") {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS tls_copy (n int, s text)"); err != nil {
+		t.Fatal(err)
+	}
+	rows := make([][]any, 5000)
+	for i := range rows {
+		rows[i] = []any{i, strings.Repeat("x", 100)}
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if n, err := tx.CopyFrom(ctx, pgx.Identifier{"tls_copy"}, []string{"n", "s"}, pgx.CopyFromRows(rows)); err != nil || n != 5000 {
+		t.Fatalf("COPY FROM: %d rows, %v", n, err)
+	}
+	var buf strings.Builder
+	tag, err := tx.Conn().PgConn().CopyTo(ctx, &buf, "COPY (SELECT * FROM tls_copy WHERE n < 5000) TO STDOUT")
+	if err != nil || tag.RowsAffected() < 5000 {
+		t.Fatalf("COPY TO: %v, %v", tag, err)
+	}
+	var sum int64
+	if err := tx.QueryRow(ctx, "SELECT sum(n) FROM tls_copy WHERE n >= $1", 0).Scan(&sum); err != nil || sum < 5000*4999/2 {
+		t.Fatalf("sum %d, %v", sum, err)
+	}
+	tx.Rollback(ctx)
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = conn.Exec(cctx, "SELECT pg_sleep(5)")
+	var pgErr *pgconn.PgError
+	if time.Since(start) > 3*time.Second || errors.As(err, &pgErr) && pgErr.Code != "57014" {
+		t.Fatalf("cancel: %v after %s", err, time.Since(start))
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil { // the statement was cancelled, not the connection closed
+		t.Fatalf("after the cancel: %v", err)
+	}
+}
+
+// TestTLSBothLegsTools: psql and pgbench -M prepared, verifying pgmux's
+// certificate, through pgmux that reaches the TLS-only server with
+// verify-full.
+func TestTLSBothLegsTools(t *testing.T) {
+	needTLS(t)
+	bin := pgbenchPath(t)
+	psql := filepath.Join(filepath.Dir(bin), "psql")
+	if _, err := os.Stat(psql); err != nil {
+		if psql, err = exec.LookPath("psql"); err != nil {
+			t.Skip("no psql")
+		}
+	}
+	db := "pgbench_tls"
+	if err := tlsEnv.cluster.CreateDatabase(db); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsEnv.cluster.Exec(db, "GRANT ALL ON SCHEMA public TO "+pgtest.ScramUser); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + tlsEnv.ca.CertFile}
+	init := exec.Command(bin, "-i", "-q", "-s", "1", "-h", "localhost", "-p", strconv.Itoa(tlsEnv.cluster.Port), "-U", pgtest.ScramUser, db)
+	init.Env = append(os.Environ(), "PGPASSWORD="+pgtest.ScramPassword, "PGSSLMODE=require")
+	if out, err := init.CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	for _, mode := range []string{ModeTransaction, ModeSession} {
+		t.Run(mode, func(t *testing.T) {
+			p := startProxy(t, func(o *Options, d *Database) {
+				tlsServerDB(t, o, d, "localhost", "verify-full")
+				o.ClientTLS = tlsClients(t, "require")
+				d.PoolMode, d.PoolSize = mode, 5
+			})
+			cmd := exec.Command(psql, "-h", "127.0.0.1", "-p", strconv.Itoa(p.port), "-U", pgtest.ScramUser, "-d", db, "-Atc",
+				"SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+			cmd.Env = append(os.Environ(), env...)
+			out, err := cmd.CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "t" {
+				t.Fatalf("psql: %v: %s", err, out)
+			}
+			clients := "10"
+			if mode == ModeSession {
+				clients = "5"
+			}
+			runPgbenchEnv(t, bin, p, db, env, "-U", pgtest.ScramUser, "-c", clients, "-M", "prepared", "-S")
+		})
+	}
+}

@@ -216,7 +216,13 @@ type ScramServer struct {
 	clientFirstBare string
 	serverFirst     string
 	nonce           string
+	clientKey       []byte
 }
+
+// ClientKey is what the client's proof revealed, after a Final that
+// succeeded: with the verifier's ServerKey, it logs in to a server that has
+// the same verifier (ScramKeys).
+func (s *ScramServer) ClientKey() []byte { return s.clientKey }
 
 // NewScramServer starts an exchange against secret.
 func NewScramServer(secret *ScramSecret) *ScramServer { return &ScramServer{secret: secret} }
@@ -303,6 +309,7 @@ func (s *ScramServer) Final(clientFinal []byte) ([]byte, error) {
 	if subtle.ConstantTimeCompare(got[:], s.secret.StoredKey) != 1 {
 		return nil, ErrAuthFailed
 	}
+	s.clientKey = clientKey
 	serverSig := hmacSHA256(s.secret.ServerKey, authMessage)
 	return []byte("v=" + base64.StdEncoding.EncodeToString(serverSig)), nil
 }

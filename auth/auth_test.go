@@ -101,3 +101,64 @@ func TestParseUserlist(t *testing.T) {
 		}
 	}
 }
+
+// exchange runs a whole SCRAM exchange between c and a server holding
+// secret, and returns the server (for its ClientKey) and the first error.
+func exchange(c *ScramClient, secret *ScramSecret) (*ScramServer, error) {
+	sv := NewScramServer(secret)
+	first, err := sv.First(c.First())
+	if err != nil {
+		return sv, err
+	}
+	final, err := c.Final(first)
+	if err != nil {
+		return sv, err
+	}
+	last, err := sv.Final(final)
+	if err != nil {
+		return sv, err
+	}
+	return sv, c.Verify(last)
+}
+
+// TestScramPassThrough: the ClientKey a client's proof reveals logs in to
+// another server with the same verifier, and only to one.
+func TestScramPassThrough(t *testing.T) {
+	secret, _ := NewScramSecret("pencil", nil, 4096)
+	sv, err := exchange(NewScramClient("pencil"), secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := &ScramKeys{ClientKey: sv.ClientKey(), ServerKey: secret.ServerKey}
+	if _, err := exchange(NewScramClientKeys(keys), secret); err != nil {
+		t.Fatalf("pass-through to the same verifier: %v", err)
+	}
+	resalted, _ := NewScramSecret("pencil", nil, 4096)
+	if _, err := exchange(NewScramClientKeys(keys), resalted); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("pass-through to a verifier with another salt: %v, want ErrAuthFailed", err)
+	}
+	if _, err := exchange(NewScramClient("wrong"), secret); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	// A server that does not know the verifier cannot sign.
+	c := NewScramClient("pencil")
+	sv = NewScramServer(secret)
+	first, _ := sv.First(c.First())
+	c.Final(first)
+	if err := c.Verify([]byte("v=" + base64.StdEncoding.EncodeToString(make([]byte, 32)))); err == nil {
+		t.Fatal("a wrong server signature was taken")
+	}
+}
+
+// TestMockScramSecret: an unknown user's exchange fails as a wrong password
+// would, with the same salt each time for the same name.
+func TestMockScramSecret(t *testing.T) {
+	nonce := []byte("pgmux's secret")
+	a, b := MockScramSecret("nobody", nonce), MockScramSecret("nobody", nonce)
+	if string(a.Salt) != string(b.Salt) || string(a.Salt) == string(MockScramSecret("other", nonce).Salt) {
+		t.Fatal("the mock salt is not a function of the user name")
+	}
+	if _, err := exchange(NewScramClient(""), a); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("mock exchange: %v, want ErrAuthFailed", err)
+	}
+}

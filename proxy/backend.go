@@ -2,14 +2,11 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmux/pgmux/core"
@@ -93,83 +90,6 @@ func releaseSettled(sc *serverConn, lease *pool.Lease[*serverConn]) {
 func destroyLease(l *pool.Lease[*serverConn]) {
 	l.Conn().leased.Store(false)
 	l.Destroy()
-}
-
-// dialServer opens and authenticates a backend connection with pgconn, which
-// answers whatever the server asks (trust, password, md5, SCRAM-SHA-256),
-// then takes the raw connection over.
-func dialServer(ctx context.Context, db *Database, user, password string, maxBody int) (*serverConn, error) {
-	cfg, err := pgconn.ParseConfig("sslmode=disable")
-	if err != nil {
-		return nil, err
-	}
-	cfg.Host = db.Host
-	cfg.Port = uint16(db.Port)
-	cfg.Database = db.DBName
-	cfg.User = user
-	cfg.Password = password
-	cfg.TLSConfig = nil
-	cfg.Fallbacks = nil
-	cfg.RuntimeParams = map[string]string{}
-	cfg.ConnectTimeout = 0 // ctx carries it
-	network, addr := db.serverAddr()
-	serverTLS(cfg, db, network)
-	pc, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	hc, err := pc.Hijack()
-	if err != nil {
-		pc.Close(ctx)
-		return nil, err
-	}
-	conn, err := takeOver(hc.Conn)
-	if err != nil {
-		hc.Conn.Close()
-		return nil, err
-	}
-	sock := newSysConn(conn)
-	sc := &serverConn{
-		conn:    conn,
-		fd:      -1,
-		rd:      *protocol.NewReader(sock, 16<<10, maxBody),
-		bw:      bufio.NewWriterSize(sock, 16<<10),
-		network: network,
-		addr:    addr,
-		pid:     hc.PID,
-		key:     hc.SecretKey,
-		Server:  core.Server{TxStatus: 'I', Settings: core.NewServerSettings(hc.ParameterStatuses)},
-	}
-	sc.sys, sc.fd = rawSocket(sock)
-	return sc, nil
-}
-
-// takeOver returns a connection of its own to c's socket and closes c. pgconn
-// starts a background reader when a write of its takes over 15 ms (a busy
-// machine at login); stopping it does not end a Read already blocked, which
-// would then take the first bytes the server sends after the hijack, and the
-// session waiting for them would wait forever. Closing c ends that Read; the
-// socket lives on in the duplicate descriptor.
-func takeOver(c net.Conn) (net.Conn, error) {
-	if g, ok := c.(*gate); ok {
-		g.hijacked.Store(true) // TLS: the gate keeps what a read under way gets
-		return g, nil
-	}
-	fc, ok := c.(interface{ File() (*os.File, error) })
-	if !ok {
-		return c, nil // not a socket (a test's pipe): nothing reads behind us
-	}
-	f, err := fc.File()
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	own, err := net.FileConn(f)
-	if err != nil {
-		return nil, err
-	}
-	c.Close()
-	return own, nil
 }
 
 // alive reports whether an idle connection is still usable, without

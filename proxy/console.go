@@ -18,7 +18,7 @@ func (ss *session) console(user string) error {
 	if !admin && !slices.Contains(o.StatsUsers, user) {
 		return protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf("user %q may not use the admin console (admin_users, stats_users)", user))
 	}
-	if err := ss.authenticate(user); err != nil {
+	if _, err := ss.authenticate(user, ""); err != nil {
 		return err
 	}
 	buf := append(console.ParameterStatus(), 'Z', 0, 0, 0, 5, 'I')

@@ -136,11 +136,7 @@ func (s *Server) Update(opts Options) {
 			p.pool.Load().SetLimits(int32(opts.MinPoolSize), opts.ServerIdleTimeout, opts.ServerLifetime)
 			continue
 		}
-		password := db.Password
-		if password == "" {
-			password = opts.Users[p.key.user].Plain
-		}
-		pl, err := s.newPoolFor(p, db, p.key.user, password)
+		pl, err := s.newPoolFor(p, db, p.key.user, credFor(&opts, db, p.key.user))
 		if err != nil {
 			s.log.Error("reload pool", zap.String("database", p.key.database), zap.Error(err))
 			continue

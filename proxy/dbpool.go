@@ -28,6 +28,10 @@ type dbPool struct {
 	// tlsServers: a server of the pool speaks TLS, so the event loop, which
 	// reads raw descriptors, does not serve its clients (see loopable).
 	tlsServers atomic.Bool
+	// learned logs in to the servers as the pool's user when pgmux has no
+	// password for it: what a client proved at its login (SCRAM keys, or
+	// auth_query's md5 secret).
+	learned atomic.Pointer[serverCred]
 
 	mu      sync.Mutex   // guards following
 	params  []core.Param // the server's settings at connect, by name (see serverParams)
@@ -45,7 +49,7 @@ type dbPool struct {
 }
 
 // newPoolFor builds the server pool of db for the options in force.
-func (s *Server) newPoolFor(p *dbPool, db Database, user, password string) (*pool.Pool[*serverConn], error) {
+func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred) (*pool.Pool[*serverConn], error) {
 	o := s.options()
 	maxBody := o.MaxPacketSize
 	return pool.New(pool.Config[*serverConn]{
@@ -54,7 +58,11 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user, password string) (*poo
 			p.mu.Lock()
 			d.ServerTLS = p.db.ServerTLS // as the latest reload left it
 			p.mu.Unlock()
-			sc, err := dialServer(ctx, &d, user, password, maxBody)
+			c := cred
+			if l := p.learned.Load(); l != nil && c.password == "" && c.md5 == "" {
+				c = *l // pass-through
+			}
+			sc, err := dialServer(ctx, &d, user, c, maxBody)
 			if err == nil {
 				if sc.sys == nil {
 					p.tlsServers.Store(true)
@@ -77,7 +85,7 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user, password string) (*poo
 }
 
 // poolFor returns the pool for a database and backend user, creating it.
-func (s *Server) poolFor(name string, db Database, user, password string) (*dbPool, error) {
+func (s *Server) poolFor(name string, db Database, user string, cred serverCred) (*dbPool, error) {
 	key := poolKey{name, user}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -89,7 +97,7 @@ func (s *Server) poolFor(name string, db Database, user, password string) (*dbPo
 	}
 	p := &dbPool{key: key, db: db, servers: map[*serverConn]struct{}{}, errors: map[string]int64{}}
 	p.m = s.metrics.forPool(name, user)
-	pl, err := s.newPoolFor(p, db, user, password)
+	pl, err := s.newPoolFor(p, db, user, cred)
 	if err != nil {
 		return nil, err
 	}

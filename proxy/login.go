@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -117,24 +118,23 @@ func (ss *session) login() error {
 	if !ok {
 		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
 	}
-	if err := ss.authenticate(user); err != nil {
+	proved, err := ss.authenticate(user, dbName)
+	if err != nil {
 		return err
 	}
-	backendUser, password := user, db.Password
-	if db.User != "" {
-		backendUser = db.User
-	}
-	if password == "" {
-		password = ss.srv.options().Users[backendUser].Plain
-	}
+	backendUser := cmp.Or(db.User, user)
+	cred := credFor(ss.srv.options(), db, backendUser)
 	ss.mode = db.PoolMode
 	ss.Pooled = ss.mode == ModeTransaction
 	if ss.mode == ModeTransaction && ss.srv.options().MaxPreparedStatements > 0 {
 		ss.Mapping = true
 	}
-	ss.pool, err = ss.srv.poolFor(dbName, db, backendUser, password)
+	ss.pool, err = ss.srv.poolFor(dbName, db, backendUser, cred)
 	if err != nil {
 		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
+	}
+	if backendUser == user && cred.password == "" && cred.md5 == "" && proved != nil {
+		ss.pool.learned.Store(proved) // the servers are logged in to as the client proved itself
 	}
 	ss.statsPool.Store(ss.pool)
 	params, err := ss.serverParams()
@@ -186,44 +186,78 @@ func (ss *session) login() error {
 
 func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
 
-// authenticate checks the client's password as auth_type says and sends
-// AuthenticationOk.
-func (ss *session) authenticate(user string) error {
+// authenticate checks the client's password as auth_type says, against the
+// auth file's secret or else auth_query's, and sends AuthenticationOk. An
+// unknown user goes through a whole exchange against a mock secret before
+// 28P01, as with PostgreSQL, so that user names cannot be probed. It
+// returns what the client proved that logs in to a server as the same user
+// (SCRAM keys, or auth_query's md5 secret), if anything.
+func (ss *session) authenticate(user, dbName string) (*serverCred, error) {
+	o := ss.srv.options()
 	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
-	secret, known := ss.srv.options().Users[user]
-	var err error
-	switch ss.srv.options().AuthType {
-	case "trust", "":
-	case "md5":
-		if !known {
-			return failed
-		}
-		// As PostgreSQL does, a SCRAM secret gets SCRAM even under md5.
-		if secret.MD5 != "" {
-			err = ss.authMD5(secret.MD5, failed)
-		} else {
-			err = ss.authSCRAM(secret.SCRAM, failed)
-		}
-		if err != nil {
-			return err
-		}
-	case "scram-sha-256":
-		if !known {
-			return failed
-		}
-		if secret.SCRAM == nil {
-			ss.logger().Error("auth_file holds an md5 secret for this user; SCRAM needs the password or a SCRAM secret")
-			return failed
-		}
-		if err = ss.authSCRAM(secret.SCRAM, failed); err != nil {
-			return err
-		}
-	default:
-		return protocol.Fatal(protocol.CodeInternalError, "unknown auth_type")
+	if o.AuthType == "trust" || o.AuthType == "" {
+		ss.bw.Write(authOK)
+		return nil, nil
 	}
-	ok, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
-	ss.bw.Write(ok)
-	return nil
+	secret, known := o.Users[user]
+	var proved *serverCred
+	if queryDB := cmp.Or(o.AuthDBName, dbName); !known && o.AuthQuery != "" && queryDB != "" { // "": the console's, without auth_dbname
+		var err error
+		if secret, known, err = ss.srv.authQuery(ss.ctx, user, queryDB); err != nil {
+			ss.logger().Warn("auth_query failed", zap.Error(err))
+			return nil, protocol.Fatal(protocol.CodeConnectionFailure, "auth_query failed")
+		}
+		if known && secret.MD5 != "" {
+			proved = &serverCred{md5: secret.MD5}
+		}
+	}
+	switch {
+	case o.AuthType == "md5" && known && secret.MD5 != "":
+		if err := ss.authMD5(secret.MD5, failed); err != nil {
+			return nil, err
+		}
+	case o.AuthType == "md5" && !known:
+		ss.authMD5(mockMD5, failed) // fails: no answer matches
+		return nil, failed
+	case o.AuthType == "md5", o.AuthType == "scram-sha-256":
+		// As PostgreSQL does, a SCRAM secret gets SCRAM even under md5.
+		sc := secret.SCRAM
+		if sc == nil {
+			if known {
+				ss.logger().Error("the secret for this user is md5; scram-sha-256 needs the password or a SCRAM secret")
+			}
+			sc = auth.MockScramSecret(user, ss.srv.mockNonce[:])
+		}
+		keys, err := ss.authSCRAM(sc, failed)
+		if err != nil {
+			return nil, err
+		}
+		if !known || secret.SCRAM == nil {
+			return nil, failed // never: a mock secret matches no proof
+		}
+		proved = &serverCred{keys: keys}
+	default:
+		return nil, protocol.Fatal(protocol.CodeInternalError, "unknown auth_type")
+	}
+	ss.bw.Write(authOK)
+	return proved, nil
+}
+
+// authOK is AuthenticationOk.
+var authOK = []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}
+
+// mockMD5 is the md5 secret an unknown user's answer is checked against:
+// no password hashes to it.
+const mockMD5 = "md5" + "00000000000000000000000000000000"
+
+// credFor is how the pool for db logs in to its servers as user: the
+// database's password, else the auth file's secret for user.
+func credFor(o *Options, db Database, user string) serverCred {
+	if db.Password != "" {
+		return serverCred{password: db.Password}
+	}
+	s := o.Users[user]
+	return serverCred{password: s.Plain, md5: s.MD5}
 }
 
 // readPassword reads the client's next message, which must be a
@@ -264,38 +298,40 @@ func (ss *session) authMD5(secret string, failed error) error {
 	return nil
 }
 
-func (ss *session) authSCRAM(secret *auth.ScramSecret, failed error) error {
+// authSCRAM runs a SCRAM-SHA-256 exchange against secret and returns the
+// keys the client's proof revealed.
+func (ss *session) authSCRAM(secret *auth.ScramSecret, failed error) (*auth.ScramKeys, error) {
 	msg, _ := (&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}).Encode(nil)
 	ss.bw.Write(msg)
 	body, err := ss.readPassword()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var initial pgproto3.SASLInitialResponse
 	if err := initial.Decode(body); err != nil || initial.AuthMechanism != "SCRAM-SHA-256" {
-		return protocol.Fatal(protocol.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
 	}
 	sv := auth.NewScramServer(secret)
 	first, err := sv.First(initial.Data)
 	if err != nil {
-		return protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
 	}
 	msg, _ = (&pgproto3.AuthenticationSASLContinue{Data: first}).Encode(nil)
 	ss.bw.Write(msg)
 	body, err = ss.readPassword()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	final, err := sv.Final(body)
 	if errors.Is(err, auth.ErrAuthFailed) {
-		return failed
+		return nil, failed
 	}
 	if err != nil {
-		return protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
 	}
 	msg, _ = (&pgproto3.AuthenticationSASLFinal{Data: final}).Encode(nil)
 	ss.bw.Write(msg)
-	return nil
+	return &auth.ScramKeys{ClientKey: sv.ClientKey(), ServerKey: secret.ServerKey}, nil
 }
 
 // serverParams returns the parameters a server of the session's pool reports

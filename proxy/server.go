@@ -72,6 +72,10 @@ type Options struct {
 	Users map[string]auth.Secret
 	// ClientTLS is what clients may or must use; nil is disable.
 	ClientTLS *tlsconf.Clients
+	// AuthQuery fetches the secret of a user absent from Users, with $1
+	// the user name, on the server of database AuthDBName (else the one the
+	// client asks for), logged in as AuthUser.
+	AuthUser, AuthQuery, AuthDBName string
 
 	MaxClientConn          int
 	MinPoolSize            int
@@ -134,6 +138,8 @@ type Server struct {
 	// refusalLog writes one line a second per SQLSTATE for clients refused
 	// at login, with a count of the rest.
 	refusalLog logLimit
+	mockNonce  [32]byte     // keys the mock SCRAM salts of unknown users
+	secrets    secretCache  // auth_query's answers
 	clients    atomic.Int64 // client connections open, cancel requests included
 	prelogin   atomic.Int64 // of those, the ones that have not sent a startup packet
 	loggedIn   atomic.Int64 // the others but cancel requests: what max_client_conn bounds
@@ -182,6 +188,7 @@ func New(opts Options) *Server {
 	s.opts.Store(&opts)
 	s.metrics = newMetrics(opts.Registerer, s)
 	s.refusalLog.every = time.Second
+	rand.Read(s.mockNonce[:])
 	return s
 }
 

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/core"
@@ -338,7 +337,7 @@ var errServerConnect = protocol.Fatal(protocol.CodeConnectionFailure, "server co
 var errPoolClosed = protocol.Fatal(protocol.CodeAdminShutdown, "pgmux is shutting down")
 
 func (ss *session) acquireError(err error) error {
-	var pgErr *pgconn.PgError
+	var pgErr *protocol.PgError
 	switch {
 	case errors.Is(err, pool.ErrClosed):
 		return errPoolClosed

@@ -1,17 +1,11 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"net"
-	"sync"
-	"sync/atomic"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmux/pgmux/protocol"
-	"github.com/pgmux/pgmux/tlsconf"
 )
 
 // TLS on both legs (tlsconf builds the configurations). A session whose
@@ -62,60 +56,3 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
-
-// serverTLS sets cfg, pgconn's, to reach db's server as its sslmode says:
-// prefer tries TLS and falls back to plain text, allow the other way round,
-// require and stricter have no fallback. Unix sockets never use TLS, as
-// with libpq.
-func serverTLS(cfg *pgconn.Config, db *Database, network string) {
-	tc := db.ServerTLS.For(db.Host)
-	if tc == nil || network != "tcp" {
-		return
-	}
-	switch db.ServerTLS.Mode {
-	case tlsconf.Allow:
-		cfg.Fallbacks = []*pgconn.FallbackConfig{{Host: cfg.Host, Port: cfg.Port, TLSConfig: tc}}
-	case tlsconf.Prefer:
-		cfg.TLSConfig = tc
-		cfg.Fallbacks = []*pgconn.FallbackConfig{{Host: cfg.Host, Port: cfg.Port}}
-	default:
-		cfg.TLSConfig = tc
-	}
-	cfg.AfterNetConnect = func(_ context.Context, _ *pgconn.Config, c net.Conn) (net.Conn, error) {
-		if _, ok := c.(*tls.Conn); ok {
-			return &gate{Conn: c}, nil
-		}
-		return c, nil
-	}
-}
-
-// gate stands between pgconn and a TLS connection to a server, so that
-// pgmux can take the connection over (takeOver does it for a plain socket
-// by duplicating its descriptor): a read by pgconn's background reader
-// still under way at the hijack keeps what it gets for pgmux's first read,
-// instead of taking it away.
-type gate struct {
-	net.Conn
-	readMu   sync.Mutex // one read at a time, so that the kept bytes come first
-	hijacked atomic.Bool
-	kept     []byte
-}
-
-func (g *gate) Read(p []byte) (int, error) {
-	g.readMu.Lock()
-	defer g.readMu.Unlock()
-	if len(g.kept) > 0 {
-		n := copy(p, g.kept)
-		g.kept = g.kept[n:]
-		return n, nil
-	}
-	before := !g.hijacked.Load()
-	n, err := g.Conn.Read(p)
-	if before && g.hijacked.Load() {
-		g.kept = append(g.kept, p[:n]...) // pgconn's read, for pgmux
-		return 0, errHijacked
-	}
-	return n, err
-}
-
-var errHijacked = errors.New("connection taken over by pgmux")

@@ -121,6 +121,7 @@ func TestServerTLSVerifyFull(t *testing.T) {
 					t.Logf("server leg: %s", version)
 				}
 			}
+			exerciseTLS(t, conn)
 		})
 	}
 }
@@ -245,15 +246,15 @@ func exerciseTLS(t *testing.T, conn *pgx.Conn) {
 		t.Fatalf("sum %d, %v", sum, err)
 	}
 	tx.Rollback(ctx)
-	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-	defer cancel()
+	// A CancelRequest of its own, as libpq's PQcancel sends.
+	time.AfterFunc(300*time.Millisecond, func() { conn.PgConn().CancelRequest(context.Background()) })
 	start := time.Now()
-	_, err = conn.Exec(cctx, "SELECT pg_sleep(5)")
+	_, err = conn.Exec(ctx, "SELECT pg_sleep(5)")
 	var pgErr *pgconn.PgError
-	if time.Since(start) > 3*time.Second || errors.As(err, &pgErr) && pgErr.Code != "57014" {
-		t.Fatalf("cancel: %v after %s", err, time.Since(start))
+	if !errors.As(err, &pgErr) || pgErr.Code != "57014" || time.Since(start) > 3*time.Second {
+		t.Fatalf("cancel: %v after %s, want 57014 at once", err, time.Since(start))
 	}
-	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil { // the statement was cancelled, not the connection closed
+	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("after the cancel: %v", err)
 	}
 }

@@ -1,0 +1,330 @@
+package proxy
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmux/pgmux/auth"
+	"github.com/pgmux/pgmux/core"
+	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/tlsconf"
+)
+
+// Logging in to a server: TLS as the database's sslmode says, the startup
+// packet, and the answers to whatever authentication the server asks for.
+// pgmux does it itself rather than through pgconn so that it can prove a
+// user with the keys a client's SCRAM proof revealed (pass-through, as
+// PgBouncer), and owns the connection from its first byte.
+
+// serverCred is how pgmux proves a user to a server: a password, else an
+// md5 hash (md5 pass-through), else SCRAM keys (SCRAM pass-through).
+type serverCred struct {
+	password string
+	md5      string
+	keys     *auth.ScramKeys
+}
+
+// dialServer opens a connection to db's server and logs in as user. Unix
+// sockets never use TLS, as with libpq.
+func dialServer(ctx context.Context, db *Database, user string, cred serverCred, maxBody int) (*serverConn, error) {
+	network, _ := db.serverAddr()
+	tc := db.ServerTLS.For(db.Host)
+	if tc == nil || network != "tcp" {
+		return loginServer(ctx, db, user, cred, maxBody, nil, false)
+	}
+	switch db.ServerTLS.Mode {
+	case tlsconf.Allow:
+		sc, err := loginServer(ctx, db, user, cred, maxBody, nil, false)
+		var pgErr *protocol.PgError
+		if errors.As(err, &pgErr) { // refused in plain text: once more with TLS
+			return loginServer(ctx, db, user, cred, maxBody, tc, true)
+		}
+		return sc, err
+	case tlsconf.Prefer:
+		return loginServer(ctx, db, user, cred, maxBody, tc, false)
+	}
+	return loginServer(ctx, db, user, cred, maxBody, tc, true)
+}
+
+// loginServer is one attempt of dialServer: with tc, TLS is asked for, and
+// if required a server that refuses it is an error, else the login goes on
+// in plain text on the same connection.
+func loginServer(ctx context.Context, db *Database, user string, cred serverCred, maxBody int, tc *tls.Config, required bool) (*serverConn, error) {
+	network, addr := db.serverAddr()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			conn.Close()
+		}
+	}()
+	if dl, has := ctx.Deadline(); has {
+		conn.SetDeadline(dl)
+	}
+	if tc != nil {
+		tconn, err := startServerTLS(ctx, conn, tc, required)
+		if err != nil {
+			return nil, err
+		}
+		conn = tconn
+	}
+	sock := newSysConn(conn)
+	sc := &serverConn{
+		conn:    conn,
+		fd:      -1,
+		rd:      *protocol.NewReader(sock, 16<<10, maxBody),
+		bw:      bufio.NewWriterSize(sock, 16<<10),
+		network: network,
+		addr:    addr,
+	}
+	var startup []byte
+	for _, kv := range [][2]string{{"user", user}, {"database", db.DBName}} {
+		startup = append(append(append(append(startup, kv[0]...), 0), kv[1]...), 0)
+	}
+	sc.bw.Write(protocol.AppendStartupPacket(nil, 196608, append(startup, 0)))
+	params := map[string]string{}
+	var scram *auth.ScramClient
+	for {
+		if err := sc.bw.Flush(); err != nil {
+			return nil, err
+		}
+		typ, n, err := sc.rd.Next()
+		if err != nil {
+			return nil, err
+		}
+		body, err := sc.rd.Body(n)
+		if err != nil {
+			return nil, err
+		}
+		switch typ {
+		case 'R':
+			if err := sc.answerAuth(body, user, cred, &scram); err != nil {
+				return nil, err
+			}
+		case 'S':
+			if name, value, ok := strings.Cut(strings.TrimSuffix(string(body), "\x00"), "\x00"); ok {
+				params[name] = value
+			}
+		case 'K':
+			if len(body) >= 8 {
+				sc.pid, sc.key = binary.BigEndian.Uint32(body), slices.Clone(body[4:])
+			}
+		case 'E':
+			return nil, protocol.DecodeError(body)
+		case 'Z':
+			conn.SetDeadline(time.Time{})
+			sc.Server = core.Server{TxStatus: 'I', Settings: core.NewServerSettings(params)}
+			sc.sys, sc.fd = rawSocket(sock)
+			ok = true
+			return sc, nil
+		}
+	}
+}
+
+// startServerTLS asks the server for TLS on conn and runs the handshake.
+func startServerTLS(ctx context.Context, conn net.Conn, tc *tls.Config, required bool) (net.Conn, error) {
+	if _, err := conn.Write(protocol.AppendStartupPacket(nil, 80877103, nil)); err != nil {
+		return nil, err
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return nil, err
+	}
+	switch {
+	case b[0] == 'S':
+		t := tls.Client(conn, tc)
+		if err := t.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("TLS with the server: %w", err)
+		}
+		return t, nil
+	case b[0] == 'N' && !required:
+		return conn, nil
+	case b[0] == 'N':
+		return nil, errors.New("the server refused TLS, which server_tls_sslmode requires")
+	}
+	return nil, fmt.Errorf("unexpected answer %q to SSLRequest", b[0])
+}
+
+// answerAuth answers an authentication request of the server's (body of an
+// 'R' message) with cred; scram carries a SCRAM exchange across messages.
+func (sc *serverConn) answerAuth(body []byte, user string, cred serverCred, scram **auth.ScramClient) error {
+	if len(body) < 4 {
+		return errors.New("malformed authentication request")
+	}
+	var msg pgproto3.FrontendMessage
+	switch code := binary.BigEndian.Uint32(body); code {
+	case 0: // AuthenticationOk
+		return nil
+	case 3: // cleartext password
+		if cred.password == "" {
+			return errNoPassword
+		}
+		msg = &pgproto3.PasswordMessage{Password: cred.password}
+	case 5: // md5
+		secret := cred.md5
+		if cred.password != "" {
+			secret = auth.MD5Secret(user, cred.password)
+		}
+		if secret == "" || len(body) < 8 {
+			return errNoPassword
+		}
+		msg = &pgproto3.PasswordMessage{Password: auth.MD5Response(secret, [4]byte(body[4:8]))}
+	case 10: // SASL
+		var a pgproto3.AuthenticationSASL
+		if err := a.Decode(body); err != nil || !slices.Contains(a.AuthMechanisms, "SCRAM-SHA-256") {
+			return fmt.Errorf("the server offers no SASL mechanism pgmux knows: %v", a.AuthMechanisms)
+		}
+		switch {
+		case cred.password != "":
+			*scram = auth.NewScramClient(cred.password)
+		case cred.keys != nil:
+			*scram = auth.NewScramClientKeys(cred.keys)
+		default:
+			return errNoPassword
+		}
+		msg = &pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: (*scram).First()}
+	case 11: // SASL continue
+		if *scram == nil {
+			return errors.New("SASL continue out of turn")
+		}
+		final, err := (*scram).Final(body[4:])
+		if err != nil {
+			return err
+		}
+		msg = &pgproto3.SASLResponse{Data: final}
+	case 12: // SASL final
+		if *scram == nil {
+			return errors.New("SASL final out of turn")
+		}
+		return (*scram).Verify(body[4:])
+	default:
+		return fmt.Errorf("the server asks for authentication pgmux does not speak (code %d)", code)
+	}
+	b, err := msg.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = sc.bw.Write(b)
+	return err
+}
+
+// errNoPassword is a server login that needs a secret pgmux has not got.
+var errNoPassword = errors.New("the server asks for a password and pgmux has none for this user: " +
+	"give one in auth_file or the database's password, or a SCRAM secret its clients log in with")
+
+// authQuery returns user's secret as auth_query finds it on the server of
+// database dbName, and whether the user was found with one; answers are
+// kept for secretTTL.
+func (s *Server) authQuery(ctx context.Context, user, dbName string) (auth.Secret, bool, error) {
+	o := s.options()
+	key := dbName + "\x00" + user
+	if e, ok := s.secrets.get(key); ok {
+		return e.secret, e.found, nil
+	}
+	db, ok := o.Databases(dbName)
+	if !ok {
+		return auth.Secret{}, false, fmt.Errorf("auth_dbname %q is not a database", dbName)
+	}
+	authUser := o.AuthUser
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(o.ServerConnectTimeout, 15*time.Second))
+	defer cancel()
+	sc, err := dialServer(ctx, &db, authUser, credFor(o, db, authUser), o.MaxPacketSize)
+	if err != nil {
+		return auth.Secret{}, false, fmt.Errorf("log in as auth_user %q: %w", authUser, err)
+	}
+	defer sc.conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		sc.conn.SetDeadline(dl)
+	}
+	var buf []byte
+	for _, m := range []pgproto3.FrontendMessage{
+		&pgproto3.Parse{Query: o.AuthQuery}, &pgproto3.Bind{Parameters: [][]byte{[]byte(user)}},
+		&pgproto3.Execute{}, &pgproto3.Sync{},
+	} {
+		if buf, err = m.Encode(buf); err != nil {
+			return auth.Secret{}, false, err
+		}
+	}
+	sc.bw.Write(buf)
+	if err := sc.bw.Flush(); err != nil {
+		return auth.Secret{}, false, err
+	}
+	var row pgproto3.DataRow
+	var qerr error
+	found := false
+	err = sc.readUntilReady(func(typ byte, body []byte) {
+		switch typ {
+		case 'D':
+			if err := row.Decode(body); err == nil && len(row.Values) >= 2 && row.Values[1] != nil {
+				found = true
+			}
+		case 'E':
+			qerr = protocol.DecodeError(body)
+		}
+	})
+	if err == nil {
+		err = qerr
+	}
+	if err != nil {
+		return auth.Secret{}, false, fmt.Errorf("auth_query: %w", err)
+	}
+	var secret auth.Secret
+	if found {
+		if secret, err = auth.ParseSecret(user, string(row.Values[1])); err != nil {
+			return auth.Secret{}, false, fmt.Errorf("auth_query's secret for %q: %w", user, err)
+		}
+		secret.Plain = "" // a password stored in clear is not one to log in to servers with
+	}
+	s.secrets.put(key, secretEntry{secret: secret, found: found})
+	return secret, found, nil
+}
+
+// secretTTL is how long auth_query's answer for a user is kept: a changed
+// password is seen within it, and a burst of logins asks once.
+const secretTTL = 30 * time.Second
+
+type secretEntry struct {
+	secret auth.Secret
+	found  bool
+	at     time.Time
+}
+
+// secretCache keeps auth_query's answers for secretTTL.
+type secretCache struct {
+	mu sync.Mutex
+	m  map[string]secretEntry
+}
+
+func (c *secretCache) get(key string) (secretEntry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	return e, ok && time.Since(e.at) < secretTTL
+}
+
+func (c *secretCache) put(key string, e secretEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) > 10000 {
+		c.m = map[string]secretEntry{} // bounded: a flood of unknown names does not grow it for ever
+	}
+	e.at = time.Now()
+	c.m[key] = e
+}

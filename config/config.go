@@ -36,6 +36,9 @@ type Config struct {
 	MaxClientConn          int                 `mapstructure:"max_client_conn"`
 	AuthType               string              `mapstructure:"auth_type"`
 	AuthFile               string              `mapstructure:"auth_file"`
+	AuthUser               string              `mapstructure:"auth_user"`
+	AuthQuery              string              `mapstructure:"auth_query"`
+	AuthDBName             string              `mapstructure:"auth_dbname"`
 	QueryWaitTimeout       time.Duration       `mapstructure:"query_wait_timeout"`
 	ServerConnectTimeout   time.Duration       `mapstructure:"server_connect_timeout"`
 	ServerIdleTimeout      time.Duration       `mapstructure:"server_idle_timeout"`
@@ -100,6 +103,7 @@ func Default() Config {
 		DefaultPoolSize:       20,
 		MaxClientConn:         10000,
 		AuthType:              "scram-sha-256",
+		AuthQuery:             "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
 		QueryWaitTimeout:      120 * time.Second,
 		ServerConnectTimeout:  15 * time.Second,
 		ServerIdleTimeout:     600 * time.Second,
@@ -246,8 +250,8 @@ func (c *Config) Validate() error {
 	switch c.AuthType {
 	case "trust":
 	case "md5", "scram-sha-256":
-		if c.AuthFile == "" {
-			bad("auth_file", "required with auth_type %s", c.AuthType)
+		if c.AuthFile == "" && c.AuthUser == "" {
+			bad("auth_file", "required with auth_type %s, unless auth_user fetches secrets with auth_query", c.AuthType)
 		}
 	default:
 		bad("auth_type", "%q is not scram-sha-256, md5 or trust", c.AuthType)

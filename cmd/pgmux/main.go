@@ -249,6 +249,10 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 			return proxy.Options{}, fmt.Errorf("auth_file %s: %w", cfg.AuthFile, err)
 		}
 	}
+	authQuery := ""
+	if cfg.AuthUser != "" {
+		authQuery = cfg.AuthQuery // as PgBouncer: auth_query runs only with an auth_user
+	}
 	clientTLS, err := tlsconf.ForClients(cfg.ClientTLS())
 	if err != nil {
 		return proxy.Options{}, err
@@ -274,6 +278,9 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		AuthType:               cfg.AuthType,
 		Users:                  users,
 		ClientTLS:              clientTLS,
+		AuthUser:               cfg.AuthUser,
+		AuthQuery:              authQuery,
+		AuthDBName:             cfg.AuthDBName,
 		MaxClientConn:          cfg.MaxClientConn,
 		MinPoolSize:            cfg.MinPoolSize,
 		MaxPacketSize:          cfg.MaxPacketSize,

@@ -208,10 +208,13 @@ func hmacSHA256(key []byte, msg string) []byte {
 var ErrAuthFailed = errors.New("password authentication failed")
 
 // ScramServer is the server side of one SCRAM-SHA-256 exchange (RFC 5802,
-// RFC 7677) without channel binding. It does no I/O: the caller moves the
+// RFC 7677), with channel binding tls-server-end-point (RFC 5929) when the
+// client chose SCRAM-SHA-256-PLUS. It does no I/O: the caller moves the
 // messages.
 type ScramServer struct {
 	secret          *ScramSecret
+	cbindData       []byte // the TLS server end point, when offered
+	plus            bool   // the client chose SCRAM-SHA-256-PLUS
 	gs2Header       string
 	clientFirstBare string
 	serverFirst     string
@@ -227,6 +230,29 @@ func (s *ScramServer) ClientKey() []byte { return s.clientKey }
 // NewScramServer starts an exchange against secret.
 func NewScramServer(secret *ScramSecret) *ScramServer { return &ScramServer{secret: secret} }
 
+// Mechanisms are the SASL mechanisms to offer: with cbindData (the hash of
+// the TLS certificate, see tlsconf.EndPoint) SCRAM-SHA-256-PLUS first.
+func Mechanisms(cbindData []byte) []string {
+	if cbindData != nil {
+		return []string{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"}
+	}
+	return []string{"SCRAM-SHA-256"}
+}
+
+// NewScramServerFor starts an exchange against secret for the mechanism the
+// client chose among Mechanisms(cbindData).
+func NewScramServerFor(secret *ScramSecret, mechanism string, cbindData []byte) (*ScramServer, error) {
+	switch mechanism {
+	case "SCRAM-SHA-256":
+		return &ScramServer{secret: secret, cbindData: cbindData}, nil
+	case "SCRAM-SHA-256-PLUS":
+		if cbindData != nil {
+			return &ScramServer{secret: secret, cbindData: cbindData, plus: true}, nil
+		}
+	}
+	return nil, errors.New("client selected an invalid SASL authentication mechanism")
+}
+
 // First takes the client-first-message and returns the server-first-message.
 func (s *ScramServer) First(clientFirst []byte) ([]byte, error) {
 	msg := string(clientFirst)
@@ -236,6 +262,13 @@ func (s *ScramServer) First(clientFirst []byte) ([]byte, error) {
 		return nil, errors.New("malformed SCRAM client-first-message")
 	}
 	switch {
+	case s.plus && flag != "p=tls-server-end-point":
+		return nil, errors.New("SCRAM-SHA-256-PLUS needs channel binding tls-server-end-point")
+	case s.plus:
+	case flag == "y" && s.cbindData != nil:
+		// The client would have bound the channel, had it seen the
+		// offer: someone between took it away.
+		return nil, errors.New("SCRAM channel binding negotiation error")
 	case flag == "n" || flag == "y":
 	case strings.HasPrefix(flag, "p="):
 		return nil, errors.New("SCRAM channel binding was not offered")
@@ -289,7 +322,11 @@ func (s *ScramServer) Final(clientFinal []byte) ([]byte, error) {
 			nonce = attr[2:]
 		}
 	}
-	if cbind != base64.StdEncoding.EncodeToString([]byte(s.gs2Header)) {
+	want := []byte(s.gs2Header)
+	if s.plus {
+		want = append(want, s.cbindData...)
+	}
+	if cbind != base64.StdEncoding.EncodeToString(want) {
 		return nil, errors.New("SCRAM channel binding check failed")
 	}
 	if nonce != s.nonce {

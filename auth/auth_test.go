@@ -162,3 +162,42 @@ func TestMockScramSecret(t *testing.T) {
 		t.Fatalf("mock exchange: %v, want ErrAuthFailed", err)
 	}
 }
+
+// TestScramChannelBinding: with SCRAM-SHA-256-PLUS the client's binding
+// must be the end point pgmux's certificate gives; a client that says it
+// would have bound, had binding been offered, is refused when it was.
+func TestScramChannelBinding(t *testing.T) {
+	secret, _ := NewScramSecret("pencil", nil, 4096)
+	endPoint := []byte("the certificate's hash")
+	if m := Mechanisms(endPoint); len(m) != 2 || m[0] != "SCRAM-SHA-256-PLUS" {
+		t.Fatalf("mechanisms offered over TLS: %v", m)
+	}
+	if _, err := NewScramServerFor(secret, "SCRAM-SHA-256-PLUS", nil); err == nil {
+		t.Fatal("PLUS chosen where it was not offered")
+	}
+	final := func(gs2 string, bound []byte) error {
+		sv, err := NewScramServerFor(secret, "SCRAM-SHA-256-PLUS", endPoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sv.First([]byte(gs2 + "n=,r=abc")); err != nil {
+			return err
+		}
+		c := base64.StdEncoding.EncodeToString(append([]byte(gs2), bound...))
+		_, err = sv.Final([]byte("c=" + c + ",r=" + sv.nonce + ",p=" + base64.StdEncoding.EncodeToString(make([]byte, 32))))
+		return err
+	}
+	if err := final("p=tls-server-end-point,,", endPoint); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("the right binding (and a wrong proof): %v, want ErrAuthFailed after the binding passed", err)
+	}
+	if err := final("p=tls-server-end-point,,", []byte("another certificate's")); err == nil || errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("a binding to another certificate: %v", err)
+	}
+	if err := final("n,,", nil); err == nil {
+		t.Fatal("PLUS without binding accepted")
+	}
+	sv, _ := NewScramServerFor(secret, "SCRAM-SHA-256", endPoint)
+	if _, err := sv.First([]byte("y,,n=,r=abc")); err == nil {
+		t.Fatal("y (binding not seen offered) accepted where it was")
+	}
+}

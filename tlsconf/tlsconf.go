@@ -10,10 +10,13 @@
 package tlsconf
 
 import (
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"strings"
 )
@@ -284,4 +287,29 @@ var opensslNames = map[string]string{
 	"ECDHE-RSA-AES128-SHA":          "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
 	"ECDHE-ECDSA-AES256-SHA":        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
 	"ECDHE-RSA-AES256-SHA":          "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+}
+
+// EndPoint is the channel-binding data tls-server-end-point (RFC 5929) of a
+// certificate, DER: its hash by the hash of its signature algorithm, SHA-256
+// for MD5 and SHA-1. It is nil for an algorithm without such a hash
+// (Ed25519), for which SCRAM-SHA-256-PLUS is not offered.
+func EndPoint(der []byte) []byte {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil
+	}
+	var h hash.Hash
+	switch cert.SignatureAlgorithm {
+	case x509.MD5WithRSA, x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.DSAWithSHA1,
+		x509.SHA256WithRSA, x509.SHA256WithRSAPSS, x509.ECDSAWithSHA256, x509.DSAWithSHA256:
+		h = sha256.New()
+	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:
+		h = sha512.New384()
+	case x509.SHA512WithRSA, x509.SHA512WithRSAPSS, x509.ECDSAWithSHA512:
+		h = sha512.New()
+	default:
+		return nil
+	}
+	h.Write(der)
+	return h.Sum(nil)
 }

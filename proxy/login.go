@@ -96,6 +96,10 @@ func (ss *session) login() error {
 		return protocol.Fatal(protocol.CodeInvalidAuthorization,
 			"TLS required (client_tls_sslmode is "+tlsOn.Mode.String()+"): connect with sslmode=require or stronger")
 	}
+	var cbind []byte // SCRAM's channel binding: the end point of the certificate the client was shown
+	if ss.tls && len(tlsOn.Config.Certificates) > 0 {
+		cbind = tlsconf.EndPoint(tlsOn.Config.Certificates[0].Certificate[0])
+	}
 	ss.counted = true
 	ss.srv.prelogin.Add(-1)
 	overLimit := ss.srv.loggedIn.Add(1) > int64(ss.srv.options().MaxClientConn)
@@ -110,7 +114,7 @@ func (ss *session) login() error {
 	user, dbName, want := lg.User, lg.Database, lg.Settings
 	if console.IsDatabase(dbName) {
 		ss.user = user
-		return ss.console(user)
+		return ss.console(user, cbind)
 	}
 	ss.user, ss.dbName, ss.Want = user, dbName, core.NewWanted(want)
 	ss.appName = want["application_name"]
@@ -118,7 +122,7 @@ func (ss *session) login() error {
 	if !ok {
 		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
 	}
-	proved, err := ss.authenticate(user, dbName)
+	proved, err := ss.authenticate(user, dbName, cbind)
 	if err != nil {
 		return err
 	}
@@ -192,7 +196,7 @@ func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v 
 // 28P01, as with PostgreSQL, so that user names cannot be probed. It
 // returns what the client proved that logs in to a server as the same user
 // (SCRAM keys, or auth_query's md5 secret), if anything.
-func (ss *session) authenticate(user, dbName string) (*serverCred, error) {
+func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred, error) {
 	o := ss.srv.options()
 	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 	if o.AuthType == "trust" || o.AuthType == "" {
@@ -228,7 +232,7 @@ func (ss *session) authenticate(user, dbName string) (*serverCred, error) {
 			}
 			sc = auth.MockScramSecret(user, ss.srv.mockNonce[:])
 		}
-		keys, err := ss.authSCRAM(sc, failed)
+		keys, err := ss.authSCRAM(sc, cbind, failed)
 		if err != nil {
 			return nil, err
 		}
@@ -298,20 +302,24 @@ func (ss *session) authMD5(secret string, failed error) error {
 	return nil
 }
 
-// authSCRAM runs a SCRAM-SHA-256 exchange against secret and returns the
-// keys the client's proof revealed.
-func (ss *session) authSCRAM(secret *auth.ScramSecret, failed error) (*auth.ScramKeys, error) {
-	msg, _ := (&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}).Encode(nil)
+// authSCRAM runs a SCRAM-SHA-256 exchange against secret, offering
+// channel binding to cbind (a TLS certificate's end point) if not nil, and
+// returns the keys the client's proof revealed.
+func (ss *session) authSCRAM(secret *auth.ScramSecret, cbind []byte, failed error) (*auth.ScramKeys, error) {
+	msg, _ := (&pgproto3.AuthenticationSASL{AuthMechanisms: auth.Mechanisms(cbind)}).Encode(nil)
 	ss.bw.Write(msg)
 	body, err := ss.readPassword()
 	if err != nil {
 		return nil, err
 	}
 	var initial pgproto3.SASLInitialResponse
-	if err := initial.Decode(body); err != nil || initial.AuthMechanism != "SCRAM-SHA-256" {
-		return nil, protocol.Fatal(protocol.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
+	if err := initial.Decode(body); err != nil {
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, "malformed SASL initial response")
 	}
-	sv := auth.NewScramServer(secret)
+	sv, err := auth.NewScramServerFor(secret, initial.AuthMechanism, cbind)
+	if err != nil {
+		return nil, protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
+	}
 	first, err := sv.First(initial.Data)
 	if err != nil {
 		return nil, protocol.Fatal(protocol.CodeProtocolViolation, err.Error())

@@ -306,3 +306,27 @@ func TestTLSBothLegsTools(t *testing.T) {
 		})
 	}
 }
+
+// TestChannelBinding: pgx and psql with channel_binding=require log in to
+// pgmux over TLS (SCRAM-SHA-256-PLUS, tls-server-end-point).
+func TestChannelBinding(t *testing.T) {
+	needTLS(t)
+	p := startProxy(t, func(o *Options, db *Database) {
+		o.ClientTLS = tlsClients(t, "require")
+		o.AuthType = "scram-sha-256"
+		o.Users = authUsers(t)
+	})
+	ctx := context.Background()
+	dsn := strings.Replace(tlsDSN(p, pgtest.ScramUser, "postgres", "channel_binding=require"), "user=", "password="+pgtest.ScramPassword+" user=", 1)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("pgx: %v", err)
+	}
+	conn.Close(ctx)
+	psql := filepath.Join(filepath.Dir(pgbenchPath(t)), "psql")
+	cmd := exec.Command(psql, dsn, "-Atc", "SELECT 1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("psql: %v: %s", err, out)
+	}
+}

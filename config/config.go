@@ -249,12 +249,16 @@ func (c *Config) Validate() error {
 	}
 	switch c.AuthType {
 	case "trust":
+	case "cert":
+		if m, _ := tlsconf.ParseMode(c.ClientTLSSSLMode); m < tlsconf.VerifyCA {
+			bad("auth_type", "cert needs client_tls_sslmode verify-ca or verify-full (and client_tls_ca_file), got %s", c.ClientTLSSSLMode)
+		}
 	case "md5", "scram-sha-256":
 		if c.AuthFile == "" && c.AuthUser == "" {
 			bad("auth_file", "required with auth_type %s, unless auth_user fetches secrets with auth_query", c.AuthType)
 		}
 	default:
-		bad("auth_type", "%q is not scram-sha-256, md5 or trust", c.AuthType)
+		bad("auth_type", "%q is not scram-sha-256, md5, cert or trust", c.AuthType)
 	}
 	if c.AuthFile != "" {
 		if _, err := os.Stat(c.AuthFile); err != nil {

@@ -199,7 +199,16 @@ func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v 
 func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred, error) {
 	o := ss.srv.options()
 	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
-	if o.AuthType == "trust" || o.AuthType == "" {
+	switch o.AuthType {
+	case "trust", "":
+		ss.bw.Write(authOK)
+		return nil, nil
+	case "cert":
+		// The client's certificate, verified in the handshake against
+		// client_tls_ca_file, names the user, as PostgreSQL's cert method.
+		if !ss.certNames(user) {
+			return nil, protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf("certificate authentication failed for user %q", user))
+		}
 		ss.bw.Write(authOK)
 		return nil, nil
 	}

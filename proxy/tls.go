@@ -42,6 +42,17 @@ func (ss *session) startTLS(cfg *tls.Config, pre []byte, direct bool) error {
 	return nil
 }
 
+// certNames reports whether the client showed a certificate, verified in
+// the handshake, whose common name is user.
+func (ss *session) certNames(user string) bool {
+	tc, ok := ss.conn.(*tls.Conn)
+	if !ok {
+		return false
+	}
+	cs := tc.ConnectionState()
+	return len(cs.VerifiedChains) > 0 && cs.VerifiedChains[0][0].Subject.CommonName == user
+}
+
 // prefixConn reads pre before its connection.
 type prefixConn struct {
 	net.Conn

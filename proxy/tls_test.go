@@ -330,3 +330,40 @@ func TestChannelBinding(t *testing.T) {
 		t.Fatalf("psql: %v: %s", err, out)
 	}
 }
+
+// TestCertAuth: with auth_type cert the verified client certificate's
+// common name is the user; a certificate for another name gets 28000.
+func TestCertAuth(t *testing.T) {
+	needTLS(t)
+	user := cluster.SuperUserName()
+	mine, err := tlsEnv.ca.Issue("client-"+user, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := tlsEnv.ca.Issue("client-other", "someone-else")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) {
+		c, err := tlsconf.ForClients(tlsconf.Settings{Key: "client_tls", Mode: "verify-ca", CertFile: tlsEnv.pgmux.CertFile,
+			KeyFile: tlsEnv.pgmux.KeyFile, CAFile: tlsEnv.ca.CertFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.ClientTLS, o.AuthType = c, "cert"
+	})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, tlsDSN(p, user, "postgres", "sslcert="+mine.CertFile+" sslkey="+mine.KeyFile))
+	if err != nil {
+		t.Fatalf("with a certificate for %s: %v", user, err)
+	}
+	conn.Close(ctx)
+	_, err = pgx.Connect(ctx, tlsDSN(p, user, "postgres", "sslcert="+other.CertFile+" sslkey="+other.KeyFile))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+		t.Fatalf("with a certificate for another name: %v, want 28000", err)
+	}
+	if _, err = pgx.Connect(ctx, tlsDSN(p, user, "postgres", "")); err == nil {
+		t.Fatal("a client without a certificate got in")
+	}
+}

@@ -57,6 +57,12 @@ var badDeps = map[string]map[string]string{
 		"github.com/pgmux/pgmux/proxy":  "prepared knows nothing of sessions",
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/hba": {
+		"go.uber.org/zap":               "hba says a method; the proxy logs",
+		"github.com/pgmux/pgmux/pool":   "hba knows nothing of pools",
+		"github.com/pgmux/pgmux/proxy":  "the proxy uses hba, not the other way",
+		"github.com/pgmux/pgmux/config": "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/tlsconf": {
 		"go.uber.org/zap":               "tlsconf builds configurations; cmd logs",
 		"github.com/pgmux/pgmux/pool":   "tlsconf knows nothing of pools",

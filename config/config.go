@@ -36,6 +36,7 @@ type Config struct {
 	MaxClientConn          int                 `mapstructure:"max_client_conn"`
 	AuthType               string              `mapstructure:"auth_type"`
 	AuthFile               string              `mapstructure:"auth_file"`
+	AuthHBAFile            string              `mapstructure:"auth_hba_file"`
 	AuthUser               string              `mapstructure:"auth_user"`
 	AuthQuery              string              `mapstructure:"auth_query"`
 	AuthDBName             string              `mapstructure:"auth_dbname"`
@@ -249,6 +250,10 @@ func (c *Config) Validate() error {
 	}
 	switch c.AuthType {
 	case "trust":
+	case "hba":
+		if c.AuthHBAFile == "" {
+			bad("auth_hba_file", "required with auth_type hba")
+		}
 	case "cert":
 		if m, _ := tlsconf.ParseMode(c.ClientTLSSSLMode); m < tlsconf.VerifyCA {
 			bad("auth_type", "cert needs client_tls_sslmode verify-ca or verify-full (and client_tls_ca_file), got %s", c.ClientTLSSSLMode)
@@ -258,7 +263,7 @@ func (c *Config) Validate() error {
 			bad("auth_file", "required with auth_type %s, unless auth_user fetches secrets with auth_query", c.AuthType)
 		}
 	default:
-		bad("auth_type", "%q is not scram-sha-256, md5, cert or trust", c.AuthType)
+		bad("auth_type", "%q is not scram-sha-256, md5, cert, hba or trust", c.AuthType)
 	}
 	if c.AuthFile != "" {
 		if _, err := os.Stat(c.AuthFile); err != nil {

@@ -12,13 +12,13 @@ import (
 
 // console runs a console session (package console) after the startup
 // packet.
-func (ss *session) console(user string, cbind []byte) error {
+func (ss *session) console(user, dbName string, cbind []byte) error {
 	o := ss.srv.options()
 	admin := slices.Contains(o.AdminUsers, user)
 	if !admin && !slices.Contains(o.StatsUsers, user) {
 		return protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf("user %q may not use the admin console (admin_users, stats_users)", user))
 	}
-	if _, err := ss.authenticate(user, "", cbind); err != nil {
+	if _, err := ss.authenticate(user, dbName, cbind); err != nil {
 		return err
 	}
 	buf := append(console.ParameterStatus(), 'Z', 0, 0, 0, 5, 'I')

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -114,7 +116,7 @@ func (ss *session) login() error {
 	user, dbName, want := lg.User, lg.Database, lg.Settings
 	if console.IsDatabase(dbName) {
 		ss.user = user
-		return ss.console(user, cbind)
+		return ss.console(user, dbName, cbind)
 	}
 	ss.user, ss.dbName, ss.Want = user, dbName, core.NewWanted(want)
 	ss.appName = want["application_name"]
@@ -199,7 +201,20 @@ func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v 
 func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred, error) {
 	o := ss.srv.options()
 	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
-	switch o.AuthType {
+	method := o.AuthType
+	if method == "hba" {
+		addr := netip.Addr{}
+		if ta, ok := ss.conn.RemoteAddr().(*net.TCPAddr); ok {
+			addr = ta.AddrPort().Addr()
+		}
+		var line int
+		if method, line = o.HBA.Method(dbName, user, addr, ss.tls); method == "reject" {
+			ss.debug("auth_hba_file rejects", zap.Int("line", line))
+			return nil, protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf(
+				"auth_hba_file rejects connection for host %q, user %q, database %q, TLS %v", addr, user, dbName, ss.tls))
+		}
+	}
+	switch method {
 	case "trust", "":
 		ss.bw.Write(authOK)
 		return nil, nil
@@ -214,7 +229,7 @@ func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred,
 	}
 	secret, known := o.Users[user]
 	var proved *serverCred
-	if queryDB := cmp.Or(o.AuthDBName, dbName); !known && o.AuthQuery != "" && queryDB != "" { // "": the console's, without auth_dbname
+	if queryDB := cmp.Or(o.AuthDBName, dbName); !known && o.AuthQuery != "" && !console.IsDatabase(queryDB) {
 		var err error
 		if secret, known, err = ss.srv.authQuery(ss.ctx, user, queryDB); err != nil {
 			ss.logger().Warn("auth_query failed", zap.Error(err))
@@ -225,14 +240,14 @@ func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred,
 		}
 	}
 	switch {
-	case o.AuthType == "md5" && known && secret.MD5 != "":
+	case method == "md5" && known && secret.MD5 != "":
 		if err := ss.authMD5(secret.MD5, failed); err != nil {
 			return nil, err
 		}
-	case o.AuthType == "md5" && !known:
+	case method == "md5" && !known:
 		ss.authMD5(mockMD5, failed) // fails: no answer matches
 		return nil, failed
-	case o.AuthType == "md5", o.AuthType == "scram-sha-256":
+	case method == "md5", method == "scram-sha-256":
 		// As PostgreSQL does, a SCRAM secret gets SCRAM even under md5.
 		sc := secret.SCRAM
 		if sc == nil {

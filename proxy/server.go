@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/auth"
+	"github.com/pgmux/pgmux/hba"
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/stats"
 	"github.com/pgmux/pgmux/tlsconf"
@@ -66,8 +67,10 @@ type Options struct {
 
 	// Databases resolves the name a client asks for.
 	Databases func(name string) (Database, bool)
-	// AuthType is "trust", "md5" or "scram-sha-256".
+	// AuthType is "trust", "md5", "scram-sha-256", "cert", or "hba" for
+	// HBA's methods.
 	AuthType string
+	HBA      hba.Rules
 	// Users holds the secrets of the auth file.
 	Users map[string]auth.Secret
 	// ClientTLS is what clients may or must use; nil is disable.

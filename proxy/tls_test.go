@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgmux/pgmux/auth"
+	"github.com/pgmux/pgmux/hba"
 	"github.com/pgmux/pgmux/internal/pgtest"
 	"github.com/pgmux/pgmux/internal/testcert"
 	"github.com/pgmux/pgmux/tlsconf"
@@ -365,5 +366,42 @@ func TestCertAuth(t *testing.T) {
 	}
 	if _, err = pgx.Connect(ctx, tlsDSN(p, user, "postgres", "")); err == nil {
 		t.Fatal("a client without a certificate got in")
+	}
+}
+
+// TestHBA: with auth_type hba the first matching line decides: TLS clients
+// as the superuser are trusted, the SCRAM user must prove its password,
+// clients in plain text are rejected with 28000.
+func TestHBA(t *testing.T) {
+	needTLS(t)
+	rules, err := hba.Parse(strings.NewReader("hostssl all " + cluster.SuperUserName() + " 127.0.0.1/32 trust\n" +
+		"hostssl all " + pgtest.ScramUser + " 127.0.0.1/32 scram-sha-256\n" +
+		"hostnossl all all all reject\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) {
+		o.ClientTLS = tlsClients(t, "prefer")
+		o.AuthType, o.HBA, o.Users = "hba", rules, authUsers(t)
+	})
+	ctx := context.Background()
+	for _, c := range []struct {
+		dsn, code string
+	}{
+		{tlsDSN(p, cluster.SuperUserName(), "postgres", ""), ""},
+		{tlsDSN(p, pgtest.ScramUser, "postgres", "password="+pgtest.ScramPassword), ""},
+		{tlsDSN(p, pgtest.ScramUser, "postgres", "password=wrong"), "28P01"},
+		{p.dsn(cluster.SuperUserName(), "", "postgres"), "28000"},
+	} {
+		conn, err := pgx.Connect(ctx, c.dsn)
+		var pgErr *pgconn.PgError
+		switch {
+		case c.code == "" && err != nil:
+			t.Fatalf("%s: %v", c.dsn, err)
+		case c.code != "" && (!errors.As(err, &pgErr) || pgErr.Code != c.code):
+			t.Fatalf("%s: %v, want %s", c.dsn, err, c.code)
+		case err == nil:
+			conn.Close(ctx)
+		}
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/pgmux/pgmux/admin"
 	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/config"
+	"github.com/pgmux/pgmux/hba"
 	"github.com/pgmux/pgmux/proxy"
 	"github.com/pgmux/pgmux/tlsconf"
 )
@@ -249,6 +250,18 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 			return proxy.Options{}, fmt.Errorf("auth_file %s: %w", cfg.AuthFile, err)
 		}
 	}
+	var rules hba.Rules
+	if cfg.AuthType == "hba" {
+		f, err := os.Open(cfg.AuthHBAFile)
+		if err != nil {
+			return proxy.Options{}, fmt.Errorf("auth_hba_file: %w", err)
+		}
+		rules, err = hba.Parse(f)
+		f.Close()
+		if err != nil {
+			return proxy.Options{}, fmt.Errorf("auth_hba_file %s: %w", cfg.AuthHBAFile, err)
+		}
+	}
 	authQuery := ""
 	if cfg.AuthUser != "" {
 		authQuery = cfg.AuthQuery // as PgBouncer: auth_query runs only with an auth_user
@@ -276,6 +289,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ServerTLS: tls}, ok
 		},
 		AuthType:               cfg.AuthType,
+		HBA:                    rules,
 		Users:                  users,
 		ClientTLS:              clientTLS,
 		AuthUser:               cfg.AuthUser,

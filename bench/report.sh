@@ -143,7 +143,7 @@ awk -F, '{for (i=1; i<=NF; i++) {c[NR,i]=$i; if (length($i) > w[i]) w[i]=length(
   END {for (r=1; r<=NR; r++) {l=""; for (i=1; i<=nf; i++) l=l sprintf(i < nf ? "%-" w[i]+2 "s" : "%s", c[r,i]); print l}}' "$MEM"
 
 # Chart: TPS and P99 by clients, select-only, simple and extended.
-if command -v gnuplot >/dev/null; then
+if command -v gnuplot >/dev/null && grep -q '^select,' "$SUM"; then # no select point (BENCH_ONLY): no chart
   for m in simple extended; do
     for t in direct pgbouncer pgmux; do
       awk -F, -v m=$m -v t=$t '$1=="select" && $2==m && $4==t && $6!="" {print $3, $6, $8}' "$SUM" | sort -n > "$tmp/$m-$t.dat"

@@ -47,7 +47,15 @@
 # (default 5), BENCH_ROUNDS_LEVEL (default 11), BENCH_CLIENTS (default
 # "10 100 1000"), BENCH_IDLE (default "1000 10000 100000"; set and empty for
 # none), BENCH_SCALE (pgbench scale, default 10), BENCH_OUT (where results
-# go, default bench/results).
+# go, default bench/results), BENCH_ONLY (the workloads to run, of select,
+# tpcb, appnames and tls; default all).
+#
+# TLS: PostgreSQL runs with ssl = on (a self-signed certificate made here)
+# and takes plain text too. The plain points keep server_tls_sslmode at
+# disable on both poolers (both default to prefer). The tls point (select-only,
+# 100 clients) runs both poolers afresh with TLS on both legs: pgbench with
+# sslmode=require, the poolers with client and server sslmode require, the
+# same certificate and protocols (TLS 1.3) for both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -61,6 +69,8 @@ IDLE=${BENCH_IDLE-"1000 10000 100000"} # set and empty: no idle points
 SCALE=${BENCH_SCALE:-10}
 POOL=20
 OUT=${BENCH_OUT:-bench/results}
+ONLY=${BENCH_ONLY:-select,tpcb,appnames,tls}
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 
 need=()
@@ -92,14 +102,24 @@ mkdir -p "$work/pg"
 chmod 755 "$work/pg"
 [ "$(id -u)" = 0 ] && chown postgres: "$work/pg"
 runas "$(pg_bindir)/initdb" -D "$work/pg/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+# One self-signed certificate for PostgreSQL and both poolers' TLS points.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost -days 2 \
+  -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+chmod 644 "$work/tls.crt" "$work/tls.key" # read by PgBouncer as the postgres user
+cp "$work/tls.crt" "$work/pg/data/server.crt"; cp "$work/tls.key" "$work/pg/data/server.key"
+chmod 600 "$work/pg/data/server.key"
+[ "$(id -u)" = 0 ] && chown postgres: "$work/pg/data/server.crt" "$work/pg/data/server.key"
 runas "$(pg_bindir)/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -o "-p $pg_port -k $work/pg \
   -c listen_addresses=127.0.0.1 -c max_connections=1200 -c fsync=off -c synchronous_commit=off \
-  -c full_page_writes=off -c shared_buffers=256MB" start >/dev/null
+  -c full_page_writes=off -c shared_buffers=256MB -c ssl=on" start >/dev/null
 "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 bouncer_port=$(free_port)
+# TLS: both legs' settings for the tls point, else plain text on both.
+BOUNCER_TLS="server_tls_sslmode = disable"
+PGMUX_TLS="server_tls_sslmode: disable"
 # start_bouncer [K]: K PgBouncers (default 1) on bouncer_port, sharing it
 # through so_reuseport when K > 1 (for more clients than one process may
 # open files for); their pids in bouncer_pids, the first's in bouncer_pid.
@@ -127,6 +147,7 @@ logfile = $work/pgbouncer$i.log
 pidfile =
 log_connections = 0
 log_disconnections = 0
+$BOUNCER_TLS
 INI
     chmod 644 "$work/pgbouncer$i.ini" "$work/userlist.txt"
     : > "$work/pgbouncer$i.log"; chmod 666 "$work/pgbouncer$i.log"
@@ -176,6 +197,7 @@ default_pool_size: $POOL
 max_client_conn: 20000
 auth_type: trust
 log_level: error
+$PGMUX_TLS
 databases:
   postgres: {host: 127.0.0.1, port: $pg_port}
 YAML
@@ -221,7 +243,7 @@ point() {
   [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
   local app failed=0
   for app in "${apps[@]}"; do
-    PGAPPNAME=$app PGSSLMODE=disable taskset -c 1 "$PGBENCH" "${args[@]}" > "$work/out.$app" 2>&1 &
+    PGAPPNAME=$app PGSSLMODE=${SSLMODE:-disable} taskset -c 1 "$PGBENCH" "${args[@]}" > "$work/out.$app" 2>&1 &
   done
   for app in "${apps[@]}"; do wait -n || failed=1; done
   if [ $failed = 1 ]; then
@@ -278,6 +300,7 @@ poolers() {
 }
 
 echo "bench: pgbench points of ${DURATION}s: direct once, then PgBouncer and pgmux $ROUNDS rounds each ($ROUNDS_LEVEL under 100 clients and at TPC-B), interleaved" >&2
+wanted select || CLIENTS=""
 for c in $CLIENTS; do
   for mode in simple extended; do
     point select "$mode" "$c" direct "$pg_port"
@@ -295,14 +318,40 @@ for c in $CLIENTS; do
     poolers "$ROUNDS" select prepared "$c" pgmux
   fi
 done
-point tpcb simple 100 direct "$pg_port"
-poolers "$ROUNDS_LEVEL" tpcb simple 100
-if [[ " $CLIENTS " == *" 100 "* ]]; then
+if wanted tpcb; then
+  point tpcb simple 100 direct "$pg_port"
+  poolers "$ROUNDS_LEVEL" tpcb simple 100
+fi
+if wanted appnames && [[ " $CLIENTS " == *" 100 "* ]]; then
   point appnames simple 100 direct "$pg_port"
   poolers "$ROUNDS" appnames simple 100
 fi
 
 stop_pid "$pgmux2_pid"
+
+# TLS on both legs, select-only at 100 clients, through poolers started
+# afresh with it.
+if wanted tls; then
+  for p in "${bouncer_pids[@]}" "${pgmux_pids[@]}"; do stop_pid "$p"; done
+  BOUNCER_TLS="client_tls_sslmode = require
+client_tls_key_file = $work/tls.key
+client_tls_cert_file = $work/tls.crt
+client_tls_protocols = tlsv1.3
+server_tls_sslmode = require
+server_tls_protocols = tlsv1.3"
+  PGMUX_TLS="client_tls_sslmode: require
+client_tls_key_file: $work/tls.key
+client_tls_cert_file: $work/tls.crt
+client_tls_protocols: tlsv1.3
+server_tls_sslmode: require
+server_tls_protocols: tlsv1.3"
+  start_bouncer
+  start_pgmux 0
+  SSLMODE=require point tls simple 100 direct "$pg_port"
+  SSLMODE=require poolers "$ROUNDS" tls simple 100
+  BOUNCER_TLS="server_tls_sslmode = disable"
+  PGMUX_TLS="server_tls_sslmode: disable"
+fi
 
 # Memory: N idle clients after one query each, through each pooler, fresh.
 # A process may open only so many files (ulimit -Hn: 20,000 on the machine

@@ -405,3 +405,54 @@ func TestHBA(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSDrain: a drain over TLS is the drain in plain text: the idle
+// client is closed with 57P01, the one in a transaction commits first, and
+// Shutdown returns once both are gone.
+func TestTLSDrain(t *testing.T) {
+	needTLS(t)
+	p := startProxy(t, func(o *Options, db *Database) { o.ClientTLS = tlsClients(t, "require") })
+	ctx := context.Background()
+	idle, err := pgx.Connect(ctx, tlsDSN(p, cluster.SuperUserName(), "postgres", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close(ctx)
+	busy, err := pgx.Connect(ctx, tlsDSN(p, cluster.SuperUserName(), "postgres", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close(ctx)
+	tx, err := busy.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.Shutdown(sctx) }()
+	time.Sleep(2 * drainIdleGrace) // an idle client may still start a transaction within the grace
+	if _, err := tx.Exec(ctx, "SELECT 2"); err != nil {
+		t.Fatalf("the transaction under way, during the drain: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("COMMIT during the drain: %v", err)
+	}
+	var pgErr *pgconn.PgError
+	if _, err := idle.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("the idle client was served after the drain began")
+	} else if errors.As(err, &pgErr) && pgErr.Code != "57P01" {
+		t.Fatalf("the idle client got %v, want 57P01 or its connection closed", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after both TLS clients left")
+	}
+}

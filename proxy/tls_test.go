@@ -213,8 +213,8 @@ func TestClientTLS(t *testing.T) {
 	}
 }
 
-// exerciseTLS runs, on conn, prepared statements, COPY in and out and a
-// cancelled statement.
+// exerciseTLS runs, on conn, prepared statements, COPY in and out, a
+// pipeline and a cancelled statement.
 func exerciseTLS(t *testing.T, conn *pgx.Conn) {
 	t.Helper()
 	ctx := context.Background()
@@ -247,6 +247,21 @@ func exerciseTLS(t *testing.T, conn *pgx.Conn) {
 		t.Fatalf("sum %d, %v", sum, err)
 	}
 	tx.Rollback(ctx)
+	// A pipeline: pgx sends the batch's statements and one Sync.
+	batch := &pgx.Batch{}
+	for i := range 20 {
+		batch.Queue("SELECT $1::int * 2", i)
+	}
+	br := conn.SendBatch(ctx, batch)
+	for i := range 20 {
+		var n int
+		if err := br.QueryRow().Scan(&n); err != nil || n != 2*i {
+			t.Fatalf("batch row %d: %d, %v", i, n, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
 	// A CancelRequest of its own, as libpq's PQcancel sends.
 	time.AfterFunc(300*time.Millisecond, func() { conn.PgConn().CancelRequest(context.Background()) })
 	start := time.Now()

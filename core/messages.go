@@ -1,6 +1,7 @@
 package core
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 
@@ -71,7 +72,7 @@ type Batch struct {
 // ReadyForQuery. When it is ready, b says what the batch holds, so that its
 // sender need not look again. maxBody bounds a message's body; ps says
 // whether prepared-statement mapping is on.
-func Scan(buf []byte, maxBody int, ps bool) (res ScanResult, b Batch) {
+func Scan(buf []byte, maxBody int, ps bool, s *Session) (res ScanResult, b Batch) {
 	i := 0
 	var last byte
 	b.unnamed = -1
@@ -95,6 +96,9 @@ func Scan(buf []byte, maxBody int, ps bool) (res ScanResult, b Batch) {
 			if ps && prepared.IsStmtCommand(body) {
 				return ScanEject, Batch{} // DEALLOCATE or DISCARD: the mapping's
 			}
+			if e, _ := QueryEffects(body, nil); e != 0 {
+				return ScanEject, Batch{} // session state: the goroutine driver notes it
+			}
 			b.Segments++
 			b.unnamed = 0
 		case 'E':
@@ -110,6 +114,16 @@ func Scan(buf []byte, maxBody int, ps bool) (res ScanResult, b Batch) {
 			}
 			if typ == 'P' && body[0] == 0 {
 				b.unnamed = 1
+			}
+			if typ == 'P' {
+				if _, q, ok := bytes.Cut(body, []byte{0}); ok {
+					if e, _ := QueryEffects(q, nil); e != 0 {
+						return ScanEject, Batch{}
+					}
+				}
+			}
+			if typ == 'B' && s.StmtEffects(body) != 0 {
+				return ScanEject, Batch{}
 			}
 		}
 		last = typ

@@ -41,7 +41,7 @@ func TestScan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res, b := Scan(tt.buf, 1<<16, tt.ps)
+			res, b := Scan(tt.buf, 1<<16, tt.ps, nil)
 			if res != tt.res || b.Segments != tt.segs || b.Mapped != tt.mapped {
 				t.Fatalf("%v, %d segments, mapped %v; want %v, %d, %v", res, b.Segments, b.Mapped, tt.res, tt.segs, tt.mapped)
 			}
@@ -61,7 +61,7 @@ func FuzzScan(f *testing.F) {
 	f.Add([]byte("Q\x00\x00\x00\x02"), false)
 	f.Add([]byte("P\x00\x00\x00\x09\x00x\x00\x00\x00B\x00\x00\x00\x04S\x00\x00\x00\x04"), false) // a Bind with no body still closes the unnamed Parse
 	f.Fuzz(func(t *testing.T, buf []byte, ps bool) {
-		res, batch := Scan(buf, 1<<20, ps)
+		res, batch := Scan(buf, 1<<20, ps, nil)
 		if res != ScanReady {
 			if batch != (Batch{}) {
 				t.Fatalf("a batch reported for %v", res)

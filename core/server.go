@@ -82,10 +82,17 @@ func SettleFor(a Account, inMessage, copyIn, statementsUnsure bool) Settle {
 
 // SettleDone says what is left once a settle's answers are read, the server
 // now in transaction status txStatus: a ROLLBACK, and the reset query to run
-// ("" for none; in session mode, server_reset_query).
-func SettleDone(txStatus byte, session bool, resetQuery string) (rollback bool, reset string) {
-	if session {
-		reset = strings.TrimSpace(resetQuery)
+// ("" for none): in session mode server_reset_query; in transaction mode,
+// where the client left state on the server (leftState: see
+// Session.LeftState), the same or, if that is empty, DISCARD ALL.
+func SettleDone(txStatus byte, session, leftState bool, resetQuery string) (rollback bool, reset string) {
+	reset = strings.TrimSpace(resetQuery)
+	switch {
+	case session:
+	case leftState && reset == "":
+		reset = "DISCARD ALL"
+	case !leftState:
+		reset = ""
 	}
 	return txStatus != 'I', reset
 }

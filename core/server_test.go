@@ -68,17 +68,20 @@ func TestSettle(t *testing.T) {
 	for _, c := range []struct {
 		tx       byte
 		session  bool
+		left     bool
 		query    string
 		rollback bool
 		reset    string
 	}{
-		{'I', false, "DISCARD ALL", false, ""},
-		{'T', false, "DISCARD ALL", true, ""},
-		{'E', true, " DISCARD ALL ", true, "DISCARD ALL"},
-		{'I', true, "", false, ""},
+		{'I', false, false, "DISCARD ALL", false, ""},
+		{'T', false, false, "DISCARD ALL", true, ""},
+		{'E', true, false, " DISCARD ALL ", true, "DISCARD ALL"},
+		{'I', true, false, "", false, ""},
+		{'I', false, true, "", false, "DISCARD ALL"}, // transaction mode, state left: cleaned even without a reset query
+		{'T', false, true, "RESET ALL", true, "RESET ALL"},
 	} {
-		if rb, reset := SettleDone(c.tx, c.session, c.query); rb != c.rollback || reset != c.reset {
-			t.Errorf("%c, session %v, %q: rollback %v, reset %q; want %v, %q", c.tx, c.session, c.query, rb, reset, c.rollback, c.reset)
+		if rb, reset := SettleDone(c.tx, c.session, c.left, c.query); rb != c.rollback || reset != c.reset {
+			t.Errorf("%c, session %v, left %v, %q: rollback %v, reset %q; want %v, %q", c.tx, c.session, c.left, c.query, rb, reset, c.rollback, c.reset)
 		}
 	}
 }

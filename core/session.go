@@ -49,6 +49,11 @@ type Session struct {
 	Want    Wanted
 	Mapping bool // prepared-statement mapping is on
 	Pooled  bool // transaction mode: the server goes back between transactions
+	// Pinned: transaction mode, but the client left state on its server
+	// that stays there (see NoteQuery), so it keeps the server (Pooled off).
+	Pinned bool
+
+	noted Noted // what its statements left to deal with (NoteQuery)
 
 	waiting   bool // a request waits for a server (Admit, Attached)
 	cancelled bool // a cancel came while it waited (Admit)

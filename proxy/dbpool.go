@@ -39,6 +39,7 @@ type dbPool struct {
 	errors  map[string]int64 // ErrorResponse from servers, by SQLSTATE class
 
 	clientsIdle, clientsWaiting, clientsActive atomic.Int64
+	clientsPinned                              atomic.Int64
 	transactions, queries                      atomic.Int64
 	bytesIn, bytesOut                          atomic.Int64
 	txNanos, queryNanos, waitNanos             atomic.Int64
@@ -162,6 +163,7 @@ func (p *dbPool) snapshot(maxWait time.Duration) stats.Pool {
 	st := stats.Pool{
 		Database: p.key.database, User: p.key.user, PoolMode: mode,
 		ClientsActive: int(p.clientsActive.Load()), ClientsWaiting: int(p.clientsWaiting.Load()), ClientsIdle: int(p.clientsIdle.Load()),
+		ClientsPinned: int(p.clientsPinned.Load()),
 		ServersActive: int(ps.Acquired), ServersIdle: int(ps.Idle), ServersConnecting: int(ps.Constructing), PoolSize: int(ps.Max),
 		Transactions: p.transactions.Load(), Queries: p.queries.Load(),
 		BytesReceived: p.bytesIn.Load(), BytesSent: p.bytesOut.Load(),

@@ -43,6 +43,9 @@ func (ss *session) finish(err error) {
 			destroyLease(lease)
 		}
 	}
+	if ss.pinCounted {
+		ss.pool.clientsPinned.Add(-1)
+	}
 	refused := clientState(ss.state.Load()) == stateLogin
 	ss.setState(stateClosed)
 	var pgErr *protocol.PgError
@@ -122,7 +125,7 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 			return false // a COPY started by a message not yet answered: give up
 		}
 	}
-	rollback, reset := core.SettleDone(sc.TxStatus, ss.mode == ModeSession, ss.srv.options().ServerResetQuery)
+	rollback, reset := core.SettleDone(sc.TxStatus, ss.mode == ModeSession, ss.LeftState(), ss.srv.options().ServerResetQuery)
 	if rollback {
 		if err := sc.simpleQuery("ROLLBACK", nil); err != nil || sc.TxStatus != 'I' {
 			return false

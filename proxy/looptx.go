@@ -23,7 +23,7 @@ import (
 // startTx begins the transaction whose first messages the client has sent,
 // if they are ordinary and whole; if they are not whole it waits for more.
 func (p *parker) startTx(ss *session) {
-	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.Mapping)
+	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.Mapping, &ss.Session)
 	switch {
 	case res == core.ScanEject, res == core.ScanMore && ss.rd.Buffered() >= ss.rd.Size():
 		p.eject(ss) // the goroutine path's, or larger than the buffer

@@ -2,10 +2,14 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/prepared"
@@ -195,10 +199,28 @@ func (ss *session) forward(typ byte, n int) error {
 			mapped = ss.Mapping && n > 0
 		}
 	}
+	// A query's text, or a Bind's names, for the session state it may
+	// leave (core.Session.NoteMessage); the start of a query longer than
+	// the read buffer.
+	var text []byte
+	if ss.Pooled && (typ == 'Q' || typ == 'P' || typ == 'B') {
+		if b, err := ss.peek(protocol.HeaderLen + min(n, ss.rd.Size()-protocol.HeaderLen)); err == nil {
+			text = b[protocol.HeaderLen:]
+		}
+	}
 	ss.mu.Lock()
 	if ss.serverDead {
 		ss.mu.Unlock()
 		return errQuiet
+	}
+	for ss.readingBack {
+		ss.cond.Wait() // the server answers pgmux's own query first
+	}
+	if text != nil {
+		if ss.NoteMessage(typ, text); ss.Pinned && !ss.Pooled && ss.mode == ModeTransaction && !ss.pinCounted {
+			ss.pinCounted = true
+			ss.pool.clientsPinned.Add(1)
+		}
 	}
 	if ss.lease == nil {
 		if err := ss.bind(); err != nil {
@@ -427,6 +449,12 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		ss.readerWaiting = false
 		release = ss.Acct.Releasable(status) && !ss.stopping // the client may have sent more meanwhile
 	}
+	if due, q := ss.ReadBackDue(&sc.Settings); release && due {
+		if !ss.readBackLocked(sc, q) {
+			return stepEnded
+		}
+		release = ss.Acct.Releasable(status) && !ss.stopping
+	}
 	if !release {
 		ss.armDeadlineLocked()
 		ss.mu.Unlock()
@@ -456,6 +484,50 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		ss.hangUp() // wakes the session goroutine, which ends
 	}
 	return stepReleased
+}
+
+// readBackLocked reads the client's settings back from sc, which it is
+// about to give back, with q (core.Session.ReadBackDue), before the client
+// sees the transaction's ReadyForQuery; the client's messages wait meanwhile
+// (readingBack). It is called with ss.mu held, which it releases for the
+// exchange. A failure is the server's: it reports false, with ss.mu
+// released and the failure handled.
+func (ss *session) readBackLocked(sc *serverConn, q []byte) bool {
+	ss.readingBack = true
+	ss.mu.Unlock()
+	set := map[string]string{}
+	var failed *protocol.PgError
+	_, err := sc.bw.Write(q)
+	if err == nil {
+		err = sc.bw.Flush()
+	}
+	if err == nil {
+		var row pgproto3.DataRow
+		err = sc.readUntilReady(func(typ byte, body []byte) {
+			switch typ {
+			case 'D':
+				if row.Decode(body) == nil && len(row.Values) == 2 {
+					set[strings.ToLower(string(row.Values[0]))] = string(row.Values[1])
+				}
+			case 'E':
+				failed = protocol.DecodeError(body)
+			}
+		})
+	}
+	ss.mu.Lock()
+	ss.readingBack = false
+	ss.cond.Broadcast()
+	if err == nil && failed != nil {
+		err = failed
+	}
+	if err != nil {
+		ss.serverTorn = true // whatever it holds, it goes to no one
+		ss.mu.Unlock()
+		ss.serverFailed(fmt.Errorf("reading the client's settings back: %w", err))
+		return false
+	}
+	ss.ReadBack(set, &sc.Settings)
+	return true
 }
 
 // serverFailed handles a failed read of the server: unless the session is

@@ -72,6 +72,8 @@ type session struct {
 	lease         *pool.Lease[*serverConn]
 	readerDone    chan struct{} // closed when the current relayServer exits; nil while the lease has none
 	writing       bool          // the session goroutine is writing a client message to the server
+	readingBack   bool          // relayServer reads the client's settings back (readBackLocked)
+	pinCounted    bool          // counted in its pool's clientsPinned
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
 	serverTorn    bool // a client message reached the server only in part
@@ -167,6 +169,7 @@ func (ss *session) snapshot() stats.Client {
 	if ss.lease != nil {
 		c.ServerPID = ss.lease.Conn().pid
 	}
+	c.Pinned = ss.Pinned
 	ss.mu.Unlock()
 	return c
 }

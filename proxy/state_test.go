@@ -2,143 +2,137 @@ package proxy
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/errgroup"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// TestSessionModeResets checks that a SET made by a session-mode client is
-// gone for the next client of the same backend (server_reset_query).
-func TestSessionModeResets(t *testing.T) {
-	p := startProxy(t, func(o *Options, db *Database) { db.PoolMode = ModeSession; db.PoolSize = 1 })
-	ctx := context.Background()
-	first := p.connect(t, "postgres", pgx.QueryExecModeExec)
-	var pid1 int
-	if err := first.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid1); err != nil {
+// settingsOf returns statement_timeout and app.tenant as conn sees them.
+func settingsOf(t *testing.T, conn *pgx.Conn) (timeout, tenant string) {
+	t.Helper()
+	if err := conn.QueryRow(context.Background(), "SELECT current_setting('statement_timeout'), coalesce(current_setting('app.tenant', true), '')").Scan(&timeout, &tenant); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := first.Exec(ctx, "SET statement_timeout = '12345ms'"); err != nil {
-		t.Fatal(err)
-	}
-	var v string
-	if err := first.QueryRow(ctx, "SHOW statement_timeout").Scan(&v); err != nil || v != "12345ms" {
-		t.Fatalf("SET not applied: %q %v", v, err)
-	}
-	first.Close(ctx)
-
-	second := p.connect(t, "postgres", pgx.QueryExecModeExec)
-	var pid2 int
-	if err := second.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid2); err != nil {
-		t.Fatal(err)
-	}
-	if pid1 != pid2 {
-		t.Fatalf("pool of 1 gave another backend (%d, then %d): the test proves nothing", pid1, pid2)
-	}
-	if err := second.QueryRow(ctx, "SHOW statement_timeout").Scan(&v); err != nil || v != "0" {
-		t.Fatalf("the previous client's SET leaked: statement_timeout = %q (%v)", v, err)
-	}
+	return timeout, tenant
 }
 
-// TestStartupParamsFollowClient runs clients with different startup
-// application_name (and TimeZone and search_path for some) on a pool of 2 in
-// transaction mode: each always sees its own settings, whichever backend
-// serves it.
-func TestStartupParamsFollowClient(t *testing.T) {
-	if err := needPG(t).CreateDatabase("params"); err != nil {
-		t.Fatal(err)
-	}
-	if err := needPG(t).Exec("params", "CREATE SCHEMA s1; CREATE SCHEMA s2"); err != nil {
-		t.Fatal(err)
-	}
-	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })
-	ctx := context.Background()
-	direct, err := pgx.Connect(ctx, cluster.SuperDSN("params"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var defaultTZ string
-	direct.QueryRow(ctx, "SHOW TimeZone").Scan(&defaultTZ)
-	direct.Close(ctx)
-	type want struct{ app, tz, path string }
-	clients := 8
-	var g errgroup.Group
-	pids := make(map[int]bool)
-	pidCh := make(chan int, 1000)
-	for i := range clients {
-		w := want{app: fmt.Sprintf("client-%d", i), tz: defaultTZ, path: `"$user", public`}
-		cfg, err := pgx.ParseConfig(p.dsn(cluster.SuperUserName(), "", "params"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
-		cfg.RuntimeParams["application_name"] = w.app
-		if i%2 == 1 {
-			w.tz, w.path = "Asia/Tokyo", "s1, s2"
-			cfg.RuntimeParams["timezone"] = w.tz
-			cfg.RuntimeParams["search_path"] = w.path
-		}
-		g.Go(func() error {
-			conn, err := pgx.ConnectConfig(ctx, cfg)
+// TestSettingsFollowTheirClient: in transaction mode with a pool of two, a
+// client's SET stays its own, whichever server it gets, and reaches no
+// other client; the same for a custom setting, RESET ALL, and a SET rolled
+// back. Simple and extended protocol.
+func TestSettingsFollowTheirClient(t *testing.T) {
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		t.Run(mode.String(), func(t *testing.T) {
+			p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })
+			ctx := context.Background()
+			a := p.connect(t, "postgres", mode)
+			others := make([]*pgx.Conn, 10)
+			for i := range others {
+				others[i] = p.connect(t, "postgres", mode)
+			}
+			// check runs every other client once, then a, twice over,
+			// so that a gets each of the two servers.
+			check := func(what, timeout, tenant string) {
+				t.Helper()
+				for round := 0; round < 2; round++ {
+					for i, o := range others {
+						if got, gotTenant := settingsOf(t, o); got != "0" || gotTenant != "" {
+							t.Fatalf("%s: client %d sees statement_timeout %q, app.tenant %q: another client's", what, i, got, gotTenant)
+						}
+					}
+					if got, gotTenant := settingsOf(t, a); got != timeout || gotTenant != tenant {
+						t.Fatalf("%s: the client sees statement_timeout %q, app.tenant %q; want %q, %q", what, got, gotTenant, timeout, tenant)
+					}
+				}
+			}
+			exec := func(sql string) {
+				t.Helper()
+				if _, err := a.Exec(ctx, sql); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+			}
+			exec("SET statement_timeout = '7s'")
+			check("after SET", "7s", "")
+			exec("SET app.tenant = 'x'")
+			check("after SET of a custom setting", "7s", "x")
+			tx, err := a.Begin(ctx)
 			if err != nil {
-				return err
+				t.Fatal(err)
 			}
-			defer conn.Close(ctx)
-			if got := conn.PgConn().ParameterStatus("application_name"); got != w.app {
-				return fmt.Errorf("%s: ParameterStatus application_name at login = %q", w.app, got)
+			if _, err := tx.Exec(ctx, "SET statement_timeout = '9s'"); err != nil {
+				t.Fatal(err)
 			}
-			// The server's spelling, and the client's value for it.
-			if got := conn.PgConn().ParameterStatus("TimeZone"); got != w.tz {
-				return fmt.Errorf("%s: ParameterStatus TimeZone at login = %q, want %q", w.app, got, w.tz)
+			tx.Rollback(ctx)
+			check("after a SET rolled back", "7s", "x")
+			tx, err = a.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if got := conn.PgConn().ParameterStatus("server_version"); got == "" {
-				return fmt.Errorf("%s: no ParameterStatus server_version at login", w.app)
+			if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = '11s'"); err != nil {
+				t.Fatal(err)
 			}
-			for n := range 30 {
-				var app, tz, path string
-				var pid int
-				if err := conn.QueryRow(ctx, "SELECT current_setting('application_name'), current_setting('TimeZone'), current_setting('search_path'), pg_backend_pid()").Scan(&app, &tz, &path, &pid); err != nil {
-					return err
-				}
-				if app != w.app || tz != w.tz || path != w.path {
-					return fmt.Errorf("%s query %d on backend %d: got app=%q tz=%q search_path=%q, want %+v", w.app, n, pid, app, tz, path, w)
-				}
-				pidCh <- pid
-				time.Sleep(time.Millisecond)
-			}
-			return nil
+			tx.Commit(ctx)
+			check("after SET LOCAL", "7s", "x")
+			exec("RESET ALL")
+			check("after RESET ALL", "0", "")
+			exec("BEGIN; SET statement_timeout = '5s'; COMMIT")
+			check("after a SET in a committed transaction", "5s", "")
 		})
 	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	close(pidCh)
-	for pid := range pidCh {
-		pids[pid] = true
-	}
-	if len(pids) < 2 {
-		t.Fatalf("all queries ran on %d backend(s): the test proves nothing", len(pids))
-	}
 }
 
-// TestSetFollowsClient: in transaction mode a client's SET of a reported
-// setting outside a transaction follows it to other backends, and does not
-// leak to other clients.
-func TestSetFollowsClient(t *testing.T) {
-	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 1 })
+// TestSessionStatePins: in transaction mode, a client that takes a session
+// advisory lock or makes a temporary table keeps its server (pinned, and
+// counted); nothing of it reaches another client, and a client killed
+// while holding the lock leaves it held by no one.
+func TestSessionStatePins(t *testing.T) {
+	p := startProxy(t, func(o *Options, db *Database) { db.PoolSize = 2 })
 	ctx := context.Background()
-	a := p.connect(t, "postgres", pgx.QueryExecModeExec)
-	b := p.connect(t, "postgres", pgx.QueryExecModeExec)
-	if _, err := a.Exec(ctx, "SET application_name = 'changed-by-a'"); err != nil {
+	a := p.connect(t, "postgres", pgx.QueryExecModeCacheStatement)
+	b := p.connect(t, "postgres", pgx.QueryExecModeCacheStatement)
+	if _, err := a.Exec(ctx, "CREATE TEMP TABLE pinned_tmp (x int)"); err != nil {
 		t.Fatal(err)
 	}
-	var got string
-	if err := b.QueryRow(ctx, "SHOW application_name").Scan(&got); err != nil || got != "" {
-		t.Fatalf("b sees application_name %q (%v): a's SET leaked", got, err)
+	var locked bool
+	if err := a.QueryRow(ctx, "SELECT pg_try_advisory_lock(4242)").Scan(&locked); err != nil || !locked {
+		t.Fatalf("lock: %v %v", locked, err)
 	}
-	if err := a.QueryRow(ctx, "SHOW application_name").Scan(&got); err != nil || got != "changed-by-a" {
-		t.Fatalf("a sees application_name %q (%v)", got, err)
+	if ps := p.Pools(); ps[0].ClientsPinned != 1 {
+		t.Fatalf("pinned clients: %d, want 1", ps[0].ClientsPinned)
 	}
+	for i := 0; i < 10; i++ {
+		if _, err := a.Exec(ctx, "INSERT INTO pinned_tmp VALUES ($1)", i); err != nil {
+			t.Fatalf("the pinned client's own temp table: %v", err)
+		}
+		_, err := b.Exec(ctx, "SELECT * FROM pinned_tmp")
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42P01" {
+			t.Fatalf("another client sees the temp table: %v", err)
+		}
+		if err := b.QueryRow(ctx, "SELECT pg_try_advisory_lock(4242)").Scan(&locked); err != nil || locked {
+			t.Fatalf("another client got the lock a holds: %v %v", locked, err)
+		}
+	}
+	a.PgConn().Conn().Close() // killed
+	deadline := time.Now().Add(time.Second)
+	for {
+		if err := b.QueryRow(ctx, "SELECT pg_try_advisory_lock(4242)").Scan(&locked); err != nil {
+			t.Fatal(err)
+		}
+		if locked {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed client's advisory lock is still held after a second")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// a is gone; b, which took the lock with pg_try_advisory_lock, is
+	// pinned in turn, until it leaves.
+	waitFor(t, 2*time.Second, func() bool { return p.Pools()[0].ClientsPinned == 1 })
+	b.Close(ctx)
+	waitFor(t, 2*time.Second, func() bool { return p.Pools()[0].ClientsPinned == 0 })
 }

@@ -21,6 +21,9 @@ type Pool struct {
 	ClientsActive  int `json:"clients_active"`  // holding a server
 	ClientsWaiting int `json:"clients_waiting"` // queued for a server
 	ClientsIdle    int `json:"clients_idle"`    // between transactions
+	// ClientsPinned: in transaction mode, keeping their server for state
+	// they left on it (counted in the states above too).
+	ClientsPinned int `json:"clients_pinned"`
 
 	ServersActive     int `json:"servers_active"`
 	ServersIdle       int `json:"servers_idle"`
@@ -51,6 +54,7 @@ func (p *Pool) Add(q Pool) {
 	p.ClientsActive += q.ClientsActive
 	p.ClientsWaiting += q.ClientsWaiting
 	p.ClientsIdle += q.ClientsIdle
+	p.ClientsPinned += q.ClientsPinned
 	p.ServersActive += q.ServersActive
 	p.ServersIdle += q.ServersIdle
 	p.ServersConnecting += q.ServersConnecting
@@ -87,6 +91,7 @@ type Client struct {
 	State           string    `json:"state"` // login, idle, waiting, active
 	ConnectTime     time.Time `json:"connect_time"`
 	ServerPID       uint32    `json:"server_pid,omitempty"`
+	Pinned          bool      `json:"pinned,omitempty"` // transaction mode, keeping its server (see Pool.ClientsPinned)
 }
 
 // Server is one server connection.

@@ -1,0 +1,406 @@
+package core
+
+import (
+	"bytes"
+	"encoding/binary"
+	"maps"
+	"strings"
+)
+
+// Session state in transaction mode: what a statement a client sends may
+// leave on its server beyond the transaction, and what becomes of it. SET
+// and RESET follow the client (its settings are read back from the server
+// when the transaction ends, and brought to whichever server it gets
+// next); the rest pins the server to the client until it leaves.
+
+// Effects is what a query may leave on the session.
+type Effects uint8
+
+const (
+	// SetsSettings: a SET or RESET (not LOCAL), so the client's settings
+	// are read back from the server when its transaction ends.
+	SetsSettings Effects = 1 << iota
+	// ResetsAll: a RESET ALL (or DISCARD ALL), so settings set before it
+	// are gone unless set again.
+	ResetsAll
+	// Pins: a session advisory lock, a temporary table, a cursor WITH
+	// HOLD, an SQL PREPARE or a LISTEN, which stay on the server.
+	Pins
+)
+
+// QueryEffects reads a query's text (a simple Query's, or a Parse's) and
+// says what it may leave on the session, appending to names the custom
+// settings (a name with a dot) its SETs and RESETs name: pg_settings does
+// not list those, so they are read back by name. It errs on the side of a
+// look that finds nothing (a SET inside a function it calls is not seen);
+// a statement it cannot read is taken as ordinary.
+func QueryEffects(q []byte, names []string) (Effects, []string) {
+	var e Effects
+	if bytes.Contains(q, []byte("advisory_lock")) || bytes.Contains(q, []byte("ADVISORY_LOCK")) {
+		e |= Pins // pg_advisory_lock, pg_try_advisory_lock and their _shared forms; not the _xact_ ones
+	}
+	// The common case, one statement with a ; at most at its end, needs
+	// no split.
+	if i := bytes.IndexByte(q, ';'); i < 0 || len(bytes.TrimSpace(q[i+1:])) == 0 {
+		return statementEffects(q, e, names)
+	}
+	for _, st := range statements(q) {
+		e, names = statementEffects(st, e, names)
+	}
+	return e, names
+}
+
+// statementEffects adds one statement's effects to e.
+func statementEffects(st []byte, e Effects, names []string) (Effects, []string) {
+	if !mayHaveEffects(firstWord(st)) {
+		return e, names // the common case, without the allocations of words
+	}
+	w := words(st, 4)
+	if len(w) == 0 {
+		return e, names
+	}
+	switch w[0] {
+	case "set":
+		if len(w) > 1 && w[1] == "session" && len(w) > 2 {
+			w = w[1:] // SET SESSION name, SET SESSION AUTHORIZATION
+		}
+		if len(w) > 1 && (w[1] == "local" || w[1] == "transaction" || w[1] == "constraints") {
+			return e, names // ends with the transaction
+		}
+		e |= SetsSettings
+		if len(w) > 1 && customName(w[1]) {
+			names = append(names, w[1])
+		}
+	case "reset":
+		e |= SetsSettings
+		switch {
+		case len(w) > 1 && w[1] == "all":
+			e |= ResetsAll
+		case len(w) > 1 && customName(w[1]):
+			names = append(names, w[1])
+		}
+	case "discard":
+		if len(w) > 1 && w[1] == "all" {
+			e |= SetsSettings | ResetsAll
+		}
+	case "create":
+		for _, x := range w[1:] {
+			if x == "temp" || x == "temporary" {
+				e |= Pins
+			}
+		}
+	case "declare":
+		if bytes.Contains(bytes.ToLower(st), []byte(" with hold")) {
+			e |= Pins
+		}
+	case "prepare":
+		if len(w) < 2 || w[1] != "transaction" {
+			e |= Pins
+		}
+	case "listen":
+		e |= Pins
+	}
+	return e, names
+}
+
+// customName reports whether w is a custom setting's name (prefix.name):
+// words of letters, digits, _ and $ joined by dots, so that the query that
+// reads it back cannot fail on it.
+func customName(w string) bool {
+	parts := strings.Split(w, ".")
+	if len(parts) < 2 {
+		return false
+	}
+	for _, p := range parts {
+		if p == "" || p[0] >= '0' && p[0] <= '9' || p[0] == '$' {
+			return false
+		}
+		for _, c := range p {
+			if !(c == '_' || c == '$' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c >= 0x80) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// firstWord returns the statement's first word as it is, after blanks and
+// comments; nil if it opens with anything else.
+func firstWord(st []byte) []byte {
+	for i := 0; i < len(st); {
+		switch c := st[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+			i++
+		case c == '-' || c == '/':
+			return st[i:] // a comment, maybe: words reads past it
+		case c|0x20 >= 'a' && c|0x20 <= 'z':
+			j := i
+			for j < len(st) && st[j]|0x20 >= 'a' && st[j]|0x20 <= 'z' {
+				j++
+			}
+			return st[i:j]
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// mayHaveEffects reports whether a statement opening with w (firstWord)
+// may leave session state.
+func mayHaveEffects(w []byte) bool {
+	if len(w) > 0 && (w[0] == '-' || w[0] == '/') {
+		return true
+	}
+	for _, k := range effectWords {
+		if bytes.EqualFold(w, k) {
+			return true
+		}
+	}
+	return false
+}
+
+var effectWords = [][]byte{[]byte("set"), []byte("reset"), []byte("discard"), []byte("create"), []byte("declare"),
+	[]byte("prepare"), []byte("listen")}
+
+// words returns up to n words of a statement, lower-cased, after blanks
+// and comments; a word ends at a blank, =, (, ;, a comma or a quote. A
+// quoted name loses its quotes.
+func words(st []byte, n int) []string {
+	var out []string
+	for i := 0; i < len(st) && len(out) < n; {
+		c := st[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+			i++
+		case c == '-' && i+1 < len(st) && st[i+1] == '-':
+			for i < len(st) && st[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(st) && st[i+1] == '*':
+			end := bytes.Index(st[i+2:], []byte("*/"))
+			if end < 0 {
+				return out
+			}
+			i += end + 4
+		case c == '=' || c == '(' || c == ';' || c == ',' || c == '\'':
+			return out // the words before a value are all a caller reads
+		default:
+			j, quoted := i, false
+			for j < len(st) {
+				d := st[j]
+				if d == '"' {
+					quoted = !quoted
+				} else if !quoted && (d == ' ' || d == '\t' || d == '\n' || d == '\r' || d == '=' || d == '(' || d == ';' || d == ',' || d == '\'') {
+					break
+				}
+				j++
+			}
+			// Lower-cased even quoted: a setting's name is not
+			// case-sensitive, and no other word read here is quoted.
+			word := strings.ToLower(strings.ReplaceAll(string(st[i:j]), `"`, ""))
+			out = append(out, word)
+			i = j
+		}
+	}
+	return out
+}
+
+// statements splits a query at the semicolons outside quotes, dollar quotes
+// and comments.
+func statements(q []byte) [][]byte {
+	var out [][]byte
+	start := 0
+	for i := 0; i < len(q); i++ {
+		switch c := q[i]; {
+		case c == ';':
+			out = append(out, q[start:i])
+			start = i + 1
+		case c == '\'' || c == '"':
+			for i++; i < len(q) && q[i] != c; i++ {
+			} // '' and "" close and reopen: the same for a split
+		case c == '-' && i+1 < len(q) && q[i+1] == '-':
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(q) && q[i+1] == '*':
+			end := bytes.Index(q[i+2:], []byte("*/"))
+			if end < 0 {
+				i = len(q)
+			} else {
+				i += end + 3
+			}
+		case c == '$':
+			// $tag$ … $tag$, the tag letters, digits and _ (or none).
+			j := i + 1
+			for j < len(q) && (q[j] == '_' || q[j] >= 'a' && q[j] <= 'z' || q[j] >= 'A' && q[j] <= 'Z' || q[j] >= '0' && q[j] <= '9') {
+				j++
+			}
+			if j < len(q) && q[j] == '$' && !(j > i+1 && q[i+1] >= '0' && q[i+1] <= '9') {
+				tag := q[i : j+1]
+				end := bytes.Index(q[j+1:], tag)
+				if end < 0 {
+					i = len(q)
+				} else {
+					i = j + end + len(tag)
+				}
+			}
+		}
+	}
+	return append(out, q[start:])
+}
+
+// Noted is what the session's statements have left to be dealt with.
+type Noted struct {
+	readBack bool     // settings to read back when the transaction ends
+	resetAll bool     // a RESET ALL among them
+	custom   []string // custom settings named since the last read-back
+	// stmts: the effects of the client's named prepared statements that
+	// have any, by name, for each Bind of them.
+	stmts map[string]Effects
+}
+
+// NoteMessage takes a client message of type typ with body (or its start)
+// that the session sends in transaction mode: a Query's or Parse's text, or
+// a Bind of a named statement with effects (StmtEffects). State that stays
+// on the server pins it to the client (Pooled goes off, as in session
+// mode), and a SET or RESET makes the client's settings be read back
+// before the server goes back to the pool (ReadBackDue).
+func (s *Session) NoteMessage(typ byte, body []byte) {
+	if !s.Pooled {
+		return // the server is the client's: what it leaves there stays its
+	}
+	var e Effects
+	switch typ {
+	case 'Q':
+		e, s.noted.custom = QueryEffects(body, s.noted.custom)
+	case 'P':
+		name, q, ok := bytes.Cut(body, []byte{0})
+		if !ok {
+			return
+		}
+		if e, s.noted.custom = QueryEffects(q, s.noted.custom); e != 0 && len(name) > 0 {
+			if s.noted.stmts == nil {
+				s.noted.stmts = map[string]Effects{}
+			}
+			s.noted.stmts[string(name)] = e
+		}
+	case 'B':
+		e = s.StmtEffects(body)
+	}
+	s.note(e)
+}
+
+// StmtEffects returns the effects of the named statement a Bind's body
+// names, if it has any.
+func (s *Session) StmtEffects(bind []byte) Effects {
+	if s == nil || len(s.noted.stmts) == 0 {
+		return 0
+	}
+	_, rest, _ := bytes.Cut(bind, []byte{0}) // the portal
+	name, _, _ := bytes.Cut(rest, []byte{0})
+	return s.noted.stmts[string(name)]
+}
+
+// LeftState reports whether a transaction-mode client may have left state
+// on its server that must not reach another client: it is pinned, or set
+// something not yet read back.
+func (s *Session) LeftState() bool { return s.Pinned || s.noted.readBack }
+
+// note takes effects a message carries.
+func (s *Session) note(e Effects) {
+	switch {
+	case e&Pins != 0:
+		s.Pooled, s.Pinned = false, true
+	case e&SetsSettings != 0:
+		s.noted.readBack = true
+		s.noted.resetAll = s.noted.resetAll || e&ResetsAll != 0
+	}
+}
+
+// ReadBackDue reports whether the client's settings are to be read back
+// from srv, the server it is about to give back, and the query that does
+// it: the settings set in the session (pg_settings), and by name the
+// custom ones the client or the server has.
+func (s *Session) ReadBackDue(srv *ServerSettings) (bool, []byte) {
+	if !s.noted.readBack || !s.Pooled {
+		return false, nil
+	}
+	names := append([]string(nil), s.noted.custom...)
+	for k := range s.Want.m {
+		if strings.Contains(k, ".") {
+			names = append(names, k)
+		}
+	}
+	for k := range srv.differs {
+		if strings.Contains(k, ".") {
+			names = append(names, k)
+		}
+	}
+	q := []byte("Q\x00\x00\x00\x00SELECT name, current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'")
+	if len(names) > 0 {
+		q = append(q, " UNION ALL SELECT n, coalesce(pg_catalog.current_setting(n, true), '') FROM pg_catalog.unnest(ARRAY["...)
+		for i, n := range names {
+			if i > 0 {
+				q = append(q, ',')
+			}
+			q = appendLiteral(q, n)
+		}
+		q = append(q, "]::text[]) n"...)
+	}
+	q = append(q, 0)
+	binary.BigEndian.PutUint32(q[1:], uint32(len(q)-1))
+	return true, q
+}
+
+// ReadBack takes the answer to ReadBackDue's query, setting name to value
+// (an empty value: a custom setting not set), as the client's settings from
+// now on and as srv's.
+func (s *Session) ReadBack(set map[string]string, srv *ServerSettings) {
+	s.Want.readBack(set, s.noted.resetAll)
+	srv.readBack(set)
+	s.noted = Noted{stmts: s.noted.stmts}
+}
+
+// readBack makes w the settings read back from the server: those it had at
+// startup, the custom ones it set before unless a RESET ALL came since,
+// and the server's session settings over them.
+func (w *Wanted) readBack(set map[string]string, resetAll bool) {
+	next := maps.Clone(w.startup)
+	if next == nil {
+		next = map[string]string{}
+	}
+	if !resetAll {
+		for k, v := range w.m {
+			if strings.Contains(k, ".") {
+				next[k] = v
+			}
+		}
+	}
+	for k, v := range set {
+		if v == "" && strings.Contains(k, ".") {
+			delete(next, k)
+		} else {
+			next[k] = v
+		}
+	}
+	w.m = next
+	w.gen++
+}
+
+// readBack records the server's settings as read back: those set in its
+// session, the rest at their start.
+func (s *ServerSettings) readBack(set map[string]string) {
+	for k := range s.differs {
+		if _, ok := set[k]; !ok {
+			s.resetCur(k)
+		}
+	}
+	for k, v := range set {
+		if v == "" && strings.Contains(k, ".") {
+			s.resetCur(k)
+		} else {
+			s.setCur(k, v)
+		}
+	}
+}

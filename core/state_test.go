@@ -1,0 +1,70 @@
+package core
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestQueryEffects(t *testing.T) {
+	for _, c := range []struct {
+		q     string
+		want  Effects
+		names []string
+	}{
+		{"SELECT abalance FROM pgbench_accounts WHERE aid = 5;", 0, nil},
+		{"UPDATE t SET x = 1", 0, nil},
+		{"SET statement_timeout = '7s'", SetsSettings, nil},
+		{"set SESSION work_mem TO '64MB';", SetsSettings, nil},
+		{"SET app.tenant = 'x'", SetsSettings, []string{"app.tenant"}},
+		{`SET "App.Tenant" TO 'x'`, SetsSettings, []string{"app.tenant"}},
+		{"SET LOCAL statement_timeout = 1", 0, nil},
+		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0, nil},
+		{"RESET statement_timeout", SetsSettings, nil},
+		{"RESET app.tenant", SetsSettings, []string{"app.tenant"}},
+		{"RESET ALL", SetsSettings | ResetsAll, nil},
+		{"SET a..b = 1", SetsSettings, nil}, // not a name the read-back may ask for
+		{"SET 1a.b = 1", SetsSettings, nil},
+		{"DISCARD ALL", SetsSettings | ResetsAll, nil},
+		{"BEGIN; SET app.a = 1; SET search_path = a, b; COMMIT", SetsSettings, []string{"app.a"}},
+		{"SELECT 'x; SET a.b = 1'", 0, nil},
+		{"SELECT $$; SET a.b = 1$$; SELECT 1", 0, nil},
+		{"SELECT $tag$ ; $$ SET $tag$; /* ; SET a.b=1 */ SELECT 2", 0, nil},
+		{"-- SET a.b = 1\nSELECT 1; SELECT 2", 0, nil},
+		{"/* hint */ SET a.b = 1", SetsSettings, []string{"a.b"}},
+		{"SELECT pg_advisory_lock(42)", Pins, nil},
+		{"SELECT pg_try_advisory_lock(42)", Pins, nil},
+		{"SELECT pg_advisory_xact_lock(42)", 0, nil},
+		{"CREATE TEMP TABLE t (x int)", Pins, nil},
+		{"create local temporary table t (x int)", Pins, nil},
+		{"CREATE TABLE temp_stuff (x int)", 0, nil},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", Pins, nil},
+		{"DECLARE c CURSOR FOR SELECT 1", 0, nil},
+		{"PREPARE p AS SELECT 1", Pins, nil},
+		{"PREPARE TRANSACTION 'x'", 0, nil},
+		{"LISTEN jobs", Pins, nil},
+		{"", 0, nil},
+		{";;", 0, nil},
+	} {
+		got, names := QueryEffects([]byte(c.q), nil)
+		if got != c.want || !slices.Equal(names, c.names) {
+			t.Errorf("%q: %b %v, want %b %v", c.q, got, names, c.want, c.names)
+		}
+	}
+}
+
+func FuzzQueryEffects(f *testing.F) {
+	for _, q := range []string{"SET a.b = 1; SELECT '$$;'", "SELECT $x$;$x$", "/* ; */ RESET ALL", "DECLARE c CURSOR WITH HOLD FOR SELECT 1"} {
+		f.Add([]byte(q))
+	}
+	f.Fuzz(func(t *testing.T, q []byte) {
+		e, names := QueryEffects(q, nil)
+		if e&ResetsAll != 0 && e&SetsSettings == 0 {
+			t.Fatalf("%q: ResetsAll without SetsSettings", q)
+		}
+		for _, n := range names {
+			if n == "" {
+				t.Fatalf("%q: an empty name", q)
+			}
+		}
+	})
+}

@@ -22,7 +22,11 @@
 //     (ServerSettings), and the query that brings one to the other;
 //   - which client timeout applies and what it ends the session with (Wait);
 //   - what to make sure of about a server just granted (Granted), and how
-//     to settle one whose client left (SettleFor, SettleDone).
+//     to settle one whose client left (SettleFor, SettleDone);
+//   - the session state a transaction-mode client's statements leave
+//     (QueryEffects, Session.NoteMessage): settings read back from the
+//     server before it goes back (ReadBackDue, ReadBack), the rest pinning
+//     the server to the client.
 //
 // What the drivers still decide themselves, and the next steps, are in
 // docs/relay.md.

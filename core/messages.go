@@ -96,7 +96,10 @@ func Scan(buf []byte, maxBody int, ps bool, s *Session) (res ScanResult, b Batch
 			if ps && prepared.IsStmtCommand(body) {
 				return ScanEject, Batch{} // DEALLOCATE or DISCARD: the mapping's
 			}
-			if e, _ := QueryEffects(body, nil); e != 0 {
+			if len(body) == 0 || body[len(body)-1] != 0 {
+				return ScanEject, Batch{} // malformed: the goroutine driver says so
+			}
+			if e, _ := textEffects(body[:len(body)-1], nil); e != 0 {
 				return ScanEject, Batch{} // session state: the goroutine driver notes it
 			}
 			b.Segments++

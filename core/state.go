@@ -35,14 +35,25 @@ const (
 // look that finds nothing (a SET inside a function it calls is not seen);
 // a statement it cannot read is taken as ordinary.
 func QueryEffects(q []byte, names []string) (Effects, []string) {
+	if i := bytes.IndexByte(q, 0); i >= 0 {
+		q = q[:i] // a message's text ends at its NUL
+	}
+	return textEffects(q, names)
+}
+
+// textEffects is QueryEffects for a text without its NUL.
+func textEffects(q []byte, names []string) (Effects, []string) {
 	var e Effects
-	if bytes.Contains(q, []byte("advisory_lock")) || bytes.Contains(q, []byte("ADVISORY_LOCK")) {
+	if p := bytes.IndexByte(q, '('); p >= 0 && hasAdvisoryLock(q, p) {
 		e |= Pins // pg_advisory_lock, pg_try_advisory_lock and their _shared forms; not the _xact_ ones
 	}
 	// The common case, one statement with a ; at most at its end, needs
 	// no split.
-	if i := bytes.IndexByte(q, ';'); i < 0 || len(bytes.TrimSpace(q[i+1:])) == 0 {
-		return statementEffects(q, e, names)
+	if i := bytes.IndexByte(q, ';'); i < 0 || i == len(q)-1 || len(bytes.TrimSpace(q[i+1:])) == 0 {
+		if mayHaveEffects(q) {
+			return statementEffects(q, e, names)
+		}
+		return e, names
 	}
 	for _, st := range statements(q) {
 		e, names = statementEffects(st, e, names)
@@ -52,7 +63,7 @@ func QueryEffects(q []byte, names []string) (Effects, []string) {
 
 // statementEffects adds one statement's effects to e.
 func statementEffects(st []byte, e Effects, names []string) (Effects, []string) {
-	if !mayHaveEffects(firstWord(st)) {
+	if !mayHaveEffects(st) {
 		return e, names // the common case, without the allocations of words
 	}
 	w := words(st, 4)
@@ -124,44 +135,80 @@ func customName(w string) bool {
 	return true
 }
 
-// firstWord returns the statement's first word as it is, after blanks and
-// comments; nil if it opens with anything else.
-func firstWord(st []byte) []byte {
-	for i := 0; i < len(st); {
-		switch c := st[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
-			i++
-		case c == '-' || c == '/':
-			return st[i:] // a comment, maybe: words reads past it
-		case c|0x20 >= 'a' && c|0x20 <= 'z':
-			j := i
-			for j < len(st) && st[j]|0x20 >= 'a' && st[j]|0x20 <= 'z' {
-				j++
-			}
-			return st[i:j]
-		default:
-			return nil
-		}
+// mayHaveEffects reports whether a statement may leave session state, by
+// its first word. Every query of the event loop comes here: by its first
+// letter, then the letter after a candidate word, so that most statements
+// are told apart without a comparison.
+func mayHaveEffects(st []byte) bool {
+	i := 0
+	for i < len(st) && (st[i] == ' ' || st[i] == '\t' || st[i] == '\n' || st[i] == '\r' || st[i] == '\f') {
+		i++
 	}
-	return nil
-}
-
-// mayHaveEffects reports whether a statement opening with w (firstWord)
-// may leave session state.
-func mayHaveEffects(w []byte) bool {
-	if len(w) > 0 && (w[0] == '-' || w[0] == '/') {
-		return true
+	if i == len(st) {
+		return false
 	}
-	for _, k := range effectWords {
-		if bytes.EqualFold(w, k) {
-			return true
-		}
+	st = st[i:]
+	switch st[0] | 0x20 {
+	case 's':
+		return isWord(st, "set")
+	case 'r':
+		return isWord(st, "reset")
+	case 'c':
+		return isWord(st, "create")
+	case 'l':
+		return isWord(st, "listen")
+	case 'p':
+		return isWord(st, "prepare")
+	case 'd':
+		return isWord(st, "discard") || isWord(st, "declare")
+	case '-', '/', '(':
+		return true // a comment first, maybe: words reads past it
 	}
 	return false
 }
 
-var effectWords = [][]byte{[]byte("set"), []byte("reset"), []byte("discard"), []byte("create"), []byte("declare"),
-	[]byte("prepare"), []byte("listen")}
+// isWord reports whether b begins with the word k (lower case), in any
+// case.
+func isWord(b []byte, k string) bool {
+	if len(b) < len(k) || len(b) > len(k) && b[len(k)]|0x20 >= 'a' && b[len(k)]|0x20 <= 'z' {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if b[i]|0x20 != k[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// hasAdvisoryLock reports whether q calls a session advisory lock function
+// (a name ending in advisory_lock or advisory_lock_shared, in any case):
+// the names before each parenthesis, of which most queries have few, found
+// at memchr's speed; first is the first parenthesis's index.
+func hasAdvisoryLock(q []byte, first int) bool {
+	for i, j := 0, first; ; {
+		if i > 0 {
+			if j = bytes.IndexByte(q[i:], '('); j < 0 {
+				return false
+			}
+			j += i
+		}
+		k := j
+		for k > 0 && (q[k-1] == ' ' || q[k-1] == '\t' || q[k-1] == '\n' || q[k-1] == '\r') {
+			k--
+		}
+		if hasSuffixFold(q[:k], "advisory_lock") || hasSuffixFold(q[:k], "advisory_lock_shared") {
+			return true
+		}
+		if i = j + 1; i >= len(q) {
+			return false
+		}
+	}
+}
+
+func hasSuffixFold(b []byte, suffix string) bool {
+	return len(b) >= len(suffix) && bytes.EqualFold(b[len(b)-len(suffix):], []byte(suffix))
+}
 
 // words returns up to n words of a statement, lower-cased, after blanks
 // and comments; a word ends at a blank, =, (, ;, a comma or a quote. A

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"bytes"
 	"slices"
 	"testing"
 )
@@ -33,6 +34,12 @@ func TestQueryEffects(t *testing.T) {
 		{"/* hint */ SET a.b = 1", SetsSettings, []string{"a.b"}},
 		{"SELECT pg_advisory_lock(42)", Pins, nil},
 		{"SELECT pg_try_advisory_lock(42)", Pins, nil},
+		{"select PG_Advisory_Lock_Shared(42)", Pins, nil},
+		{"SELECT 1;\x00", 0, nil},
+		{"SELECT pg_advisory_lock (42), x FROM f(1)", Pins, nil},
+		{"SELECT my_advisory_locks(1)", 0, nil},
+		{"SETTINGS", 0, nil},
+		{"RESETTING", 0, nil},
 		{"SELECT pg_advisory_xact_lock(42)", 0, nil},
 		{"CREATE TEMP TABLE t (x int)", Pins, nil},
 		{"create local temporary table t (x int)", Pins, nil},
@@ -58,6 +65,21 @@ func FuzzQueryEffects(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, q []byte) {
 		e, names := QueryEffects(q, nil)
+		// The fast paths find what statement by statement finds.
+		text := q
+		if i := bytes.IndexByte(text, 0); i >= 0 {
+			text = text[:i]
+		}
+		var slow Effects
+		if p := bytes.IndexByte(text, '('); p >= 0 && hasAdvisoryLock(text, p) {
+			slow |= Pins
+		}
+		for _, st := range statements(text) {
+			slow, _ = statementEffects(st, slow, nil)
+		}
+		if slow != e {
+			t.Fatalf("%q: %b, statement by statement %b", q, e, slow)
+		}
 		if e&ResetsAll != 0 && e&SetsSettings == 0 {
 			t.Fatalf("%q: ResetsAll without SetsSettings", q)
 		}
@@ -67,4 +89,30 @@ func FuzzQueryEffects(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkQueryEffects is what every query of the event loop pays.
+func BenchmarkQueryEffects(b *testing.B) {
+	q := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;\x00")
+	for b.Loop() {
+		if e, _ := QueryEffects(q, nil); e != 0 {
+			b.Fatal(e)
+		}
+	}
+}
+
+// BenchmarkQueryEffectsTPCB is QueryEffects over pgbench's TPC-B-like
+// transaction, statement by statement.
+func BenchmarkQueryEffectsTPCB(b *testing.B) {
+	qs := [][]byte{[]byte("BEGIN;"), []byte("UPDATE pgbench_accounts SET abalance = abalance + -2113 WHERE aid = 48213;"),
+		[]byte("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"), []byte("UPDATE pgbench_tellers SET tbalance = tbalance + -2113 WHERE tid = 7;"),
+		[]byte("UPDATE pgbench_branches SET bbalance = bbalance + -2113 WHERE bid = 1;"),
+		[]byte("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 48213, -2113, CURRENT_TIMESTAMP);"), []byte("END;")}
+	for b.Loop() {
+		for _, q := range qs {
+			if e, _ := textEffects(q, nil); e != 0 {
+				b.Fatal(e)
+			}
+		}
+	}
 }

@@ -216,20 +216,14 @@ func hasSuffixFold(b []byte, suffix string) bool {
 func words(st []byte, n int) []string {
 	var out []string
 	for i := 0; i < len(st) && len(out) < n; {
+		if j := commentEnd(st, i); j > i {
+			i = j
+			continue
+		}
 		c := st[i]
 		switch {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
 			i++
-		case c == '-' && i+1 < len(st) && st[i+1] == '-':
-			for i < len(st) && st[i] != '\n' {
-				i++
-			}
-		case c == '/' && i+1 < len(st) && st[i+1] == '*':
-			end := bytes.Index(st[i+2:], []byte("*/"))
-			if end < 0 {
-				return out
-			}
-			i += end + 4
 		case c == '=' || c == '(' || c == ';' || c == ',' || c == '\'':
 			return out // the words before a value are all a caller reads
 		default:
@@ -253,12 +247,34 @@ func words(st []byte, n int) []string {
 	return out
 }
 
+// commentEnd returns the index just past the comment that begins at q[i]
+// (-- to the end of the line, or /* */), or i if none begins there.
+func commentEnd(q []byte, i int) int {
+	switch {
+	case q[i] == '-' && i+1 < len(q) && q[i+1] == '-':
+		if j := bytes.IndexByte(q[i:], '\n'); j >= 0 {
+			return i + j + 1
+		}
+		return len(q)
+	case q[i] == '/' && i+1 < len(q) && q[i+1] == '*':
+		if j := bytes.Index(q[i+2:], []byte("*/")); j >= 0 {
+			return i + j + 4
+		}
+		return len(q)
+	}
+	return i
+}
+
 // statements splits a query at the semicolons outside quotes, dollar quotes
 // and comments.
 func statements(q []byte) [][]byte {
 	var out [][]byte
 	start := 0
 	for i := 0; i < len(q); i++ {
+		if j := commentEnd(q, i); j > i {
+			i = j - 1
+			continue
+		}
 		switch c := q[i]; {
 		case c == ';':
 			out = append(out, q[start:i])
@@ -266,17 +282,6 @@ func statements(q []byte) [][]byte {
 		case c == '\'' || c == '"':
 			for i++; i < len(q) && q[i] != c; i++ {
 			} // '' and "" close and reopen: the same for a split
-		case c == '-' && i+1 < len(q) && q[i+1] == '-':
-			for i < len(q) && q[i] != '\n' {
-				i++
-			}
-		case c == '/' && i+1 < len(q) && q[i+1] == '*':
-			end := bytes.Index(q[i+2:], []byte("*/"))
-			if end < 0 {
-				i = len(q)
-			} else {
-				i += end + 3
-			}
 		case c == '$':
 			// $tag$ … $tag$, the tag letters, digits and _ (or none).
 			j := i + 1

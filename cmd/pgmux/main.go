@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -239,27 +240,16 @@ var _ admin.Control = (*app)(nil)
 // proxyOptions turns the configuration into the proxy's options.
 func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 	users := map[string]auth.Secret{}
+	var err error
 	if cfg.AuthFile != "" {
-		f, err := os.Open(cfg.AuthFile)
-		if err != nil {
-			return proxy.Options{}, fmt.Errorf("auth_file: %w", err)
-		}
-		users, err = auth.ParseUserlist(f)
-		f.Close()
-		if err != nil {
-			return proxy.Options{}, fmt.Errorf("auth_file %s: %w", cfg.AuthFile, err)
+		if users, err = parseFile("auth_file", cfg.AuthFile, auth.ParseUserlist); err != nil {
+			return proxy.Options{}, err
 		}
 	}
 	var rules hba.Rules
 	if cfg.AuthType == "hba" {
-		f, err := os.Open(cfg.AuthHBAFile)
-		if err != nil {
-			return proxy.Options{}, fmt.Errorf("auth_hba_file: %w", err)
-		}
-		rules, err = hba.Parse(f)
-		f.Close()
-		if err != nil {
-			return proxy.Options{}, fmt.Errorf("auth_hba_file %s: %w", cfg.AuthHBAFile, err)
+		if rules, err = parseFile("auth_hba_file", cfg.AuthHBAFile, hba.Parse); err != nil {
+			return proxy.Options{}, err
 		}
 	}
 	authQuery := ""
@@ -318,6 +308,22 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		OnShutdown:             func() { a.drain() },
 		ConfigRows:             a.configRows,
 	}, nil
+}
+
+// parseFile parses the file at path, the value of key, with parse; its
+// errors name the key.
+func parseFile[T any](key, path string, parse func(io.Reader) (T, error)) (T, error) {
+	var zero T
+	f, err := os.Open(path)
+	if err != nil {
+		return zero, fmt.Errorf("%s: %w", key, err)
+	}
+	defer f.Close()
+	v, err := parse(f)
+	if err != nil {
+		return zero, fmt.Errorf("%s %s: %w", key, path, err)
+	}
+	return v, nil
 }
 
 // configRows answers the console's SHOW CONFIG.

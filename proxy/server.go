@@ -52,7 +52,7 @@ type Database struct {
 
 // serverAddr is where db's server listens, as net.Dial takes it: a Host
 // beginning with / is the directory of the server's Unix socket, as for
-// libpq and PgBouncer (pgconn, which logs in, reads Host the same way).
+// libpq and PgBouncer. Logins, cancels and readiness checks all dial it.
 func (db *Database) serverAddr() (network, addr string) {
 	port := strconv.Itoa(db.Port)
 	if strings.HasPrefix(db.Host, "/") {

@@ -3,12 +3,18 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net"
 	"syscall"
 )
 
 // peek looks at c's socket without blocking or consuming (MSG_PEEK|MSG_DONTWAIT).
+// Under TLS it looks at the socket beneath: a record waiting (an alert, say)
+// counts as data.
 func peek(c net.Conn) peekResult {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	sys, ok := c.(syscall.Conn)
 	if !ok {
 		return peekEmpty

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgmux/pgmux/auth"
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/hba"
 	"github.com/pgmux/pgmux/internal/pgtest"
 	"github.com/pgmux/pgmux/internal/testcert"
@@ -469,5 +471,37 @@ func TestTLSDrain(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return after both TLS clients left")
+	}
+}
+
+// TestServerTLSIdleDeath: a TLS server that ends while idle in the pool is
+// found out before it is lent (its last words wait on the socket beneath
+// TLS), and the client is served by another.
+func TestServerTLSIdleDeath(t *testing.T) {
+	needTLS(t)
+	p := startProxy(t, func(o *Options, db *Database) {
+		tlsServerDB(t, o, db, "localhost", "verify-full")
+		db.PoolSize = 1
+	})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, p.dsn(pgtest.ScramUser, "", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var pid int32
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsEnv.cluster.Exec("postgres", fmt.Sprintf("SELECT pg_terminate_backend(%d, 5000)", pid)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * core.AliveCheckAfter)
+	var again int32
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&again); err != nil {
+		t.Fatalf("after its server died while idle: %v", err)
+	}
+	if again == pid {
+		t.Fatal("served by the server that was terminated")
 	}
 }

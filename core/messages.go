@@ -120,7 +120,7 @@ func Scan(buf []byte, maxBody int, ps bool, s *Session) (res ScanResult, b Batch
 			}
 			if typ == 'P' {
 				if _, q, ok := bytes.Cut(body, []byte{0}); ok {
-					if e, _ := QueryEffects(q, nil); e != 0 {
+					if e, _ := parseEffects(q, nil); e != 0 {
 						return ScanEject, Batch{}
 					}
 				}

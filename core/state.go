@@ -41,6 +41,24 @@ func QueryEffects(q []byte, names []string) (Effects, []string) {
 	return textEffects(q, names)
 }
 
+// parseEffects is QueryEffects for what follows a Parse's statement name:
+// its query, its NUL and its parameter types. A prepared statement holds
+// one statement (PostgreSQL refuses more), so no split is looked for, and
+// the NUL is looked for only when the first word may matter.
+func parseEffects(rest []byte, names []string) (Effects, []string) {
+	var e Effects
+	if p := bytes.IndexByte(rest, '('); p >= 0 && hasAdvisoryLock(rest, p) {
+		e |= Pins // a ( among the types' bytes finds no name before it
+	}
+	if !mayHaveEffects(rest) {
+		return e, names
+	}
+	if i := bytes.IndexByte(rest, 0); i >= 0 {
+		rest = rest[:i]
+	}
+	return statementEffects(rest, e, names)
+}
+
 // textEffects is QueryEffects for a text without its NUL.
 func textEffects(q []byte, names []string) (Effects, []string) {
 	var e Effects
@@ -331,7 +349,7 @@ func (s *Session) NoteMessage(typ byte, body []byte) {
 		if !ok {
 			return
 		}
-		if e, s.noted.custom = QueryEffects(q, s.noted.custom); e != 0 && len(name) > 0 {
+		if e, s.noted.custom = parseEffects(q, s.noted.custom); e != 0 && len(name) > 0 {
 			if s.noted.stmts == nil {
 				s.noted.stmts = map[string]Effects{}
 			}

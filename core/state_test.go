@@ -56,6 +56,14 @@ func TestQueryEffects(t *testing.T) {
 		if got != c.want || !slices.Equal(names, c.names) {
 			t.Errorf("%q: %b %v, want %b %v", c.q, got, names, c.want, c.names)
 		}
+		// As a Parse's query, with its NUL and two parameter types
+		// (one of them a '(' byte), when it is one statement.
+		if len(statements([]byte(c.q))) == 1 {
+			rest := append([]byte(c.q), 0, 0, 2, 0, 0, 0, '(', 0, 0, 0, 23)
+			if got, _ := parseEffects(rest, nil); got != c.want {
+				t.Errorf("Parse %q: %b, want %b", c.q, got, c.want)
+			}
+		}
 	}
 }
 

@@ -27,6 +27,8 @@ import (
 type Config struct {
 	Listen                 string              `mapstructure:"listen"`
 	AdminListen            string              `mapstructure:"admin_listen"`
+	UnixSocketDir          string              `mapstructure:"unix_socket_dir"`
+	UnixSocketMode         string              `mapstructure:"unix_socket_mode"`
 	AdminToken             string              `mapstructure:"admin_token"`
 	AdminUsers             []string            `mapstructure:"admin_users"`
 	StatsUsers             []string            `mapstructure:"stats_users"`
@@ -99,6 +101,7 @@ const (
 func Default() Config {
 	return Config{
 		Listen:                "127.0.0.1:6432",
+		UnixSocketMode:        "0777",
 		AdminListen:           "127.0.0.1:9127",
 		PoolMode:              "transaction",
 		DefaultPoolSize:       20,
@@ -229,6 +232,14 @@ func (c *Config) Validate() error {
 		}
 	}
 	checkAddr("listen", c.Listen, false)
+	if _, err := strconv.ParseUint(c.UnixSocketMode, 8, 32); err != nil {
+		bad("unix_socket_mode", "%q is not an octal file mode", c.UnixSocketMode)
+	}
+	if c.UnixSocketDir != "" {
+		if st, err := os.Stat(c.UnixSocketDir); err != nil || !st.IsDir() {
+			bad("unix_socket_dir", "%q is not a directory", c.UnixSocketDir)
+		}
+	}
 	checkAddr("admin_listen", c.AdminListen, true)
 	if c.AdminListen != "" && c.AdminToken == "" && !loopback(c.AdminListen) {
 		bad("admin_token", "required when admin_listen (%s) is not a loopback address", c.AdminListen)

@@ -1,7 +1,8 @@
 // Package hba reads an auth_hba_file, pg_hba.conf's format as PgBouncer
 // reads it, and says which authentication method a client connection must
 // use: the first line whose connection type, database, user and address
-// match decides. pgmux listens on TCP only, so local lines are skipped.
+// match decides. local lines are for clients on pgmux's Unix socket
+// (unix_socket_dir), the others for TCP.
 //
 // It must never import the proxy, the pools, the configuration or a logger.
 package hba
@@ -15,8 +16,9 @@ import (
 	"strings"
 )
 
-// Rule is one host, hostssl or hostnossl line.
+// Rule is one local, host, hostssl or hostnossl line.
 type Rule struct {
+	local    bool     // a local line: Unix-socket clients
 	tls      int8     // 1: hostssl, -1: hostnossl, 0: host
 	dbs      []string // nil: all
 	sameUser bool     // the database named as the user
@@ -31,17 +33,18 @@ type Rule struct {
 type Rules []Rule
 
 // Method returns the method the first matching rule gives a client of user
-// asking for database from addr, over TLS or not, and its line; "reject"
-// and 0 when none matches, as PostgreSQL.
-func (rs Rules) Method(database, user string, addr netip.Addr, tls bool) (string, int) {
+// asking for database from addr (on the Unix socket if local), over TLS or
+// not, and its line; "reject" and 0 when none matches, as PostgreSQL.
+func (rs Rules) Method(database, user string, addr netip.Addr, tls, local bool) (string, int) {
 	addr = addr.Unmap()
 	for _, r := range rs {
 		switch {
+		case r.local != local:
 		case r.tls == 1 && !tls, r.tls == -1 && tls:
 		case r.dbs != nil && !slices.Contains(r.dbs, database) && !(r.sameUser && database == user):
 		case r.dbs == nil && r.sameUser && database != user:
 		case r.users != nil && !slices.Contains(r.users, user):
-		case !r.anyAddr && !r.prefix.Contains(addr):
+		case !r.local && !r.anyAddr && !r.prefix.Contains(addr):
 		default:
 			return r.Method, r.Line
 		}
@@ -60,7 +63,7 @@ func Parse(r io.Reader) (Rules, error) {
 	for n := 1; sc.Scan(); n++ {
 		line, _, _ := strings.Cut(sc.Text(), "#")
 		f := fields(line)
-		if len(f) == 0 || f[0] == "local" {
+		if len(f) == 0 {
 			continue
 		}
 		rule, err := parseRule(f)
@@ -76,13 +79,17 @@ func Parse(r io.Reader) (Rules, error) {
 func parseRule(f []string) (Rule, error) {
 	var r Rule
 	switch f[0] {
+	case "local":
+		// No address: the method follows the user.
+		r.local, r.anyAddr = true, true
+		f = append(f[:3:3], append([]string{"all"}, f[3:]...)...)
 	case "host", "hostnogssenc":
 	case "hostssl":
 		r.tls = 1
 	case "hostnossl":
 		r.tls = -1
 	default:
-		return r, fmt.Errorf("connection type %q is not host, hostssl or hostnossl", f[0])
+		return r, fmt.Errorf("connection type %q is not local, host, hostssl or hostnossl", f[0])
 	}
 	if len(f) < 5 {
 		return r, fmt.Errorf("want type, database, user, address and method, got %d fields", len(f))

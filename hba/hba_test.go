@@ -8,7 +8,8 @@ import (
 
 const file = `
 # TYPE     DATABASE     USER        ADDRESS            METHOD
-local      all          all                            trust
+local      all          postgres                       trust
+local      all          all                            md5
 hostssl    app,reports  "alice"     10.0.0.0/8         cert
 hostnossl  all          all         0.0.0.0/0          reject
 host       sameuser     all         127.0.0.1/32       trust
@@ -28,23 +29,28 @@ func TestMethod(t *testing.T) {
 		want           string
 		line           int
 	}{
-		{"app", "alice", "10.1.2.3", true, "cert", 4},
-		{"app", "alice", "10.1.2.3", false, "reject", 5}, // hostnossl
-		{"app", "dave", "10.1.2.3", true, "scram-sha-256", 9},
-		{"dave", "dave", "127.0.0.1", true, "trust", 6}, // sameuser
-		{"other", "dave", "127.0.0.1", true, "scram-sha-256", 9},
-		{"app", "carol", "192.168.1.200", true, "md5", 7},
-		{"app", "carol", "192.168.2.1", true, "scram-sha-256", 9},
-		{"app", "erin", "::1", true, "scram-sha-256", 8},
-		{"app", "alice", "::ffff:10.0.0.1", true, "cert", 4}, // IPv4 in IPv6
+		{"app", "alice", "10.1.2.3", true, "cert", 5},
+		{"app", "alice", "10.1.2.3", false, "reject", 6}, // hostnossl
+		{"app", "dave", "10.1.2.3", true, "scram-sha-256", 10},
+		{"dave", "dave", "127.0.0.1", true, "trust", 7}, // sameuser
+		{"other", "dave", "127.0.0.1", true, "scram-sha-256", 10},
+		{"app", "carol", "192.168.1.200", true, "md5", 8},
+		{"app", "carol", "192.168.2.1", true, "scram-sha-256", 10},
+		{"app", "erin", "::1", true, "scram-sha-256", 9},
+		{"app", "alice", "::ffff:10.0.0.1", true, "cert", 5}, // IPv4 in IPv6
 	} {
-		m, line := rs.Method(c.db, c.user, netip.MustParseAddr(c.addr), c.tls)
+		m, line := rs.Method(c.db, c.user, netip.MustParseAddr(c.addr), c.tls, false)
 		if m != c.want || line != c.line {
 			t.Errorf("%+v: %s (line %d), want %s (line %d)", c, m, line, c.want, c.line)
 		}
 	}
+	for user, want := range map[string]string{"postgres": "trust", "alice": "md5"} {
+		if m, _ := rs.Method("app", user, netip.Addr{}, false, true); m != want {
+			t.Errorf("%s on the Unix socket: %s, want %s", user, m, want)
+		}
+	}
 	none, _ := Parse(strings.NewReader("hostssl all all all trust\n"))
-	if m, _ := none.Method("app", "x", netip.MustParseAddr("127.0.0.1"), false); m != "reject" {
+	if m, _ := none.Method("app", "x", netip.MustParseAddr("127.0.0.1"), false, false); m != "reject" {
 		t.Errorf("no line matches: %s, want reject", m)
 	}
 }

@@ -94,7 +94,7 @@ func (ss *session) login() error {
 		ss.srv.cancel(st.ProcessID, st.SecretKey)
 		return errQuiet
 	}
-	if tlsOn.Required() && !ss.tls {
+	if tlsOn.Required() && !ss.tls && !ss.onUnixSocket() { // as in PostgreSQL, TLS is for TCP
 		return protocol.Fatal(protocol.CodeInvalidAuthorization,
 			"TLS required (client_tls_sslmode is "+tlsOn.Mode.String()+"): connect with sslmode=require or stronger")
 	}
@@ -208,7 +208,7 @@ func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred,
 			addr = ta.AddrPort().Addr()
 		}
 		var line int
-		if method, line = o.HBA.Method(dbName, user, addr, ss.tls); method == "reject" {
+		if method, line = o.HBA.Method(dbName, user, addr, ss.tls, ss.onUnixSocket()); method == "reject" {
 			ss.debug("auth_hba_file rejects", zap.Int("line", line))
 			return nil, protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf(
 				"auth_hba_file rejects connection for host %q, user %q, database %q, TLS %v", addr, user, dbName, ss.tls))

@@ -42,6 +42,14 @@ func (ss *session) startTLS(cfg *tls.Config, pre []byte, direct bool) error {
 	return nil
 }
 
+// onUnixSocket reports whether the client came through a Unix socket
+// (unix_socket_dir), where TLS is not asked for and hba's local lines
+// apply.
+func (ss *session) onUnixSocket() bool {
+	_, ok := ss.conn.(*net.UnixConn)
+	return ok
+}
+
 // certNames reports whether the client showed a certificate, verified in
 // the handshake, whose common name is user.
 func (ss *session) certNames(user string) bool {

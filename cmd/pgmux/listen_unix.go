@@ -4,7 +4,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -24,4 +27,42 @@ func listen(addr string) (net.Listener, error) {
 		return serr
 	}}
 	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// listenUnix listens on the Unix socket .s.PGSQL.<port> in dir, with mode,
+// as PostgreSQL and PgBouncer name it. A socket file left there is
+// replaced, so that a new pgmux can start while the old one drains (the
+// old one keeps the clients it has, new ones reach the new one), unless a
+// PostgreSQL server's lock file says the socket is the server's. unlink
+// removes the file at the end, unless another process has replaced it.
+func listenUnix(dir string, port int, mode os.FileMode) (ln net.Listener, unlink func(), err error) {
+	path := filepath.Join(dir, fmt.Sprintf(".s.PGSQL.%d", port))
+	if _, err := os.Stat(path + ".lock"); err == nil {
+		return nil, nil, fmt.Errorf("%s.lock: a PostgreSQL server owns this socket", path)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if err := os.Remove(path); err != nil {
+			return nil, nil, err
+		}
+	}
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, nil, err
+	}
+	ul.SetUnlinkOnClose(false) // see unlink
+	if err := os.Chmod(path, mode); err != nil {
+		ul.Close()
+		return nil, nil, err
+	}
+	mine, err := os.Lstat(path)
+	if err != nil {
+		ul.Close()
+		return nil, nil, err
+	}
+	unlink = func() {
+		if now, err := os.Lstat(path); err == nil && os.SameFile(now, mine) {
+			os.Remove(path)
+		}
+	}
+	return ul, unlink, nil
 }

@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -107,6 +108,17 @@ func run(args []string) error {
 		return err
 	}
 	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("pool_mode", cfg.PoolMode))
+	var uln net.Listener
+	if cfg.UnixSocketDir != "" {
+		mode, _ := strconv.ParseUint(cfg.UnixSocketMode, 8, 32) // checked by Validate
+		var unlink func()
+		if uln, unlink, err = listenUnix(cfg.UnixSocketDir, ln.Addr().(*net.TCPAddr).Port, os.FileMode(mode)); err != nil {
+			ln.Close()
+			return fmt.Errorf("unix_socket_dir: %w", err)
+		}
+		defer unlink()
+		log.Info("listening", zap.String("addr", uln.Addr().String()))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -116,12 +128,17 @@ func run(args []string) error {
 	defer signal.Stop(hup)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := a.srv.Serve(ln); !errors.Is(err, proxy.ErrServerClosed) {
-			return err
+	for _, l := range []net.Listener{ln, uln} {
+		if l == nil {
+			continue
 		}
-		return nil
-	})
+		g.Go(func() error {
+			if err := a.srv.Serve(l); !errors.Is(err, proxy.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	var adminSrv *http.Server
 	if cfg.AdminListen != "" {
 		adminSrv = &http.Server{Handler: admin.Handler(admin.Options{

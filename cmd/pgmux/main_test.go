@@ -507,3 +507,44 @@ func TestSlowReadersRSS(t *testing.T) {
 		t.Fatalf("RSS grew by %d MiB (%d MiB after they left)", (during-before)>>20, (after-before)>>20)
 	}
 }
+
+// TestUnixSocket: with unix_socket_dir, psql reaches pgmux through
+// host=<dir>, in both pool modes; a second pgmux on the same port takes the
+// socket over, and the first one's drain leaves it in place.
+func TestUnixSocket(t *testing.T) {
+	psql, err := exec.LookPath("psql")
+	if err != nil {
+		t.Fatal("psql not installed (apt-get install -y postgresql-client)")
+	}
+	dir := t.TempDir()
+	config := strings.Replace(baseConfig, "databases:", "unix_socket_dir: "+dir+`
+databases:
+  tx: {host: 127.0.0.1, port: PG_PORT, dbname: postgres, pool_mode: transaction}
+  sess: {host: 127.0.0.1, port: PG_PORT, dbname: postgres, pool_mode: session}`, 1)
+	p := startPgmux(t, config)
+	query := func(db string) string {
+		t.Helper()
+		out, err := exec.Command(psql, "-h", dir, "-p", fmt.Sprint(p.port), "-U", cluster.SuperUserName(), "-d", db,
+			"-AtXc", "SELECT 'over ' || 'the socket'").CombinedOutput()
+		if err != nil {
+			t.Fatalf("psql -h %s -d %s: %v\n%s", dir, db, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	for _, db := range []string{"tx", "sess"} {
+		if got := query(db); got != "over the socket" {
+			t.Fatalf("%s: psql printed %q", db, got)
+		}
+	}
+	startPgmuxOn(t, config, p.port) // the next one
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err // for the cleanup's wait
+	case <-time.After(15 * time.Second):
+		t.Fatal("the first pgmux did not exit")
+	}
+	if got := query("tx"); got != "over the socket" {
+		t.Fatalf("after the first pgmux left: psql printed %q", got)
+	}
+}

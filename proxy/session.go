@@ -573,7 +573,7 @@ func (ss *session) timeoutError() error {
 // waitStateLocked is what decides the session's client timeout.
 func (ss *session) waitStateLocked() core.WaitState {
 	o := ss.srv.options()
-	w := core.WaitState{Draining: ss.draining, Held: ss.lease != nil, Session: ss.mode == ModeSession,
+	w := core.WaitState{Draining: ss.draining, Held: ss.lease != nil, Session: !ss.Pooled, // session mode, or pinned (core.Session.Pinned)
 		Quiet: ss.Acct.Quiet(), TxStatus: 'I', IdleTimeout: o.ClientIdleTimeout > 0, TxTimeout: o.IdleTransactionTimeout > 0}
 	if w.Held {
 		w.TxStatus = ss.lease.Conn().TxStatus

@@ -33,10 +33,11 @@ import (
 // the TLB, that saved a third of the pooler's CPU a transaction at 100
 // clients, less where a wake-up has fewer events to serve (docs/relay.md).
 // Anything out of the ordinary (COPY, a Flush, DEALLOCATE or DISCARD, a
-// client that reads slowly, a query larger than a buffer, a hang-up, a
-// drain, a pause, an error) ejects the session to a goroutine of its own at
-// a message boundary, with its state as the goroutine path keeps it, and the
-// goroutine path goes on from there.
+// statement that leaves session state such as a SET, a client that reads
+// slowly, a query larger than a buffer, a hang-up, a drain, a pause, an
+// error) ejects the session to a goroutine of its own at a message
+// boundary, with its state as the goroutine path keeps it, and the
+// goroutine path goes on from there. Sessions on TLS never enter.
 //
 // Only the loop goroutine touches a session while it is in the loop; other
 // goroutines reach it through post (wake, a server handed over by the pool).

@@ -53,7 +53,7 @@ type Session struct {
 	// that stays there (see NoteQuery), so it keeps the server (Pooled off).
 	Pinned bool
 
-	noted Noted // what its statements left to deal with (NoteQuery)
+	noted notes // what its statements left to deal with (NoteMessage)
 
 	waiting   bool // a request waits for a server (Admit, Attached)
 	cancelled bool // a cancel came while it waited (Admit)

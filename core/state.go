@@ -320,8 +320,8 @@ func statements(q []byte) [][]byte {
 	return append(out, q[start:])
 }
 
-// Noted is what the session's statements have left to be dealt with.
-type Noted struct {
+// notes are what the session's statements have left to be dealt with.
+type notes struct {
 	readBack bool     // settings to read back when the transaction ends
 	resetAll bool     // a RESET ALL among them
 	custom   []string // custom settings named since the last read-back
@@ -429,7 +429,7 @@ func (s *Session) ReadBackDue(srv *ServerSettings) (bool, []byte) {
 func (s *Session) ReadBack(set map[string]string, srv *ServerSettings) {
 	s.Want.readBack(set, s.noted.resetAll)
 	srv.readBack(set)
-	s.noted = Noted{stmts: s.noted.stmts}
+	s.noted = notes{stmts: s.noted.stmts}
 }
 
 // readBack makes w the settings read back from the server: those it had at

@@ -25,8 +25,10 @@ type dbPool struct {
 	key  poolKey
 	db   Database
 	pool atomic.Pointer[pool.Pool[*serverConn]]
-	// tlsServers: a server of the pool speaks TLS, so the event loop, which
-	// reads raw descriptors, does not serve its clients (see loopable).
+	// tlsServers: the pool's latest server speaks TLS, so the event loop,
+	// which reads raw descriptors, does not serve its clients (see
+	// loopable); one it is given all the same is handed to the goroutine
+	// path (gotServer).
 	tlsServers atomic.Bool
 	// learned logs in to the servers as the pool's user when pgmux has no
 	// password for it: what a client proved at its login (SCRAM keys, or
@@ -65,9 +67,7 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 			}
 			sc, err := dialServer(ctx, &d, user, c, maxBody)
 			if err == nil {
-				if sc.sys == nil {
-					p.tlsServers.Store(true)
-				}
+				p.tlsServers.Store(sc.sys == nil)
 				sc.owner = p
 				sc.connected = time.Now()
 				p.mu.Lock()

@@ -43,7 +43,7 @@ func (ss *session) finish(err error) {
 			destroyLease(lease)
 		}
 	}
-	if ss.pinCounted {
+	if ss.Pinned {
 		ss.pool.clientsPinned.Add(-1)
 	}
 	refused := clientState(ss.state.Load()) == stateLogin

@@ -217,9 +217,10 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.cond.Wait() // the server answers pgmux's own query first
 	}
 	if text != nil {
-		if ss.NoteMessage(typ, text); ss.Pinned && !ss.Pooled && ss.mode == ModeTransaction && !ss.pinCounted {
-			ss.pinCounted = true
-			ss.pool.clientsPinned.Add(1)
+		was := ss.Pinned
+		ss.NoteMessage(typ, text)
+		if ss.Pinned && !was {
+			ss.pool.clientsPinned.Add(1) // a client is pinned once, until it leaves (finish)
 		}
 	}
 	if ss.lease == nil {

@@ -73,7 +73,6 @@ type session struct {
 	readerDone    chan struct{} // closed when the current relayServer exits; nil while the lease has none
 	writing       bool          // the session goroutine is writing a client message to the server
 	readingBack   bool          // relayServer reads the client's settings back (readBackLocked)
-	pinCounted    bool          // counted in its pool's clientsPinned
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
 	serverTorn    bool // a client message reached the server only in part

@@ -53,6 +53,7 @@ type Config struct {
 	ShutdownTimeout        time.Duration       `mapstructure:"shutdown_timeout"`
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
 	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
+	NotifyQueueBytes       int                 `mapstructure:"notify_queue_bytes"`
 	RelayLoop              bool                `mapstructure:"relay_loop"`
 	IOURing                bool                `mapstructure:"io_uring"`
 	Loops                  int                 `mapstructure:"loops"` // 0: one per core the process may use
@@ -117,6 +118,7 @@ func Default() Config {
 		ShutdownTimeout:       30 * time.Second,
 		MaxPacketSize:         1 << 30,
 		MaxPreparedStatements: 200,
+		NotifyQueueBytes:      1 << 20,
 		RelayLoop:             true,
 		IOURing:               true,
 		SchedSlice:            MinSchedSlice,
@@ -293,6 +295,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SchedSlice != 0 && (c.SchedSlice < MinSchedSlice || c.SchedSlice > MaxSchedSlice) {
 		bad("sched_slice", "must be 0 (the kernel's default) or between %s and %s, got %s", MinSchedSlice, MaxSchedSlice, c.SchedSlice)
+	}
+	if c.NotifyQueueBytes < 1024 {
+		bad("notify_queue_bytes", "must be at least 1024, got %d", c.NotifyQueueBytes)
 	}
 	if c.MaxPreparedStatements < 0 {
 		bad("max_prepared_statements", "must not be negative, got %d", c.MaxPreparedStatements)

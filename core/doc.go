@@ -26,7 +26,9 @@
 //   - the session state a transaction-mode client's statements leave
 //     (QueryEffects, Session.NoteMessage): settings read back from the
 //     server before it goes back (ReadBackDue, ReadBack), the rest pinning
-//     the server to the client.
+//     the server to the client;
+//   - which queries are LISTEN and UNLISTEN that pgmux answers itself
+//     (ListenOps, ListenAnswer), and the channel of a notification.
 //
 // What the drivers still decide themselves, and the next steps, are in
 // docs/relay.md.

@@ -26,6 +26,10 @@ const (
 	// Pins: a session advisory lock, a temporary table, a cursor WITH
 	// HOLD, an SQL PREPARE or a LISTEN, which stay on the server.
 	Pins
+	// Listens: a LISTEN or UNLISTEN, which pgmux answers itself when it
+	// is all a simple Query holds (ListenOps): the event loop leaves it to
+	// the goroutine driver, which does that.
+	Listens
 )
 
 // QueryEffects reads a query's text (a simple Query's, or a Parse's) and
@@ -127,7 +131,9 @@ func statementEffects(st []byte, e Effects, names []string) (Effects, []string) 
 			e |= Pins
 		}
 	case "listen":
-		e |= Pins
+		e |= Pins | Listens
+	case "unlisten":
+		e |= Listens
 	}
 	return e, names
 }
@@ -175,6 +181,8 @@ func mayHaveEffects(st []byte) bool {
 		return isWord(st, "create")
 	case 'l':
 		return isWord(st, "listen")
+	case 'u':
+		return isWord(st, "unlisten")
 	case 'p':
 		return isWord(st, "prepare")
 	case 'd':
@@ -248,10 +256,10 @@ func words(st []byte, n int) []string {
 			j, quoted := i, false
 			for j < len(st) {
 				d := st[j]
-				if d == '"' {
+				if d == '"' && (quoted || j == i || st[j-1] == '.') {
 					quoted = !quoted
-				} else if !quoted && (d == ' ' || d == '\t' || d == '\n' || d == '\r' || d == '=' || d == '(' || d == ';' || d == ',' || d == '\'') {
-					break
+				} else if !quoted && (d == ' ' || d == '\t' || d == '\n' || d == '\r' || d == '\f' || d == '=' || d == '(' || d == ';' || d == ',' || d == '\'' || d == '"' || d == '*') {
+					break // LISTEN"x" is two words, UNLISTEN* too
 				}
 				j++
 			}

@@ -48,7 +48,10 @@ func TestQueryEffects(t *testing.T) {
 		{"DECLARE c CURSOR FOR SELECT 1", 0, nil},
 		{"PREPARE p AS SELECT 1", Pins, nil},
 		{"PREPARE TRANSACTION 'x'", 0, nil},
-		{"LISTEN jobs", Pins, nil},
+		{"LISTEN jobs", Pins | Listens, nil},
+		{"UNLISTEN *", Listens, nil},
+		{"unlisten jobs", Listens, nil},
+		{"UNLISTENING", 0, nil},
 		{"", 0, nil},
 		{";;", 0, nil},
 	} {

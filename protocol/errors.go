@@ -19,6 +19,7 @@ const (
 	CodeFeatureNotSupported     = "0A000"
 	CodeCannotConnectNow        = "57P03"
 	CodeInternalError           = "XX000"
+	CodeProgramLimitExceeded    = "54000"
 )
 
 // PgError is an error that is meant to reach the client as an ErrorResponse.

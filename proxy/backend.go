@@ -40,8 +40,9 @@ type serverConn struct {
 	connected time.Time
 	leased    atomic.Bool // lent to a client (for reports)
 
-	psDirty bool           // a client's DEALLOCATE or DISCARD left prepared statements unsure
-	cancels sync.WaitGroup // cancel requests in flight to this backend
+	psDirty  bool           // a client's DEALLOCATE or DISCARD left prepared statements unsure
+	listener bool           // the pool's LISTEN connection, outside the pool (listen.go)
+	cancels  sync.WaitGroup // cancel requests in flight to this backend
 	// cancelling counts them too, for a look that does not wait (see
 	// readyLocked); it falls before cancels' Done.
 	cancelling atomic.Int32

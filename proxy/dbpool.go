@@ -34,14 +34,18 @@ type dbPool struct {
 	// password for it: what a client proved at its login (SCRAM keys, or
 	// auth_query's md5 secret).
 	learned atomic.Pointer[serverCred]
+	srv     *Server
+	// listen LISTENs for the pool's transaction-mode clients (listen.go).
+	listen listenHub
 
-	mu      sync.Mutex   // guards following
-	params  []core.Param // the server's settings at connect, by name (see serverParams)
+	mu      sync.Mutex                                 // guards following
+	params  []core.Param                               // the server's settings at connect, by name (see serverParams)
+	dial    func(context.Context) (*serverConn, error) // the pool's, for the listening connection
 	servers map[*serverConn]struct{}
 	errors  map[string]int64 // ErrorResponse from servers, by SQLSTATE class
 
 	clientsIdle, clientsWaiting, clientsActive atomic.Int64
-	clientsPinned                              atomic.Int64
+	clientsPinned, clientsListening            atomic.Int64
 	transactions, queries                      atomic.Int64
 	bytesIn, bytesOut                          atomic.Int64
 	txNanos, queryNanos, waitNanos             atomic.Int64
@@ -55,28 +59,32 @@ type dbPool struct {
 func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred) (*pool.Pool[*serverConn], error) {
 	o := s.options()
 	maxBody := o.MaxPacketSize
-	return pool.New(pool.Config[*serverConn]{
-		Dial: func(ctx context.Context) (*serverConn, error) {
-			d := db
+	dial := func(ctx context.Context) (*serverConn, error) {
+		d := db
+		p.mu.Lock()
+		d.ServerTLS = p.db.ServerTLS // as the latest reload left it
+		p.mu.Unlock()
+		c := cred
+		if l := p.learned.Load(); l != nil && c.password == "" && c.md5 == "" {
+			c = *l // pass-through
+		}
+		sc, err := dialServer(ctx, &d, user, c, maxBody)
+		if err == nil {
+			p.tlsServers.Store(sc.sys == nil)
+			sc.owner = p
+			sc.connected = time.Now()
 			p.mu.Lock()
-			d.ServerTLS = p.db.ServerTLS // as the latest reload left it
+			p.servers[sc] = struct{}{}
 			p.mu.Unlock()
-			c := cred
-			if l := p.learned.Load(); l != nil && c.password == "" && c.md5 == "" {
-				c = *l // pass-through
-			}
-			sc, err := dialServer(ctx, &d, user, c, maxBody)
-			if err == nil {
-				p.tlsServers.Store(sc.sys == nil)
-				sc.owner = p
-				sc.connected = time.Now()
-				p.mu.Lock()
-				p.servers[sc] = struct{}{}
-				p.mu.Unlock()
-			}
-			s.metrics.serverConnects(err)
-			return sc, err
-		},
+		}
+		s.metrics.serverConnects(err)
+		return sc, err
+	}
+	p.mu.Lock()
+	p.dial = dial
+	p.mu.Unlock()
+	return pool.New(pool.Config[*serverConn]{
+		Dial:           dial,
 		MaxSize:        int32(db.PoolSize),
 		MinSize:        int32(o.MinPoolSize),
 		ConnectTimeout: o.ServerConnectTimeout,
@@ -96,7 +104,8 @@ func (s *Server) poolFor(name string, db Database, user string, cred serverCred)
 	if s.closed {
 		return nil, pool.ErrClosed
 	}
-	p := &dbPool{key: key, db: db, servers: map[*serverConn]struct{}{}, errors: map[string]int64{}}
+	p := &dbPool{key: key, db: db, srv: s, servers: map[*serverConn]struct{}{}, errors: map[string]int64{}}
+	p.listen.p = p
 	p.m = s.metrics.forPool(name, user)
 	pl, err := s.newPoolFor(p, db, user, cred)
 	if err != nil {
@@ -163,8 +172,9 @@ func (p *dbPool) snapshot(maxWait time.Duration) stats.Pool {
 	st := stats.Pool{
 		Database: p.key.database, User: p.key.user, PoolMode: mode,
 		ClientsActive: int(p.clientsActive.Load()), ClientsWaiting: int(p.clientsWaiting.Load()), ClientsIdle: int(p.clientsIdle.Load()),
-		ClientsPinned: int(p.clientsPinned.Load()),
-		ServersActive: int(ps.Acquired), ServersIdle: int(ps.Idle), ServersConnecting: int(ps.Constructing), PoolSize: int(ps.Max),
+		ClientsPinned: int(p.clientsPinned.Load()), ClientsListening: int(p.clientsListening.Load()),
+		ListenChannels: p.listen.channels(),
+		ServersActive:  int(ps.Acquired), ServersIdle: int(ps.Idle), ServersConnecting: int(ps.Constructing), PoolSize: int(ps.Max),
 		Transactions: p.transactions.Load(), Queries: p.queries.Load(),
 		BytesReceived: p.bytesIn.Load(), BytesSent: p.bytesOut.Load(),
 		TotalTransactionTime: time.Duration(p.txNanos.Load()), TotalQueryTime: time.Duration(p.queryNanos.Load()),
@@ -233,8 +243,11 @@ func (s *Server) Servers() []stats.Server {
 		p.mu.Lock()
 		for sc := range p.servers {
 			state := "idle"
-			if sc.leased.Load() {
+			switch {
+			case sc.leased.Load():
 				state = "active"
+			case sc.listener:
+				state = "listen" // the pool's LISTEN connection (listen.go)
 			}
 			out = append(out, stats.Server{Database: p.key.database, User: p.key.user, Addr: sc.addr, PID: sc.pid,
 				State: state, ConnectTime: sc.connected, Prepared: sc.Prepared.Count()})

@@ -46,6 +46,9 @@ func (ss *session) finish(err error) {
 	if ss.Pinned {
 		ss.pool.clientsPinned.Add(-1)
 	}
+	if ss.lis != nil {
+		ss.pool.listen.leave(ss)
+	}
 	refused := clientState(ss.state.Load()) == stateLogin
 	ss.setState(stateClosed)
 	var pgErr *protocol.PgError
@@ -61,7 +64,11 @@ func (ss *session) finish(err error) {
 	}
 	ss.srv.metrics.disconnects.WithLabelValues(reason).Inc()
 	if isPg {
-		ss.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		wait := time.Second
+		if pgErr.Code == protocol.CodeProgramLimitExceeded {
+			wait = notifyTellTimeout // behind the notifications it did not read
+		}
+		ss.conn.SetWriteDeadline(time.Now().Add(wait))
 		ss.writer().Reset(ss.sock)
 		ss.bw.Write(pgErr.AppendTo(nil))
 		ss.bw.Flush()

@@ -22,16 +22,29 @@ func (ss *session) serve() error {
 		if ss.readerDone == nil && ss.lease != nil {
 			ss.goRelay(ss.lease.Conn()) // a server the loop relayed until it ejected the session
 		}
+		listener := ss.lis != nil
+		if listener {
+			if err := ss.writeNotifications(); err != nil {
+				return err
+			}
+		}
 		if ss.rd.Buffered() == 0 {
 			ss.rd.Release() // an idle client holds no read buffer
 			if ss.enterLoop() {
 				return errParked
 			}
 		}
+		if listener && !ss.readNextIdle() {
+			continue // notifications came meanwhile
+		}
 		typ, n, err := ss.rd.Next()
+		woke := listener && ss.takeNotifyWake()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
+				if woke {
+					continue // to write the notifications
+				}
 				if requested, parked := ss.tryPark(); parked {
 					return errParked
 				} else if requested {
@@ -64,6 +77,13 @@ func (ss *session) serve() error {
 		case core.Invalid:
 			return perr
 		case core.Relay:
+			if typ == 'Q' && ss.mode == ModeTransaction {
+				if handled, err := ss.listenCommand(n); err != nil {
+					return err
+				} else if handled {
+					continue
+				}
+			}
 			if typ == 'Q' && ss.Mapping && !ss.bound() && ss.stmtCommand(n) {
 				if handled, err := ss.answerLocally(n); err != nil {
 					return err
@@ -127,7 +147,8 @@ func (ss *session) enterLoop() bool {
 // its client's unread, may wait in the loop; relayServer must have finished
 // with the client writer.
 func (ss *session) mayParkLocked() bool {
-	if ss.lease != nil || ss.draining || ss.serverDead || ss.stopping || ss.rd.Buffered() != 0 || ss.Skipping() {
+	if ss.lease != nil || ss.draining || ss.serverDead || ss.stopping || ss.rd.Buffered() != 0 || ss.Skipping() ||
+		ss.lis != nil && (len(ss.lis.q) > 0 || ss.lis.err != nil) {
 		return false
 	}
 	if done := ss.readerDone; done != nil {
@@ -156,7 +177,11 @@ func (ss *session) bound() bool {
 // server went away first, the client has been told already.
 func (ss *session) clientError(err error) error {
 	ss.mu.Lock()
-	dead := ss.serverDead
+	dead, lis := ss.serverDead, ss.lis
+	if lis != nil && lis.err != nil {
+		ss.mu.Unlock()
+		return lis.err
+	}
 	ss.mu.Unlock()
 	if dead {
 		return errQuiet
@@ -456,9 +481,14 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		}
 		release = ss.Acct.Releasable(status) && !ss.stopping
 	}
+	var notes []byte
+	if status == 'I' && ss.lis != nil {
+		notes = ss.takeNotificationsLocked() // between transactions, as PostgreSQL sends them
+	}
 	if !release {
 		ss.armDeadlineLocked()
 		ss.mu.Unlock()
+		ss.bw.Write(notes)
 		_, err := ss.bw.Write(r.Out)
 		return ss.flushPartial(sc, err)
 	}
@@ -468,9 +498,13 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		ss.drainAt = pastDeadline // its transaction is over: close it now
 	}
 	ss.armDeadlineLocked()
+	if ss.lis != nil && ss.lis.err != nil {
+		ss.wakeForNotifyLocked() // the session goroutine ends the session with it
+	}
 	ss.mu.Unlock()
 	ss.setState(stateIdle)
 
+	ss.bw.Write(notes)
 	ss.bw.Write(r.Out)
 	err := ss.bw.Flush()
 	ss.putWriter()

@@ -113,6 +113,10 @@ type Options struct {
 	// NoIOURing makes the relay loop's sends with one sendto each, even
 	// where the kernel offers io_uring (see sendQueue).
 	NoIOURing bool
+	// NotifyQueueBytes bounds the notifications waiting for one client in
+	// transaction mode (see listen.go); a client past it is closed. 0
+	// means 1 MiB.
+	NotifyQueueBytes int
 	// Loops is how many event loops serve the clients, each on its share
 	// of them; 0 means one per core the process may use (GOMAXPROCS). It is
 	// read once, by New.
@@ -128,6 +132,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxClientConn <= 0 {
 		o.MaxClientConn = 10000
+	}
+	if o.NotifyQueueBytes <= 0 {
+		o.NotifyQueueBytes = defaultNotifyQueue
 	}
 }
 
@@ -305,6 +312,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	for _, p := range s.pools {
 		p.pool.Load().Close()
+		p.listen.shutdown()
 	}
 	s.mu.Unlock()
 	close(s.doneCh)

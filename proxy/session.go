@@ -84,6 +84,8 @@ type session struct {
 	waitStop      func()    // stops the goroutine path's wait for a server (a cancel)
 	cancelAfter   bool      // a cancel came as the wait ended: forwarded once the request is sent
 
+	lis *listening // LISTEN through the pool (listen.go); set under mu at the client's first
+
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
 	sweepSeen uint32        // the sweep's: activity when it last looked

@@ -24,6 +24,10 @@ type Pool struct {
 	// ClientsPinned: in transaction mode, keeping their server for state
 	// they left on it (counted in the states above too).
 	ClientsPinned int `json:"clients_pinned"`
+	// ClientsListening: in transaction mode, LISTENing through pgmux on
+	// ListenChannels channels in all.
+	ClientsListening int `json:"clients_listening"`
+	ListenChannels   int `json:"listen_channels"`
 
 	ServersActive     int `json:"servers_active"`
 	ServersIdle       int `json:"servers_idle"`
@@ -55,6 +59,8 @@ func (p *Pool) Add(q Pool) {
 	p.ClientsWaiting += q.ClientsWaiting
 	p.ClientsIdle += q.ClientsIdle
 	p.ClientsPinned += q.ClientsPinned
+	p.ClientsListening += q.ClientsListening
+	p.ListenChannels += q.ListenChannels
 	p.ServersActive += q.ServersActive
 	p.ServersIdle += q.ServersIdle
 	p.ServersConnecting += q.ServersConnecting

@@ -314,6 +314,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 		ServerResetQuery:       cfg.ServerResetQuery,
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
+		NotifyQueueBytes:       cfg.NotifyQueueBytes,
 		RelayLoop:              cfg.RelayLoop,
 		NoIOURing:              !cfg.IOURing,
 		Loops:                  cfg.Loops,

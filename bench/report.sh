@@ -135,6 +135,31 @@ sort -t, -k1,1 -k2,2 -k3,3n <(tail -n +2 "$SUM") | awk -F, '
         printf fmt, mo, sprintf("%.3f", dir[mo]), sprintf("%+.3f", mb-dir[mo]), sprintf("%+.3f", mm-dir[mo]),
           sprintf("%+.3f", md), ci(d, m, "%+.3f"), verdict }
     }'
+
+  # The session-state look (statelook): pgmux as shipped over pgmux with
+  # track_session_state off, round by round: the median of the TPS and CPU
+  # ratios, with their 90% CI.
+  tail -n +2 "$CSV" | awk -F, "$MEDIAN$CI"'
+    $1 != "statelook" || $6 == "" { next }
+    { k=$2","$3; if (!(k in seen)) { seen[k]=1; order[++n]=k } tps[k,$4,$5]=$6; cpu[k,$4,$5]=$9; if ($5 > rounds[k]) rounds[k]=$5 }
+    END {
+      if (!n) exit
+      print ""
+      print "the session-state look: pgmux over pgmux with track_session_state off, round by round (median, 90% CI)"
+      fmt="%-9s %7s | %-6s %-5s %-10s | %-5s %-10s | %s\n"
+      printf fmt, "mode", "clients", "rounds", "tps r", "90% CI", "cpu r", "90% CI", "within noise"
+      for (j=1; j<=n; j++) { k=order[j]; split(k, part, ","); m=0; split("", rt); split("", rc)
+        for (i=1; i<=rounds[k]; i++) {
+          if (!((k,"pgmux",i) in tps) || !((k,"pgmux-nolook",i) in tps) || tps[k,"pgmux-nolook",i] == 0) continue
+          m++; rt[m]=tps[k,"pgmux",i]/tps[k,"pgmux-nolook",i]
+          rc[m]=cpu[k,"pgmux-nolook",i] > 0 ? cpu[k,"pgmux",i]/cpu[k,"pgmux-nolook",i] : 0
+        }
+        if (!m) continue
+        mt=sprintf("%.3f", median(rt, m)); c=ci(rt, m, "%.3f"); kk=cik(m)
+        noise = !kk ? "-" : (rt[kk] <= 1 && rt[m+1-kk] >= 1 ? "yes" : "no")
+        mc=sprintf("%.3f", median(rc, m))
+        printf fmt, part[1], part[2], m, mt, c, mc, ci(rc, m, "%.3f"), noise }
+    }'
 } | tee -a "$OUT/table.txt"
 echo
 echo "idle clients (RSS growth per client connection):"

@@ -48,7 +48,12 @@
 # "10 100 1000"), BENCH_IDLE (default "1000 10000 100000"; set and empty for
 # none), BENCH_SCALE (pgbench scale, default 10), BENCH_OUT (where results
 # go, default bench/results), BENCH_ONLY (the workloads to run, of select,
-# tpcb, appnames and tls; default all).
+# tpcb, appnames, statelook and tls; default all).
+#
+# statelook: select-only at 100 clients, simple protocol, through pgmux as
+# shipped and through a second pgmux, pinned to the same core, with
+# track_session_state off, which reads no statement's text for the session
+# state it leaves: the cost of that look, BENCH_ROUNDS_LEVEL rounds paired.
 #
 # TLS: PostgreSQL runs with ssl = on (a self-signed certificate made here)
 # and takes plain text too. The plain points keep server_tls_sslmode at
@@ -69,7 +74,7 @@ IDLE=${BENCH_IDLE-"1000 10000 100000"} # set and empty: no idle points
 SCALE=${BENCH_SCALE:-10}
 POOL=20
 OUT=${BENCH_OUT:-bench/results}
-ONLY=${BENCH_ONLY:-select,tpcb,appnames,tls}
+ONLY=${BENCH_ONLY:-select,tpcb,appnames,statelook,tls}
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 
@@ -176,10 +181,12 @@ INI
 
 pgmux_port=$(free_port)
 pgmux2_port=$(free_port)
+pgmux3_port=$(free_port)
 # free_port's ports are free when it looks, not reserved: pgmux's SO_REUSEPORT
 # would let two of these processes share one without a word.
 while [ "$pgmux_port" = "$bouncer_port" ]; do pgmux_port=$(free_port); done
 while [ "$pgmux2_port" = "$bouncer_port" ] || [ "$pgmux2_port" = "$pgmux_port" ]; do pgmux2_port=$(free_port); done
+while [[ " $bouncer_port $pgmux_port $pgmux2_port " == *" $pgmux3_port "* ]]; do pgmux3_port=$(free_port); done
 # start_pgmux CPUS [K] [PORT]: K pgmux processes (default 1) on PORT (default
 # pgmux_port; pgmux listens with SO_REUSEPORT), each with an admin port of its
 # own, on the taskset CPU list CPUS; their pids in pgmux_pids, the first's in
@@ -198,6 +205,7 @@ max_client_conn: 20000
 auth_type: trust
 log_level: error
 $PGMUX_TLS
+${PGMUX_EXTRA:-}
 databases:
   postgres: {host: 127.0.0.1, port: $pg_port}
 YAML
@@ -294,6 +302,7 @@ poolers() {
         pgbouncer) point "$workload" "$mode" "$clients" pgbouncer "$bouncer_port" "$bouncer_pid" ;;
         pgmux) point "$workload" "$mode" "$clients" pgmux "$pgmux_port" "$pgmux_pid" ;;
         pgmux-2cores) point "$workload" "$mode" "$clients" pgmux-2cores "$pgmux2_port" "$pgmux2_pid" ;;
+        pgmux-nolook) point "$workload" "$mode" "$clients" pgmux-nolook "$pgmux3_port" "$pgmux3_pid" ;;
       esac
     done
   done
@@ -328,6 +337,17 @@ if wanted appnames && [[ " $CLIENTS " == *" 100 "* ]]; then
 fi
 
 stop_pid "$pgmux2_pid"
+
+# The session-state look's cost: pgmux as shipped beside one without it,
+# on the same core (the pinned pgmux's), one at a time.
+if wanted statelook; then
+  main_pgmux_pid=$pgmux_pid main_pgmux_pids=("${pgmux_pids[@]}")
+  PGMUX_EXTRA="track_session_state: false" start_pgmux 0 1 "$pgmux3_port"
+  pgmux3_pid=$pgmux_pid
+  pgmux_pid=$main_pgmux_pid pgmux_pids=("${main_pgmux_pids[@]}")
+  poolers "$ROUNDS_LEVEL" statelook simple 100 pgmux pgmux-nolook
+  stop_pid "$pgmux3_pid"
+fi
 
 # TLS on both legs, select-only at 100 clients, through poolers started
 # afresh with it.

@@ -54,6 +54,7 @@ type Config struct {
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
 	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
 	NotifyQueueBytes       int                 `mapstructure:"notify_queue_bytes"`
+	TrackSessionState      bool                `mapstructure:"track_session_state"`
 	RelayLoop              bool                `mapstructure:"relay_loop"`
 	IOURing                bool                `mapstructure:"io_uring"`
 	Loops                  int                 `mapstructure:"loops"` // 0: one per core the process may use
@@ -119,6 +120,7 @@ func Default() Config {
 		MaxPacketSize:         1 << 30,
 		MaxPreparedStatements: 200,
 		NotifyQueueBytes:      1 << 20,
+		TrackSessionState:     true,
 		RelayLoop:             true,
 		IOURing:               true,
 		SchedSlice:            MinSchedSlice,

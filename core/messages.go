@@ -76,6 +76,7 @@ func Scan(buf []byte, maxBody int, ps bool, s *Session) (res ScanResult, b Batch
 	i := 0
 	var last byte
 	b.unnamed = -1
+	look := s == nil || !s.NoLook
 	for len(buf)-i >= protocol.HeaderLen {
 		typ := buf[i]
 		l := int(binary.BigEndian.Uint32(buf[i+1:]))
@@ -99,8 +100,10 @@ func Scan(buf []byte, maxBody int, ps bool, s *Session) (res ScanResult, b Batch
 			if len(body) == 0 || body[len(body)-1] != 0 {
 				return ScanEject, Batch{} // malformed: the goroutine driver says so
 			}
-			if e, _ := textEffects(body[:len(body)-1], nil); e != 0 {
-				return ScanEject, Batch{} // session state: the goroutine driver notes it
+			if look {
+				if e, _ := textEffects(body[:len(body)-1], nil); e != 0 {
+					return ScanEject, Batch{} // session state: the goroutine driver notes it
+				}
 			}
 			b.Segments++
 			b.unnamed = 0
@@ -118,14 +121,14 @@ func Scan(buf []byte, maxBody int, ps bool, s *Session) (res ScanResult, b Batch
 			if typ == 'P' && body[0] == 0 {
 				b.unnamed = 1
 			}
-			if typ == 'P' {
+			if typ == 'P' && look {
 				if _, q, ok := bytes.Cut(body, []byte{0}); ok {
 					if e, _ := parseEffects(q, nil); e != 0 {
 						return ScanEject, Batch{}
 					}
 				}
 			}
-			if typ == 'B' && s.StmtEffects(body) != 0 {
+			if typ == 'B' && look && s.StmtEffects(body) != 0 {
 				return ScanEject, Batch{}
 			}
 		}

@@ -3,6 +3,8 @@ package core
 import (
 	"encoding/binary"
 	"testing"
+
+	"github.com/pgmux/pgmux/protocol"
 )
 
 func msgs(parts ...string) []byte {
@@ -105,4 +107,21 @@ func FuzzScan(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestScanNoLook: with track_session_state off the loop serves what would
+// leave session state, as any other query.
+func TestScanNoLook(t *testing.T) {
+	q := append(protocol.AppendHeader(nil, 'Q', len("SET work_mem = '1MB'")+1), "SET work_mem = '1MB'\x00"...)
+	if res, _ := Scan(q, 1<<16, false, &Session{}); res != ScanEject {
+		t.Errorf("looked: %v, want eject", res)
+	}
+	if res, _ := Scan(q, 1<<16, false, &Session{NoLook: true}); res != ScanReady {
+		t.Errorf("not looked: %v, want ready", res)
+	}
+	s := &Session{Pooled: true, NoLook: true}
+	s.NoteMessage('Q', []byte("SELECT pg_advisory_lock(1)\x00"))
+	if s.Pinned || s.LeftState() {
+		t.Error("pinned without a look")
+	}
 }

@@ -52,6 +52,10 @@ type Session struct {
 	// Pinned: transaction mode, but the client left state on its server
 	// that stays there (see NoteQuery), so it keeps the server (Pooled off).
 	Pinned bool
+	// NoLook: the statements' text is not read for the session state
+	// they leave (track_session_state off): SET, LISTEN and the rest stay
+	// on whichever server runs them, as with PgBouncer.
+	NoLook bool
 
 	noted notes // what its statements left to deal with (NoteMessage)
 

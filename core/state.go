@@ -345,7 +345,7 @@ type notes struct {
 // mode), and a SET or RESET makes the client's settings be read back
 // before the server goes back to the pool (ReadBackDue).
 func (s *Session) NoteMessage(typ byte, body []byte) {
-	if !s.Pooled {
+	if !s.Pooled || s.NoLook {
 		return // the server is the client's: what it leaves there stays its
 	}
 	var e Effects

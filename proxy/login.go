@@ -132,6 +132,7 @@ func (ss *session) login() error {
 	cred := credFor(ss.srv.options(), db, backendUser)
 	ss.mode = db.PoolMode
 	ss.Pooled = ss.mode == ModeTransaction
+	ss.NoLook = ss.srv.options().NoSessionStateLook
 	if ss.mode == ModeTransaction && ss.srv.options().MaxPreparedStatements > 0 {
 		ss.Mapping = true
 	}

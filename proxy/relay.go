@@ -77,7 +77,7 @@ func (ss *session) serve() error {
 		case core.Invalid:
 			return perr
 		case core.Relay:
-			if typ == 'Q' && ss.mode == ModeTransaction {
+			if typ == 'Q' && ss.mode == ModeTransaction && !ss.NoLook {
 				if handled, err := ss.listenCommand(n); err != nil {
 					return err
 				} else if handled {
@@ -228,7 +228,7 @@ func (ss *session) forward(typ byte, n int) error {
 	// leave (core.Session.NoteMessage); the start of a query longer than
 	// the read buffer.
 	var text []byte
-	if ss.Pooled && (typ == 'Q' || typ == 'P' || typ == 'B') {
+	if ss.Pooled && !ss.NoLook && (typ == 'Q' || typ == 'P' || typ == 'B') {
 		if b, err := ss.peek(protocol.HeaderLen + min(n, ss.rd.Size()-protocol.HeaderLen)); err == nil {
 			text = b[protocol.HeaderLen:]
 		}

@@ -113,6 +113,9 @@ type Options struct {
 	// NoIOURing makes the relay loop's sends with one sendto each, even
 	// where the kernel offers io_uring (see sendQueue).
 	NoIOURing bool
+	// NoSessionStateLook turns off the reading of statements for the
+	// session state they leave in transaction mode (core.Session.NoLook).
+	NoSessionStateLook bool
 	// NotifyQueueBytes bounds the notifications waiting for one client in
 	// transaction mode (see listen.go); a client past it is closed. 0
 	// means 1 MiB.

@@ -315,6 +315,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		ServerResetQuery:       cfg.ServerResetQuery,
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
 		NotifyQueueBytes:       cfg.NotifyQueueBytes,
+		NoSessionStateLook:     !cfg.TrackSessionState,
 		RelayLoop:              cfg.RelayLoop,
 		NoIOURing:              !cfg.IOURing,
 		Loops:                  cfg.Loops,

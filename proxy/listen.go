@@ -529,11 +529,7 @@ func (ss *session) writeNotifications() error {
 	if len(q) == 0 {
 		return nil
 	}
-	w := ss.writer()
-	w.Write(q)
-	err := w.Flush()
-	ss.putWriter()
-	if err != nil {
+	if err := ss.writeClient(q); err != nil {
 		ss.mu.Lock()
 		failed = ss.lis.err
 		ss.mu.Unlock()

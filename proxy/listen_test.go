@@ -225,14 +225,11 @@ type psqlListener struct {
 	lines chan string
 }
 
-// startPsqlListener starts psql through pgmux and makes it LISTEN on ch.
-func startPsqlListener(t *testing.T, p *testProxy, ch string) *psqlListener {
+// startLines starts cmd with a pipe to its standard input and its output
+// (standard error too) as lines on a channel of n, closed at its end; the
+// test's end kills it.
+func startLines(t *testing.T, cmd *exec.Cmd, n int) (io.WriteCloser, chan string) {
 	t.Helper()
-	path, err := exec.LookPath("psql")
-	if err != nil {
-		t.Fatal("psql is needed: apt-get install postgresql-client")
-	}
-	cmd := exec.Command(path, "-X", "-q", "-v", "ON_ERROR_STOP=1", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", p.port))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -246,14 +243,27 @@ func startPsqlListener(t *testing.T, p *testProxy, ch string) *psqlListener {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	l := &psqlListener{cmd: cmd, stdin: stdin, lines: make(chan string, 1<<16)}
+	lines := make(chan string, n)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			l.lines <- sc.Text()
+			lines <- sc.Text()
 		}
-		close(l.lines)
+		close(lines)
 	}()
+	return stdin, lines
+}
+
+// startPsqlListener starts psql through pgmux and makes it LISTEN on ch.
+func startPsqlListener(t *testing.T, p *testProxy, ch string) *psqlListener {
+	t.Helper()
+	path, err := exec.LookPath("psql")
+	if err != nil {
+		t.Fatal("psql is needed: apt-get install postgresql-client")
+	}
+	cmd := exec.Command(path, "-X", "-q", "-v", "ON_ERROR_STOP=1", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", p.port))
+	stdin, lines := startLines(t, cmd, 1<<16)
+	l := &psqlListener{cmd: cmd, stdin: stdin, lines: lines}
 	fmt.Fprintf(stdin, "LISTEN %s;\n\\echo listening\n", ch)
 	for line := range l.lines {
 		if line == "listening" {
@@ -316,27 +326,8 @@ func startNodeListener(t *testing.T, p *testProxy, ch string, want int) *nodeLis
 	cmd := exec.Command(node, "testdata/listen.cjs")
 	cmd.Env = append(os.Environ(), "NODE_PATH="+filepath.Join(dir, "node_modules"),
 		fmt.Sprintf("PGMUX_PORT=%d", p.port), "CHANNEL="+ch, fmt.Sprintf("WANT=%d", want))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	l := &nodeListener{stdin: stdin, lines: make(chan string, 100)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			l.lines <- sc.Text()
-		}
-		close(l.lines)
-	}()
+	stdin, lines := startLines(t, cmd, 100)
+	l := &nodeListener{stdin: stdin, lines: lines}
 	if line := l.next(t); line != "listening" {
 		t.Fatalf("node-postgres: %q", line)
 	}

@@ -114,14 +114,20 @@ func (ss *session) answerAlone(n int, reply []byte) error {
 	if reply == nil {
 		return nil
 	}
-	w := ss.writer()
-	w.Write(reply)
-	err := w.Flush()
-	ss.putWriter()
-	if err != nil {
+	if ss.writeClient(reply) != nil {
 		return errQuiet
 	}
 	return nil
+}
+
+// writeClient writes b to the client now, through a writer from the pool;
+// the session holds no server, so no relayServer writes meanwhile.
+func (ss *session) writeClient(b []byte) error {
+	w := ss.writer()
+	w.Write(b)
+	err := w.Flush()
+	ss.putWriter()
+	return err
 }
 
 // enterLoop hands the session, waiting for its client's next query with no

@@ -164,6 +164,14 @@ func Flags() *pflag.FlagSet {
 // Load reads the file at path (none if empty), then the PGMUX_* environment,
 // then any flags in fs that were set, and validates the result.
 func Load(path string, fs *pflag.FlagSet) (*Config, error) {
+	c, _, err := LoadNotes(path, fs)
+	return c, err
+}
+
+// LoadNotes is Load, with what it has to say about a PgBouncer ini file's
+// keys (IsINI): those it maps other than one to one, and those it does not
+// honour.
+func LoadNotes(path string, fs *pflag.FlagSet) (*Config, []Note, error) {
 	v := viper.New()
 	d := Default()
 	rv := reflect.ValueOf(d)
@@ -183,21 +191,32 @@ func Load(path string, fs *pflag.FlagSet) (*Config, error) {
 	v.SetEnvPrefix("PGMUX")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
-	if path != "" {
+	var notes []Note
+	switch {
+	case path != "" && IsINI(path):
+		m, n, err := LoadINI(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read config %s: %w", path, err)
+		}
+		if err := v.MergeConfigMap(m); err != nil {
+			return nil, nil, fmt.Errorf("read config %s: %w", path, err)
+		}
+		notes = n
+	case path != "":
 		v.SetConfigFile(path)
 		if err := v.ReadInConfig(); err != nil {
-			return nil, fmt.Errorf("read config %s: %w", path, err)
+			return nil, nil, fmt.Errorf("read config %s: %w", path, err)
 		}
 	}
 	var c Config
 	if err := v.UnmarshalExact(&c, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
 		secondsHook, mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(",")))); err != nil {
-		return nil, fmt.Errorf("parse config %s: %w", path, err)
+		return nil, nil, fmt.Errorf("parse config %s: %w", path, err)
 	}
 	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("invalid config %s: %w", path, err)
+		return nil, nil, fmt.Errorf("invalid config %s: %w", path, err)
 	}
-	return &c, nil
+	return &c, notes, nil
 }
 
 // secondsHook reads a bare number given for a duration as seconds, as
@@ -221,7 +240,9 @@ func secondsHook(from, to reflect.Type, data any) (any, error) {
 	return data, nil
 }
 
-// Validate checks every key and returns all problems found, each naming its key.
+// Validate checks every key and returns all problems found, each naming
+// its key. No database is not one: as with PgBouncer, every client then
+// gets 3D000 until a reload adds one.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
@@ -320,9 +341,7 @@ func (c *Config) Validate() error {
 	default:
 		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
 	}
-	if len(c.Databases) == 0 {
-		bad("databases", "at least one database is required")
-	}
+
 	names := make([]string, 0, len(c.Databases))
 	for name := range c.Databases {
 		names = append(names, name)

@@ -32,7 +32,6 @@ func TestLoadBad(t *testing.T) {
 	want := map[string][]string{
 		"unknown-key.bad.yaml":  {"pool_size_typo"},
 		"bad-values.bad.yaml":   {"listen:", "pool_mode:", "default_pool_size:", "auth_type:", "databases.app.port:", "databases.app.pool_mode:", "sched_slice: must be 0", "loops: must be between 0", "client_tls_sslmode:", "databases.app.server_tls_sslmode:"},
-		"no-databases.bad.yaml": {"databases: at least one"},
 		"md5-no-file.bad.yaml":  {"auth_file: required with auth_type md5, unless auth_user"},
 		"bad-duration.bad.yaml": {"query_wait_timeout"},
 		"admin-open.bad.yaml":   {"admin_token: required when admin_listen (0.0.0.0:9127) is not a loopback address"},

@@ -68,6 +68,9 @@ func run(args []string) error {
 	if len(args) > 0 && args[0] == "probe" {
 		return probe(args[1:])
 	}
+	if len(args) > 0 && args[0] == "convert" {
+		return convert(args[1:], os.Stdout)
+	}
 	fs := config.Flags()
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -76,7 +79,7 @@ func run(args []string) error {
 		return err
 	}
 	path, _ := fs.GetString("config")
-	cfg, err := config.Load(path, fs)
+	cfg, notes, err := config.LoadNotes(path, fs)
 	if err != nil {
 		return err
 	}
@@ -85,6 +88,7 @@ func run(args []string) error {
 		return err
 	}
 	defer log.Sync()
+	logNotes(log, notes, cfg)
 	applySchedSlice(log, cfg.SchedSlice)
 
 	a := &app{path: path, fs: fs, log: log, cfg: cfg, reg: prometheus.NewRegistry()}
@@ -223,8 +227,9 @@ func (a *app) redactedConfig() any {
 // Reload reads the configuration again and puts it in force; a bad one is
 // refused, logged, and the one in force stays.
 func (a *app) Reload() error {
-	cfg, err := config.Load(a.path, a.fs)
+	cfg, notes, err := config.LoadNotes(a.path, a.fs)
 	if err == nil {
+		logNotes(a.log, notes, cfg)
 		var opts proxy.Options
 		if opts, err = a.proxyOptions(cfg); err == nil {
 			a.srv.Update(opts)
@@ -363,6 +368,31 @@ func (a *app) configRows() [][]string {
 		rows = append(rows, []string{k, fmt.Sprint(m[k]), fmt.Sprint(d[k]), "yes"})
 	}
 	return rows
+}
+
+// logNotes logs what pgmux says of a PgBouncer file's keys, one warning
+// each, and that no database is configured.
+func logNotes(log *zap.Logger, notes []config.Note, cfg *config.Config) {
+	for _, n := range notes {
+		log.Warn("pgbouncer.ini: "+n.Text, zap.String("key", n.Key), zap.String("at", n.At))
+	}
+	if len(cfg.Databases) == 0 {
+		log.Warn("no database is configured: every client gets 3D000 until a reload adds one")
+	}
+}
+
+// convert is `pgmux convert pgbouncer.ini`: the equivalent YAML, with a
+// comment for each key mapped other than one to one or not honoured.
+func convert(args []string, out io.Writer) error {
+	if len(args) != 1 {
+		return errors.New("usage: pgmux convert pgbouncer.ini")
+	}
+	y, err := config.Convert(args[0])
+	if err != nil {
+		return err
+	}
+	_, err = out.Write(y)
+	return err
 }
 
 // probe is `pgmux probe [--post] URL`: a request to pgmux's admin API for

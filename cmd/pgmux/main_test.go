@@ -139,14 +139,21 @@ func startPgmux(t *testing.T, config string) *pgmuxProc {
 // startPgmuxOn is startPgmux on a given client port.
 func startPgmuxOn(t *testing.T, config string, port int) *pgmuxProc {
 	t.Helper()
+	return startPgmuxFile(t, config, port, "pgmux.yaml")
+}
+
+// startPgmuxFile is startPgmuxOn with the configuration in a file of that
+// name (a .ini is PgBouncer's format), and the admin port given by flag.
+func startPgmuxFile(t *testing.T, config string, port int, name string) *pgmuxProc {
+	t.Helper()
 	if cluster == nil {
 		t.Skip("needs PostgreSQL (not started under -short)")
 	}
 	adminPort, _ := pgtest.FreePort()
 	p := &pgmuxProc{port: port, adminPort: adminPort, out: &syncBuffer{}, exited: make(chan error, 1)}
-	p.path = filepath.Join(t.TempDir(), "pgmux.yaml")
+	p.path = filepath.Join(t.TempDir(), name)
 	p.writeConfig(t, config)
-	p.cmd = exec.Command(binPath, "--config", p.path, "--log-level", "warn")
+	p.cmd = exec.Command(binPath, "--config", p.path, "--log-level", "warn", "--admin-listen", fmt.Sprintf("127.0.0.1:%d", adminPort))
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"reflect"
 	"time"
+	"unicode/utf8"
 
 	"bufio"
 	"fmt"
@@ -78,6 +79,9 @@ func readINI(path string, depth int, section string) ([]iniKey, string, error) {
 	var out []iniKey
 	for i, line := range strings.Split(string(data), "\n") {
 		at := fmt.Sprintf("%s:%d", path, i+1)
+		if !utf8.ValidString(line) {
+			return nil, section, fmt.Errorf("%s: not UTF-8", at)
+		}
 		line = strings.TrimSpace(line)
 		switch {
 		case line == "" || line[0] == ';' || line[0] == '#':

@@ -139,3 +139,25 @@ func TestConvertRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// FuzzINI: any file is read or refused with an error, never a panic, and
+// what is read converts to YAML.
+func FuzzINI(f *testing.F) {
+	for _, s := range []string{"[pgbouncer]\nlisten_port = 1\n", "[databases]\n\"a\"\"b\" = host=x password='a\\'b' port=1\n",
+		"[users]\nu = pool_mode=session\n", "[databases]\nx = host=a,b dbname=\n"} {
+		f.Add([]byte(s))
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(dir, "f.ini")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := LoadINI(path); err != nil {
+			return
+		}
+		if _, err := Convert(path); err != nil {
+			t.Fatalf("read, but not converted: %v", err)
+		}
+	})
+}

@@ -54,6 +54,7 @@ type Config struct {
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
 	MaxPreparedStatements  int                 `mapstructure:"max_prepared_statements"`
 	NotifyQueueBytes       int                 `mapstructure:"notify_queue_bytes"`
+	StatsPeriod            time.Duration       `mapstructure:"stats_period"`
 	TrackSessionState      bool                `mapstructure:"track_session_state"`
 	RelayLoop              bool                `mapstructure:"relay_loop"`
 	IOURing                bool                `mapstructure:"io_uring"`
@@ -120,6 +121,7 @@ func Default() Config {
 		MaxPacketSize:         1 << 30,
 		MaxPreparedStatements: 200,
 		NotifyQueueBytes:      1 << 20,
+		StatsPeriod:           60 * time.Second,
 		TrackSessionState:     true,
 		RelayLoop:             true,
 		IOURing:               true,
@@ -311,6 +313,7 @@ func (c *Config) Validate() error {
 		"server_idle_timeout": c.ServerIdleTimeout, "server_lifetime": c.ServerLifetime,
 		"client_idle_timeout": c.ClientIdleTimeout, "client_login_timeout": c.ClientLoginTimeout,
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
+		"stats_period": c.StatsPeriod,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)

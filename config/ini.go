@@ -245,7 +245,7 @@ var same = func() map[string]bool {
 	for _, k := range strings.Fields(`unix_socket_dir unix_socket_mode pool_mode default_pool_size min_pool_size
 		max_client_conn auth_file auth_hba_file auth_user auth_query auth_dbname query_wait_timeout
 		server_connect_timeout server_idle_timeout server_lifetime client_idle_timeout client_login_timeout
-		idle_transaction_timeout server_reset_query max_packet_size max_prepared_statements
+		idle_transaction_timeout server_reset_query max_packet_size max_prepared_statements stats_period
 		client_tls_sslmode client_tls_cert_file client_tls_key_file client_tls_ca_file client_tls_protocols client_tls_ciphers
 		server_tls_sslmode server_tls_cert_file server_tls_key_file server_tls_ca_file server_tls_protocols server_tls_ciphers`) {
 		m[k] = true
@@ -265,7 +265,6 @@ var ignored = map[string]string{
 	"log_disconnections":        "pgmux logs logins and logouts at log_level debug",
 	"log_pooler_errors":         "pgmux logs the errors it sends at log_level info",
 	"log_stats":                 "pgmux's statistics are in the admin API and /metrics",
-	"stats_period":              "pgmux's statistics windows are its own",
 	"user":                      "pgmux does not change user: run it as the user it should be",
 	"unix_socket_group":         "the socket's group is the process's",
 	"ignore_startup_parameters": "pgmux takes every startup parameter and applies it to the client's servers",

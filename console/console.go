@@ -1,8 +1,8 @@
 // Package console answers the admin console's commands: a client that logs
 // in to the virtual database "pgmux" (or "pgbouncer") as one of admin_users
-// or stats_users gets PgBouncer's SHOW commands, with PgBouncer's column
-// names where the concept matches, so that tools written for PgBouncer read
-// it; admin users can also PAUSE, RESUME, RELOAD and SHUTDOWN. It turns a
+// or stats_users gets every SHOW command of PgBouncer 1.25, with its column
+// names and types (show.go), so that tools written for PgBouncer read it;
+// admin users can also PAUSE, RESUME, RELOAD and SHUTDOWN. It turns a
 // query into the messages that answer it; logging in and carrying the
 // messages is the proxy's session's.
 //
@@ -12,9 +12,7 @@ package console
 
 import (
 	"context"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +36,8 @@ type Source interface {
 	Servers() []stats.Server
 	Databases() []Database  // those configured or with a pool, by name
 	ConfigRows() [][]string // key, value, default, changeable
+	AuthUsers() []string    // the users of the auth file
+	Mem() []Mem             // what client and server connections hold
 	Started() time.Time
 	Paused() bool
 	Pause(ctx context.Context) error
@@ -48,9 +48,17 @@ type Source interface {
 
 // Database is a row of SHOW DATABASES.
 type Database struct {
-	Name, Host, DBName, User, PoolMode string
+	Name, Host, DBName, User, PoolMode string // PoolMode empty: the default's
 	Port, PoolSize, MinPoolSize        int
+	ServerLifetime                     time.Duration
 	Current                            int // server connections open or opening
+}
+
+// Mem is a row of SHOW MEM: a kind of object pgmux keeps, its size in
+// bytes, how many are in use and how many are kept free.
+type Mem struct {
+	Name             string
+	Size, Used, Free int
 }
 
 // ParameterStatus is what a console session is shown at login, before its
@@ -101,21 +109,8 @@ func command(src Source, words []string, admin bool) ([]byte, *protocol.PgError)
 		if len(words) < 2 {
 			break
 		}
-		switch words[1] {
-		case "POOLS":
-			return showPools(src), nil
-		case "STATS":
-			return showStats(src), nil
-		case "CLIENTS":
-			return showClients(src), nil
-		case "SERVERS":
-			return showServers(src), nil
-		case "DATABASES":
-			return showDatabases(src), nil
-		case "CONFIG":
-			return table([]string{"key", "value", "default", "changeable"}, nil, src.ConfigRows(), "SHOW"), nil
-		case "VERSION":
-			return table([]string{"version"}, nil, [][]string{{Version}}, "SHOW"), nil
+		if show := shows[words[1]]; show != nil {
+			return show(src), nil
 		}
 	case "PAUSE":
 		if err := needAdmin(); err != nil {
@@ -149,130 +144,31 @@ func command(src Source, words []string, admin bool) ([]byte, *protocol.PgError)
 		return protocol.CommandComplete("SHUTDOWN"), nil
 	}
 	return nil, protocol.Error("42601", "admin console: unknown command "+strings.Join(words, " ")+
-		" (SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|VERSION, PAUSE, RESUME, RELOAD, SHUTDOWN)")
+		" (SHOW "+strings.Join(showNames(), "|")+"; PAUSE, RESUME, RELOAD, SHUTDOWN)")
 }
 
-// table encodes a result set of text columns (or int8 where numeric says so).
-func table(cols []string, numeric []bool, rows [][]string, tag string) []byte {
-	rd := pgproto3.RowDescription{}
-	for i, c := range cols {
-		oid := uint32(25) // text
-		if numeric != nil && numeric[i] {
-			oid = 20 // int8
-		}
-		rd.Fields = append(rd.Fields, pgproto3.FieldDescription{Name: []byte(c), DataTypeOID: oid, DataTypeSize: -1, TypeModifier: -1})
-	}
-	out, _ := rd.Encode(nil)
-	for _, r := range rows {
-		dr := pgproto3.DataRow{}
-		for _, v := range r {
-			dr.Values = append(dr.Values, []byte(v))
-		}
-		out, _ = dr.Encode(out)
-	}
-	return append(out, protocol.CommandComplete(tag+" "+strconv.Itoa(len(rows)))...)
+// shows are the SHOW commands, by their argument.
+var shows = map[string]func(Source) []byte{
+	"STATS": showStats, "STATS_TOTALS": showStatsTotals, "STATS_AVERAGES": showStatsAverages, "TOTALS": showTotals,
+	"SERVERS": showServers, "CLIENTS": showClients, "POOLS": showPools, "PEER_POOLS": showPeerPools, "LISTS": showLists,
+	"USERS": showUsers, "DATABASES": showDatabases, "PEERS": showPeers, "FDS": showFDs,
+	"SOCKETS":        func(s Source) []byte { return showSockets(s, false) },
+	"ACTIVE_SOCKETS": func(s Source) []byte { return showSockets(s, true) },
+	"CONFIG": func(s Source) []byte {
+		return result("ssss", []string{"key", "value", "default", "changeable"}, s.ConfigRows())
+	},
+	"MEM":       showMem,
+	"DNS_HOSTS": func(Source) []byte { return result("sqs", []string{"hostname", "ttl", "addrs"}, nil) },
+	"DNS_ZONES": func(Source) []byte { return result("sqi", []string{"zonename", "serial", "count"}, nil) },
+	"VERSION":   func(Source) []byte { return result("s", []string{"version"}, [][]string{{Version}}) },
+	"STATE":     showState,
 }
 
-func itoa[T ~int | ~int64](v T) string { return strconv.FormatInt(int64(v), 10) }
-
-func showPools(src Source) []byte {
-	cols := []string{"database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
-		"sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login",
-		"maxwait", "maxwait_us", "pool_mode"}
-	num := []bool{false, false, true, true, true, true, true, true, true, true, true, true, true, true, true, false}
-	var rows [][]string
-	for _, p := range src.Pools() {
-		rows = append(rows, []string{p.Database, p.User, itoa(p.ClientsActive), itoa(p.ClientsWaiting), "0", "0",
-			itoa(p.ServersActive), "0", "0", itoa(p.ServersIdle), "0", "0", itoa(p.ServersConnecting),
-			itoa(int64(p.MaxWait / time.Second)), itoa(int64(p.MaxWait%time.Second) / 1000), p.PoolMode})
-	}
-	return table(cols, num, rows, "SHOW")
-}
-
-func showStats(src Source) []byte {
-	cols := []string{"database", "total_server_assignment_count", "total_xact_count", "total_query_count",
-		"total_received", "total_sent", "total_xact_time", "total_query_time", "total_wait_time",
-		"avg_xact_count", "avg_query_count", "avg_recv", "avg_sent", "avg_xact_time", "avg_query_time", "avg_wait_time"}
-	num := make([]bool, len(cols))
-	for i := 1; i < len(num); i++ {
-		num[i] = true
-	}
-	byDB := map[string]*stats.Pool{}
-	var names []string
-	for _, p := range src.Pools() {
-		a := byDB[p.Database]
-		if a == nil {
-			a = &stats.Pool{Database: p.Database}
-			byDB[p.Database] = a
-			names = append(names, p.Database)
-		}
-		a.Add(p)
+func showNames() []string {
+	names := make([]string, 0, len(shows))
+	for n := range shows {
+		names = append(names, n)
 	}
 	slices.Sort(names)
-	up := max(time.Since(src.Started()).Seconds(), 1)
-	per := func(total time.Duration, n int64) string {
-		if n == 0 {
-			return "0"
-		}
-		return itoa(int64(total/time.Microsecond) / n)
-	}
-	var rows [][]string
-	for _, name := range names {
-		a := byDB[name]
-		rows = append(rows, []string{name, itoa(a.Transactions), itoa(a.Transactions), itoa(a.Queries),
-			itoa(a.BytesReceived), itoa(a.BytesSent),
-			itoa(int64(a.TotalTransactionTime / time.Microsecond)), itoa(int64(a.TotalQueryTime / time.Microsecond)),
-			itoa(int64(a.TotalWaitTime / time.Microsecond)),
-			itoa(int64(float64(a.Transactions) / up)), itoa(int64(float64(a.Queries) / up)),
-			itoa(int64(float64(a.BytesReceived) / up)), itoa(int64(float64(a.BytesSent) / up)),
-			per(a.TotalTransactionTime, a.Transactions), per(a.TotalQueryTime, a.Queries), per(a.TotalWaitTime, a.Transactions)})
-	}
-	return table(cols, num, rows, "SHOW")
-}
-
-var connCols = []string{"type", "user", "database", "state", "addr", "port", "local_addr", "local_port",
-	"connect_time", "request_time", "wait", "wait_us", "close_needed", "ptr", "link", "remote_pid", "tls", "application_name"}
-
-func splitAddr(a string) (string, string) {
-	h, p, err := net.SplitHostPort(a)
-	if err != nil {
-		return a, ""
-	}
-	return h, p
-}
-
-func showClients(src Source) []byte {
-	var rows [][]string
-	for _, c := range src.Clients() {
-		host, port := splitAddr(c.Addr)
-		state := map[string]string{"idle": "idle", "waiting": "waiting", "active": "active", "login": "login"}[c.State]
-		rows = append(rows, []string{"C", c.User, c.Database, state, host, port, "", "",
-			c.ConnectTime.Format("2006-01-02 15:04:05 MST"), "", "0", "0", "0", itoa(int64(c.ID)), itoa(int64(c.ServerPID)), "0", "", c.ApplicationName})
-	}
-	return table(connCols, nil, rows, "SHOW")
-}
-
-func showServers(src Source) []byte {
-	var rows [][]string
-	for _, sv := range src.Servers() {
-		host, port := splitAddr(sv.Addr)
-		rows = append(rows, []string{"S", sv.User, sv.Database, sv.State, host, port, "", "",
-			sv.ConnectTime.Format("2006-01-02 15:04:05 MST"), "", "0", "0", "0", "", "", itoa(int64(sv.PID)), "", ""})
-	}
-	return table(connCols, nil, rows, "SHOW")
-}
-
-func showDatabases(src Source) []byte {
-	cols := []string{"name", "host", "port", "database", "force_user", "pool_size", "min_pool_size", "reserve_pool",
-		"pool_mode", "max_connections", "current_connections", "paused", "disabled"}
-	paused := "0"
-	if src.Paused() {
-		paused = "1"
-	}
-	var rows [][]string
-	for _, d := range src.Databases() {
-		rows = append(rows, []string{d.Name, d.Host, itoa(d.Port), d.DBName, d.User, itoa(d.PoolSize), itoa(d.MinPoolSize), "0",
-			d.PoolMode, "0", itoa(d.Current), paused, "0"})
-	}
-	return table(cols, nil, rows, "SHOW")
+	return names
 }

@@ -91,6 +91,9 @@ func (m *Mapper) Attach() {
 	m.dups, m.segDone = 0, m.segSent
 }
 
+// Count returns how many named statements the client has prepared.
+func (m *Mapper) Count() int { return len(m.stmts) }
+
 // Idle reports whether no answer is awaited.
 func (m *Mapper) Idle() bool { return len(m.queue) == 0 }
 
@@ -133,6 +136,7 @@ func (m *Mapper) Rewrite(reg *Registry, typ byte, body, out []byte) (msg, rest [
 			m.dups++
 			return appendParse(out, serverStmtPrefix+"dup", []byte(dupMarker+"\x00\x00\x00")), nil
 		}
+		m.Counters.parses.Add(1)
 		st := &stmt{server: ServerName(query), query: append([]byte(nil), query...)}
 		if m.stmts == nil {
 			m.stmts = make(map[string]*stmt)
@@ -158,6 +162,7 @@ func (m *Mapper) Rewrite(reg *Registry, typ byte, body, out []byte) (msg, rest [
 			// 26000 for the last, naming the client's statement.
 			return protocol.AppendHeader(out, 'B', n), body
 		}
+		m.Counters.binds.Add(1)
 		out = m.ensure(reg, st, out)
 		out = protocol.AppendHeader(out, 'B', len(portal)+1+len(st.server)+1+len(params))
 		out = append(out, portal...)

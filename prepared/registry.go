@@ -114,9 +114,11 @@ func (r *Registry) Evicted(names []string, c *Counters) {
 // Counters count the mapping's work across every client and server.
 type Counters struct {
 	prepared, hits, misses, evictions atomic.Int64
+	parses, binds                     atomic.Int64 // the clients' Parses and Binds of named statements
 }
 
 // Snapshot reports the counters.
 func (c *Counters) Snapshot() stats.Prepared {
-	return stats.Prepared{Prepared: c.prepared.Load(), Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load()}
+	return stats.Prepared{Prepared: c.prepared.Load(), Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(),
+		Parses: c.parses.Load(), Binds: c.binds.Load()}
 }

@@ -37,6 +37,7 @@ type serverConn struct {
 	core.Server // its protocol state
 
 	owner     *dbPool
+	id        uint64 // for reports, from serverIDs
 	connected time.Time
 	leased    atomic.Bool // lent to a client (for reports)
 
@@ -47,6 +48,9 @@ type serverConn struct {
 	// readyLocked); it falls before cancels' Done.
 	cancelling atomic.Int32
 }
+
+// serverIDs numbers server connections, for reports.
+var serverIDs atomic.Uint64
 
 // cancelDone ends the count of a cancel request taken by holdForCancel.
 func (sc *serverConn) cancelDone() {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/pgmux/pgmux/console"
 	"github.com/pgmux/pgmux/protocol"
@@ -87,6 +88,28 @@ func (s consoleSource) Shutdown() {
 	}
 }
 
+// AuthUsers lists the users of the auth file.
+func (s consoleSource) AuthUsers() []string {
+	users := s.options().Users
+	out := make([]string, 0, len(users))
+	for u := range users {
+		out = append(out, u)
+	}
+	return out
+}
+
+// Mem reports the objects pgmux keeps a client, a server and a pool by.
+func (s consoleSource) Mem() []console.Mem {
+	s.mu.Lock()
+	clients, pools := len(s.sessions), len(s.pools)
+	s.mu.Unlock()
+	return []console.Mem{
+		{Name: "client", Size: int(unsafe.Sizeof(session{})), Used: clients},
+		{Name: "server", Size: int(unsafe.Sizeof(serverConn{})), Used: len(s.Servers())},
+		{Name: "pool", Size: int(unsafe.Sizeof(dbPool{})), Used: pools},
+	}
+}
+
 // Databases lists the databases configured to be checked for readiness or
 // with a pool, by name, with their server connections.
 func (s consoleSource) Databases() []console.Database {
@@ -109,7 +132,7 @@ func (s consoleSource) Databases() []console.Database {
 			continue
 		}
 		out = append(out, console.Database{Name: name, Host: d.Host, Port: d.Port, DBName: d.DBName, User: d.User,
-			PoolSize: d.PoolSize, MinPoolSize: o.MinPoolSize, PoolMode: d.PoolMode, Current: current[name]})
+			PoolSize: d.PoolSize, MinPoolSize: o.MinPoolSize, PoolMode: d.PoolMode, ServerLifetime: o.ServerLifetime, Current: current[name]})
 	}
 	return out
 }

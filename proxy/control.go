@@ -114,12 +114,7 @@ func (s *Server) Update(opts Options) {
 		opts.Logger = s.options().Logger
 	}
 	s.opts.Store(&opts)
-	s.mu.Lock()
-	pools := make([]*dbPool, 0, len(s.pools))
-	for _, p := range s.pools {
-		pools = append(pools, p)
-	}
-	s.mu.Unlock()
+	pools := s.poolList()
 	for _, p := range pools {
 		db, ok := opts.Databases(p.key.database)
 		if !ok {

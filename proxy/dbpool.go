@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
+	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/stats"
 )
 
@@ -46,6 +47,8 @@ type dbPool struct {
 
 	clientsIdle, clientsWaiting, clientsActive atomic.Int64
 	clientsPinned, clientsListening            atomic.Int64
+	assignments                                atomic.Int64 // servers lent to clients
+	ps                                         prepared.Counters
 	transactions, queries                      atomic.Int64
 	bytesIn, bytesOut                          atomic.Int64
 	txNanos, queryNanos, waitNanos             atomic.Int64
@@ -53,6 +56,47 @@ type dbPool struct {
 	txHist, queryHist, waitHist                latencyHist // the Prometheus histograms' counts
 
 	m poolMetrics
+
+	// The counts at the ends of the last two stats periods (statsTick),
+	// for PgBouncer's averages.
+	periodMu         sync.Mutex
+	periodAt, prevAt time.Time
+	periodEnd, prev  stats.Pool
+}
+
+// counts returns the pool's cumulative counts.
+func (p *dbPool) counts() stats.Pool {
+	ps := p.ps.Snapshot()
+	return stats.Pool{ServerAssignments: p.assignments.Load(), Transactions: p.transactions.Load(), Queries: p.queries.Load(),
+		BytesReceived: p.bytesIn.Load(), BytesSent: p.bytesOut.Load(),
+		ClientParses: ps.Parses, ServerParses: ps.Prepared, Binds: ps.Binds,
+		TotalTransactionTime: time.Duration(p.txNanos.Load()), TotalQueryTime: time.Duration(p.queryNanos.Load()),
+		TotalWaitTime: time.Duration(p.waitNanos.Load())}
+}
+
+// statsTick ends a stats period at now.
+func (p *dbPool) statsTick(now time.Time) {
+	c := p.counts()
+	p.periodMu.Lock()
+	p.prev, p.prevAt = p.periodEnd, p.periodAt
+	p.periodEnd, p.periodAt = c, now
+	p.periodMu.Unlock()
+}
+
+// period is what the counts grew by over the latest complete stats period.
+func (p *dbPool) period() stats.Period {
+	p.periodMu.Lock()
+	defer p.periodMu.Unlock()
+	if p.prevAt.IsZero() {
+		return stats.Period{}
+	}
+	a, b := p.prev, p.periodEnd
+	return stats.Period{Seconds: p.periodAt.Sub(p.prevAt).Seconds(),
+		ServerAssignments: b.ServerAssignments - a.ServerAssignments, Transactions: b.Transactions - a.Transactions,
+		Queries: b.Queries - a.Queries, BytesReceived: b.BytesReceived - a.BytesReceived, BytesSent: b.BytesSent - a.BytesSent,
+		ClientParses: b.ClientParses - a.ClientParses, ServerParses: b.ServerParses - a.ServerParses, Binds: b.Binds - a.Binds,
+		TransactionTime: b.TotalTransactionTime - a.TotalTransactionTime, QueryTime: b.TotalQueryTime - a.TotalQueryTime,
+		WaitTime: b.TotalWaitTime - a.TotalWaitTime}
 }
 
 // newPoolFor builds the server pool of db for the options in force.
@@ -72,6 +116,7 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 		if err == nil {
 			p.tlsServers.Store(sc.sys == nil)
 			sc.owner = p
+			sc.id = serverIDs.Add(1)
 			sc.connected = time.Now()
 			p.mu.Lock()
 			p.servers[sc] = struct{}{}
@@ -106,6 +151,7 @@ func (s *Server) poolFor(name string, db Database, user string, cred serverCred)
 	}
 	p := &dbPool{key: key, db: db, srv: s, servers: map[*serverConn]struct{}{}, errors: map[string]int64{}}
 	p.listen.p = p
+	p.periodAt = time.Now() // the first period begins
 	p.m = s.metrics.forPool(name, user)
 	pl, err := s.newPoolFor(p, db, user, cred)
 	if err != nil {
@@ -114,6 +160,17 @@ func (s *Server) poolFor(name string, db Database, user string, cred serverCred)
 	p.pool.Store(pl)
 	s.pools[key] = p
 	return p, nil
+}
+
+// poolList returns the pools there are now.
+func (s *Server) poolList() []*dbPool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pools := make([]*dbPool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	return pools
 }
 
 // forget drops a closed server connection from the pool's registry.
@@ -135,6 +192,7 @@ func (p *dbPool) countError(code string) {
 }
 
 func (p *dbPool) observeWait(d time.Duration, now int64) {
+	p.assignments.Add(1)
 	p.waitNanos.Add(int64(d))
 	p.waitWin.ObserveAt(d, now/1e9)
 	p.waitHist.observe(d)
@@ -169,19 +227,16 @@ func (p *dbPool) snapshot(maxWait time.Duration) stats.Pool {
 	p.mu.Lock()
 	mode := p.db.PoolMode
 	p.mu.Unlock()
-	st := stats.Pool{
-		Database: p.key.database, User: p.key.user, PoolMode: mode,
-		ClientsActive: int(p.clientsActive.Load()), ClientsWaiting: int(p.clientsWaiting.Load()), ClientsIdle: int(p.clientsIdle.Load()),
-		ClientsPinned: int(p.clientsPinned.Load()), ClientsListening: int(p.clientsListening.Load()),
-		ListenChannels: p.listen.channels(),
-		ServersActive:  int(ps.Acquired), ServersIdle: int(ps.Idle), ServersConnecting: int(ps.Constructing), PoolSize: int(ps.Max),
-		Transactions: p.transactions.Load(), Queries: p.queries.Load(),
-		BytesReceived: p.bytesIn.Load(), BytesSent: p.bytesOut.Load(),
-		TotalTransactionTime: time.Duration(p.txNanos.Load()), TotalQueryTime: time.Duration(p.queryNanos.Load()),
-		TotalWaitTime: time.Duration(p.waitNanos.Load()), MaxWait: maxWait,
-		TransactionTime: p.txWin.Summary(), QueryTime: p.queryWin.Summary(), WaitTime: p.waitWin.Summary(),
-		Errors: map[string]int64{},
-	}
+	st := p.counts()
+	st.Database, st.User, st.PoolMode = p.key.database, p.key.user, mode
+	st.ClientsActive, st.ClientsWaiting, st.ClientsIdle = int(p.clientsActive.Load()), int(p.clientsWaiting.Load()), int(p.clientsIdle.Load())
+	st.ClientsPinned, st.ClientsListening = int(p.clientsPinned.Load()), int(p.clientsListening.Load())
+	st.ListenChannels = p.listen.channels()
+	st.ServersActive, st.ServersIdle, st.ServersConnecting, st.PoolSize = int(ps.Acquired), int(ps.Idle), int(ps.Constructing), int(ps.Max)
+	st.MaxWait = maxWait
+	st.Period = p.period()
+	st.TransactionTime, st.QueryTime, st.WaitTime = p.txWin.Summary(), p.queryWin.Summary(), p.waitWin.Summary()
+	st.Errors = map[string]int64{}
 	p.mu.Lock()
 	for k, v := range p.errors {
 		st.Errors[k] = v
@@ -232,12 +287,7 @@ func (s *Server) Clients() []stats.Client {
 
 // Servers reports every server connection.
 func (s *Server) Servers() []stats.Server {
-	s.mu.Lock()
-	pools := make([]*dbPool, 0, len(s.pools))
-	for _, p := range s.pools {
-		pools = append(pools, p)
-	}
-	s.mu.Unlock()
+	pools := s.poolList()
 	var out []stats.Server
 	for _, p := range pools {
 		p.mu.Lock()
@@ -250,7 +300,8 @@ func (s *Server) Servers() []stats.Server {
 				state = "listen" // the pool's LISTEN connection (listen.go)
 			}
 			out = append(out, stats.Server{Database: p.key.database, User: p.key.user, Addr: sc.addr, PID: sc.pid,
-				State: state, ConnectTime: sc.connected, Prepared: sc.Prepared.Count()})
+				State: state, ConnectTime: sc.connected, Prepared: sc.Prepared.Count(),
+				ID: sc.id, LocalAddr: sc.conn.LocalAddr().String(), TLS: tlsInfo(sc.conn), FD: sc.fd})
 		}
 		p.mu.Unlock()
 	}

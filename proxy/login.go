@@ -144,6 +144,7 @@ func (ss *session) login() error {
 		ss.pool.learned.Store(proved) // the servers are logged in to as the client proved itself
 	}
 	ss.statsPool.Store(ss.pool)
+	ss.PS.Counters = &ss.pool.ps // per pool, for SHOW STATS
 	params, err := ss.serverParams()
 	if err != nil {
 		return err

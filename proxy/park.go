@@ -28,12 +28,18 @@ func (s *Server) sweep() {
 	t := time.NewTicker(parkSweep)
 	defer t.Stop()
 	freedAt := 0
+	periodAt := time.Now()
 	var idle []*session
 	for {
+		var now time.Time
 		select {
 		case <-s.doneCh:
 			return
-		case <-t.C:
+		case now = <-t.C:
+		}
+		if d := s.options().StatsPeriod; d > 0 && now.Sub(periodAt) >= d {
+			periodAt = now
+			s.statsTick(now)
 		}
 		idle = idle[:0]
 		s.mu.Lock()
@@ -59,6 +65,13 @@ func (s *Server) sweep() {
 		case n < freedAt:
 			freedAt = n
 		}
+	}
+}
+
+// statsTick ends a stats period for every pool (SHOW STATS's averages).
+func (s *Server) statsTick(now time.Time) {
+	for _, p := range s.poolList() {
+		p.statsTick(now)
 	}
 }
 

@@ -70,7 +70,7 @@ func (ss *session) trimPrepared(sc *serverConn, max int) error {
 	if err := sc.readUntilReady(nil); err != nil {
 		return err
 	}
-	sc.Prepared.Evicted(names, &ss.srv.ps)
+	sc.Prepared.Evicted(names, ss.PS.Counters)
 	return nil
 }
 

@@ -116,6 +116,9 @@ type Options struct {
 	// NoSessionStateLook turns off the reading of statements for the
 	// session state they leave in transaction mode (core.Session.NoLook).
 	NoSessionStateLook bool
+	// StatsPeriod is how often the console's averages (SHOW STATS) are
+	// brought up to date; 0 means 60 seconds.
+	StatsPeriod time.Duration
 	// NotifyQueueBytes bounds the notifications waiting for one client in
 	// transaction mode (see listen.go); a client past it is closed. 0
 	// means 1 MiB.
@@ -135,6 +138,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxClientConn <= 0 {
 		o.MaxClientConn = 10000
+	}
+	if o.StatsPeriod <= 0 {
+		o.StatsPeriod = time.Minute
 	}
 	if o.NotifyQueueBytes <= 0 {
 		o.NotifyQueueBytes = defaultNotifyQueue
@@ -401,4 +407,12 @@ func (s *Server) sendCancel(sc *serverConn) {
 }
 
 // Prepared returns the prepared-statement mapping's counters.
-func (s *Server) Prepared() stats.Prepared { return s.ps.Snapshot() }
+func (s *Server) Prepared() stats.Prepared {
+	out := s.ps.Snapshot()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.pools {
+		out.Add(p.ps.Snapshot())
+	}
+	return out
+}

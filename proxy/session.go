@@ -161,8 +161,12 @@ func (ss *session) setState(next clientState) {
 
 // snapshot reports the session.
 func (ss *session) snapshot() stats.Client {
-	c := stats.Client{ID: ss.id, Addr: ss.conn.RemoteAddr().String(), ConnectTime: ss.start,
-		State: stateNames[ss.state.Load()]}
+	c := stats.Client{ID: ss.id, Addr: ss.conn.RemoteAddr().String(), LocalAddr: ss.conn.LocalAddr().String(), ConnectTime: ss.start,
+		State: stateNames[ss.state.Load()], TLS: tlsInfo(ss.conn)}
+	_, c.FD = rawSocket(ss.sock)
+	if t := ss.waitingSince.Load(); t != 0 {
+		c.WaitingSince = time.Unix(0, t)
+	}
 	if ss.state.Load() != int32(stateLogin) {
 		c.Database, c.User, c.ApplicationName = ss.dbName, ss.user, ss.appName
 	}
@@ -170,7 +174,11 @@ func (ss *session) snapshot() stats.Client {
 	if ss.lease != nil {
 		c.ServerPID = ss.lease.Conn().pid
 	}
+	if ss.txStart != 0 {
+		c.RequestTime = time.Unix(0, ss.txStart)
+	}
 	c.Pinned = ss.Pinned
+	c.Prepared = ss.PS.Count()
 	ss.mu.Unlock()
 	return c
 }

@@ -42,6 +42,17 @@ func (ss *session) startTLS(cfg *tls.Config, pre []byte, direct bool) error {
 	return nil
 }
 
+// tlsInfo describes c's TLS as SHOW CLIENTS and SHOW SERVERS do (version
+// and cipher suite), or is empty for a connection in plain text.
+func tlsInfo(c net.Conn) string {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return ""
+	}
+	st := tc.ConnectionState()
+	return tls.VersionName(st.Version) + "/" + tls.CipherSuiteName(st.CipherSuite)
+}
+
 // onUnixSocket reports whether the client came through a Unix socket
 // (unix_socket_dir), where TLS is not asked for and hba's local lines
 // apply.

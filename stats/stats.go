@@ -34,6 +34,14 @@ type Pool struct {
 	ServersConnecting int `json:"servers_connecting"`
 	PoolSize          int `json:"pool_size"`
 
+	// ServerAssignments: servers lent to clients; ClientParses, Binds: named
+	// statements clients prepared and bound, ServerParses: prepared on
+	// servers (prepared-statement mapping).
+	ServerAssignments int64 `json:"server_assignments"`
+	ClientParses      int64 `json:"client_parses"`
+	ServerParses      int64 `json:"server_parses"`
+	Binds             int64 `json:"binds"`
+
 	Transactions  int64            `json:"transactions"` // ReadyForQuery 'I' (a transaction, or a statement outside one, ended)
 	Queries       int64            `json:"queries"`      // ReadyForQuery (one per Query or Sync)
 	BytesReceived int64            `json:"bytes_received"`
@@ -46,10 +54,23 @@ type Pool struct {
 	TotalWaitTime        time.Duration `json:"-"`
 	MaxWait              time.Duration `json:"-"` // the longest a client is waiting now
 
+	// Period: the counts' changes over the latest complete stats period,
+	// for PgBouncer's averages.
+	Period Period `json:"-"`
+
 	// Over the last Window.
 	TransactionTime Summary `json:"transaction_time"`
 	QueryTime       Summary `json:"query_time"`
 	WaitTime        Summary `json:"wait_time"` // for a server: pgmux's own contribution
+}
+
+// Period is what a pool's counts grew by over a stats period.
+type Period struct {
+	Seconds                                  float64
+	ServerAssignments, Transactions, Queries int64
+	BytesReceived, BytesSent                 int64
+	ClientParses, ServerParses, Binds        int64
+	TransactionTime, QueryTime, WaitTime     time.Duration
 }
 
 // Add accumulates q's counts and cumulative times into p (not its
@@ -64,6 +85,22 @@ func (p *Pool) Add(q Pool) {
 	p.ServersActive += q.ServersActive
 	p.ServersIdle += q.ServersIdle
 	p.ServersConnecting += q.ServersConnecting
+	p.ServerAssignments += q.ServerAssignments
+	p.ClientParses += q.ClientParses
+	p.ServerParses += q.ServerParses
+	p.Binds += q.Binds
+	p.Period.Seconds = max(p.Period.Seconds, q.Period.Seconds)
+	p.Period.ServerAssignments += q.Period.ServerAssignments
+	p.Period.Transactions += q.Period.Transactions
+	p.Period.Queries += q.Period.Queries
+	p.Period.BytesReceived += q.Period.BytesReceived
+	p.Period.BytesSent += q.Period.BytesSent
+	p.Period.ClientParses += q.Period.ClientParses
+	p.Period.ServerParses += q.Period.ServerParses
+	p.Period.Binds += q.Period.Binds
+	p.Period.TransactionTime += q.Period.TransactionTime
+	p.Period.QueryTime += q.Period.QueryTime
+	p.Period.WaitTime += q.Period.WaitTime
 	p.Transactions += q.Transactions
 	p.Queries += q.Queries
 	p.BytesReceived += q.BytesReceived
@@ -98,6 +135,14 @@ type Client struct {
 	ConnectTime     time.Time `json:"connect_time"`
 	ServerPID       uint32    `json:"server_pid,omitempty"`
 	Pinned          bool      `json:"pinned,omitempty"` // transaction mode, keeping its server (see Pool.ClientsPinned)
+
+	// For the console's SHOW CLIENTS.
+	LocalAddr    string    `json:"-"`
+	RequestTime  time.Time `json:"-"` // when its open transaction began; zero if none
+	WaitingSince time.Time `json:"-"` // zero unless it waits for a server
+	TLS          string    `json:"-"` // "TLSv1.3/cipher", empty in plain text
+	Prepared     int       `json:"-"` // named statements it has prepared
+	FD           int       `json:"-"` // its socket's descriptor, -1 if unknown
 }
 
 // Server is one server connection.
@@ -109,6 +154,12 @@ type Server struct {
 	State       string    `json:"state"` // active, idle
 	ConnectTime time.Time `json:"connect_time"`
 	Prepared    int       `json:"prepared_statements"`
+
+	// For the console's SHOW SERVERS.
+	ID        uint64 `json:"-"`
+	LocalAddr string `json:"-"`
+	TLS       string `json:"-"`
+	FD        int    `json:"-"`
 }
 
 // Prepared counts the work of prepared-statement mapping.
@@ -117,6 +168,18 @@ type Prepared struct {
 	Hits      int64 `json:"hits"`      // uses that found the statement on the server at hand
 	Misses    int64 `json:"misses"`    // uses that had to prepare it there first
 	Evictions int64 `json:"evictions"` // closed to stay within max_prepared_statements
+	Parses    int64 `json:"parses"`    // named statements clients prepared
+	Binds     int64 `json:"binds"`     // Binds of named statements clients sent
+}
+
+// Add accumulates q into p.
+func (p *Prepared) Add(q Prepared) {
+	p.Prepared += q.Prepared
+	p.Hits += q.Hits
+	p.Misses += q.Misses
+	p.Evictions += q.Evictions
+	p.Parses += q.Parses
+	p.Binds += q.Binds
 }
 
 // Window keeps a latency distribution over the last 60 seconds: one set of

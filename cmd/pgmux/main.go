@@ -320,6 +320,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		ServerResetQuery:       cfg.ServerResetQuery,
 		MaxPreparedStatements:  cfg.MaxPreparedStatements,
 		NotifyQueueBytes:       cfg.NotifyQueueBytes,
+		StatsPeriod:            cfg.StatsPeriod,
 		NoSessionStateLook:     !cfg.TrackSessionState,
 		RelayLoop:              cfg.RelayLoop,
 		NoIOURing:              !cfg.IOURing,

@@ -64,6 +64,11 @@ func (ss *session) finish(err error) {
 	}
 	ss.srv.metrics.disconnects.WithLabelValues(reason).Inc()
 	if isPg {
+		if refused {
+			// Counted before the client is told: whoever it tells may
+			// read the count next.
+			ss.srv.metrics.refusals.WithLabelValues(pgErr.Code).Inc()
+		}
 		wait := time.Second
 		if pgErr.Code == protocol.CodeProgramLimitExceeded {
 			wait = notifyTellTimeout // behind the notifications it did not read
@@ -74,7 +79,6 @@ func (ss *session) finish(err error) {
 		ss.bw.Flush()
 		switch {
 		case refused:
-			ss.srv.metrics.refusals.WithLabelValues(pgErr.Code).Inc()
 			if ok, more := ss.srv.refusalLog.allow(pgErr.Code, time.Now()); ok {
 				ss.logger().Info("client refused", zap.String("sqlstate", pgErr.Code), zap.String("reason", pgErr.Message),
 					zap.Int("more_since_last", more))

@@ -35,6 +35,10 @@ type Config struct {
 	PoolMode               string              `mapstructure:"pool_mode"`
 	DefaultPoolSize        int                 `mapstructure:"default_pool_size"`
 	MinPoolSize            int                 `mapstructure:"min_pool_size"`
+	ReservePoolSize        int                 `mapstructure:"reserve_pool_size"`
+	ReservePoolTimeout     time.Duration       `mapstructure:"reserve_pool_timeout"`
+	MaxDBConnections       int                 `mapstructure:"max_db_connections"`
+	MaxUserConnections     int                 `mapstructure:"max_user_connections"`
 	MaxClientConn          int                 `mapstructure:"max_client_conn"`
 	AuthType               string              `mapstructure:"auth_type"`
 	AuthFile               string              `mapstructure:"auth_file"`
@@ -86,6 +90,10 @@ type Database struct {
 	Password string `mapstructure:"password"`
 	PoolMode string `mapstructure:"pool_mode"`
 	PoolSize int    `mapstructure:"pool_size"`
+	// ReservePoolSize and MaxDBConnections, over the top-level keys
+	// (0: theirs).
+	ReservePoolSize  int `mapstructure:"reserve_pool_size"`
+	MaxDBConnections int `mapstructure:"max_db_connections"`
 	// The server leg's TLS for this database, over the top-level keys.
 	ServerTLSSSLMode  string `mapstructure:"server_tls_sslmode"`
 	ServerTLSCertFile string `mapstructure:"server_tls_cert_file"`
@@ -108,6 +116,7 @@ func Default() Config {
 		AdminListen:           "127.0.0.1:9127",
 		PoolMode:              "transaction",
 		DefaultPoolSize:       20,
+		ReservePoolTimeout:    5 * time.Second,
 		MaxClientConn:         10000,
 		AuthType:              "scram-sha-256",
 		AuthQuery:             "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
@@ -283,6 +292,12 @@ func (c *Config) Validate() error {
 	if c.MinPoolSize < 0 || c.MinPoolSize > c.DefaultPoolSize {
 		bad("min_pool_size", "must be between 0 and default_pool_size (%d), got %d", c.DefaultPoolSize, c.MinPoolSize)
 	}
+	for key, n := range map[string]int{"reserve_pool_size": c.ReservePoolSize, "max_db_connections": c.MaxDBConnections,
+		"max_user_connections": c.MaxUserConnections} {
+		if n < 0 {
+			bad(key, "must not be negative, got %d", n)
+		}
+	}
 	if c.MaxClientConn < 1 {
 		bad("max_client_conn", "must be at least 1, got %d", c.MaxClientConn)
 	}
@@ -313,7 +328,7 @@ func (c *Config) Validate() error {
 		"server_idle_timeout": c.ServerIdleTimeout, "server_lifetime": c.ServerLifetime,
 		"client_idle_timeout": c.ClientIdleTimeout, "client_login_timeout": c.ClientLoginTimeout,
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
-		"stats_period": c.StatsPeriod,
+		"stats_period": c.StatsPeriod, "reserve_pool_timeout": c.ReservePoolTimeout,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)
@@ -488,6 +503,12 @@ func (c *Config) Resolved(name string) (Database, bool) {
 	}
 	if d.PoolSize == 0 {
 		d.PoolSize = c.DefaultPoolSize
+	}
+	if d.ReservePoolSize == 0 {
+		d.ReservePoolSize = c.ReservePoolSize
+	}
+	if d.MaxDBConnections == 0 {
+		d.MaxDBConnections = c.MaxDBConnections
 	}
 	return d, true
 }

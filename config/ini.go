@@ -246,6 +246,7 @@ var same = func() map[string]bool {
 		max_client_conn auth_file auth_hba_file auth_user auth_query auth_dbname query_wait_timeout
 		server_connect_timeout server_idle_timeout server_lifetime client_idle_timeout client_login_timeout
 		idle_transaction_timeout server_reset_query max_packet_size max_prepared_statements stats_period
+		reserve_pool_size reserve_pool_timeout max_db_connections max_user_connections
 		client_tls_sslmode client_tls_cert_file client_tls_key_file client_tls_ca_file client_tls_protocols client_tls_ciphers
 		server_tls_sslmode server_tls_cert_file server_tls_key_file server_tls_ca_file server_tls_protocols server_tls_ciphers`) {
 		m[k] = true
@@ -277,10 +278,6 @@ var ignored = map[string]string{
 	"server_login_retry":        "pgmux retries a failed connect at the next client's request",
 	"application_name_add_host": "not in pgmux",
 	"query_timeout":             "not in pgmux: use statement_timeout",
-	"reserve_pool_size":         "not in pgmux yet",
-	"reserve_pool_timeout":      "not in pgmux yet",
-	"max_db_connections":        "not in pgmux yet",
-	"max_user_connections":      "not in pgmux yet",
 	"autodb_idle_timeout":       "pgmux keeps a pool made for the * entry",
 	"suspend_timeout":           "pgmux has no SUSPEND or online restart (-R); it drains",
 	"dns_max_ttl":               "Go's resolver, at each connect",
@@ -354,10 +351,13 @@ func iniDatabase(k iniKey) (map[string]any, []Note, error) {
 				v = iniList(v)[0]
 			}
 			d["host"] = v
-		case "port", "pool_size":
+		case "port", "pool_size", "reserve_pool", "reserve_pool_size", "max_db_connections":
 			n, err := strconv.Atoi(v)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%s: %s: %s=%q is not a number", k.at, k.key, p, v)
+			}
+			if p == "reserve_pool" {
+				p = "reserve_pool_size" // PgBouncer's older name
 			}
 			d[p] = n
 		case "pool_mode":

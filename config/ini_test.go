@@ -60,7 +60,7 @@ func TestLoadFullINI(t *testing.T) {
 		"app":      {Host: "10.0.0.5", Port: 5433, DBName: "app_prod", User: "app", Password: "s3cr'et x", PoolSize: 30, PoolMode: "transaction"},
 		"odd name": {Host: "/var/run/postgresql", DBName: "odd"},
 		"nohost":   {DBName: "other"}, // unix_socket_dir is empty: TCP to 127.0.0.1 (Resolved)
-		"multi":    {Host: "10.0.0.1"},
+		"multi":    {Host: "10.0.0.1", ReservePoolSize: 5},
 		"*":        {Host: "127.0.0.1", Port: 5432},
 	}
 	if !reflect.DeepEqual(c.Databases, want) {
@@ -76,7 +76,7 @@ func TestLoadFullINI(t *testing.T) {
 	for _, n := range notes {
 		said[n.Key] = n.Text
 	}
-	for _, k := range []string{"multi host", "multi reserve_pool", "multi connect_query", "alice", "auth_type", "pool_mode",
+	for _, k := range []string{"multi host", "multi connect_query", "alice", "auth_type", "pool_mode",
 		"verbose", "tcp_keepalive", "so_reuseport", "no_such_key"} {
 		if said[k] == "" {
 			t.Errorf("nothing said of %s", k)

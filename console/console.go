@@ -2,7 +2,9 @@
 // in to the virtual database "pgmux" (or "pgbouncer") as one of admin_users
 // or stats_users gets every SHOW command of PgBouncer 1.25, with its column
 // names and types (show.go), so that tools written for PgBouncer read it;
-// admin users can also PAUSE, RESUME, RELOAD and SHUTDOWN. It turns a
+// admin users can also PAUSE, RESUME, DISABLE, ENABLE, KILL, KILL_CLIENT,
+// RECONNECT, WAIT_CLOSE, SUSPEND, RELOAD and SHUTDOWN, with a database
+// argument where PgBouncer takes one. It turns a
 // query into the messages that answer it; logging in and carrying the
 // messages is the proxy's session's.
 //
@@ -12,7 +14,10 @@ package console
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,11 +42,20 @@ type Source interface {
 	Databases() []Database  // those configured or with a pool, by name
 	ConfigRows() [][]string // key, value, default, changeable
 	AuthUsers() []string    // the users of the auth file
-	Mem() []Mem             // what client and server connections hold
+	MaxUserConnections() int
+	Mem() []Mem // what client and server connections hold
 	Started() time.Time
-	Paused() bool
-	Pause(ctx context.Context) error
-	Resume()
+	Paused() bool    // the whole server
+	Suspended() bool // SUSPEND
+	// What the commands do, as PgBouncer's; db "" is every database.
+	Pause(ctx context.Context, db string) error
+	Resume(db string) error
+	Disable(db string, disable bool) error
+	Kill(db string) error
+	KillClient(id uint64) error
+	Reconnect(db string) error
+	WaitClose(ctx context.Context, db string) error
+	Suspend(ctx context.Context) error
 	Reload() error
 	Shutdown()
 }
@@ -51,7 +65,9 @@ type Database struct {
 	Name, Host, DBName, User, PoolMode string // PoolMode empty: the default's
 	Port, PoolSize, MinPoolSize        int
 	ServerLifetime                     time.Duration
+	ReservePoolSize, MaxConnections    int // 0: none, no bound
 	Current                            int // server connections open or opening
+	Paused, Disabled                   bool
 }
 
 // Mem is a row of SHOW MEM: a kind of object pgmux keeps, its size in
@@ -80,7 +96,7 @@ func Answer(src Source, q string, admin bool) []byte {
 	var out []byte
 	any := false
 	for _, c := range strings.Split(q, ";") {
-		words := strings.Fields(strings.ToUpper(c))
+		words := strings.Fields(c)
 		if len(words) == 0 {
 			continue
 		}
@@ -97,54 +113,107 @@ func Answer(src Source, q string, admin bool) []byte {
 	return out
 }
 
+// controlTimeout bounds the commands that wait: PAUSE, SUSPEND and
+// WAIT_CLOSE.
+const controlTimeout = time.Minute
+
+// command answers one command: its first word in any case, a database name
+// after it as written (or quoted).
 func command(src Source, words []string, admin bool) ([]byte, *protocol.PgError) {
-	needAdmin := func() *protocol.PgError {
-		if admin {
-			return nil
+	verb := strings.ToUpper(words[0])
+	if verb == "SHOW" {
+		if len(words) == 2 {
+			if show := shows[strings.ToUpper(words[1])]; show != nil {
+				return show(src), nil
+			}
 		}
-		return protocol.Error("42501", "admin console: "+strings.ToLower(words[0])+" needs one of admin_users")
+		return nil, unknown(words)
 	}
-	switch words[0] {
-	case "SHOW":
-		if len(words) < 2 {
-			break
+	ctl := controls[verb]
+	if ctl.run == nil || len(words)-1 < ctl.args[0] || len(words)-1 > ctl.args[1] {
+		return nil, unknown(words)
+	}
+	if !admin {
+		return nil, protocol.Error("42501", "admin console: "+strings.ToLower(verb)+" needs one of admin_users")
+	}
+	arg := ""
+	if len(words) > 1 {
+		arg = strings.Trim(words[1], `"`)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
+	defer cancel()
+	if err := ctl.run(ctx, src, arg); err != nil {
+		var pe *protocol.PgError
+		if errors.As(err, &pe) {
+			return nil, pe
 		}
-		if show := shows[words[1]]; show != nil {
-			return show(src), nil
+		code := "3D000" // an unknown database or client: the only refusal most have
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			code = protocol.CodeQueryCanceled
+		case verb == "RELOAD":
+			code = "F0000"
+		case verb == "KILL_CLIENT":
+			code = "42704"
 		}
-	case "PAUSE":
-		if err := needAdmin(); err != nil {
-			return nil, err
+		return nil, protocol.Error(code, strings.ToLower(verb)+": "+err.Error())
+	}
+	return protocol.CommandComplete(verb), nil
+}
+
+// controls are the commands that act, as PgBouncer's: how many arguments
+// each takes (at least, at most), and what it does.
+var controls = map[string]struct {
+	args [2]int
+	run  func(ctx context.Context, src Source, arg string) error
+}{
+	"PAUSE":  {[2]int{0, 1}, func(ctx context.Context, src Source, db string) error { return src.Pause(ctx, db) }},
+	"RESUME": {[2]int{0, 1}, func(_ context.Context, src Source, db string) error { return src.Resume(db) }},
+	"DISABLE": {[2]int{1, 1}, func(_ context.Context, src Source, db string) error {
+		return src.Disable(db, true)
+	}},
+	"ENABLE": {[2]int{1, 1}, func(_ context.Context, src Source, db string) error {
+		return src.Disable(db, false)
+	}},
+	"KILL": {[2]int{0, 1}, func(_ context.Context, src Source, db string) error { return src.Kill(db) }},
+	"KILL_CLIENT": {[2]int{1, 1}, func(_ context.Context, src Source, id string) error {
+		n, err := strconv.ParseUint(id, 10, 64)
+		if err != nil {
+			return protocol.Error("22P02", fmt.Sprintf("kill_client: %q is not a client id (SHOW CLIENTS's id)", id))
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := src.Pause(ctx); err != nil {
-			return nil, protocol.Error(protocol.CodeQueryCanceled, err.Error())
-		}
-		return protocol.CommandComplete("PAUSE"), nil
-	case "RESUME":
-		if err := needAdmin(); err != nil {
-			return nil, err
-		}
-		src.Resume()
-		return protocol.CommandComplete("RESUME"), nil
-	case "RELOAD":
-		if err := needAdmin(); err != nil {
-			return nil, err
-		}
-		if err := src.Reload(); err != nil {
-			return nil, protocol.Error("F0000", "reload refused: "+err.Error())
-		}
-		return protocol.CommandComplete("RELOAD"), nil
-	case "SHUTDOWN":
-		if err := needAdmin(); err != nil {
-			return nil, err
+		return src.KillClient(n)
+	}},
+	"RECONNECT":  {[2]int{0, 1}, func(_ context.Context, src Source, db string) error { return src.Reconnect(db) }},
+	"WAIT_CLOSE": {[2]int{0, 1}, func(ctx context.Context, src Source, db string) error { return src.WaitClose(ctx, db) }},
+	"SUSPEND":    {[2]int{0, 0}, func(ctx context.Context, src Source, _ string) error { return src.Suspend(ctx) }},
+	"RELOAD":     {[2]int{0, 0}, func(_ context.Context, src Source, _ string) error { return refused(src.Reload()) }},
+	"SHUTDOWN": {[2]int{0, 1}, func(_ context.Context, src Source, mode string) error {
+		// WAIT_FOR_SERVERS and WAIT_FOR_CLIENTS are what pgmux's
+		// shutdown does anyway: it drains.
+		if m := strings.ToUpper(mode); m != "" && m != "WAIT_FOR_SERVERS" && m != "WAIT_FOR_CLIENTS" {
+			return protocol.Error("42601", fmt.Sprintf("shutdown: %q is not WAIT_FOR_SERVERS or WAIT_FOR_CLIENTS", mode))
 		}
 		src.Shutdown()
-		return protocol.CommandComplete("SHUTDOWN"), nil
+		return nil
+	}},
+}
+
+// refused words a refused reload.
+func refused(err error) error {
+	if err != nil {
+		return fmt.Errorf("reload refused: %w", err)
 	}
-	return nil, protocol.Error("42601", "admin console: unknown command "+strings.Join(words, " ")+
-		" (SHOW "+strings.Join(showNames(), "|")+"; PAUSE, RESUME, RELOAD, SHUTDOWN)")
+	return nil
+}
+
+func unknown(words []string) *protocol.PgError {
+	verbs := make([]string, 0, len(controls))
+	for v := range controls {
+		verbs = append(verbs, v)
+	}
+	slices.Sort(verbs)
+	return protocol.Error("42601", "admin console: unknown command "+strings.Join(words, " ")+
+		" (SHOW "+strings.Join(showNames(), "|")+"; "+strings.Join(verbs, ", ")+")")
 }
 
 // shows are the SHOW commands, by their argument.

@@ -18,6 +18,15 @@ type fake struct {
 	paused         bool
 	reloads, shuts int
 	reloadErr      error
+	did            []string // the commands carried out, with their argument
+}
+
+func (f *fake) act(what, arg string) error {
+	if arg != "" && arg != "app" && arg != "7" {
+		return errors.New("no such database or client: " + arg)
+	}
+	f.did = append(f.did, what+" "+arg)
+	return nil
 }
 
 func (f *fake) Pools() []stats.Pool {
@@ -35,14 +44,30 @@ func (f *fake) Databases() []Database {
 func (f *fake) ConfigRows() [][]string {
 	return [][]string{{"listen", "127.0.0.1:6432", "127.0.0.1:6432", "no"}}
 }
-func (f *fake) AuthUsers() []string         { return []string{"u", "v"} }
-func (f *fake) Mem() []Mem                  { return []Mem{{Name: "client", Size: 1000, Used: 3}} }
-func (f *fake) Started() time.Time          { return time.Now().Add(-time.Minute) }
-func (f *fake) Paused() bool                { return f.paused }
-func (f *fake) Pause(context.Context) error { f.paused = true; return nil }
-func (f *fake) Resume()                     { f.paused = false }
-func (f *fake) Reload() error               { f.reloads++; return f.reloadErr }
-func (f *fake) Shutdown()                   { f.shuts++ }
+func (f *fake) AuthUsers() []string     { return []string{"u", "v"} }
+func (f *fake) MaxUserConnections() int { return 0 }
+func (f *fake) Mem() []Mem              { return []Mem{{Name: "client", Size: 1000, Used: 3}} }
+func (f *fake) Started() time.Time      { return time.Now().Add(-time.Minute) }
+func (f *fake) Paused() bool            { return f.paused }
+func (f *fake) Suspended() bool         { return false }
+func (f *fake) Pause(_ context.Context, db string) error {
+	f.paused = db == ""
+	return f.act("pause", db)
+}
+func (f *fake) Resume(db string) error { f.paused = false; return f.act("resume", db) }
+func (f *fake) Disable(db string, disable bool) error {
+	if disable {
+		return f.act("disable", db)
+	}
+	return f.act("enable", db)
+}
+func (f *fake) Kill(db string) error                         { return f.act("kill", db) }
+func (f *fake) KillClient(id uint64) error                   { return f.act("kill_client", itoa(id)) }
+func (f *fake) Reconnect(db string) error                    { return f.act("reconnect", db) }
+func (f *fake) WaitClose(_ context.Context, db string) error { return f.act("wait_close", db) }
+func (f *fake) Suspend(context.Context) error                { return f.act("suspend", "") }
+func (f *fake) Reload() error                                { f.reloads++; return f.reloadErr }
+func (f *fake) Shutdown()                                    { f.shuts++ }
 
 // read decodes an answer into its messages.
 func read(t *testing.T, b []byte) []pgproto3.BackendMessage {
@@ -93,6 +118,7 @@ func TestAnswer(t *testing.T) {
 		{" ; ", false, []string{"I"}, nil},
 		{"SHOW POOLS; SHOW VERSION", false, []string{"T17", "Dapp", "CSHOW", "T1", "D" + Version, "CSHOW"}, nil},
 		{"PAUSE", false, []string{"E42501"}, func(f *fake) bool { return !f.paused }},
+		{"show pools", false, []string{"T17", "Dapp", "CSHOW"}, nil},
 		{"PAUSE", true, []string{"CPAUSE"}, func(f *fake) bool { return f.paused }},
 		{"RELOAD", true, []string{"CRELOAD"}, func(f *fake) bool { return f.reloads == 1 }},
 		{"SHUTDOWN", false, []string{"E42501"}, func(f *fake) bool { return f.shuts == 0 }},
@@ -186,5 +212,40 @@ func TestColumnsMatchPgBouncer(t *testing.T) {
 	}
 	if seen != len(shows) {
 		t.Errorf("%d SHOW commands checked, %d answered", seen, len(shows))
+	}
+}
+
+// TestControlCommands: each command that acts, with and without the
+// database PgBouncer lets it take, reaches the Source with its argument as
+// written; one it does not take, or a stats user, is refused.
+func TestControlCommands(t *testing.T) {
+	for _, c := range []struct {
+		q, want string // want: what was done, or E and the SQLSTATE
+	}{
+		{"PAUSE", "pause "}, {"pause app", "pause app"}, {`PAUSE "app"`, "pause app"}, {"PAUSE nosuch", "E3D000"},
+		{"RESUME", "resume "}, {"RESUME app", "resume app"},
+		{"DISABLE app", "disable app"}, {"ENABLE app", "enable app"}, {"DISABLE", "E42601"},
+		{"KILL", "kill "}, {"KILL app", "kill app"}, {"KILL_CLIENT 7", "kill_client 7"}, {"KILL_CLIENT x", "E22P02"}, {"KILL_CLIENT 8", "E42704"},
+		{"RECONNECT", "reconnect "}, {"RECONNECT app", "reconnect app"},
+		{"WAIT_CLOSE", "wait_close "}, {"WAIT_CLOSE app", "wait_close app"},
+		{"SUSPEND", "suspend "}, {"SUSPEND app", "E42601"},
+		{"SHUTDOWN WAIT_FOR_CLIENTS", ""}, {"SHUTDOWN NOW", "E42601"}, {"PAUSE a b", "E42601"},
+	} {
+		f := &fake{}
+		msgs := read(t, Answer(f, c.q, true))
+		got := strings.Join(f.did, ",")
+		if e, ok := msgs[0].(*pgproto3.ErrorResponse); ok {
+			got = "E" + e.Code
+		} else if cc, ok := msgs[0].(*pgproto3.CommandComplete); !ok || string(cc.CommandTag) != strings.ToUpper(strings.Fields(c.q)[0]) {
+			t.Errorf("%q: %#v", c.q, msgs[0])
+		}
+		if got != c.want {
+			t.Errorf("%q: %q, want %q", c.q, got, c.want)
+		}
+		if f2 := (&fake{}); !strings.HasPrefix(c.want, "E") {
+			if _, ok := read(t, Answer(f2, c.q, false))[0].(*pgproto3.ErrorResponse); !ok || len(f2.did) > 0 {
+				t.Errorf("%q by a stats user: carried out", c.q)
+			}
+		}
 	}
 }

@@ -364,7 +364,7 @@ func showUsers(src Source) []byte {
 	slices.Sort(names)
 	var rows [][]string
 	for _, u := range names {
-		rows = append(rows, []string{u, null, null, null, "0", itoa(servers[u]), "0", itoa(clients[u])})
+		rows = append(rows, []string{u, null, null, null, itoa(src.MaxUserConnections()), itoa(servers[u]), "0", itoa(clients[u])})
 	}
 	return result("ssssiiii", []string{"name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
 		"current_connections", "max_user_client_connections", "current_client_connections"}, rows)
@@ -380,7 +380,7 @@ func showDatabases(src Source) []byte {
 			clients[c.Database]++
 		}
 	}
-	paused := bool01(src.Paused())
+	all := src.Paused()
 	var rows [][]string
 	for _, d := range src.Databases() {
 		user, mode := d.User, d.PoolMode
@@ -390,8 +390,9 @@ func showDatabases(src Source) []byte {
 		if mode == "" {
 			mode = null
 		}
-		rows = append(rows, []string{d.Name, d.Host, itoa(d.Port), d.DBName, user, itoa(d.PoolSize), itoa(d.MinPoolSize), "0",
-			itoa(int64(d.ServerLifetime / time.Second)), mode, null, "0", itoa(d.Current), "0", itoa(clients[d.Name]), paused, "0"})
+		rows = append(rows, []string{d.Name, d.Host, itoa(d.Port), d.DBName, user, itoa(d.PoolSize), itoa(d.MinPoolSize), itoa(d.ReservePoolSize),
+			itoa(int64(d.ServerLifetime / time.Second)), mode, null, itoa(d.MaxConnections), itoa(d.Current), "0", itoa(clients[d.Name]),
+			bool01(all || d.Paused), bool01(d.Disabled)})
 	}
 	return result("ssissiiiissiiiiii", names, rows)
 }
@@ -434,6 +435,8 @@ func showState(src Source) []byte {
 		}
 		return "no"
 	}
-	paused := src.Paused()
-	return result("ss", []string{"key", "value"}, [][]string{{"active", yes(!paused)}, {"paused", yes(paused)}, {"suspended", "no"}})
+	suspended := src.Suspended()
+	paused := src.Paused() && !suspended
+	return result("ss", []string{"key", "value"}, [][]string{{"active", yes(!paused && !suspended)}, {"paused", yes(paused)},
+		{"suspended", yes(suspended)}})
 }

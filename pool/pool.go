@@ -47,6 +47,13 @@ type Config[T Conn] struct {
 	IdleTimeout    time.Duration // close connections idle longer; 0 means never (see SetLimits)
 	MaxLifetime    time.Duration // close connections older, when next released or idle; 0 means never (see SetLimits)
 	ReapInterval   time.Duration // how often idle connections are checked; default 1s
+	// ReserveSize more connections may be made for a caller that has
+	// waited ReserveTimeout, as PgBouncer's reserve_pool_size; they are
+	// closed when given back with no one waiting.
+	ReserveSize    int32
+	ReserveTimeout time.Duration
+	// Limits bound this pool's connections together with other pools'.
+	Limits []*Limit
 }
 
 var (
@@ -93,6 +100,9 @@ func New[T Conn](cfg Config[T]) (*Pool[T], error) {
 	pl.SetLimits(cfg.MinSize, cfg.IdleTimeout, cfg.MaxLifetime)
 	pl.timer = time.AfterFunc(time.Hour, pl.expire)
 	pl.timer.Stop()
+	for _, l := range cfg.Limits {
+		l.join(pl)
+	}
 	pl.done.Add(1)
 	go pl.reap()
 	return pl, nil
@@ -160,7 +170,9 @@ func (l *Lease[T]) ReleaseAt(now time.Duration) {
 		w.deliver(handoff[T]{lease: l})
 		return
 	}
-	if p.closed {
+	if p.closed || p.size > p.cfg.MaxSize || len(p.cfg.Limits) > 0 && p.wanted() {
+		// Closed; a reserve connection no one waits for; or one another
+		// pool under a limit needs the room of.
 		p.mu.Unlock()
 		l.Destroy()
 		return
@@ -178,6 +190,7 @@ func (l *Lease[T]) Destroy() {
 	p, c := l.p, l.e.conn
 	p.mu.Lock()
 	p.size--
+	p.giveLimits(1)
 	// Close waits for the closes started before it, not for those of leases
 	// given back after it (a pool replaced by a reload), which would race
 	// with its Wait.
@@ -214,12 +227,12 @@ func (p *Pool[T]) AcquireWithin(ctx context.Context, timeout time.Duration) (*Le
 		return l, nil
 	}
 	w := getWaiter[T]()
+	w.deadline = 0
 	if timeout > 0 {
 		w.deadline = time.Now().Add(timeout).UnixNano()
 		p.armLocked(w.deadline)
 	}
-	p.waiters.push(w)
-	p.serveLocked() // a dial for it, if there is room
+	p.queueLocked(w)
 	p.mu.Unlock()
 
 	select {
@@ -283,9 +296,21 @@ func (p *Pool[T]) AcquireAsync(wt *Waiter[T], timeout time.Duration) (*Lease[T],
 		w.deadline = time.Now().Add(timeout).UnixNano()
 		p.armLocked(w.deadline)
 	}
-	p.waiters.push(w)
-	p.serveLocked()
+	p.queueLocked(w)
 	return nil, nil
+}
+
+// queueLocked queues w and starts a dial for it if there is room. With a
+// reserve, a caller that will have to wait is timed, and the timer set for
+// when its wait reaches ReserveTimeout.
+func (p *Pool[T]) queueLocked(w *waiter[T]) {
+	w.queuedAt = 0
+	if p.cfg.ReserveSize > 0 && p.size >= p.cfg.MaxSize && len(p.idle) == 0 {
+		w.queuedAt = time.Now().UnixNano()
+		p.armLocked(w.queuedAt + int64(p.cfg.ReserveTimeout))
+	}
+	p.waiters.push(w)
+	p.serveLocked() // a dial for it, if there is room
 }
 
 // CancelWait takes wt out of the queue and reports whether it was there;
@@ -332,17 +357,35 @@ func (p *Pool[T]) serveLocked() {
 	if p.closed {
 		return
 	}
-	for p.waiters.len > p.dialing && p.size < p.cfg.MaxSize {
-		p.startDialLocked()
+	for p.waiters.len > p.dialing && p.size < p.sizeLimitLocked() {
+		if !p.startDialLocked() {
+			return // a Limit is full: retried when it has room
+		}
 		go p.dial() //nolint:errcheck // a failure goes to the waiter
 	}
 }
 
-// startDialLocked counts a dial about to start.
-func (p *Pool[T]) startDialLocked() {
+// sizeLimitLocked is how many connections the pool may have now: its size,
+// and its reserve once the longest waiter has waited ReserveTimeout.
+func (p *Pool[T]) sizeLimitLocked() int32 {
+	if p.cfg.ReserveSize == 0 || p.size < p.cfg.MaxSize {
+		return p.cfg.MaxSize
+	}
+	if h := p.waiters.head; h != nil && h.queuedAt != 0 && time.Now().UnixNano()-h.queuedAt >= int64(p.cfg.ReserveTimeout) {
+		return p.cfg.MaxSize + p.cfg.ReserveSize
+	}
+	return p.cfg.MaxSize
+}
+
+// startDialLocked counts a dial about to start, if every Limit has room.
+func (p *Pool[T]) startDialLocked() bool {
+	if !p.takeLimits() {
+		return false
+	}
 	p.dialing++
 	p.size++
 	p.done.Add(1)
+	return true
 }
 
 // dial makes one connection into the idle stack and serves waiters with it;
@@ -363,6 +406,7 @@ func (p *Pool[T]) dial() error {
 	p.dialing--
 	if err != nil {
 		p.size--
+		p.giveLimits(1)
 		if w := p.waiters.pop(); w != nil {
 			w.deliver(handoff[T]{err: err})
 		}
@@ -371,6 +415,7 @@ func (p *Pool[T]) dial() error {
 	}
 	if p.closed {
 		p.size--
+		p.giveLimits(1)
 		go c.Close()
 		return ErrClosed
 	}
@@ -410,6 +455,13 @@ func (p *Pool[T]) expire() {
 			next = w.deadline
 		}
 		w = nw
+	}
+	if h := p.waiters.head; h != nil && h.queuedAt != 0 {
+		if due := h.queuedAt + int64(p.cfg.ReserveTimeout); due <= now {
+			p.serveLocked() // the reserve, for the longest waiter
+		} else if next == 0 || due < next {
+			next = due
+		}
 	}
 	if next != 0 {
 		p.armLocked(next)
@@ -451,7 +503,11 @@ func (p *Pool[T]) Close() {
 		idle := p.idle
 		p.idle = nil
 		p.size -= int32(len(idle))
+		p.giveLimits(int32(len(idle)))
 		p.mu.Unlock()
+		for _, l := range p.cfg.Limits {
+			l.leave(p)
+		}
 		for _, e := range idle {
 			e.conn.Close()
 		}
@@ -514,11 +570,10 @@ func (p *Pool[T]) reapOnce() {
 	}
 	for {
 		p.mu.Lock()
-		if p.closed || p.size >= p.minSize {
+		if p.closed || p.size >= p.minSize || !p.startDialLocked() {
 			p.mu.Unlock()
 			return
 		}
-		p.startDialLocked()
 		p.mu.Unlock()
 		if p.dial() != nil {
 			return // the server is unreachable; try again next tick
@@ -537,6 +592,7 @@ type waiter[T Conn] struct {
 	ch         chan handoff[T]        // buffered: a sender never blocks
 	fn         func(*Lease[T], error) // AcquireAsync's, instead of ch
 	deadline   int64                  // Unix ns, or 0 for none
+	queuedAt   int64                  // Unix ns, when timed for the reserve; else 0
 	prev, next *waiter[T]
 	queued     bool
 }

@@ -700,3 +700,107 @@ func acquireN(t *testing.T, p *Pool[*fakeConn], n int) []*Lease[*fakeConn] {
 	}
 	return ls
 }
+
+// TestReserve: a caller that has waited ReserveTimeout gets a connection
+// past MaxSize, up to ReserveSize more; one that waits less does not; a
+// reserve connection given back with no one waiting is closed.
+func TestReserve(t *testing.T) {
+	d := &dialer{}
+	p := newPool(t, d, func(c *Config[*fakeConn]) {
+		c.MaxSize, c.ReserveSize, c.ReserveTimeout = 1, 1, 100*time.Millisecond
+	})
+	ctx := context.Background()
+	held, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got := make(chan *Lease[*fakeConn], 2)
+	for range 2 {
+		go func() {
+			l, err := p.Acquire(ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- l
+		}()
+	}
+	first := <-got
+	if waited := time.Since(start); waited < 90*time.Millisecond || waited > time.Second {
+		t.Fatalf("a waiter was served after %s, want about ReserveTimeout", waited)
+	}
+	if st := p.Stats(); st.Total != 2 {
+		t.Fatalf("%d connections, want MaxSize 1 and the reserve's 1", st.Total)
+	}
+	select {
+	case <-got:
+		t.Fatal("a second waiter got a connection past MaxSize + ReserveSize")
+	case <-time.After(200 * time.Millisecond):
+	}
+	first.Release() // to the other waiter
+	second := <-got
+	second.Release() // no one waits: back to MaxSize
+	held.Release()
+	if st := p.Stats(); st.Total != 1 || st.Idle != 1 {
+		t.Fatalf("after the wait: %+v, want one idle connection", st)
+	}
+}
+
+// TestLimitAcrossPools: a Limit bounds two pools together; a pool that needs
+// a connection while the other holds the limit's last ones idle gets one
+// when the other closes an idle one, and one in use when it is destroyed.
+func TestLimitAcrossPools(t *testing.T) {
+	lim := NewLimit(2)
+	da, db := &dialer{}, &dialer{}
+	a := newPool(t, da, func(c *Config[*fakeConn]) { c.MaxSize, c.Limits = 2, []*Limit{lim} })
+	b := newPool(t, db, func(c *Config[*fakeConn]) { c.MaxSize, c.Limits = 2, []*Limit{lim} })
+	ctx := context.Background()
+	a1, _ := a.Acquire(ctx)
+	a2, _ := a.Acquire(ctx)
+	if lim.Count() != 2 {
+		t.Fatalf("limit counts %d", lim.Count())
+	}
+	wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	if _, err := b.Acquire(wctx); err == nil {
+		t.Fatal("b got a connection past the limit")
+	}
+	cancel()
+	// a's connection goes idle: b's wait has it closed and takes its place.
+	a1.Release()
+	wctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+	b1, err := b.Acquire(wctx)
+	cancel()
+	if err != nil {
+		t.Fatalf("b, with an idle connection of a's to close: %v", err)
+	}
+	if st := a.Stats(); st.Total != 1 || lim.Count() != 2 {
+		t.Fatalf("a %+v, limit %d", st, lim.Count())
+	}
+	// One in use elsewhere is not taken; when it is destroyed, room comes.
+	done := make(chan error, 1)
+	go func() {
+		l, err := b.Acquire(ctx)
+		if err == nil {
+			l.Release()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("b got a second connection while a holds one in use: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	a2.Destroy()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("b was not served when a's connection was destroyed")
+	}
+	b1.Release()
+	if lim.Count() > 2 {
+		t.Fatalf("limit counts %d", lim.Count())
+	}
+}

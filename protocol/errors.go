@@ -6,20 +6,21 @@ import (
 
 // SQLSTATE codes pgmux sends itself.
 const (
-	CodeProtocolViolation       = "08P01"
-	CodeConnectionFailure       = "08006"
-	CodeInvalidPassword         = "28P01"
-	CodeInvalidAuthorization    = "28000"
-	CodeInvalidCatalogName      = "3D000"
-	CodeTooManyConnections      = "53300"
-	CodeQueryCanceled           = "57014"
-	CodeAdminShutdown           = "57P01"
-	CodeIdleSessionTimeout      = "57P05"
-	CodeIdleInTransactionTimout = "25P03"
-	CodeFeatureNotSupported     = "0A000"
-	CodeCannotConnectNow        = "57P03"
-	CodeInternalError           = "XX000"
-	CodeProgramLimitExceeded    = "54000"
+	CodeProtocolViolation            = "08P01"
+	CodeConnectionFailure            = "08006"
+	CodeInvalidPassword              = "28P01"
+	CodeInvalidAuthorization         = "28000"
+	CodeInvalidCatalogName           = "3D000"
+	CodeTooManyConnections           = "53300"
+	CodeQueryCanceled                = "57014"
+	CodeAdminShutdown                = "57P01"
+	CodeIdleSessionTimeout           = "57P05"
+	CodeIdleInTransactionTimout      = "25P03"
+	CodeFeatureNotSupported          = "0A000"
+	CodeCannotConnectNow             = "57P03"
+	CodeInternalError                = "XX000"
+	CodeProgramLimitExceeded         = "54000"
+	CodeObjectNotInPrerequisiteState = "55000"
 )
 
 // PgError is an error that is meant to reach the client as an ErrorResponse.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -68,6 +69,18 @@ var _ console.Source = consoleSource{}
 
 func (s consoleSource) Started() time.Time { return s.started }
 
+// Pause is PAUSE: the whole server's, or db's.
+func (s consoleSource) Pause(ctx context.Context, db string) error {
+	if db == "" {
+		return s.Server.Pause(ctx)
+	}
+	return s.PauseDB(ctx, db)
+}
+
+func (s consoleSource) Resume(db string) error                { return s.ResumeDB(db) }
+func (s consoleSource) Disable(db string, disable bool) error { return s.DisableDB(db, disable) }
+func (s consoleSource) Kill(db string) error                  { return s.KillDB(db) }
+
 func (s consoleSource) ConfigRows() [][]string {
 	if f := s.options().ConfigRows; f != nil {
 		return f()
@@ -87,6 +100,9 @@ func (s consoleSource) Shutdown() {
 		f()
 	}
 }
+
+// MaxUserConnections is max_user_connections.
+func (s consoleSource) MaxUserConnections() int { return s.options().MaxUserConnections }
 
 // AuthUsers lists the users of the auth file.
 func (s consoleSource) AuthUsers() []string {
@@ -131,8 +147,11 @@ func (s consoleSource) Databases() []console.Database {
 		if !ok {
 			continue
 		}
+		paused, disabled := s.DatabaseState(name)
 		out = append(out, console.Database{Name: name, Host: d.Host, Port: d.Port, DBName: d.DBName, User: d.User,
-			PoolSize: d.PoolSize, MinPoolSize: o.MinPoolSize, PoolMode: d.PoolMode, ServerLifetime: o.ServerLifetime, Current: current[name]})
+			PoolSize: d.PoolSize, MinPoolSize: o.MinPoolSize, PoolMode: d.PoolMode, ServerLifetime: o.ServerLifetime, Current: current[name],
+			ReservePoolSize: d.ReservePoolSize, MaxConnections: d.MaxDBConnections,
+			Paused: paused, Disabled: disabled})
 	}
 	return out
 }

@@ -57,6 +57,8 @@ type dbPool struct {
 
 	m poolMetrics
 
+	closing sync.WaitGroup // replaced pools closing (replacePool), for WAIT_CLOSE
+
 	// The counts at the ends of the last two stats periods (statsTick),
 	// for PgBouncer's averages.
 	periodMu         sync.Mutex
@@ -130,6 +132,9 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 	p.mu.Unlock()
 	return pool.New(pool.Config[*serverConn]{
 		Dial:           dial,
+		ReserveSize:    int32(db.ReservePoolSize),
+		ReserveTimeout: o.ReservePoolTimeout,
+		Limits:         s.limitsFor(p.key.database, user, db.MaxDBConnections, o.MaxUserConnections),
 		MaxSize:        int32(db.PoolSize),
 		MinSize:        int32(o.MinPoolSize),
 		ConnectTimeout: o.ServerConnectTimeout,
@@ -160,6 +165,33 @@ func (s *Server) poolFor(name string, db Database, user string, cred serverCred)
 	p.pool.Store(pl)
 	s.pools[key] = p
 	return p, nil
+}
+
+// limitsFor returns the limits a pool of database name and backend user
+// is under: those of max_db_connections and max_user_connections that are
+// set, shared with the other pools of the same database or user, and
+// brought to the values given.
+func (s *Server) limitsFor(name, user string, maxDB, maxUser int) []*pool.Limit {
+	s.limitsMu.Lock() // not mu: poolFor makes pools under it
+	defer s.limitsMu.Unlock()
+	var out []*pool.Limit
+	for _, l := range []struct {
+		m   map[string]*pool.Limit
+		key string
+		max int
+	}{{s.dbLimits, name, maxDB}, {s.userLimits, user, maxUser}} {
+		lim := l.m[l.key]
+		if lim == nil {
+			if l.max <= 0 {
+				continue
+			}
+			lim = pool.NewLimit(int32(l.max))
+			l.m[l.key] = lim
+		}
+		lim.SetMax(int32(l.max))
+		out = append(out, lim)
+	}
+	return out
 }
 
 // poolList returns the pools there are now.

@@ -124,6 +124,9 @@ func (ss *session) login() error {
 	if !ok {
 		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
 	}
+	if ss.dbc = ss.srv.control(dbName); ss.dbc.disabled.Load() {
+		return protocol.Fatal(protocol.CodeObjectNotInPrerequisiteState, fmt.Sprintf("database %q does not allow connections (DISABLE)", dbName))
+	}
 	proved, err := ss.authenticate(user, dbName, cbind)
 	if err != nil {
 		return err

@@ -50,7 +50,7 @@ func (p *parker) startTx(ss *session) {
 		p.send(ss, sc)
 		return
 	}
-	adm := ss.Admit(ss.srv.Paused())
+	adm := ss.Admit(ss.paused())
 	ss.mu.Unlock()
 	if adm != core.Acquire {
 		p.eject(ss) // its goroutine waits for RESUME, or answers a cancel

@@ -24,6 +24,7 @@ import (
 
 	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/hba"
+	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/stats"
 	"github.com/pgmux/pgmux/tlsconf"
@@ -45,6 +46,10 @@ type Database struct {
 	Password string // backend password; empty means the auth file's
 	PoolMode string
 	PoolSize int
+	// ReservePoolSize more servers serve a client that has waited
+	// ReservePoolTimeout; MaxDBConnections bounds the servers of all the
+	// database's pools (0: no bound).
+	ReservePoolSize, MaxDBConnections int
 	// ServerTLS is how the server is reached: nil or tlsconf's disable
 	// for plain text.
 	ServerTLS *tlsconf.Servers
@@ -82,6 +87,8 @@ type Options struct {
 
 	MaxClientConn          int
 	MinPoolSize            int
+	ReservePoolTimeout     time.Duration // see Database.ReservePoolSize
+	MaxUserConnections     int           // servers of all of a backend user's pools; 0: no bound
 	MaxPacketSize          int
 	QueryWaitTimeout       time.Duration
 	ServerConnectTimeout   time.Duration
@@ -167,15 +174,21 @@ type Server struct {
 	// paused is read without mu (every transaction of the relay loop asks,
 	// and mu is held for as long as a listing of every session takes);
 	// written under mu, with resumeCh.
-	paused atomic.Bool
+	paused    atomic.Bool
+	suspended atomic.Bool // SUSPEND: paused, and reported so
 
 	mu       sync.Mutex // guards following
 	pools    map[poolKey]*dbPool
 	resumeCh chan struct{}         // closed while not paused
-	sessions map[*session]struct{} // every open client connection
-	byPID    map[uint32]*session   // logged-in sessions, by the process id of their BackendKeyData
-	lns      []net.Listener
-	closed   bool
+	dbc      map[string]*dbControl // the console's commands per database (control.go)
+	// Limits on servers across pools: per database (max_db_connections)
+	// and per backend user (max_user_connections); under limitsMu.
+	limitsMu             sync.Mutex
+	dbLimits, userLimits map[string]*pool.Limit
+	sessions             map[*session]struct{} // every open client connection
+	byPID                map[uint32]*session   // logged-in sessions, by the process id of their BackendKeyData
+	lns                  []net.Listener
+	closed               bool
 
 	loops   []*parker // the event loops; a session keeps the one it is given at accept
 	started time.Time
@@ -187,13 +200,16 @@ type Server struct {
 func New(opts Options) *Server {
 	opts.defaults()
 	s := &Server{
-		log:      opts.Logger.Named("proxy"),
-		pools:    make(map[poolKey]*dbPool),
-		sessions: make(map[*session]struct{}),
-		byPID:    make(map[uint32]*session),
-		doneCh:   make(chan struct{}),
-		resumeCh: make(chan struct{}),
-		started:  time.Now(),
+		log:        opts.Logger.Named("proxy"),
+		pools:      make(map[poolKey]*dbPool),
+		sessions:   make(map[*session]struct{}),
+		byPID:      make(map[uint32]*session),
+		dbc:        make(map[string]*dbControl),
+		dbLimits:   make(map[string]*pool.Limit),
+		userLimits: make(map[string]*pool.Limit),
+		doneCh:     make(chan struct{}),
+		resumeCh:   make(chan struct{}),
+		started:    time.Now(),
 	}
 	n := opts.Loops
 	if n <= 0 {

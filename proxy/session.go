@@ -85,6 +85,7 @@ type session struct {
 	cancelAfter   bool      // a cancel came as the wait ended: forwarded once the request is sent
 
 	lis *listening // LISTEN through the pool (listen.go); set under mu at the client's first
+	dbc *dbControl // its database's PAUSE and the like (control.go); set at login
 
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
@@ -132,6 +133,12 @@ func (ss *session) now() int64 {
 		return ss.loop.now
 	}
 	return time.Now().UnixNano()
+}
+
+// paused reports whether PAUSE (or KILL, SUSPEND) holds the session's
+// next transaction back: the server's, or its database's.
+func (ss *session) paused() bool {
+	return ss.srv.paused.Load() || ss.dbc != nil && ss.dbc.paused.Load()
 }
 
 // poolNow is pool.Now, read once a wake-up in the loop (see parker.tick).
@@ -375,7 +382,7 @@ func (ss *session) acquireError(err error) error {
 // releases it.
 func (ss *session) bind() error {
 	ss.dropParkReqLocked()
-	adm := ss.Admit(ss.srv.Paused())
+	adm := ss.Admit(ss.paused())
 	if adm == core.Cancelled { // while the loop queued it
 		ss.mu.Unlock()
 		ss.setState(stateIdle)
@@ -392,7 +399,7 @@ func (ss *session) bind() error {
 	var lease *pool.Lease[*serverConn]
 	var err error
 	if adm == core.AwaitResume {
-		err = ss.srv.waitResumed(ctx)
+		err = ss.srv.waitResumed(ctx, ss.dbc)
 	}
 	if err == nil {
 		lease, err = ss.acquireSynced(ctx)

@@ -298,7 +298,8 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 				tls = serverTLS["*"]
 			}
 			return proxy.Database{Host: d.Host, Port: d.Port, DBName: d.DBName, User: d.User, Password: d.Password,
-				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ServerTLS: tls}, ok
+				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ReservePoolSize: d.ReservePoolSize, MaxDBConnections: d.MaxDBConnections,
+				ServerTLS: tls}, ok
 		},
 		AuthType:               cfg.AuthType,
 		HBA:                    rules,
@@ -309,6 +310,8 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		AuthDBName:             cfg.AuthDBName,
 		MaxClientConn:          cfg.MaxClientConn,
 		MinPoolSize:            cfg.MinPoolSize,
+		ReservePoolTimeout:     cfg.ReservePoolTimeout,
+		MaxUserConnections:     cfg.MaxUserConnections,
 		MaxPacketSize:          cfg.MaxPacketSize,
 		QueryWaitTimeout:       cfg.QueryWaitTimeout,
 		ServerConnectTimeout:   cfg.ServerConnectTimeout,

@@ -25,7 +25,13 @@ import (
 
 // Config is pgmux's configuration. Keys follow PgBouncer's names where one exists.
 type Config struct {
-	Listen                 string              `mapstructure:"listen"`
+	Listen                 string              `mapstructure:"listen"` // host:port, or several separated by commas
+	Pidfile                string              `mapstructure:"pidfile"`
+	LogConnections         bool                `mapstructure:"log_connections"`
+	LogDisconnections      bool                `mapstructure:"log_disconnections"`
+	IgnoreStartupParams    []string            `mapstructure:"ignore_startup_parameters"`
+	TrackExtraParameters   []string            `mapstructure:"track_extra_parameters"`
+	AppNameAddHost         bool                `mapstructure:"application_name_add_host"`
 	AdminListen            string              `mapstructure:"admin_listen"`
 	UnixSocketDir          string              `mapstructure:"unix_socket_dir"`
 	UnixSocketMode         string              `mapstructure:"unix_socket_mode"`
@@ -112,6 +118,9 @@ const (
 func Default() Config {
 	return Config{
 		Listen:                "127.0.0.1:6432",
+		LogConnections:        true,
+		LogDisconnections:     true,
+		TrackExtraParameters:  []string{"IntervalStyle"},
 		UnixSocketMode:        "0777",
 		AdminListen:           "127.0.0.1:9127",
 		PoolMode:              "transaction",
@@ -267,7 +276,9 @@ func (c *Config) Validate() error {
 			bad(key, "%q is not host:port", addr)
 		}
 	}
-	checkAddr("listen", c.Listen, false)
+	for _, addr := range c.ListenAddrs() {
+		checkAddr("listen", addr, false)
+	}
 	if _, err := strconv.ParseUint(c.UnixSocketMode, 8, 32); err != nil {
 		bad("unix_socket_mode", "%q is not an octal file mode", c.UnixSocketMode)
 	}
@@ -387,6 +398,20 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ListenAddrs returns listen's addresses.
+func (c *Config) ListenAddrs() []string {
+	var out []string
+	for _, a := range strings.Split(c.Listen, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{""} // refused by Validate
+	}
+	return out
 }
 
 func loopback(addr string) bool {

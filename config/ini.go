@@ -172,7 +172,7 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 				note(k, "statement taken as transaction: pgmux does not refuse multi-statement transactions")
 			case same[key]:
 				m[key] = k.value
-			case key == "admin_users" || key == "stats_users":
+			case key == "admin_users" || key == "stats_users" || key == "ignore_startup_parameters" || key == "track_extra_parameters":
 				m[key] = iniList(k.value)
 			case key == "auth_type":
 				switch strings.ToLower(k.value) {
@@ -210,14 +210,15 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 		}
 		m["listen"] = "127.0.0.1:" + listenPort
 	default:
-		host := addrs[0]
-		if host == "*" {
-			host = ""
+		var hostPorts []string
+		for _, a := range addrs {
+			if a == "*" {
+				a = ""
+			}
+			hostPorts = append(hostPorts, joinHostPort(a, listenPort))
 		}
-		m["listen"] = joinHostPort(host, listenPort)
-		if len(addrs) > 1 {
-			notes = append(notes, Note{At: listenKey.at, Key: "listen_addr", Text: fmt.Sprintf("pgmux listens on one address: %s, not on %s", addrs[0], strings.Join(addrs[1:], ", "))})
-		} else if listenKey != nil || portKey != nil {
+		m["listen"] = strings.Join(hostPorts, ",")
+		if listenKey != nil || portKey != nil {
 			at := ""
 			if listenKey != nil {
 				at = listenKey.at
@@ -247,6 +248,7 @@ var same = func() map[string]bool {
 		server_connect_timeout server_idle_timeout server_lifetime client_idle_timeout client_login_timeout
 		idle_transaction_timeout server_reset_query max_packet_size max_prepared_statements stats_period
 		reserve_pool_size reserve_pool_timeout max_db_connections max_user_connections
+		pidfile log_connections log_disconnections application_name_add_host
 		client_tls_sslmode client_tls_cert_file client_tls_key_file client_tls_ca_file client_tls_protocols client_tls_ciphers
 		server_tls_sslmode server_tls_cert_file server_tls_key_file server_tls_ca_file server_tls_protocols server_tls_ciphers`) {
 		m[k] = true
@@ -258,25 +260,19 @@ var same = func() map[string]bool {
 // why.
 var ignored = map[string]string{
 	"logfile":                   "pgmux logs to standard error",
-	"pidfile":                   "pgmux does not write a PID file",
 	"syslog":                    "pgmux logs to standard error",
 	"syslog_facility":           "pgmux logs to standard error",
 	"syslog_ident":              "pgmux logs to standard error",
-	"log_connections":           "pgmux logs logins and logouts at log_level debug",
-	"log_disconnections":        "pgmux logs logins and logouts at log_level debug",
 	"log_pooler_errors":         "pgmux logs the errors it sends at log_level info",
 	"log_stats":                 "pgmux's statistics are in the admin API and /metrics",
 	"user":                      "pgmux does not change user: run it as the user it should be",
 	"unix_socket_group":         "the socket's group is the process's",
-	"ignore_startup_parameters": "pgmux takes every startup parameter and applies it to the client's servers",
-	"track_extra_parameters":    "pgmux follows every setting a client makes",
 	"server_reset_query_always": "pgmux runs server_reset_query in session mode only",
 	"server_check_query":        "pgmux checks an idle server's socket before lending it",
 	"server_check_delay":        "pgmux checks an idle server's socket before lending it",
 	"server_fast_close":         "not in pgmux",
 	"server_round_robin":        "pgmux lends the most recently used idle server",
 	"server_login_retry":        "pgmux retries a failed connect at the next client's request",
-	"application_name_add_host": "not in pgmux",
 	"query_timeout":             "not in pgmux: use statement_timeout",
 	"autodb_idle_timeout":       "pgmux keeps a pool made for the * entry",
 	"suspend_timeout":           "pgmux has no SUSPEND or online restart (-R); it drains",

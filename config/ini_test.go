@@ -44,7 +44,10 @@ func TestLoadSampleINI(t *testing.T) {
 	for _, n := range notes {
 		said[n.Key] = true
 	}
-	for _, k := range []string{"logfile", "pidfile", "listen_addr, listen_port", "pool_mode", "max_client_conn"} {
+	if c.Pidfile != filepath.Join(filepath.Dir(path), "pgbouncer.pid") || !c.LogConnections {
+		t.Errorf("pidfile %q, log_connections %v", c.Pidfile, c.LogConnections)
+	}
+	for _, k := range []string{"logfile", "listen_addr, listen_port", "pool_mode", "max_client_conn"} {
 		if !said[k] {
 			t.Errorf("nothing said of %s: %v", k, notes)
 		}
@@ -160,4 +163,17 @@ func FuzzINI(f *testing.F) {
 			t.Fatalf("read, but not converted: %v", err)
 		}
 	})
+}
+
+// TestINIListenAddrs: several listen_addr make several listen addresses.
+func TestINIListenAddrs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "l.ini")
+	os.WriteFile(path, []byte("[pgbouncer]\nlisten_addr = 127.0.0.1, ::1, *\nlisten_port = 7000\nauth_type = trust\nunix_socket_dir =\n"), 0o600)
+	c, _, err := LoadNotes(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.ListenAddrs(); !reflect.DeepEqual(got, []string{"127.0.0.1:7000", "[::1]:7000", ":7000"}) {
+		t.Errorf("listen %q: %q", c.Listen, got)
+	}
 }

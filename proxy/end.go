@@ -89,7 +89,11 @@ func (ss *session) finish(err error) {
 	}
 	ss.putWriter()
 	ss.srv.remove(ss)
-	ss.debug("session closed", zap.Duration("duration", time.Since(ss.start)))
+	if !refused && !isPg && ss.pool != nil && ss.srv.options().LogDisconnections && ss.srv.log.Core().Enabled(zap.InfoLevel) {
+		ss.logger().Info("logout", zap.String("reason", reason), zap.Duration("age", time.Since(ss.start)))
+	} else {
+		ss.debug("session closed", zap.Duration("duration", time.Since(ss.start)))
+	}
 }
 
 // settleTimeout bounds how long a server left by its client may take to

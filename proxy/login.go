@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -114,6 +115,20 @@ func (ss *session) login() error {
 		return err
 	}
 	user, dbName, want := lg.User, lg.Database, lg.Settings
+	o := ss.srv.options()
+	for _, name := range o.IgnoreStartupParameters {
+		for k := range want {
+			if strings.EqualFold(k, name) {
+				delete(want, k) // taken, and not applied to its servers
+			}
+		}
+	}
+	if o.AppNameAddHost {
+		if want == nil {
+			want = map[string]string{}
+		}
+		want["application_name"] = want["application_name"] + " - " + ss.conn.RemoteAddr().String()
+	}
 	if console.IsDatabase(dbName) {
 		ss.user = user
 		return ss.console(user, dbName, cbind)
@@ -191,7 +206,11 @@ func (ss *session) login() error {
 	ss.mu.Lock()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
-	ss.debug("session opened", zap.String("pool_mode", ss.mode))
+	if ss.srv.options().LogConnections && ss.srv.log.Core().Enabled(zap.InfoLevel) { // the logger is dear to build
+		ss.logger().Info("login", zap.String("pool_mode", ss.mode), zap.Bool("tls", ss.tls))
+	} else {
+		ss.debug("session opened", zap.String("pool_mode", ss.mode))
+	}
 	return nil
 }
 

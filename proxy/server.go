@@ -120,6 +120,15 @@ type Options struct {
 	// NoIOURing makes the relay loop's sends with one sendto each, even
 	// where the kernel offers io_uring (see sendQueue).
 	NoIOURing bool
+	// LogConnections and LogDisconnections log each client's login and
+	// logout at info level, as PgBouncer's keys.
+	LogConnections, LogDisconnections bool
+	// IgnoreStartupParameters are startup parameters taken from clients and
+	// not applied to their servers.
+	IgnoreStartupParameters []string
+	// AppNameAddHost appends " - host:port" of the client to the
+	// application_name its servers see (application_name_add_host).
+	AppNameAddHost bool
 	// NoSessionStateLook turns off the reading of statements for the
 	// session state they leave in transaction mode (core.Session.NoLook).
 	NoSessionStateLook bool

@@ -34,10 +34,13 @@ func TestPgBouncerSampleINI(t *testing.T) {
 	ini := strings.NewReplacer("/etc/pgbouncer/userlist.txt", users, "/var/run/postgresql", dir,
 		"listen_port = 6432", fmt.Sprintf("listen_port = %d", port)).Replace(string(b))
 	p := startPgmuxFile(t, ini, port, "pgbouncer.ini")
-	for _, key := range []string{`"key":"logfile"`, `"key":"pidfile"`, "no database is configured"} {
+	for _, key := range []string{`"key":"logfile"`, "no database is configured"} {
 		if !strings.Contains(p.out.String(), key) {
 			t.Errorf("no warning with %s in:\n%s", key, p.out.String())
 		}
+	}
+	if pid, err := os.ReadFile(filepath.Join(dir, "pgbouncer.pid")); err != nil || strings.TrimSpace(string(pid)) != fmt.Sprint(p.cmd.Process.Pid) {
+		t.Errorf("pidfile: %q, %v; pgmux is %d", pid, err, p.cmd.Process.Pid)
 	}
 	for _, host := range []string{"127.0.0.1", dir} {
 		dsn := fmt.Sprintf("host=%s port=%d user=postgres password=asdasd dbname=anything sslmode=disable", host, port)
@@ -65,7 +68,7 @@ unix_socket_dir =
 auth_type = trust
 pool_mode = transaction
 default_pool_size = 7
-log_connections = 0
+log_stats = 0
 `, c.Port, c.Port)
 	pools := func(p *pgmuxProc) string {
 		t.Helper()
@@ -105,7 +108,7 @@ log_connections = 0
 	if err := convert([]string{path}, &y); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(y.String(), "#   someone: not honoured") || !strings.Contains(y.String(), "#   log_connections: not honoured") {
+	if !strings.Contains(y.String(), "#   someone: not honoured") || !strings.Contains(y.String(), "#   log_stats: not honoured") {
 		t.Errorf("the YAML says nothing of the keys it drops:\n%s", y.String())
 	}
 	yaml := strings.Replace(y.String(), "\nlisten: 127.0.0.1:6432", "\nlisten: 127.0.0.1:LISTEN_PORT", 1)

@@ -107,11 +107,23 @@ func run(args []string) error {
 		}
 		defer aln.Close()
 	}
-	ln, err := listen(cfg.Listen)
-	if err != nil {
-		return err
+	var lns []net.Listener // listen's addresses, then the Unix socket
+	for _, addr := range cfg.ListenAddrs() {
+		ln, err := listen(addr)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("pool_mode", cfg.PoolMode))
+		lns = append(lns, ln)
 	}
-	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("pool_mode", cfg.PoolMode))
+	ln := lns[0]
+	if cfg.Pidfile != "" {
+		if err := os.WriteFile(cfg.Pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			return fmt.Errorf("pidfile: %w", err)
+		}
+		defer os.Remove(cfg.Pidfile)
+	}
 	var uln net.Listener
 	if cfg.UnixSocketDir != "" {
 		mode, _ := strconv.ParseUint(cfg.UnixSocketMode, 8, 32) // checked by Validate
@@ -122,6 +134,7 @@ func run(args []string) error {
 		}
 		defer unlink()
 		log.Info("listening", zap.String("addr", uln.Addr().String()))
+		lns = append(lns, uln)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -132,10 +145,7 @@ func run(args []string) error {
 	defer signal.Stop(hup)
 
 	g, gctx := errgroup.WithContext(ctx)
-	for _, l := range []net.Listener{ln, uln} {
-		if l == nil {
-			continue
-		}
+	for _, l := range lns {
 		g.Go(func() error {
 			if err := a.srv.Serve(l); !errors.Is(err, proxy.ErrServerClosed) {
 				return err
@@ -301,40 +311,44 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ReservePoolSize: d.ReservePoolSize, MaxDBConnections: d.MaxDBConnections,
 				ServerTLS: tls}, ok
 		},
-		AuthType:               cfg.AuthType,
-		HBA:                    rules,
-		Users:                  users,
-		ClientTLS:              clientTLS,
-		AuthUser:               cfg.AuthUser,
-		AuthQuery:              authQuery,
-		AuthDBName:             cfg.AuthDBName,
-		MaxClientConn:          cfg.MaxClientConn,
-		MinPoolSize:            cfg.MinPoolSize,
-		ReservePoolTimeout:     cfg.ReservePoolTimeout,
-		MaxUserConnections:     cfg.MaxUserConnections,
-		MaxPacketSize:          cfg.MaxPacketSize,
-		QueryWaitTimeout:       cfg.QueryWaitTimeout,
-		ServerConnectTimeout:   cfg.ServerConnectTimeout,
-		ServerIdleTimeout:      cfg.ServerIdleTimeout,
-		ServerLifetime:         cfg.ServerLifetime,
-		ClientIdleTimeout:      cfg.ClientIdleTimeout,
-		ClientLoginTimeout:     cfg.ClientLoginTimeout,
-		IdleTransactionTimeout: cfg.IdleTransactionTimeout,
-		ServerResetQuery:       cfg.ServerResetQuery,
-		MaxPreparedStatements:  cfg.MaxPreparedStatements,
-		NotifyQueueBytes:       cfg.NotifyQueueBytes,
-		StatsPeriod:            cfg.StatsPeriod,
-		NoSessionStateLook:     !cfg.TrackSessionState,
-		RelayLoop:              cfg.RelayLoop,
-		NoIOURing:              !cfg.IOURing,
-		Loops:                  cfg.Loops,
-		Registerer:             a.reg,
-		ReadyDatabases:         cfg.ReadyDatabases(),
-		AdminUsers:             cfg.AdminUsers,
-		StatsUsers:             cfg.StatsUsers,
-		OnReload:               a.Reload,
-		OnShutdown:             func() { a.drain() },
-		ConfigRows:             a.configRows,
+		AuthType:                cfg.AuthType,
+		HBA:                     rules,
+		Users:                   users,
+		ClientTLS:               clientTLS,
+		AuthUser:                cfg.AuthUser,
+		AuthQuery:               authQuery,
+		AuthDBName:              cfg.AuthDBName,
+		MaxClientConn:           cfg.MaxClientConn,
+		MinPoolSize:             cfg.MinPoolSize,
+		ReservePoolTimeout:      cfg.ReservePoolTimeout,
+		MaxUserConnections:      cfg.MaxUserConnections,
+		MaxPacketSize:           cfg.MaxPacketSize,
+		QueryWaitTimeout:        cfg.QueryWaitTimeout,
+		ServerConnectTimeout:    cfg.ServerConnectTimeout,
+		ServerIdleTimeout:       cfg.ServerIdleTimeout,
+		ServerLifetime:          cfg.ServerLifetime,
+		ClientIdleTimeout:       cfg.ClientIdleTimeout,
+		ClientLoginTimeout:      cfg.ClientLoginTimeout,
+		IdleTransactionTimeout:  cfg.IdleTransactionTimeout,
+		ServerResetQuery:        cfg.ServerResetQuery,
+		MaxPreparedStatements:   cfg.MaxPreparedStatements,
+		NotifyQueueBytes:        cfg.NotifyQueueBytes,
+		LogConnections:          cfg.LogConnections,
+		LogDisconnections:       cfg.LogDisconnections,
+		IgnoreStartupParameters: cfg.IgnoreStartupParams,
+		AppNameAddHost:          cfg.AppNameAddHost,
+		StatsPeriod:             cfg.StatsPeriod,
+		NoSessionStateLook:      !cfg.TrackSessionState,
+		RelayLoop:               cfg.RelayLoop,
+		NoIOURing:               !cfg.IOURing,
+		Loops:                   cfg.Loops,
+		Registerer:              a.reg,
+		ReadyDatabases:          cfg.ReadyDatabases(),
+		AdminUsers:              cfg.AdminUsers,
+		StatsUsers:              cfg.StatsUsers,
+		OnReload:                a.Reload,
+		OnShutdown:              func() { a.drain() },
+		ConfigRows:              a.configRows,
 	}, nil
 }
 

@@ -1,0 +1,52 @@
+package proxy
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// TestPgBouncerClientKeys: log_connections and log_disconnections log each
+// login and logout; ignore_startup_parameters keeps a parameter off the
+// client's servers; application_name_add_host shows them where the client
+// is.
+func TestPgBouncerClientKeys(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	p := startProxy(t, func(o *Options, db *Database) {
+		o.Logger = zap.New(core)
+		o.LogConnections, o.LogDisconnections, o.AppNameAddHost = true, true, true
+		o.IgnoreStartupParameters = []string{"search_path"}
+	})
+	ctx := context.Background()
+	cfg, err := pgx.ParseConfig(p.dsn(cluster.SuperUserName(), "", "postgres") + " application_name=app search_path=nowhere")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var app, path string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('application_name'), current_setting('search_path')").Scan(&app, &path); err != nil {
+		t.Fatal(err)
+	}
+	local := conn.PgConn().Conn().LocalAddr().String()
+	if app != "app - "+local {
+		t.Errorf("application_name on the server %q, want %q", app, "app - "+local)
+	}
+	if path == "nowhere" {
+		t.Error("an ignored startup parameter reached the server")
+	}
+	conn.Close(ctx)
+	waitFor(t, 2*time.Second, func() bool { return logs.FilterMessage("logout").Len() == 1 })
+	login := logs.FilterMessage("login").All()
+	if len(login) != 1 || !strings.Contains(login[0].ContextMap()["client_addr"].(string), "127.0.0.1") {
+		t.Errorf("login lines: %v", login)
+	}
+}

@@ -84,6 +84,17 @@ type Config struct {
 	ServerTLSProtocols     string              `mapstructure:"server_tls_protocols"`
 	ServerTLSCiphers       string              `mapstructure:"server_tls_ciphers"`
 	Databases              map[string]Database `mapstructure:"databases"`
+	// Users are backend users' own pool settings, as PgBouncer's [users].
+	Users map[string]User `mapstructure:"users"`
+}
+
+// User is one entry of the users section: a backend user's pool settings,
+// over its databases' (0 or empty: theirs).
+type User struct {
+	PoolMode           string `mapstructure:"pool_mode"`
+	PoolSize           int    `mapstructure:"pool_size"`
+	ReservePoolSize    int    `mapstructure:"reserve_pool_size"`
+	MaxUserConnections int    `mapstructure:"max_user_connections"`
 }
 
 // Database is one entry of the databases section. The key "*" matches any
@@ -198,7 +209,7 @@ func LoadNotes(path string, fs *pflag.FlagSet) (*Config, []Note, error) {
 	rt := rv.Type()
 	for i := range rt.NumField() {
 		key := rt.Field(i).Tag.Get("mapstructure")
-		if key == "databases" {
+		if key == "databases" || key == "users" {
 			continue
 		}
 		v.SetDefault(key, rv.Field(i).Interface())
@@ -371,6 +382,14 @@ func (c *Config) Validate() error {
 		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
 	}
 
+	for name, u := range c.Users {
+		if u.PoolMode != "" {
+			checkMode("users."+name+".pool_mode", u.PoolMode)
+		}
+		if u.PoolSize < 0 || u.ReservePoolSize < 0 || u.MaxUserConnections < 0 {
+			bad("users."+name, "sizes must not be negative")
+		}
+	}
 	names := make([]string, 0, len(c.Databases))
 	for name := range c.Databases {
 		names = append(names, name)
@@ -453,19 +472,26 @@ func (c Config) Map() map[string]any {
 		case time.Duration:
 			out[key] = f.String()
 		case map[string]Database:
-			dbs := map[string]any{}
-			for name, d := range f {
-				m := map[string]any{}
-				dv := reflect.ValueOf(d)
-				for j := range dv.NumField() {
-					m[dv.Type().Field(j).Tag.Get("mapstructure")] = dv.Field(j).Interface()
-				}
-				dbs[name] = m
-			}
-			out[key] = dbs
+			out[key] = entries(f)
+		case map[string]User:
+			out[key] = entries(f)
 		default:
 			out[key] = f
 		}
+	}
+	return out
+}
+
+// entries is a section of entries (databases, users) keyed as in the file.
+func entries[T any](section map[string]T) map[string]any {
+	out := map[string]any{}
+	for name, e := range section {
+		m := map[string]any{}
+		ev := reflect.ValueOf(e)
+		for j := range ev.NumField() {
+			m[ev.Type().Field(j).Tag.Get("mapstructure")] = ev.Field(j).Interface()
+		}
+		out[name] = m
 	}
 	return out
 }

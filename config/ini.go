@@ -141,7 +141,7 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 	}
 	listenAddr, listenPort := "", "6432"
 	var listenKey, portKey *iniKey
-	dbs := map[string]any{}
+	dbs, users := map[string]any{}, map[string]any{}
 	for i := range keys {
 		k := keys[i]
 		switch k.section {
@@ -157,7 +157,12 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 			dbs[name] = d
 			notes = append(notes, dn...)
 		case "users":
-			note(k, "not honoured: pgmux has no per-user settings (%s)", k.value)
+			u, un, err := iniUser(k)
+			if err != nil {
+				return nil, nil, err
+			}
+			users[k.key] = u
+			notes = append(notes, un...)
 		case "peers":
 			note(k, "not honoured: pgmux does not forward cancel requests to peers")
 		case "pgbouncer":
@@ -200,6 +205,9 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 	}
 	if len(dbs) > 0 {
 		m["databases"] = dbs
+	}
+	if len(users) > 0 {
+		m["users"] = users
 	}
 	// listen_addr and listen_port make pgmux's listen.
 	addrs := iniList(listenAddr)
@@ -369,6 +377,36 @@ func iniDatabase(k iniKey) (map[string]any, []Note, error) {
 		}
 	}
 	return d, notes, nil
+}
+
+// iniUser reads a [users] entry: the user's pool_mode, pool_size,
+// reserve_pool_size and max_user_connections.
+func iniUser(k iniKey) (map[string]any, []Note, error) {
+	params, err := connString(k.value)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %s: %w", k.at, k.key, err)
+	}
+	u := map[string]any{}
+	var notes []Note
+	for p, v := range params {
+		switch p {
+		case "pool_mode":
+			if strings.EqualFold(v, "statement") {
+				v = "transaction"
+				notes = append(notes, Note{At: k.at, Key: k.key + " pool_mode", Text: "statement taken as transaction"})
+			}
+			u[p] = v
+		case "pool_size", "reserve_pool_size", "max_user_connections":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s: %s: %s=%q is not a number", k.at, k.key, p, v)
+			}
+			u[p] = n
+		default:
+			notes = append(notes, Note{At: k.at, Key: k.key + " " + p, Text: "not honoured for a user"})
+		}
+	}
+	return u, notes, nil
 }
 
 // connString reads a libpq-style key=value list: values may be quoted

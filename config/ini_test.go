@@ -79,7 +79,10 @@ func TestLoadFullINI(t *testing.T) {
 	for _, n := range notes {
 		said[n.Key] = n.Text
 	}
-	for _, k := range []string{"multi host", "multi connect_query", "alice", "auth_type", "pool_mode",
+	if u := c.Users["alice"]; u != (User{PoolMode: "session", MaxUserConnections: 10}) {
+		t.Errorf("[users] alice: %+v", u)
+	}
+	for _, k := range []string{"multi host", "multi connect_query", "auth_type", "pool_mode",
 		"verbose", "tcp_keepalive", "so_reuseport", "no_such_key"} {
 		if said[k] == "" {
 			t.Errorf("nothing said of %s", k)

@@ -43,7 +43,8 @@ type Source interface {
 	ConfigRows() [][]string // key, value, default, changeable
 	AuthUsers() []string    // the users of the auth file
 	MaxUserConnections() int
-	Mem() []Mem // what client and server connections hold
+	PerUser() map[string]User // users' own settings (PgBouncer's [users])
+	Mem() []Mem               // what client and server connections hold
 	Started() time.Time
 	Paused() bool    // the whole server
 	Suspended() bool // SUSPEND
@@ -68,6 +69,13 @@ type Database struct {
 	ReservePoolSize, MaxConnections    int // 0: none, no bound
 	Current                            int // server connections open or opening
 	Paused, Disabled                   bool
+}
+
+// User is a user's own pool settings, for SHOW USERS; zero values are not
+// set.
+type User struct {
+	PoolMode                                  string
+	PoolSize, ReservePoolSize, MaxConnections int
 }
 
 // Mem is a row of SHOW MEM: a kind of object pgmux keeps, its size in

@@ -46,10 +46,13 @@ func (f *fake) ConfigRows() [][]string {
 }
 func (f *fake) AuthUsers() []string     { return []string{"u", "v"} }
 func (f *fake) MaxUserConnections() int { return 0 }
-func (f *fake) Mem() []Mem              { return []Mem{{Name: "client", Size: 1000, Used: 3}} }
-func (f *fake) Started() time.Time      { return time.Now().Add(-time.Minute) }
-func (f *fake) Paused() bool            { return f.paused }
-func (f *fake) Suspended() bool         { return false }
+func (f *fake) PerUser() map[string]User {
+	return map[string]User{"v": {PoolMode: "session", PoolSize: 3}}
+}
+func (f *fake) Mem() []Mem         { return []Mem{{Name: "client", Size: 1000, Used: 3}} }
+func (f *fake) Started() time.Time { return time.Now().Add(-time.Minute) }
+func (f *fake) Paused() bool       { return f.paused }
+func (f *fake) Suspended() bool    { return false }
 func (f *fake) Pause(_ context.Context, db string) error {
 	f.paused = db == ""
 	return f.act("pause", db)

@@ -354,6 +354,12 @@ func showUsers(src Source) []byte {
 		}
 	}
 	names := slices.Clone(src.AuthUsers())
+	own := src.PerUser()
+	for u := range own {
+		if !slices.Contains(names, u) {
+			names = append(names, u)
+		}
+	}
 	for _, m := range []map[string]int{servers, clients} {
 		for u := range m {
 			if !slices.Contains(names, u) {
@@ -364,7 +370,21 @@ func showUsers(src Source) []byte {
 	slices.Sort(names)
 	var rows [][]string
 	for _, u := range names {
-		rows = append(rows, []string{u, null, null, null, itoa(src.MaxUserConnections()), itoa(servers[u]), "0", itoa(clients[u])})
+		set := func(n int) string {
+			if n == 0 {
+				return null
+			}
+			return itoa(n)
+		}
+		o := own[u]
+		mode, maxConn := null, src.MaxUserConnections()
+		if o.PoolMode != "" {
+			mode = o.PoolMode
+		}
+		if o.MaxConnections != 0 {
+			maxConn = o.MaxConnections
+		}
+		rows = append(rows, []string{u, set(o.PoolSize), set(o.ReservePoolSize), mode, itoa(maxConn), itoa(servers[u]), "0", itoa(clients[u])})
 	}
 	return result("ssssiiii", []string{"name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
 		"current_connections", "max_user_client_connections", "current_client_connections"}, rows)

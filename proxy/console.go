@@ -101,6 +101,15 @@ func (s consoleSource) Shutdown() {
 	}
 }
 
+// PerUser reports the users' own settings.
+func (s consoleSource) PerUser() map[string]console.User {
+	out := map[string]console.User{}
+	for name, u := range s.options().PerUser {
+		out[name] = console.User{PoolMode: u.PoolMode, PoolSize: u.PoolSize, ReservePoolSize: u.ReservePoolSize, MaxConnections: u.MaxUserConnections}
+	}
+	return out
+}
+
 // MaxUserConnections is max_user_connections.
 func (s consoleSource) MaxUserConnections() int { return s.options().MaxUserConnections }
 

@@ -118,13 +118,15 @@ func (s *Server) Update(opts Options) {
 		if !ok {
 			continue // removed: its clients finish; new ones get 3D000
 		}
+		db, maxUser := opts.forUser(db, p.key.user)
+		_, prevMaxUser := prevOpts.forUser(db, p.key.user)
 		p.mu.Lock()
 		old := p.db
 		p.db.PoolMode = db.PoolMode
 		p.db.ServerTLS = db.ServerTLS // new dials use the certificates reloaded
 		p.mu.Unlock()
 		sameLimits := db.ReservePoolSize == old.ReservePoolSize && db.MaxDBConnections == old.MaxDBConnections &&
-			opts.MaxUserConnections == prevOpts.MaxUserConnections && opts.ReservePoolTimeout == prevOpts.ReservePoolTimeout
+			maxUser == prevMaxUser && opts.ReservePoolTimeout == prevOpts.ReservePoolTimeout
 		if db.Host == old.Host && db.Port == old.Port && db.DBName == old.DBName && db.PoolSize == old.PoolSize && db.Password == old.Password && sameLimits {
 			// The pool stays: the limits are its to change (a new pool
 			// takes them from opts).

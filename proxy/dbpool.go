@@ -104,6 +104,7 @@ func (p *dbPool) period() stats.Period {
 // newPoolFor builds the server pool of db for the options in force.
 func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred) (*pool.Pool[*serverConn], error) {
 	o := s.options()
+	_, maxUser := o.forUser(db, user)
 	maxBody := o.MaxPacketSize
 	dial := func(ctx context.Context) (*serverConn, error) {
 		d := db
@@ -134,7 +135,7 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 		Dial:           dial,
 		ReserveSize:    int32(db.ReservePoolSize),
 		ReserveTimeout: o.ReservePoolTimeout,
-		Limits:         s.limitsFor(p.key.database, user, db.MaxDBConnections, o.MaxUserConnections),
+		Limits:         s.limitsFor(p.key.database, user, db.MaxDBConnections, maxUser),
 		MaxSize:        int32(db.PoolSize),
 		MinSize:        int32(o.MinPoolSize),
 		ConnectTimeout: o.ServerConnectTimeout,

@@ -147,6 +147,7 @@ func (ss *session) login() error {
 		return err
 	}
 	backendUser := cmp.Or(db.User, user)
+	db, _ = ss.srv.options().forUser(db, backendUser)
 	cred := credFor(ss.srv.options(), db, backendUser)
 	ss.mode = db.PoolMode
 	ss.Pooled = ss.mode == ModeTransaction

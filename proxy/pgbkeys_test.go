@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -48,5 +49,39 @@ func TestPgBouncerClientKeys(t *testing.T) {
 	login := logs.FilterMessage("login").All()
 	if len(login) != 1 || !strings.Contains(login[0].ContextMap()["client_addr"].(string), "127.0.0.1") {
 		t.Errorf("login lines: %v", login)
+	}
+}
+
+// TestPerUserSettings: a user's own pool_mode and pool_size ([users]) win
+// over its database's; another user keeps the database's.
+func TestPerUserSettings(t *testing.T) {
+	c := needPG(t)
+	if c.SocketDir() == "" {
+		t.Skip("needs the tests' own server, whose socket trusts every user")
+	}
+	if err := c.Exec("postgres", "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'limited') THEN CREATE ROLE limited LOGIN; END IF; END$$"); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) {
+		db.Host, db.PoolSize = c.SocketDir(), 4
+		o.PerUser = map[string]UserSettings{"limited": {PoolMode: ModeSession, PoolSize: 1}}
+	})
+	ctx := context.Background()
+	for _, user := range []string{"limited", cluster.SuperUserName()} {
+		conn, err := pgx.Connect(ctx, p.dsn(user, "", "postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]string{}
+	for _, pl := range p.Pools() {
+		got[pl.User] = fmt.Sprintf("%s %d", pl.PoolMode, pl.PoolSize)
+	}
+	if got["limited"] != "session 1" || got[cluster.SuperUserName()] != "transaction 4" {
+		t.Fatalf("pools %v", got)
 	}
 }

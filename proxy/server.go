@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -53,6 +54,26 @@ type Database struct {
 	// ServerTLS is how the server is reached: nil or tlsconf's disable
 	// for plain text.
 	ServerTLS *tlsconf.Servers
+}
+
+// UserSettings are a backend user's own pool settings; zero values leave
+// the database's, and MaxUserConnections the top-level one.
+type UserSettings struct {
+	PoolMode                                      string
+	PoolSize, ReservePoolSize, MaxUserConnections int
+}
+
+// forUser returns db with backend user's own settings over it, and the
+// bound on the user's servers (max_user_connections).
+func (o *Options) forUser(db Database, user string) (Database, int) {
+	u, ok := o.PerUser[user]
+	if !ok {
+		return db, o.MaxUserConnections
+	}
+	db.PoolMode = cmp.Or(u.PoolMode, db.PoolMode)
+	db.PoolSize = cmp.Or(u.PoolSize, db.PoolSize)
+	db.ReservePoolSize = cmp.Or(u.ReservePoolSize, db.ReservePoolSize)
+	return db, cmp.Or(u.MaxUserConnections, o.MaxUserConnections)
 }
 
 // serverAddr is where db's server listens, as net.Dial takes it: a Host
@@ -120,6 +141,9 @@ type Options struct {
 	// NoIOURing makes the relay loop's sends with one sendto each, even
 	// where the kernel offers io_uring (see sendQueue).
 	NoIOURing bool
+	// PerUser are backend users' own pool settings, over their
+	// databases' (PgBouncer's [users]).
+	PerUser map[string]UserSettings
 	// LogConnections and LogDisconnections log each client's login and
 	// logout at info level, as PgBouncer's keys.
 	LogConnections, LogDisconnections bool

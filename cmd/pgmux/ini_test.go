@@ -108,7 +108,7 @@ log_stats = 0
 	if err := convert([]string{path}, &y); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(y.String(), "#   someone: not honoured") || !strings.Contains(y.String(), "#   log_stats: not honoured") {
+	if !strings.Contains(y.String(), "#   log_stats: not honoured") {
 		t.Errorf("the YAML says nothing of the keys it drops:\n%s", y.String())
 	}
 	yaml := strings.Replace(y.String(), "\nlisten: 127.0.0.1:6432", "\nlisten: 127.0.0.1:LISTEN_PORT", 1)

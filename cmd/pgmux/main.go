@@ -333,6 +333,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		ServerResetQuery:        cfg.ServerResetQuery,
 		MaxPreparedStatements:   cfg.MaxPreparedStatements,
 		NotifyQueueBytes:        cfg.NotifyQueueBytes,
+		PerUser:                 perUser(cfg.Users),
 		LogConnections:          cfg.LogConnections,
 		LogDisconnections:       cfg.LogDisconnections,
 		IgnoreStartupParameters: cfg.IgnoreStartupParams,
@@ -386,6 +387,16 @@ func (a *app) configRows() [][]string {
 		rows = append(rows, []string{k, fmt.Sprint(m[k]), fmt.Sprint(d[k]), "yes"})
 	}
 	return rows
+}
+
+// perUser is the users section as the proxy takes it.
+func perUser(users map[string]config.User) map[string]proxy.UserSettings {
+	out := make(map[string]proxy.UserSettings, len(users))
+	for name, u := range users {
+		out[name] = proxy.UserSettings{PoolMode: u.PoolMode, PoolSize: u.PoolSize, ReservePoolSize: u.ReservePoolSize,
+			MaxUserConnections: u.MaxUserConnections}
+	}
+	return out
 }
 
 // logNotes logs what pgmux says of a PgBouncer file's keys, one warning

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"reflect"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -335,11 +336,33 @@ func iniName(s string) (string, error) {
 
 // iniDatabase reads a [databases] entry's connection string.
 func iniDatabase(k iniKey) (map[string]any, []Note, error) {
+	d, notes, err := iniEntry(k, "database", []string{"host", "dbname", "user", "password"},
+		[]string{"port", "pool_size", "reserve_pool_size", "max_db_connections"})
+	if err != nil {
+		return nil, nil, err
+	}
+	if h, ok := d["host"].(string); ok && len(iniList(h)) > 1 {
+		notes = append(notes, Note{At: k.at, Key: k.key + " host", Text: "pgmux connects to one host: the first of " + h})
+		d["host"] = iniList(h)[0]
+	}
+	return d, notes, nil
+}
+
+// iniUser reads a [users] entry: the user's pool_mode, pool_size,
+// reserve_pool_size and max_user_connections.
+func iniUser(k iniKey) (map[string]any, []Note, error) {
+	return iniEntry(k, "user", nil, []string{"pool_size", "reserve_pool_size", "max_user_connections"})
+}
+
+// iniEntry reads an entry's key=value list into the keys pgmux has for a
+// database or a user (what): text ones, numeric ones, and pool_mode; a
+// note for each other.
+func iniEntry(k iniKey, what string, text, numeric []string) (map[string]any, []Note, error) {
 	params, err := connString(k.value)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %s: %w", k.at, k.key, err)
 	}
-	d := map[string]any{}
+	out := map[string]any{}
 	var notes []Note
 	names := make([]string, 0, len(params))
 	for p := range params {
@@ -348,65 +371,29 @@ func iniDatabase(k iniKey) (map[string]any, []Note, error) {
 	sort.Strings(names)
 	for _, p := range names {
 		v := params[p]
-		switch p {
-		case "host":
-			if len(iniList(v)) > 1 {
-				notes = append(notes, Note{At: k.at, Key: k.key + " host", Text: "pgmux connects to one host: the first of " + v})
-				v = iniList(v)[0]
-			}
-			d["host"] = v
-		case "port", "pool_size", "reserve_pool", "reserve_pool_size", "max_db_connections":
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return nil, nil, fmt.Errorf("%s: %s: %s=%q is not a number", k.at, k.key, p, v)
-			}
-			if p == "reserve_pool" {
-				p = "reserve_pool_size" // PgBouncer's older name
-			}
-			d[p] = n
-		case "pool_mode":
+		if p == "reserve_pool" {
+			p = "reserve_pool_size" // PgBouncer's older name
+		}
+		switch {
+		case p == "pool_mode":
 			if strings.EqualFold(v, "statement") {
 				v = "transaction"
 				notes = append(notes, Note{At: k.at, Key: k.key + " pool_mode", Text: "statement taken as transaction"})
 			}
-			d[p] = v
-		case "dbname", "user", "password":
-			d[p] = v
-		default:
-			notes = append(notes, Note{At: k.at, Key: k.key + " " + p, Text: "not honoured for a database"})
-		}
-	}
-	return d, notes, nil
-}
-
-// iniUser reads a [users] entry: the user's pool_mode, pool_size,
-// reserve_pool_size and max_user_connections.
-func iniUser(k iniKey) (map[string]any, []Note, error) {
-	params, err := connString(k.value)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %s: %w", k.at, k.key, err)
-	}
-	u := map[string]any{}
-	var notes []Note
-	for p, v := range params {
-		switch p {
-		case "pool_mode":
-			if strings.EqualFold(v, "statement") {
-				v = "transaction"
-				notes = append(notes, Note{At: k.at, Key: k.key + " pool_mode", Text: "statement taken as transaction"})
-			}
-			u[p] = v
-		case "pool_size", "reserve_pool_size", "max_user_connections":
+			out[p] = v
+		case slices.Contains(numeric, p):
 			n, err := strconv.Atoi(v)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%s: %s: %s=%q is not a number", k.at, k.key, p, v)
 			}
-			u[p] = n
+			out[p] = n
+		case slices.Contains(text, p):
+			out[p] = v
 		default:
-			notes = append(notes, Note{At: k.at, Key: k.key + " " + p, Text: "not honoured for a user"})
+			notes = append(notes, Note{At: k.at, Key: k.key + " " + p, Text: "not honoured for a " + what})
 		}
 	}
-	return u, notes, nil
+	return out, notes, nil
 }
 
 // connString reads a libpq-style key=value list: values may be quoted

@@ -302,13 +302,7 @@ func TestReservePool(t *testing.T) {
 // users' pools on one database; a pool at the bound takes the place of
 // another's idle server, and waits while they are all in use.
 func TestServerLimitsAcrossPools(t *testing.T) {
-	c := needPG(t)
-	if c.SocketDir() == "" {
-		t.Skip("needs the tests' own server, whose socket trusts every user")
-	}
-	if err := c.Exec("postgres", "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'limited') THEN CREATE ROLE limited LOGIN; END IF; END$$"); err != nil {
-		t.Fatal(err)
-	}
+	c := limitedRole(t)
 	for _, tc := range []struct {
 		name          string
 		edit          func(o *Options, db *Database)

@@ -11,6 +11,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/pgmux/pgmux/internal/pgtest"
 )
 
 // TestPgBouncerClientKeys: log_connections and log_disconnections log each
@@ -55,13 +57,7 @@ func TestPgBouncerClientKeys(t *testing.T) {
 // TestPerUserSettings: a user's own pool_mode and pool_size ([users]) win
 // over its database's; another user keeps the database's.
 func TestPerUserSettings(t *testing.T) {
-	c := needPG(t)
-	if c.SocketDir() == "" {
-		t.Skip("needs the tests' own server, whose socket trusts every user")
-	}
-	if err := c.Exec("postgres", "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'limited') THEN CREATE ROLE limited LOGIN; END IF; END$$"); err != nil {
-		t.Fatal(err)
-	}
+	c := limitedRole(t)
 	p := startProxy(t, func(o *Options, db *Database) {
 		db.Host, db.PoolSize = c.SocketDir(), 4
 		o.PerUser = map[string]UserSettings{"limited": {PoolMode: ModeSession, PoolSize: 1}}
@@ -84,4 +80,18 @@ func TestPerUserSettings(t *testing.T) {
 	if got["limited"] != "session 1" || got[cluster.SuperUserName()] != "transaction 4" {
 		t.Fatalf("pools %v", got)
 	}
+}
+
+// limitedRole makes the role "limited" on the tests' server, whose Unix
+// socket trusts every user, and returns the server.
+func limitedRole(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	c := needPG(t)
+	if c.SocketDir() == "" {
+		t.Skip("needs the tests' own server, whose socket trusts every user")
+	}
+	if err := c.Exec("postgres", "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'limited') THEN CREATE ROLE limited LOGIN; END IF; END$$"); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

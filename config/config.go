@@ -32,6 +32,10 @@ type Config struct {
 	IgnoreStartupParams    []string            `mapstructure:"ignore_startup_parameters"`
 	TrackExtraParameters   []string            `mapstructure:"track_extra_parameters"`
 	AppNameAddHost         bool                `mapstructure:"application_name_add_host"`
+	TCPKeepalive           bool                `mapstructure:"tcp_keepalive"`
+	TCPKeepcnt             int                 `mapstructure:"tcp_keepcnt"`
+	TCPKeepidle            time.Duration       `mapstructure:"tcp_keepidle"`
+	TCPKeepintvl           time.Duration       `mapstructure:"tcp_keepintvl"`
 	AdminListen            string              `mapstructure:"admin_listen"`
 	UnixSocketDir          string              `mapstructure:"unix_socket_dir"`
 	UnixSocketMode         string              `mapstructure:"unix_socket_mode"`
@@ -130,6 +134,7 @@ func Default() Config {
 	return Config{
 		Listen:                "127.0.0.1:6432",
 		LogConnections:        true,
+		TCPKeepalive:          true,
 		LogDisconnections:     true,
 		TrackExtraParameters:  []string{"IntervalStyle"},
 		UnixSocketMode:        "0777",
@@ -351,6 +356,7 @@ func (c *Config) Validate() error {
 		"client_idle_timeout": c.ClientIdleTimeout, "client_login_timeout": c.ClientLoginTimeout,
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
 		"stats_period": c.StatsPeriod, "reserve_pool_timeout": c.ReservePoolTimeout,
+		"tcp_keepidle": c.TCPKeepidle, "tcp_keepintvl": c.TCPKeepintvl,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)
@@ -417,6 +423,17 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// KeepAlive is the TCP keepalive of client and server connections: off
+// without tcp_keepalive (Enable false, the rest -1), else with
+// tcp_keepidle, tcp_keepintvl and tcp_keepcnt where set (0 leaves Go's:
+// 15 s, 15 s and 9).
+func (c *Config) KeepAlive() net.KeepAliveConfig {
+	if !c.TCPKeepalive {
+		return net.KeepAliveConfig{Enable: false, Idle: -1, Interval: -1, Count: -1}
+	}
+	return net.KeepAliveConfig{Enable: true, Idle: c.TCPKeepidle, Interval: c.TCPKeepintvl, Count: c.TCPKeepcnt}
 }
 
 // ListenAddrs returns listen's addresses.

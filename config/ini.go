@@ -258,6 +258,7 @@ var same = func() map[string]bool {
 		idle_transaction_timeout server_reset_query max_packet_size max_prepared_statements stats_period
 		reserve_pool_size reserve_pool_timeout max_db_connections max_user_connections
 		pidfile log_connections log_disconnections application_name_add_host
+		tcp_keepalive tcp_keepcnt tcp_keepidle tcp_keepintvl
 		client_tls_sslmode client_tls_cert_file client_tls_key_file client_tls_ca_file client_tls_protocols client_tls_ciphers
 		server_tls_sslmode server_tls_cert_file server_tls_key_file server_tls_ca_file server_tls_protocols server_tls_ciphers`) {
 		m[k] = true
@@ -295,10 +296,6 @@ var ignored = map[string]string{
 	"so_reuseport":              "pgmux always listens with SO_REUSEPORT",
 	"tcp_defer_accept":          "not in pgmux",
 	"tcp_socket_buffer":         "the kernel's buffer sizes",
-	"tcp_keepalive":             "Go's keepalive defaults (on, 15 s)",
-	"tcp_keepcnt":               "Go's keepalive defaults (on, 15 s)",
-	"tcp_keepidle":              "Go's keepalive defaults (on, 15 s)",
-	"tcp_keepintvl":             "Go's keepalive defaults (on, 15 s)",
 	"tcp_user_timeout":          "not in pgmux",
 	"disable_pqexec":            "pgmux passes multi-statement queries",
 	"conffile":                  "pgmux reloads the file it was started with",

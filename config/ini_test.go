@@ -83,7 +83,7 @@ func TestLoadFullINI(t *testing.T) {
 		t.Errorf("[users] alice: %+v", u)
 	}
 	for _, k := range []string{"multi host", "multi connect_query", "auth_type", "pool_mode",
-		"verbose", "tcp_keepalive", "so_reuseport", "no_such_key"} {
+		"verbose", "so_reuseport", "no_such_key"} {
 		if said[k] == "" {
 			t.Errorf("nothing said of %s", k)
 		}

@@ -51,6 +51,10 @@ type Database struct {
 	// ReservePoolTimeout; MaxDBConnections bounds the servers of all the
 	// database's pools (0: no bound).
 	ReservePoolSize, MaxDBConnections int
+	// KeepAlive is the server connections' TCP keepalive: the zero value
+	// is Go's default (on, 15 s); Enable false with a negative Idle is
+	// off.
+	KeepAlive net.KeepAliveConfig
 	// ServerTLS is how the server is reached: nil or tlsconf's disable
 	// for plain text.
 	ServerTLS *tlsconf.Servers

@@ -64,7 +64,10 @@ func dialServer(ctx context.Context, db *Database, user string, cred serverCred,
 // in plain text on the same connection.
 func loginServer(ctx context.Context, db *Database, user string, cred serverCred, maxBody int, tc *tls.Config, required bool) (*serverConn, error) {
 	network, addr := db.serverAddr()
-	var d net.Dialer
+	d := net.Dialer{KeepAliveConfig: db.KeepAlive}
+	if !db.KeepAlive.Enable && db.KeepAlive.Idle < 0 {
+		d.KeepAlive = -1 // tcp_keepalive off
+	}
 	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err

@@ -14,9 +14,10 @@ import (
 )
 
 // listen listens on addr with SO_REUSEPORT, so that a second pgmux can
-// listen on the same address while this one drains.
-func listen(addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+// listen on the same address while this one drains; its connections get
+// keepalive ka (tcp_keepalive and the like).
+func listen(addr string, ka net.KeepAliveConfig) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: ka, KeepAlive: keepAliveOff(ka), Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)

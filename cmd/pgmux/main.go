@@ -102,14 +102,14 @@ func run(args []string) error {
 	// pgmux before any client has been taken in.
 	var aln net.Listener
 	if cfg.AdminListen != "" {
-		if aln, err = listen(cfg.AdminListen); err != nil {
+		if aln, err = listen(cfg.AdminListen, net.KeepAliveConfig{}); err != nil {
 			return fmt.Errorf("admin_listen: %w", err)
 		}
 		defer aln.Close()
 	}
 	var lns []net.Listener // listen's addresses, then the Unix socket
 	for _, addr := range cfg.ListenAddrs() {
-		ln, err := listen(addr)
+		ln, err := listen(addr, cfg.KeepAlive())
 		if err != nil {
 			return err
 		}
@@ -309,7 +309,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 			}
 			return proxy.Database{Host: d.Host, Port: d.Port, DBName: d.DBName, User: d.User, Password: d.Password,
 				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ReservePoolSize: d.ReservePoolSize, MaxDBConnections: d.MaxDBConnections,
-				ServerTLS: tls}, ok
+				ServerTLS: tls, KeepAlive: cfg.KeepAlive()}, ok
 		},
 		AuthType:                cfg.AuthType,
 		HBA:                     rules,
@@ -387,6 +387,15 @@ func (a *app) configRows() [][]string {
 		rows = append(rows, []string{k, fmt.Sprint(m[k]), fmt.Sprint(d[k]), "yes"})
 	}
 	return rows
+}
+
+// keepAliveOff is the ListenConfig's KeepAlive for ka: -1, off, when
+// tcp_keepalive is (config.KeepAlive), else 0 for ka's.
+func keepAliveOff(ka net.KeepAliveConfig) time.Duration {
+	if !ka.Enable && ka.Idle < 0 {
+		return -1
+	}
+	return 0
 }
 
 // perUser is the users section as the proxy takes it.

@@ -47,6 +47,7 @@ type Config struct {
 	MinPoolSize            int                 `mapstructure:"min_pool_size"`
 	ReservePoolSize        int                 `mapstructure:"reserve_pool_size"`
 	ReservePoolTimeout     time.Duration       `mapstructure:"reserve_pool_timeout"`
+	ServerLoginRetry       time.Duration       `mapstructure:"server_login_retry"`
 	MaxDBConnections       int                 `mapstructure:"max_db_connections"`
 	MaxUserConnections     int                 `mapstructure:"max_user_connections"`
 	MaxClientConn          int                 `mapstructure:"max_client_conn"`
@@ -142,6 +143,7 @@ func Default() Config {
 		PoolMode:              "transaction",
 		DefaultPoolSize:       20,
 		ReservePoolTimeout:    5 * time.Second,
+		ServerLoginRetry:      15 * time.Second,
 		MaxClientConn:         10000,
 		AuthType:              "scram-sha-256",
 		AuthQuery:             "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
@@ -356,7 +358,7 @@ func (c *Config) Validate() error {
 		"client_idle_timeout": c.ClientIdleTimeout, "client_login_timeout": c.ClientLoginTimeout,
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
 		"stats_period": c.StatsPeriod, "reserve_pool_timeout": c.ReservePoolTimeout,
-		"tcp_keepidle": c.TCPKeepidle, "tcp_keepintvl": c.TCPKeepintvl,
+		"tcp_keepidle": c.TCPKeepidle, "tcp_keepintvl": c.TCPKeepintvl, "server_login_retry": c.ServerLoginRetry,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)

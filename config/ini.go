@@ -258,7 +258,7 @@ var same = func() map[string]bool {
 		idle_transaction_timeout server_reset_query max_packet_size max_prepared_statements stats_period
 		reserve_pool_size reserve_pool_timeout max_db_connections max_user_connections
 		pidfile log_connections log_disconnections application_name_add_host
-		tcp_keepalive tcp_keepcnt tcp_keepidle tcp_keepintvl
+		tcp_keepalive tcp_keepcnt tcp_keepidle tcp_keepintvl server_login_retry
 		client_tls_sslmode client_tls_cert_file client_tls_key_file client_tls_ca_file client_tls_protocols client_tls_ciphers
 		server_tls_sslmode server_tls_cert_file server_tls_key_file server_tls_ca_file server_tls_protocols server_tls_ciphers`) {
 		m[k] = true
@@ -282,7 +282,6 @@ var ignored = map[string]string{
 	"server_check_delay":        "pgmux checks an idle server's socket before lending it",
 	"server_fast_close":         "not in pgmux",
 	"server_round_robin":        "pgmux lends the most recently used idle server",
-	"server_login_retry":        "pgmux retries a failed connect at the next client's request",
 	"query_timeout":             "not in pgmux: use statement_timeout",
 	"autodb_idle_timeout":       "pgmux keeps a pool made for the * entry",
 	"suspend_timeout":           "pgmux has no SUSPEND or online restart (-R); it drains",

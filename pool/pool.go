@@ -54,6 +54,10 @@ type Config[T Conn] struct {
 	ReserveTimeout time.Duration
 	// Limits bound this pool's connections together with other pools'.
 	Limits []*Limit
+	// LoginRetry: after a failed dial, the callers that need a new
+	// connection get its error at once, without another dial, for this
+	// long (PgBouncer's server_login_retry); 0 tries again at once.
+	LoginRetry time.Duration
 }
 
 var (
@@ -82,6 +86,10 @@ type Pool[T Conn] struct {
 	closed  bool
 	timer   *time.Timer // fires at the earliest waiter deadline
 	timerAt int64       // when timer fires (Unix ns), or 0 when stopped
+	// After a failed dial, with LoginRetry: until when further dials are
+	// not tried (Unix ns), and the failure their callers get.
+	failUntil int64
+	failErr   error
 	// The limits a reload may change (SetLimits); Config's are the first.
 	minSize     int32
 	idleTimeout time.Duration
@@ -357,6 +365,17 @@ func (p *Pool[T]) serveLocked() {
 	if p.closed {
 		return
 	}
+	if p.failUntil != 0 && p.waiters.len > p.dialing && p.size < p.cfg.MaxSize {
+		if time.Now().UnixNano() < p.failUntil {
+			// The server failed a moment ago: those that need a new
+			// connection are told so, not made to wait for another try.
+			for p.waiters.len > p.dialing {
+				p.waiters.pop().deliver(handoff[T]{err: p.failErr})
+			}
+			return
+		}
+		p.failUntil, p.failErr = 0, nil
+	}
 	for p.waiters.len > p.dialing && p.size < p.sizeLimitLocked() {
 		if !p.startDialLocked() {
 			return // a Limit is full: retried when it has room
@@ -407,6 +426,9 @@ func (p *Pool[T]) dial() error {
 	if err != nil {
 		p.size--
 		p.giveLimits(1)
+		if p.cfg.LoginRetry > 0 {
+			p.failUntil, p.failErr = time.Now().Add(p.cfg.LoginRetry).UnixNano(), err
+		}
 		if w := p.waiters.pop(); w != nil {
 			w.deliver(handoff[T]{err: err})
 		}
@@ -570,7 +592,7 @@ func (p *Pool[T]) reapOnce() {
 	}
 	for {
 		p.mu.Lock()
-		if p.closed || p.size >= p.minSize || !p.startDialLocked() {
+		if p.closed || p.size >= p.minSize || p.failUntil > time.Now().UnixNano() || !p.startDialLocked() {
 			p.mu.Unlock()
 			return
 		}

@@ -804,3 +804,34 @@ func TestLimitAcrossPools(t *testing.T) {
 		t.Fatalf("limit counts %d", lim.Count())
 	}
 }
+
+// TestLoginRetry: after a failed dial, callers that need a connection get
+// its error at once, with no dial, for LoginRetry; then the pool dials
+// again.
+func TestLoginRetry(t *testing.T) {
+	d := &dialer{}
+	var dials atomic.Int32
+	p := newPool(t, d, func(c *Config[*fakeConn]) {
+		c.LoginRetry = 300 * time.Millisecond
+		c.Dial = func(ctx context.Context) (*fakeConn, error) { dials.Add(1); return d.dial(ctx) }
+	})
+	ctx := context.Background()
+	d.fail.Store(true)
+	if _, err := p.Acquire(ctx); err == nil {
+		t.Fatal("a dial that failed gave a connection")
+	}
+	d.fail.Store(false) // the server is back, but the pool does not know
+	start := time.Now()
+	if _, err := p.Acquire(ctx); err == nil || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("within LoginRetry: %v after %s, want the failure at once", err, time.Since(start))
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials within LoginRetry, want 1", n)
+	}
+	time.Sleep(350 * time.Millisecond)
+	l, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatalf("after LoginRetry: %v", err)
+	}
+	l.Release()
+}

@@ -135,6 +135,7 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 		Dial:           dial,
 		ReserveSize:    int32(db.ReservePoolSize),
 		ReserveTimeout: o.ReservePoolTimeout,
+		LoginRetry:     o.ServerLoginRetry,
 		Limits:         s.limitsFor(p.key.database, user, db.MaxDBConnections, maxUser),
 		MaxSize:        int32(db.PoolSize),
 		MinSize:        int32(o.MinPoolSize),

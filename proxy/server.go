@@ -110,10 +110,13 @@ type Options struct {
 	// client asks for), logged in as AuthUser.
 	AuthUser, AuthQuery, AuthDBName string
 
-	MaxClientConn          int
-	MinPoolSize            int
-	ReservePoolTimeout     time.Duration // see Database.ReservePoolSize
-	MaxUserConnections     int           // servers of all of a backend user's pools; 0: no bound
+	MaxClientConn      int
+	MinPoolSize        int
+	ReservePoolTimeout time.Duration // see Database.ReservePoolSize
+	// ServerLoginRetry: after a failed connect to a server, clients that
+	// need a new server connection get the failure at once for this long.
+	ServerLoginRetry       time.Duration
+	MaxUserConnections     int // servers of all of a backend user's pools; 0: no bound
 	MaxPacketSize          int
 	QueryWaitTimeout       time.Duration
 	ServerConnectTimeout   time.Duration

@@ -321,6 +321,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		MaxClientConn:           cfg.MaxClientConn,
 		MinPoolSize:             cfg.MinPoolSize,
 		ReservePoolTimeout:      cfg.ReservePoolTimeout,
+		ServerLoginRetry:        cfg.ServerLoginRetry,
 		MaxUserConnections:      cfg.MaxUserConnections,
 		MaxPacketSize:           cfg.MaxPacketSize,
 		QueryWaitTimeout:        cfg.QueryWaitTimeout,

@@ -100,8 +100,9 @@ func TestSessionStatePins(t *testing.T) {
 	if err := a.QueryRow(ctx, "SELECT pg_try_advisory_lock(4242)").Scan(&locked); err != nil || !locked {
 		t.Fatalf("lock: %v %v", locked, err)
 	}
-	if ps := p.Pools(); ps[0].ClientsPinned != 1 {
-		t.Fatalf("pinned clients: %d, want 1", ps[0].ClientsPinned)
+	if ps := p.Pools(); ps[0].ClientsPinned != 1 || ps[0].ServersActive != 1 {
+		// a is idle, but its server is its own: lent, not available.
+		t.Fatalf("pinned clients: %d, servers lent: %d; want 1 and 1", ps[0].ClientsPinned, ps[0].ServersActive)
 	}
 	for i := 0; i < 10; i++ {
 		if _, err := a.Exec(ctx, "INSERT INTO pinned_tmp VALUES ($1)", i); err != nil {

@@ -494,7 +494,9 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	if !release {
 		ss.armDeadlineLocked()
 		ss.mu.Unlock()
-		ss.bw.Write(notes)
+		if len(notes) > 0 {
+			ss.bw.Write(notes)
+		}
 		_, err := ss.bw.Write(r.Out)
 		return ss.flushPartial(sc, err)
 	}
@@ -510,7 +512,9 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	ss.mu.Unlock()
 	ss.setState(stateIdle)
 
-	ss.bw.Write(notes)
+	if len(notes) > 0 {
+		ss.bw.Write(notes)
+	}
 	ss.bw.Write(r.Out)
 	err := ss.bw.Flush()
 	ss.putWriter()

@@ -48,6 +48,8 @@ type Config struct {
 	ReservePoolSize        int                 `mapstructure:"reserve_pool_size"`
 	ReservePoolTimeout     time.Duration       `mapstructure:"reserve_pool_timeout"`
 	ServerLoginRetry       time.Duration       `mapstructure:"server_login_retry"`
+	ServerCheckQuery       string              `mapstructure:"server_check_query"`
+	ServerCheckDelay       time.Duration       `mapstructure:"server_check_delay"`
 	MaxDBConnections       int                 `mapstructure:"max_db_connections"`
 	MaxUserConnections     int                 `mapstructure:"max_user_connections"`
 	MaxClientConn          int                 `mapstructure:"max_client_conn"`
@@ -144,6 +146,8 @@ func Default() Config {
 		DefaultPoolSize:       20,
 		ReservePoolTimeout:    5 * time.Second,
 		ServerLoginRetry:      15 * time.Second,
+		ServerCheckQuery:      "select 1",
+		ServerCheckDelay:      30 * time.Second,
 		MaxClientConn:         10000,
 		AuthType:              "scram-sha-256",
 		AuthQuery:             "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
@@ -359,6 +363,7 @@ func (c *Config) Validate() error {
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
 		"stats_period": c.StatsPeriod, "reserve_pool_timeout": c.ReservePoolTimeout,
 		"tcp_keepidle": c.TCPKeepidle, "tcp_keepintvl": c.TCPKeepintvl, "server_login_retry": c.ServerLoginRetry,
+		"server_check_delay": c.ServerCheckDelay,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)

@@ -37,18 +37,23 @@ type Grant struct {
 	Sync bool
 	// Trim: the server holds more prepared statements than the bound.
 	Trim bool
+	// CheckQuery: the server has been idle longer than server_check_delay,
+	// so server_check_query runs on it before it is lent.
+	CheckQuery bool
 }
 
 // Granted says what to make sure of about a server granted after the client
 // waited waited, the server having been idle for idle; inSync is whether its
 // settings are the client's already, prepared how many statements it holds
-// and maxPrepared the bound on them (0 with the mapping off).
-func Granted(idle, waited time.Duration, inSync bool, prepared, maxPrepared int) Grant {
+// and maxPrepared the bound on them (0 with the mapping off); checkAfter is
+// server_check_delay (0: no check query).
+func Granted(idle, waited time.Duration, inSync bool, prepared, maxPrepared int, checkAfter time.Duration) Grant {
 	return Grant{
 		CheckAlive:  idle > AliveCheckAfter,
 		CheckHangup: waited > HangupCheckAfter,
 		Sync:        !inSync,
 		Trim:        maxPrepared > 0 && prepared > maxPrepared,
+		CheckQuery:  checkAfter > 0 && idle > checkAfter,
 	}
 }
 

@@ -20,11 +20,12 @@ func TestGranted(t *testing.T) {
 		{"settings differ", 0, 0, false, 0, 200, Grant{Sync: true}},
 		{"too many statements", 0, 0, true, 201, 200, Grant{Trim: true}},
 		{"the mapping off: never trimmed", 0, 0, true, 500, 0, Grant{}},
-		{"all of it", time.Second, time.Second, false, 300, 200, Grant{true, true, true, true}},
+		{"all of it", time.Minute, time.Second, false, 300, 200, Grant{true, true, true, true, true}},
+		{"idle past server_check_delay", 40 * time.Second, 0, true, 0, 200, Grant{CheckAlive: true, CheckQuery: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Granted(tt.idle, tt.waited, tt.inSync, tt.prepared, tt.maxPrep); got != tt.want {
+			if got := Granted(tt.idle, tt.waited, tt.inSync, tt.prepared, tt.maxPrep, 30*time.Second); got != tt.want {
 				t.Fatalf("%+v, want %+v", got, tt.want)
 			}
 		})

@@ -150,6 +150,18 @@ func (sc *serverConn) syncAnswer(want *core.Wanted, touched []string, failed *pr
 	return err
 }
 
+// check runs server_check_query q on a server about to be lent, and
+// reports whether it answered without an error and idle.
+func (sc *serverConn) check(q string) bool {
+	failed := false
+	err := sc.simpleQuery(q, func(typ byte, _ []byte) {
+		if typ == 'E' {
+			failed = true
+		}
+	})
+	return err == nil && !failed && sc.TxStatus == 'I'
+}
+
 // simpleQuery runs q and passes every response message to fn until
 // ReadyForQuery. The caller owns sc and no reader goroutine is running on it.
 func (sc *serverConn) simpleQuery(q string, fn func(typ byte, body []byte)) error {

@@ -106,6 +106,13 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		p.ejectServed(ss) // the goroutine path takes another
 		return
 	}
+	if g.CheckQuery {
+		// server_check_query, which blocks: the goroutine path runs it,
+		// the server given back with its idle time kept so that it asks.
+		releaseLeaseAt(lease, p.mono-lease.IdleDurationAt(p.mono))
+		p.ejectServed(ss)
+		return
+	}
 	if sc.sys == nil || g.Trim {
 		// Statements to trim: bind's. The loop read the request whole,
 		// so the goroutine may hand the session back as soon as it has

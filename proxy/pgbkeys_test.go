@@ -95,3 +95,38 @@ func limitedRole(t *testing.T) *pgtest.Cluster {
 	}
 	return c
 }
+
+// TestServerCheckQuery: a server idle longer than server_check_delay runs
+// server_check_query before it is lent, and one used more recently does
+// not, whichever driver serves the client.
+func TestServerCheckQuery(t *testing.T) {
+	c := needPG(t)
+	// Called once, so that last_value counts every nextval after.
+	if err := c.Exec("postgres", "CREATE SEQUENCE IF NOT EXISTS pgmux_checks; SELECT nextval('pgmux_checks')"); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) {
+		db.PoolSize = 1
+		o.ServerCheckQuery, o.ServerCheckDelay = "SELECT nextval('pgmux_checks')", 300*time.Millisecond
+	})
+	ctx := context.Background()
+	conn := p.connect(t, "postgres", pgx.QueryExecModeSimpleProtocol) // the event loop serves it
+	checks := func() int64 {
+		var n int64
+		if err := conn.QueryRow(ctx, "SELECT last_value FROM pgmux_checks").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := checks()
+	for range 5 {
+		checks() // back to back: no check
+	}
+	if n := checks(); n != before {
+		t.Fatalf("%d checks on a server in constant use", n-before)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := checks(); n != before+1 {
+		t.Fatalf("after an idle spell: %d checks, want 1", n-before)
+	}
+}

@@ -113,6 +113,11 @@ type Options struct {
 	MaxClientConn      int
 	MinPoolSize        int
 	ReservePoolTimeout time.Duration // see Database.ReservePoolSize
+	// ServerCheckQuery runs on a server idle longer than ServerCheckDelay
+	// before it is lent; one that fails it is closed and another taken.
+	// Empty: none.
+	ServerCheckQuery string
+	ServerCheckDelay time.Duration
 	// ServerLoginRetry: after a failed connect to a server, clients that
 	// need a new server connection get the failure at once for this long.
 	ServerLoginRetry       time.Duration

@@ -325,7 +325,7 @@ func (ss *session) acquireLease(ctx context.Context, start time.Time) (*pool.Lea
 		}
 		sc := lease.Conn()
 		g := ss.granted(lease, time.Since(start))
-		if g.CheckAlive && !sc.alive() {
+		if g.CheckAlive && !sc.alive() || g.CheckQuery && !sc.check(ss.srv.options().ServerCheckQuery) {
 			destroyLease(lease)
 			continue
 		}
@@ -341,11 +341,16 @@ func (ss *session) acquireLease(ctx context.Context, start time.Time) (*pool.Lea
 // granted is core.Granted for a server lease has just given the session,
 // after a wait of waited; both drivers ask it.
 func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration) core.Grant {
-	sc, max := lease.Conn(), 0
+	sc, maxPrepared := lease.Conn(), 0
+	o := ss.srv.options()
 	if ss.Mapping {
-		max = ss.srv.options().MaxPreparedStatements
+		maxPrepared = o.MaxPreparedStatements
 	}
-	return core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.Settings.InSync(&ss.Want), sc.Prepared.Len(), max)
+	var checkAfter time.Duration
+	if o.ServerCheckQuery != "" {
+		checkAfter = max(o.ServerCheckDelay, core.AliveCheckAfter)
+	}
+	return core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.Settings.InSync(&ss.Want), sc.Prepared.Len(), maxPrepared, checkAfter)
 }
 
 // errServerConnect is the client's error when no server could be reached;

@@ -322,6 +322,8 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		MinPoolSize:             cfg.MinPoolSize,
 		ReservePoolTimeout:      cfg.ReservePoolTimeout,
 		ServerLoginRetry:        cfg.ServerLoginRetry,
+		ServerCheckQuery:        cfg.ServerCheckQuery,
+		ServerCheckDelay:        cfg.ServerCheckDelay,
 		MaxUserConnections:      cfg.MaxUserConnections,
 		MaxPacketSize:           cfg.MaxPacketSize,
 		QueryWaitTimeout:        cfg.QueryWaitTimeout,

@@ -75,9 +75,9 @@ func TestPerUserSettings(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, pl := range p.Pools() {
-		got[pl.User] = fmt.Sprintf("%s %d", pl.PoolMode, pl.PoolSize)
+		got[pl.User] = fmt.Sprintf("%s/%d", pl.PoolMode, pl.PoolSize)
 	}
-	if got["limited"] != "session 1" || got[cluster.SuperUserName()] != "transaction 4" {
+	if got["limited"] != "session/1" || got[cluster.SuperUserName()] != "transaction/4" {
 		t.Fatalf("pools %v", got)
 	}
 }

@@ -92,14 +92,14 @@ log_stats = 0
 		p.adminJSON(t, "GET", "/stats", &st)
 		var out []string
 		for _, pl := range st.Pools {
-			out = append(out, fmt.Sprintf("%s %s %d", pl.Database, pl.PoolMode, pl.PoolSize))
+			out = append(out, fmt.Sprintf("%s %s/%d", pl.Database, pl.PoolMode, pl.PoolSize))
 		}
 		sort.Strings(out)
 		return strings.Join(out, ", ")
 	}
 	port, _ := pgtest.FreePort()
 	fromINI := pools(startPgmuxFile(t, ini, port, "pgbouncer.ini"))
-	if want := "app transaction 3, rep session 7"; fromINI != want {
+	if want := "app transaction/3, rep session/7"; fromINI != want {
 		t.Fatalf("pools from the ini: %s, want %s", fromINI, want)
 	}
 	path := filepath.Join(t.TempDir(), "pgbouncer.ini")

@@ -50,9 +50,13 @@ type listenConn struct {
 	sc      *serverConn
 	chans   map[string]bool // what the server listens on; under the hub's cmd
 	replies chan error      // the reader's: each command's outcome, in order
-	done    chan struct{}   // closed when the reader has ended
-	closing atomic.Bool     // closed by the hub, not lost
+	done    chan struct{}   // closed (by end) when the reader has ended
+	ended   sync.Once
+	closing atomic.Bool // closed by the hub, not lost
 }
+
+// end closes lc.done, once: the reader and a failed exec may both end it.
+func (lc *listenConn) end() { lc.ended.Do(func() { close(lc.done) }) }
 
 // notifyTellTimeout is how long a client closed for the notifications it
 // did not read has to read them and why it is closed; only the error is
@@ -309,7 +313,7 @@ func (h *listenHub) deliver(ch string, msg []byte) {
 func (h *listenHub) lost(lc *listenConn, err error) {
 	lc.sc.Close()
 	if lc.closing.Load() {
-		h.once(lc)
+		lc.end()
 		return
 	}
 	h.mu.Lock()
@@ -326,16 +330,7 @@ func (h *listenHub) lost(lc *listenConn, err error) {
 	h.mu.Unlock()
 	h.p.srv.log.Warn("listening server connection lost", zap.String("database", h.p.key.database),
 		zap.String("user", h.p.key.user), zap.Error(err))
-	h.once(lc)
-}
-
-// once closes lc.done, once.
-func (h *listenHub) once(lc *listenConn) {
-	select {
-	case <-lc.done:
-	default:
-		close(lc.done)
-	}
+	lc.end()
 }
 
 // close ends the hub's connection, which listens on nothing clients want.
@@ -364,7 +359,7 @@ func (h *listenHub) shutdown() {
 	}
 }
 
-// counts reports how many channels the pool listens on.
+// channels reports how many channels the pool listens on.
 func (h *listenHub) channels() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -221,7 +221,6 @@ func TestListenNotify(t *testing.T) {
 type psqlListener struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	out   *bufio.Scanner
 	lines chan string
 }
 

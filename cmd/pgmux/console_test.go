@@ -184,10 +184,14 @@ const pgbouncerExporterVersion = "v0.12.1"
 
 // TestPgBouncerExporter: pgbouncer_exporter, installed with go install,
 // scrapes pgmux's console with no error and reports the pool, client and
-// server counts /stats reports.
+// server counts /stats reports. Where the Go module proxy refuses the
+// exporter, PGMUX_PGBOUNCER_EXPORTER names a binary built from its source.
 func TestPgBouncerExporter(t *testing.T) {
 	dir := filepath.Join(os.TempDir(), "pgmux-test-bin", "pgbouncer_exporter-"+pgbouncerExporterVersion)
 	bin := filepath.Join(dir, "pgbouncer_exporter")
+	if b := os.Getenv("PGMUX_PGBOUNCER_EXPORTER"); b != "" {
+		bin = b
+	}
 	if _, err := os.Stat(bin); err != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
@@ -197,7 +201,7 @@ func TestPgBouncerExporter(t *testing.T) {
 			if strings.Contains(string(out), "403 Forbidden") {
 				// This machine's Go module proxy does not serve it;
 				// TestConsoleThroughLibPQ makes its queries meanwhile.
-				t.Skipf("the Go module proxy refuses pgbouncer_exporter:\n%s", out)
+				t.Skipf("the Go module proxy refuses pgbouncer_exporter (set PGMUX_PGBOUNCER_EXPORTER to a binary built from its source):\n%s", out)
 			}
 			t.Fatalf("go install pgbouncer_exporter: %v\n%s", err, out)
 		}
@@ -285,9 +289,11 @@ func TestPgBouncerExporter(t *testing.T) {
 			"pgbouncer_pools_server_active_connections":  pl.ServersActive,
 			"pgbouncer_pools_server_idle_connections":    pl.ServersIdle,
 		} {
-			if got := value(name, l); got != float64(want) {
+			got := value(name, l)
+			if got != float64(want) {
 				t.Errorf("%s %v, /stats says %d", name, got, want)
 			}
+			t.Logf("%s %v, /stats %d", name, got, want)
 		}
 		if pl.ClientsActive != 1 || pl.ClientsIdle != 2 {
 			t.Errorf("/stats: %d active and %d idle clients, want 1 and 2", pl.ClientsActive, pl.ClientsIdle)

@@ -66,6 +66,7 @@ type Config struct {
 	ClientIdleTimeout      time.Duration       `mapstructure:"client_idle_timeout"`
 	ClientLoginTimeout     time.Duration       `mapstructure:"client_login_timeout"`
 	IdleTransactionTimeout time.Duration       `mapstructure:"idle_transaction_timeout"`
+	QueryTimeout           time.Duration       `mapstructure:"query_timeout"`
 	ServerResetQuery       string              `mapstructure:"server_reset_query"`
 	ShutdownTimeout        time.Duration       `mapstructure:"shutdown_timeout"`
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
@@ -363,7 +364,7 @@ func (c *Config) Validate() error {
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
 		"stats_period": c.StatsPeriod, "reserve_pool_timeout": c.ReservePoolTimeout,
 		"tcp_keepidle": c.TCPKeepidle, "tcp_keepintvl": c.TCPKeepintvl, "server_login_retry": c.ServerLoginRetry,
-		"server_check_delay": c.ServerCheckDelay,
+		"server_check_delay": c.ServerCheckDelay, "query_timeout": c.QueryTimeout,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)

@@ -259,7 +259,7 @@ var same = func() map[string]bool {
 		reserve_pool_size reserve_pool_timeout max_db_connections max_user_connections
 		pidfile log_connections log_disconnections application_name_add_host
 		tcp_keepalive tcp_keepcnt tcp_keepidle tcp_keepintvl server_login_retry
-		server_check_query server_check_delay
+		server_check_query server_check_delay query_timeout
 		client_tls_sslmode client_tls_cert_file client_tls_key_file client_tls_ca_file client_tls_protocols client_tls_ciphers
 		server_tls_sslmode server_tls_cert_file server_tls_key_file server_tls_ca_file server_tls_protocols server_tls_ciphers`) {
 		m[k] = true
@@ -281,7 +281,6 @@ var ignored = map[string]string{
 	"server_reset_query_always": "pgmux runs server_reset_query in session mode only",
 	"server_fast_close":         "not in pgmux",
 	"server_round_robin":        "pgmux lends the most recently used idle server",
-	"query_timeout":             "not in pgmux: use statement_timeout",
 	"autodb_idle_timeout":       "pgmux keeps a pool made for the * entry",
 	"suspend_timeout":           "pgmux has no SUSPEND or online restart (-R); it drains",
 	"dns_max_ttl":               "Go's resolver, at each connect",

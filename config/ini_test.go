@@ -72,7 +72,7 @@ func TestLoadFullINI(t *testing.T) {
 	if c.Listen != ":7432" || c.UnixSocketDir != "" || c.AuthType != "trust" || c.PoolMode != "transaction" || c.DefaultPoolSize != 15 ||
 		c.MaxClientConn != 500 || !reflect.DeepEqual(c.AdminUsers, []string{"alice", "bob"}) || !reflect.DeepEqual(c.StatsUsers, []string{"carol"}) ||
 		c.ServerIdleTimeout != 300*time.Second || c.QueryWaitTimeout != 60500*time.Millisecond || c.LogLevel != "debug" ||
-		c.ServerLifetime != 1800*time.Second || c.ClientTLSSSLMode != "disable" {
+		c.ServerLifetime != 1800*time.Second || c.ClientTLSSSLMode != "disable" || c.QueryTimeout != 90*time.Second {
 		t.Errorf("loaded %+v", c)
 	}
 	said := map[string]string{}

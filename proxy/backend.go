@@ -40,6 +40,9 @@ type serverConn struct {
 	id        uint64 // for reports, from serverIDs
 	connected time.Time
 	leased    atomic.Bool // lent to a client (for reports)
+	// timedOut: closed by query_timeout (expireQueries); its client is
+	// told so rather than that the server crashed.
+	timedOut atomic.Bool
 
 	psDirty  bool           // a client's DEALLOCATE or DISCARD left prepared statements unsure
 	listener bool           // the pool's LISTEN connection, outside the pool (listen.go)

@@ -40,3 +40,5 @@ type sysConn struct{}
 
 func newSysConn(c net.Conn) io.ReadWriter          { return c }
 func rawSocket(sock io.ReadWriter) (*sysConn, int) { return nil, -1 }
+
+func (s *sysConn) shutdown() {}

@@ -29,7 +29,7 @@ func (s *Server) sweep() {
 	defer t.Stop()
 	freedAt := 0
 	periodAt := time.Now()
-	var idle []*session
+	var idle, active []*session
 	for {
 		var now time.Time
 		select {
@@ -41,10 +41,18 @@ func (s *Server) sweep() {
 			periodAt = now
 			s.statsTick(now)
 		}
-		idle = idle[:0]
+		idle, active = idle[:0], active[:0]
+		limit := s.options().QueryTimeout
 		s.mu.Lock()
 		for ss := range s.sessions {
-			if clientState(ss.state.Load()) != stateIdle {
+			switch clientState(ss.state.Load()) {
+			case stateActive:
+				if limit > 0 {
+					active = append(active, ss)
+				}
+				continue
+			case stateIdle:
+			default:
 				continue
 			}
 			// sweepSeen is the sweep's own: the activity count it last saw.
@@ -57,6 +65,9 @@ func (s *Server) sweep() {
 		s.mu.Unlock()
 		for _, ss := range idle {
 			ss.requestPark()
+		}
+		for _, ss := range active {
+			ss.expireQuery(now.UnixNano(), limit)
 		}
 		switch n := s.parked(); {
 		case n-freedAt >= freeAfterParked:

@@ -587,10 +587,19 @@ func (ss *session) serverFailed(err error) {
 	ss.lease = nil
 	ss.serverDead = true
 	ss.mu.Unlock()
-	ss.logger().Warn("server connection lost", zap.Uint32("server_pid", lease.Conn().pid), zap.Error(err))
-	closing := lease.Conn().Closing
+	sc := lease.Conn()
+	closing, timedOut := sc.Closing, sc.timedOut.Load()
 	destroyLease(lease)
-	if !closing { // else the client has the server's own FATAL
+	switch {
+	case timedOut:
+		limit := ss.srv.options().QueryTimeout
+		ss.logger().Warn("query_timeout: server connection closed", zap.Uint32("server_pid", sc.pid), zap.Duration("query_timeout", limit))
+		ss.bw.Write(protocol.Fatal(protocol.CodeQueryCanceled,
+			fmt.Sprintf("query_timeout: no answer from the server within %s; the server connection was closed", limit)).AppendTo(nil))
+	case closing: // the client has the server's own FATAL
+		ss.logger().Warn("server connection lost", zap.Uint32("server_pid", sc.pid), zap.Error(err))
+	default:
+		ss.logger().Warn("server connection lost", zap.Uint32("server_pid", sc.pid), zap.Error(err))
 		ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
 	}
 	ss.bw.Flush()

@@ -130,7 +130,11 @@ type Options struct {
 	ClientIdleTimeout      time.Duration
 	ClientLoginTimeout     time.Duration
 	IdleTransactionTimeout time.Duration
-	ServerResetQuery       string
+	// QueryTimeout: a server whose answer to a client's request is this
+	// late is closed, and its client told and closed (PgBouncer's
+	// query_timeout); 0: none.
+	QueryTimeout     time.Duration
+	ServerResetQuery string
 	// Registerer receives pgmux's Prometheus metrics; nil means none.
 	Registerer prometheus.Registerer
 	// ReadyDatabases are checked by Ready: each must reach a server.

@@ -545,6 +545,34 @@ func (ss *session) armDeadlineLocked() {
 	}
 }
 
+// expireQuery closes the session's server if its answer to the oldest
+// request outstanding is later than limit (query_timeout): whoever reads
+// the server finds it gone and tells the client (serverFailed), as
+// PgBouncer's query_timeout does, and the backend is sent a cancel so that
+// the query stops now rather than at its next write. The server is shut
+// down under mu, so never after it has gone back to the pool.
+func (ss *session) expireQuery(now int64, limit time.Duration) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.lease == nil || ss.segLen == 0 || now-ss.segStarts[ss.segHead] <= int64(limit) {
+		return
+	}
+	sc := ss.lease.Conn()
+	if !sc.timedOut.CompareAndSwap(false, true) {
+		return
+	}
+	if sc.sys != nil {
+		sc.sys.shutdown()
+	} else {
+		sc.conn.SetReadDeadline(pastDeadline) // a TLS server: its reader wakes to a timeout
+	}
+	go func() {
+		if err := sc.cancel(ss.srv.options().ServerConnectTimeout); err != nil {
+			ss.logger().Warn("query_timeout: cancel", zap.Uint32("server_pid", sc.pid), zap.Error(err))
+		}
+	}()
+}
+
 // drain asks the session to end at its next transaction boundary.
 func (ss *session) drain() {
 	ss.mu.Lock()

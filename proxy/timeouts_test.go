@@ -72,6 +72,55 @@ func TestTimeouts(t *testing.T) {
 			t.Fatalf("idle outside a transaction: %v", err)
 		}
 	})
+	t.Run("query_timeout", func(t *testing.T) {
+		const dbName = "query_timeout"
+		if err := needPG(t).CreateDatabase(dbName); err != nil {
+			t.Fatal(err)
+		}
+		p := startProxy(t, func(o *Options, db *Database) {
+			o.QueryTimeout = time.Second
+			db.PoolSize = 1
+		})
+		// Each statement within the limit, the transaction past it, and
+		// time idle in it: all served.
+		c := p.connect(t, dbName, pgx.QueryExecModeExec)
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if _, err := tx.Exec(ctx, "SELECT pg_sleep(0.5)"); err != nil {
+				t.Fatalf("a statement within query_timeout: %v", err)
+			}
+		}
+		time.Sleep(1500 * time.Millisecond)
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatalf("a transaction idle past query_timeout: %v", err)
+		}
+		start := time.Now()
+		_, err = c.Exec(ctx, "SELECT pg_sleep(30)")
+		took := time.Since(start)
+		if code := sqlstate(err); code != "57014" || !strings.Contains(err.Error(), "query_timeout") {
+			t.Fatalf("want 57014 naming query_timeout, got %v", err)
+		}
+		if took < time.Second || took > 4*time.Second {
+			t.Fatalf("failed after %s with a 1s query_timeout", took)
+		}
+		t.Logf("pg_sleep(30) ended after %s: %v", took.Round(time.Millisecond), err)
+		// The backend was cancelled, not left sleeping, and the next
+		// client gets a server.
+		deadline := time.Now().Add(2 * time.Second)
+		for countBackends(t, dbName, "query LIKE '%pg_sleep(30)%'") > 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the timed-out query still runs on its backend")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		other := p.connect(t, dbName, pgx.QueryExecModeExec)
+		if _, err := other.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatalf("after a query_timeout: %v", err)
+		}
+	})
 	t.Run("server_connect_timeout", func(t *testing.T) {
 		// A "server" that accepts and never answers.
 		silent, err := net.Listen("tcp", "127.0.0.1:0")

@@ -333,6 +333,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		ClientIdleTimeout:       cfg.ClientIdleTimeout,
 		ClientLoginTimeout:      cfg.ClientLoginTimeout,
 		IdleTransactionTimeout:  cfg.IdleTransactionTimeout,
+		QueryTimeout:            cfg.QueryTimeout,
 		ServerResetQuery:        cfg.ServerResetQuery,
 		MaxPreparedStatements:   cfg.MaxPreparedStatements,
 		NotifyQueueBytes:        cfg.NotifyQueueBytes,

@@ -69,6 +69,13 @@ var badDeps = map[string]map[string]string{
 		"github.com/pgmux/pgmux/proxy":  "the proxy uses tlsconf, not the other way",
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/tracing": {
+		"github.com/pgmux/pgmux/proxy":    "tracing is handed transactions; it knows nothing of sessions",
+		"github.com/pgmux/pgmux/pool":     "tracing knows nothing of pools",
+		"github.com/pgmux/pgmux/protocol": "tracing knows nothing of the wire",
+		"github.com/pgmux/pgmux/core":     "tracing knows nothing of the session core",
+		"github.com/pgmux/pgmux/config":   "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/proxy": {
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 		"github.com/pgmux/pgmux/admin":  "admin reads the proxy, not the other way",

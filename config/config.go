@@ -94,6 +94,18 @@ type Config struct {
 	Databases              map[string]Database `mapstructure:"databases"`
 	// Users are backend users' own pool settings, as PgBouncer's [users].
 	Users map[string]User `mapstructure:"users"`
+	// Tracing exports pgmux's spans through OpenTelemetry (package tracing).
+	Tracing Tracing `mapstructure:"tracing"`
+}
+
+// Tracing is the tracing section: off unless an OTLP endpoint is set here
+// or in the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT.
+type Tracing struct {
+	OTLPEndpoint string  `mapstructure:"otlp_endpoint"`
+	Protocol     string  `mapstructure:"protocol"` // http or grpc
+	SampleRatio  float64 `mapstructure:"sample_ratio"`
+	ServiceName  string  `mapstructure:"service_name"`
+	IncludeQuery bool    `mapstructure:"include_query"`
 }
 
 // User is one entry of the users section: a backend user's pool settings,
@@ -174,6 +186,9 @@ func Default() Config {
 		ServerTLSSSLMode:      "prefer",
 		ServerTLSProtocols:    "secure",
 		ServerTLSCiphers:      "default",
+		// OpenTelemetry's default sampler keeps every trace; lower the
+		// ratio for transactions without a sampled parent.
+		Tracing: Tracing{Protocol: "http", SampleRatio: 1, ServiceName: "pgmux"},
 	}
 }
 
@@ -222,6 +237,13 @@ func LoadNotes(path string, fs *pflag.FlagSet) (*Config, []Note, error) {
 	for i := range rt.NumField() {
 		key := rt.Field(i).Tag.Get("mapstructure")
 		if key == "databases" || key == "users" {
+			continue
+		}
+		if key == "tracing" { // a section: a default for each of its keys
+			tv := rv.Field(i)
+			for j := range tv.NumField() {
+				v.SetDefault(key+"."+tv.Type().Field(j).Tag.Get("mapstructure"), tv.Field(j).Interface())
+			}
 			continue
 		}
 		v.SetDefault(key, rv.Field(i).Interface())
@@ -373,6 +395,12 @@ func (c *Config) Validate() error {
 	if c.SchedSlice != 0 && (c.SchedSlice < MinSchedSlice || c.SchedSlice > MaxSchedSlice) {
 		bad("sched_slice", "must be 0 (the kernel's default) or between %s and %s, got %s", MinSchedSlice, MaxSchedSlice, c.SchedSlice)
 	}
+	if p := c.Tracing.Protocol; p != "http" && p != "grpc" {
+		bad("tracing.protocol", "%q is not http or grpc", p)
+	}
+	if r := c.Tracing.SampleRatio; r < 0 || r > 1 {
+		bad("tracing.sample_ratio", "must be between 0 and 1, got %v", r)
+	}
 	if c.NotifyQueueBytes < 1024 {
 		bad("notify_queue_bytes", "must be at least 1024, got %d", c.NotifyQueueBytes)
 	}
@@ -500,6 +528,8 @@ func (c Config) Map() map[string]any {
 			out[key] = entries(f)
 		case map[string]User:
 			out[key] = entries(f)
+		case Tracing:
+			out[key] = entries(map[string]Tracing{"": f})[""]
 		default:
 			out[key] = f
 		}

@@ -178,6 +178,7 @@ func (ss *session) login() error {
 	if lease != nil {
 		sc = lease.Conn()
 	}
+	ss.startTrace() // after a session-mode login's wait, which is no transaction's
 	ss.srv.register(ss, sc)
 	// Show the client the server's parameters as its own settings make them.
 	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it

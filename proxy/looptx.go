@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -121,7 +120,7 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		p.ejectServed(ss)
 		return
 	}
-	ss.pool.observeWait(time.Duration(p.now-lc.waitStart), p.now)
+	ss.waited(lc.waitStart, p.now)
 	if queued {
 		ss.waitingSince.Store(0)
 	}
@@ -273,6 +272,9 @@ func (p *parker) send(ss *session, sc *serverConn) {
 	}
 	buf := ss.rd.BufferedBytes()
 	ss.mu.Lock()
+	if ss.tr != nil {
+		ss.traceBatchLocked(buf)
+	}
 	// No statement named (else sendMapped) and nothing queued before: the
 	// answers to these Parses and Closes pass as they are, and none needs
 	// an entry in the mapping's queue to keep the later ones in step.

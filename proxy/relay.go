@@ -234,7 +234,8 @@ func (ss *session) forward(typ byte, n int) error {
 	// leave (core.Session.NoteMessage); the start of a query longer than
 	// the read buffer.
 	var text []byte
-	if ss.Pooled && !ss.NoLook && (typ == 'Q' || typ == 'P' || typ == 'B') {
+	look := ss.Pooled && !ss.NoLook && (typ == 'Q' || typ == 'P' || typ == 'B')
+	if look || ss.tr != nil && (typ == 'Q' || typ == 'P') { // its trace context (trace.go)
 		if b, err := ss.peek(protocol.HeaderLen + min(n, ss.rd.Size()-protocol.HeaderLen)); err == nil {
 			text = b[protocol.HeaderLen:]
 		}
@@ -247,12 +248,15 @@ func (ss *session) forward(typ byte, n int) error {
 	for ss.readingBack {
 		ss.cond.Wait() // the server answers pgmux's own query first
 	}
-	if text != nil {
+	if look && text != nil {
 		was := ss.Pinned
 		ss.NoteMessage(typ, text)
 		if ss.Pinned && !was {
 			ss.pool.clientsPinned.Add(1) // a client is pinned once, until it leaves (finish)
 		}
+	}
+	if ss.tr != nil && text != nil && typ != 'B' {
+		ss.traceTextLocked(typ, text)
 	}
 	if ss.lease == nil {
 		if err := ss.bind(); err != nil {
@@ -338,6 +342,9 @@ func (ss *session) noteSegmentsLocked(segs, n int) {
 		if ss.txStart == 0 {
 			ss.txStart = now
 		}
+		if ss.tr != nil {
+			ss.tr.tx.Statements += segs
+		}
 		for ; segs > 0 && ss.segLen < len(ss.segStarts); segs-- {
 			ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
 			ss.segLen++
@@ -411,6 +418,9 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 		if r, err = ss.FromServer(&sc.Server, typ, body, matched); r.Ready && err == nil {
 			return ss.readyLocked(sc, r) // under the same lock
 		}
+		if r.Code != "" && ss.tr != nil && ss.tr.tx.SQLState == "" {
+			ss.tr.tx.SQLState = r.Code
+		}
 		ss.mu.Unlock()
 	}
 	if err != nil {
@@ -468,6 +478,9 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	}
 	if status == 'I' && ss.txStart != 0 {
 		ss.pool.observeTransaction(time.Duration(now-ss.txStart), now)
+		if ss.tr != nil {
+			ss.endTraceLocked(sc, now)
+		}
 		ss.txStart = 0
 	}
 	ss.pool.addBytes(ss.bytesIn, ss.bytesOut)

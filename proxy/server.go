@@ -29,6 +29,7 @@ import (
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/stats"
 	"github.com/pgmux/pgmux/tlsconf"
+	"github.com/pgmux/pgmux/tracing"
 )
 
 // Pool modes.
@@ -130,6 +131,8 @@ type Options struct {
 	ClientIdleTimeout      time.Duration
 	ClientLoginTimeout     time.Duration
 	IdleTransactionTimeout time.Duration
+	// Tracer, if not nil, is given each transaction for its spans.
+	Tracer *tracing.Tracer
 	// QueryTimeout: a server whose answer to a client's request is this
 	// late is closed, and its client told and closed (PgBouncer's
 	// query_timeout); 0: none.

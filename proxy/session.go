@@ -85,6 +85,7 @@ type session struct {
 	cancelAfter   bool      // a cancel came as the wait ended: forwarded once the request is sent
 
 	lis *listening // LISTEN through the pool (listen.go); set under mu at the client's first
+	tr  *txTrace   // the open transaction's trace notes (trace.go), under mu; nil with tracing off
 	dbc *dbControl // its database's PAUSE and the like (control.go); set at login
 
 	// Parking (see park.go).
@@ -441,8 +442,7 @@ func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn],
 			return nil, err
 		}
 		if attempt == 0 {
-			now := time.Now()
-			ss.pool.observeWait(now.Sub(start), now.UnixNano())
+			ss.waited(start.UnixNano(), time.Now().UnixNano())
 		}
 		sc := lease.Conn()
 		if g.Sync {

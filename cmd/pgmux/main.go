@@ -41,6 +41,7 @@ import (
 	"github.com/pgmux/pgmux/hba"
 	"github.com/pgmux/pgmux/proxy"
 	"github.com/pgmux/pgmux/tlsconf"
+	"github.com/pgmux/pgmux/tracing"
 )
 
 func main() {
@@ -57,6 +58,9 @@ type app struct {
 	log  *zap.Logger
 	srv  *proxy.Server
 	reg  *prometheus.Registry
+	// tracer exports pgmux's spans; nil with tracing off. Made once at
+	// start: a reload does not change the tracing section.
+	tracer *tracing.Tracer
 
 	mu  sync.Mutex // guards cfg
 	cfg *config.Config
@@ -93,6 +97,17 @@ func run(args []string) error {
 
 	a := &app{path: path, fs: fs, log: log, cfg: cfg, reg: prometheus.NewRegistry()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if topts := tracingOptions(cfg.Tracing, log, a.reg); tracing.Enabled(topts) {
+		if a.tracer, err = tracing.New(context.Background(), topts); err != nil {
+			return fmt.Errorf("tracing: %w", err)
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			a.tracer.Shutdown(ctx)
+		}()
+		log.Info("tracing", zap.String("otlp_endpoint", cfg.Tracing.OTLPEndpoint), zap.Float64("sample_ratio", cfg.Tracing.SampleRatio))
+	}
 	opts, err := a.proxyOptions(cfg)
 	if err != nil {
 		return err
@@ -253,6 +268,9 @@ func (a *app) Reload() error {
 			if cfg.Loops != old.Loops {
 				a.log.Warn("loops takes effect at the next start", zap.Int("loops", old.Loops), zap.Int("new", cfg.Loops))
 			}
+			if cfg.Tracing != old.Tracing {
+				a.log.Warn("the tracing section takes effect at the next start")
+			}
 			a.log.Info("configuration reloaded", zap.String("config", a.path))
 			return nil
 		}
@@ -343,6 +361,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		IgnoreStartupParameters: cfg.IgnoreStartupParams,
 		AppNameAddHost:          cfg.AppNameAddHost,
 		StatsPeriod:             cfg.StatsPeriod,
+		Tracer:                  a.tracer,
 		NoSessionStateLook:      !cfg.TrackSessionState,
 		RelayLoop:               cfg.RelayLoop,
 		NoIOURing:               !cfg.IOURing,
@@ -355,6 +374,12 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		OnShutdown:              func() { a.drain() },
 		ConfigRows:              a.configRows,
 	}, nil
+}
+
+// tracingOptions is the tracing section as package tracing takes it.
+func tracingOptions(t config.Tracing, log *zap.Logger, reg prometheus.Registerer) tracing.Options {
+	return tracing.Options{Endpoint: t.OTLPEndpoint, Protocol: t.Protocol, SampleRatio: t.SampleRatio,
+		ServiceName: t.ServiceName, IncludeQuery: t.IncludeQuery, Registerer: reg, Logger: log}
 }
 
 // parseFile parses the file at path, the value of key, with parse; its

@@ -115,7 +115,7 @@ func (s *Server) products(ctx context.Context, ids []int64) ([]Product, error) {
 	s.metrics.cacheHits.Add(float64(len(ids) - len(missing)))
 	s.metrics.cacheMisses.Add(float64(len(missing)))
 	if len(missing) > 0 {
-		rows, _ := s.db.Query(ctx, "SELECT id, name, price_cents, version, updated_at FROM products WHERE id = ANY($1)", missing)
+		rows, _ := s.db.Query(ctx, "SELECT id, name, price_cents, version, updated_at FROM products WHERE id = ANY($1)", s.args(missing)...)
 		loaded, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Product])
 		if err != nil {
 			return nil, err
@@ -157,7 +157,7 @@ func (s *Server) putProduct(w http.ResponseWriter, r *http.Request) error {
 	err = s.db.QueryRow(r.Context(), `UPDATE products SET
 			name = coalesce($2, name), price_cents = coalesce($3, price_cents),
 			version = version + 1, updated_at = now()
-		WHERE id = $1 RETURNING id, name, price_cents, version, updated_at`, id, in.Name, in.PriceCents).
+		WHERE id = $1 RETURNING id, name, price_cents, version, updated_at`, s.args(id, in.Name, in.PriceCents)...).
 		Scan(&p.ID, &p.Name, &p.PriceCents, &p.Version, &p.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errStatus(404, "no product %d", id)

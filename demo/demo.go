@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 )
 
@@ -40,6 +42,11 @@ type Config struct {
 	TransferTries  int           // attempts of a transfer on 55P03/40P01/40001
 	RateLimit      int           // requests per API key per window; 0 means none
 	RateWindow     time.Duration
+	// OTLPEndpoint, if set, is the OTLP/HTTP collector (a base URL) the
+	// demo's traces go to (tracing.go).
+	OTLPEndpoint string
+	// Collector, if set, is served at GET /debug/latency-split.
+	Collector *Collector
 }
 
 // Defaults fills unset fields of c.
@@ -91,6 +98,8 @@ type Server struct {
 	metrics *metrics
 	events  *eventBuffer
 	mux     *http.ServeMux
+	tp      *sdktrace.TracerProvider // nil: no tracing
+	tracer  trace.Tracer
 
 	closeOnce sync.Once
 }
@@ -104,17 +113,27 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("database url: %w", err)
 	}
 	pcfg.MaxConns = cfg.MaxConns
-	db, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return nil, err
-	}
 	ropt, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
-		db.Close()
 		return nil, fmt.Errorf("redis url: %w", err)
 	}
 	ropt.PoolSize = int(cfg.MaxConns) * 2
-	s := &Server{cfg: cfg, log: cfg.Logger.Named("demo"), db: db, rdb: redis.NewClient(ropt)}
+	s := &Server{cfg: cfg, log: cfg.Logger.Named("demo"), rdb: redis.NewClient(ropt)}
+	if cfg.OTLPEndpoint != "" {
+		if s.tp, err = newTracing(ctx, cfg.OTLPEndpoint); err != nil {
+			s.rdb.Close()
+			return nil, fmt.Errorf("tracing: %w", err)
+		}
+		s.tracer = s.tp.Tracer("github.com/pgmux/pgmux/demo")
+		if err := s.instrument(pcfg.ConnConfig, s.rdb); err != nil {
+			s.rdb.Close()
+			return nil, fmt.Errorf("tracing: %w", err)
+		}
+	}
+	if s.db, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+		s.rdb.Close()
+		return nil, err
+	}
 	reg := cfg.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -141,6 +160,11 @@ func (s *Server) Close() error {
 		err = s.events.close()
 		s.db.Close()
 		s.rdb.Close()
+		if s.tp != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s.tp.Shutdown(ctx) // exports what is left
+		}
 	})
 	return err
 }
@@ -188,11 +212,21 @@ CREATE TABLE IF NOT EXISTS transfers (
 func (s *Server) routes() {
 	m := http.NewServeMux()
 	s.mux = m
-	m.Handle("GET /products/{id}", s.api("get_product", s.getProduct))
-	m.Handle("GET /products", s.api("get_products", s.getProducts))
-	m.Handle("PUT /products/{id}", s.api("put_product", s.putProduct))
-	m.Handle("POST /events", s.api("post_event", s.postEvent))
-	m.Handle("POST /transfers", s.api("post_transfer", s.postTransfer))
+	for _, r := range []struct {
+		pattern, name string
+		h             func(w http.ResponseWriter, r *http.Request) error
+	}{
+		{"GET /products/{id}", "get_product", s.getProduct},
+		{"GET /products", "get_products", s.getProducts},
+		{"PUT /products/{id}", "put_product", s.putProduct},
+		{"POST /events", "post_event", s.postEvent},
+		{"POST /transfers", "post_transfer", s.postTransfer},
+	} {
+		m.Handle(r.pattern, s.handler(r.pattern, s.api(r.name, r.h)))
+	}
+	if s.cfg.Collector != nil {
+		m.HandleFunc("GET /debug/latency-split", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, s.cfg.Collector.Split()) })
+	}
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	m.HandleFunc("GET /readyz", s.readyz)
 	m.Handle("GET /metrics", s.metrics.handler())

@@ -24,6 +24,7 @@ import (
 	"github.com/pgmux/pgmux/internal/pgtest"
 	"github.com/pgmux/pgmux/internal/redistest"
 	"github.com/pgmux/pgmux/proxy"
+	"github.com/pgmux/pgmux/tracing"
 )
 
 var (
@@ -55,21 +56,28 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		pgmuxPort = ln.Addr().(*net.TCPAddr).Port
-		srv := proxy.New(proxy.Options{
-			AuthType: "trust",
-			Databases: func(name string) (proxy.Database, bool) {
-				return proxy.Database{Host: cluster.Host, Port: cluster.Port, DBName: name, PoolMode: proxy.ModeTransaction, PoolSize: 10}, true
-			},
-			QueryWaitTimeout:      time.Minute,
-			ServerConnectTimeout:  5 * time.Second,
-			ClientLoginTimeout:    10 * time.Second,
-			MaxPreparedStatements: 200,
-		})
+		srv := proxy.New(pgmuxOptions(nil))
 		go srv.Serve(ln)
 		defer srv.Shutdown(context.Background())
 		return m.Run()
 	}()
 	os.Exit(code)
+}
+
+// pgmuxOptions are the tests' pgmux's: transaction mode in front of
+// cluster, its spans to tr if not nil.
+func pgmuxOptions(tr *tracing.Tracer) proxy.Options {
+	return proxy.Options{
+		AuthType: "trust",
+		Databases: func(name string) (proxy.Database, bool) {
+			return proxy.Database{Host: cluster.Host, Port: cluster.Port, DBName: name, PoolMode: proxy.ModeTransaction, PoolSize: 10}, true
+		},
+		QueryWaitTimeout:      time.Minute,
+		ServerConnectTimeout:  5 * time.Second,
+		ClientLoginTimeout:    10 * time.Second,
+		MaxPreparedStatements: 200,
+		Tracer:                tr,
+	}
 }
 
 // demoServer is a demo API served over HTTP, through pgmux.

@@ -92,7 +92,7 @@ func (b *eventBuffer) flush(batch []Event) error {
 	var err error
 	for try := range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		_, err = b.s.db.Exec(ctx, "INSERT INTO events (kind, payload) SELECT * FROM unnest($1::text[], $2::text[])", kinds, payloads)
+		_, err = b.s.db.Exec(ctx, "INSERT INTO events (kind, payload) SELECT * FROM unnest($1::text[], $2::text[])", b.s.args(kinds, payloads)...)
 		cancel()
 		if err == nil {
 			b.s.metrics.batches.Inc()

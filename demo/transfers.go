@@ -70,12 +70,12 @@ func retryable(err error) bool {
 // in a cycle; the idempotency key is claimed in the same transaction, so a
 // retried request is applied once.
 func (s *Server) transfer(ctx context.Context, in TransferRequest) (applied bool, err error) {
-	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", s.cfg.LockTimeout.Milliseconds())); err != nil {
+	err = s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", s.cfg.LockTimeout.Milliseconds()), s.args()...); err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO transfers (idempotency_key, from_id, to_id, amount) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (idempotency_key) DO NOTHING`, in.IdempotencyKey, in.From, in.To, in.AmountCents)
+			ON CONFLICT (idempotency_key) DO NOTHING`, s.args(in.IdempotencyKey, in.From, in.To, in.AmountCents)...)
 		if err != nil {
 			return err
 		}
@@ -83,7 +83,7 @@ func (s *Server) transfer(ctx context.Context, in TransferRequest) (applied bool
 			return nil // applied before
 		}
 		first, second := min(in.From, in.To), max(in.From, in.To)
-		rows, _ := tx.Query(ctx, "SELECT id, balance FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE", first, second)
+		rows, _ := tx.Query(ctx, "SELECT id, balance FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE", s.args(first, second)...)
 		balances := map[int64]int64{}
 		var id, bal int64
 		_, err = pgx.ForEachRow(rows, []any{&id, &bal}, func() error { balances[id] = bal; return nil })
@@ -96,10 +96,10 @@ func (s *Server) transfer(ctx context.Context, in TransferRequest) (applied bool
 		if balances[in.From] < in.AmountCents {
 			return errInsufficientFunds
 		}
-		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance - $2 WHERE id = $1", in.From, in.AmountCents); err != nil {
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance - $2 WHERE id = $1", s.args(in.From, in.AmountCents)...); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + $2 WHERE id = $1", in.To, in.AmountCents); err != nil {
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + $2 WHERE id = $1", s.args(in.To, in.AmountCents)...); err != nil {
 			return err
 		}
 		applied = true

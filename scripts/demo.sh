@@ -5,6 +5,9 @@
 # DEMO_REDIS_URL), pgmux in transaction mode, the demo API, and a load of
 # DEMO_DURATION (20s) from DEMO_CONCURRENCY (64) clients; prints the report
 # and stops every process it started, on success, failure or Ctrl-C.
+# Tracing is on (DEMO_TRACING=0 turns it off): pgmux and the demo API
+# export their spans to a collector inside the demo API, and the report ends
+# with where each route's slowest requests spent their time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -53,6 +56,16 @@ fi
 
 pgmux_port=$(free_port)
 admin_port=$(free_port)
+tracing_yaml=""
+demo_tracing=()
+load_tracing=()
+if [ "${DEMO_TRACING:-1}" != 0 ]; then
+  collector_port=$(free_port)
+  tracing_yaml="tracing:
+  otlp_endpoint: http://127.0.0.1:$collector_port"
+  demo_tracing=(--collector "127.0.0.1:$collector_port")
+  load_tracing=(--latency-split)
+fi
 cat > "$work/pgmux.yaml" <<YAML
 listen: 127.0.0.1:$pgmux_port
 admin_listen: 127.0.0.1:$admin_port
@@ -64,6 +77,7 @@ databases:
   "*":
     host: $pg_host
     port: $pg_port
+$tracing_yaml
 YAML
 echo "demo: starting pgmux on 127.0.0.1:$pgmux_port (admin $admin_port)" >&2
 bin/pgmux --config "$work/pgmux.yaml" &
@@ -74,10 +88,10 @@ demo_port=$(free_port)
 echo "demo: starting the demo API on 127.0.0.1:$demo_port" >&2
 bin/pgmux-demo --listen "127.0.0.1:$demo_port" \
   --database-url "postgres://$pg_user@127.0.0.1:$pgmux_port/demo?sslmode=disable" \
-  --redis-url "$redis_url" --max-conns 100 2>"$work/demo.log" &
+  --redis-url "$redis_url" --max-conns 100 "${demo_tracing[@]}" 2>"$work/demo.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$demo_port/readyz" 60 || { cat "$work/demo.log" >&2; exit 1; }
 
 echo "demo: $DURATION of load from $CONCURRENCY clients" >&2
 bin/pgmux-load --url "http://127.0.0.1:$demo_port" --admin-url "http://127.0.0.1:$admin_port" \
-  --duration "$DURATION" --concurrency "$CONCURRENCY"
+  --duration "$DURATION" --concurrency "$CONCURRENCY" "${load_tracing[@]}"

@@ -5,6 +5,11 @@
 //
 // On SIGTERM or SIGINT it stops accepting, finishes the requests under way,
 // writes every accepted event and closes its pools.
+//
+// With --collector it traces its requests (package demo's tracing.go) into
+// a collector of its own, which pgmux may export to as well, and reports at
+// GET /debug/latency-split where each route's slowest requests spent their
+// time.
 package main
 
 import (
@@ -47,6 +52,8 @@ func run() error {
 	flag.DurationVar(&cfg.LockTimeout, "lock-timeout", 2*time.Second, "lock_timeout of a transfer")
 	flag.IntVar(&cfg.RateLimit, "rate-limit", 0, "requests per API key per window (0: no limit)")
 	flag.DurationVar(&cfg.RateWindow, "rate-window", time.Second, "rate-limit window")
+	flag.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/HTTP collector for the demo's traces (a base URL); empty: none, or the in-process collector")
+	collector := flag.String("collector", "", "run an in-process OTLP/HTTP trace collector on this address (pgmux's tracing.otlp_endpoint can point at it); GET /debug/latency-split reports where the slowest requests' time went")
 	flag.Parse()
 	cfg.MaxConns = int32(*maxConns)
 
@@ -56,6 +63,16 @@ func run() error {
 	}
 	defer log.Sync()
 	cfg.Logger = log
+	if *collector != "" {
+		if cfg.Collector, err = demo.StartCollector(*collector); err != nil {
+			return fmt.Errorf("collector: %w", err)
+		}
+		defer cfg.Collector.Close()
+		if cfg.OTLPEndpoint == "" {
+			cfg.OTLPEndpoint = cfg.Collector.URL()
+		}
+		log.Info("trace collector listening", zap.String("url", cfg.Collector.URL()))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -37,6 +37,7 @@ type options struct {
 	concurrency           int
 	products, accounts    int
 	mix                   []weighted
+	latencySplit          bool
 }
 
 type weighted struct {
@@ -56,6 +57,7 @@ func main() {
 	flag.IntVar(&o.products, "products", 1000, "product ids to use, 1..N")
 	flag.IntVar(&o.accounts, "accounts", 100, "account ids to use, 1..N")
 	mix := flag.String("mix", "read=60,multiget=15,write=5,event=15,transfer=5", "weights of the operations")
+	flag.BoolVar(&o.latencySplit, "latency-split", false, "report where each route's slowest requests spent their time, from the demo API's trace collector (pgmux-demo --collector)")
 	flag.Parse()
 	var err error
 	if o.mix, err = parseMix(*mix); err != nil {
@@ -90,6 +92,7 @@ type result struct {
 	elapsed   time.Duration
 	demo      map[string]float64
 	pgmux     json.RawMessage
+	split     []routeSplit // with --latency-split
 }
 
 func (r *result) failed() int {
@@ -168,6 +171,10 @@ func run(o options) *result {
 	close(stopProgress)
 	fmt.Fprintln(os.Stderr)
 	res.demo = scrape(client, o.url+"/metrics")
+	if o.latencySplit {
+		time.Sleep(splitWait)
+		res.split = fetchSplit(client, o.url+"/debug/latency-split")
+	}
 	if resp, err := client.Get(o.adminURL + "/stats"); err == nil {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -245,6 +252,35 @@ func do(ctx context.Context, c *http.Client, o options, op string, rng *rand.Ran
 	return "http " + strconv.Itoa(resp.StatusCode)
 }
 
+// splitWait is how long the load waits after its last request for the
+// traces to reach the collector: pgmux exports within about a second.
+const splitWait = 2500 * time.Millisecond
+
+// routeSplit is a row of the demo API's GET /debug/latency-split.
+type routeSplit struct {
+	Route    string  `json:"route"`
+	Requests int     `json:"requests"`
+	P99Ms    float64 `json:"p99_ms"`
+	App      float64 `json:"app"`
+	Redis    float64 `json:"redis"`
+	PoolWait float64 `json:"pool_wait"`
+	Postgres float64 `json:"postgres"`
+}
+
+// fetchSplit reads the demo API's latency split; none if it has none.
+func fetchSplit(c *http.Client, url string) []routeSplit {
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var out []routeSplit
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return nil
+	}
+	return out
+}
+
 // scrape reads the plain counters of a Prometheus text page.
 func scrape(c *http.Client, url string) map[string]float64 {
 	out := map[string]float64{}
@@ -305,6 +341,17 @@ func (r *result) print(w io.Writer, o options) {
 	}
 	if t := r.demo["demo_transfer_retries_total"]; t > 0 {
 		fmt.Fprintf(w, "transfers retried after lock timeout or deadlock: %.0f\n", t)
+	}
+	if len(r.split) > 0 {
+		fmt.Fprintln(w, "where the slowest requests' time went (requests at or above each route's P99, from their traces):")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "route\ttraced\tP99\tapp\tRedis\tpgmux pool wait\tPostgreSQL\t")
+		pct := func(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) }
+		for _, s := range r.split {
+			fmt.Fprintf(tw, "%s\t%d\t%.2fms\t%s\t%s\t%s\t%s\t\n", s.Route, s.Requests, s.P99Ms, pct(s.App), pct(s.Redis), pct(s.PoolWait), pct(s.Postgres))
+		}
+		tw.Flush()
+		fmt.Fprintln(w, "(app: the API's own code, its drivers, the network and pgmux's relaying)")
 	}
 	if r.pgmux != nil {
 		var pretty bytes.Buffer

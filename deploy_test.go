@@ -2,10 +2,12 @@ package pgmux_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +109,35 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if l := pgmux.Lifecycle; l == nil || l.PreStop == nil || l.PreStop.Exec == nil || !strings.Contains(strings.Join(l.PreStop.Exec.Command, " "), "--post http://127.0.0.1:9127/drain") {
 		t.Error("preStop does not POST /drain")
+	}
+	// Traces go to a collector in the pod, started before pgmux, which pgmux
+	// and the app both export to.
+	if ep := cfg.Tracing.OTLPEndpoint; ep == "" {
+		t.Error("the ConfigMap's pgmux.yaml sets no tracing.otlp_endpoint")
+	} else {
+		collector := -1
+		for i, c := range spec.InitContainers {
+			for _, p := range c.Ports {
+				if strings.HasSuffix(ep, fmt.Sprintf("127.0.0.1:%d", p.ContainerPort)) {
+					collector = i
+				}
+			}
+		}
+		if collector < 0 || spec.InitContainers[collector].Name == "pgmux" {
+			t.Errorf("tracing.otlp_endpoint %s: no sidecar in the pod listens there", ep)
+		} else if c := spec.InitContainers[collector]; c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways ||
+			collector > slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == "pgmux" }) {
+			t.Errorf("the collector %s is not a native sidecar started before pgmux", c.Name)
+		}
+		appSends := false
+		for _, c := range spec.Containers {
+			for _, e := range c.Env {
+				appSends = appSends || e.Name == "OTEL_EXPORTER_OTLP_ENDPOINT" && e.Value == ep
+			}
+		}
+		if !appSends {
+			t.Errorf("the app's OTEL_EXPORTER_OTLP_ENDPOINT is not pgmux's %s", ep)
+		}
 	}
 	grace := spec.TerminationGracePeriodSeconds
 	if grace == nil || time.Duration(*grace)*time.Second <= cfg.ShutdownTimeout {

@@ -2,11 +2,13 @@ package tracing
 
 import (
 	"context"
+	"encoding/binary"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pgmux/pgmux/internal/otlp"
 )
@@ -53,5 +55,46 @@ func TestNewRefuses(t *testing.T) {
 		if _, err := New(context.Background(), o); err == nil {
 			t.Errorf("%+v accepted", o)
 		}
+	}
+}
+
+// TestSampler: parent-based by default, the ratio for roots, and the
+// standard environment variables.
+func TestSampler(t *testing.T) {
+	sampledParent, _ := Traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	unsampledParent, _ := Traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+	count := func(s sampler) int {
+		n := 0
+		for i := range 10000 {
+			var tid [16]byte
+			binary.BigEndian.PutUint64(tid[8:], uint64(i)*0x9E3779B97F4A7C15) // spread over the range
+			if s.sampled(tid, trace.SpanContext{}) {
+				n++
+			}
+		}
+		return n
+	}
+	s, err := newSampler(0.25)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(s); n < 2300 || n > 2700 {
+		t.Errorf("ratio 0.25 sampled %d of 10000 roots", n)
+	}
+	if !s.sampled(sampledParent.TraceID(), sampledParent) || s.sampled(unsampledParent.TraceID(), unsampledParent) {
+		t.Error("the parent's flag not followed")
+	}
+	t.Setenv("OTEL_TRACES_SAMPLER", "always_off")
+	if s, _ := newSampler(1); s.sampled(sampledParent.TraceID(), sampledParent) || count(s) != 0 {
+		t.Error("always_off sampled")
+	}
+	t.Setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+	if s, _ := newSampler(1); count(s) < 4700 || count(s) > 5300 {
+		t.Errorf("traceidratio 0.5 sampled %d of 10000", count(s))
+	}
+	t.Setenv("OTEL_TRACES_SAMPLER", "nonsense")
+	if _, err := newSampler(1); err == nil {
+		t.Error("an unknown sampler accepted")
 	}
 }

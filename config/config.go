@@ -96,6 +96,32 @@ type Config struct {
 	Users map[string]User `mapstructure:"users"`
 	// Tracing exports pgmux's spans through OpenTelemetry (package tracing).
 	Tracing Tracing `mapstructure:"tracing"`
+	// PeerID and Peers: PgBouncer's peering, cancels forwarded between
+	// instances behind one load balancer. Peers are keyed by peer id.
+	PeerID int             `mapstructure:"peer_id"`
+	Peers  map[string]Peer `mapstructure:"peers"`
+}
+
+// Peer is one entry of the peers section: another pgmux's client address.
+type Peer struct {
+	Host string `mapstructure:"host"` // or, beginning with /, its Unix-socket directory
+	Port int    `mapstructure:"port"`
+}
+
+// MaxPeerID is the largest peer id, as PgBouncer's.
+const MaxPeerID = 16383
+
+// PeerAddrs returns the peers by id, with PgBouncer's default port.
+func (c *Config) PeerAddrs() map[int]Peer {
+	out := make(map[int]Peer, len(c.Peers))
+	for k, p := range c.Peers {
+		id, _ := strconv.Atoi(k) // checked by Validate
+		if p.Port == 0 {
+			p.Port = 6432
+		}
+		out[id] = p
+	}
+	return out
 }
 
 // Tracing is the tracing section: off unless an OTLP endpoint is set here
@@ -236,7 +262,7 @@ func LoadNotes(path string, fs *pflag.FlagSet) (*Config, []Note, error) {
 	rt := rv.Type()
 	for i := range rt.NumField() {
 		key := rt.Field(i).Tag.Get("mapstructure")
-		if key == "databases" || key == "users" {
+		if key == "databases" || key == "users" || key == "peers" {
 			continue
 		}
 		if key == "tracing" { // a section: a default for each of its keys
@@ -395,6 +421,20 @@ func (c *Config) Validate() error {
 	if c.SchedSlice != 0 && (c.SchedSlice < MinSchedSlice || c.SchedSlice > MaxSchedSlice) {
 		bad("sched_slice", "must be 0 (the kernel's default) or between %s and %s, got %s", MinSchedSlice, MaxSchedSlice, c.SchedSlice)
 	}
+	if c.PeerID < 0 || c.PeerID > MaxPeerID {
+		bad("peer_id", "must be between 0 (no peering) and %d, got %d", MaxPeerID, c.PeerID)
+	}
+	for k, p := range c.Peers {
+		if id, err := strconv.Atoi(k); err != nil || id < 1 || id > MaxPeerID {
+			bad("peers", "%q is not a peer id between 1 and %d", k, MaxPeerID)
+		}
+		if p.Host == "" {
+			bad("peers."+k+".host", "missing")
+		}
+		if p.Port < 0 || p.Port > 65535 {
+			bad("peers."+k+".port", "%d is not a port", p.Port)
+		}
+	}
 	if p := c.Tracing.Protocol; p != "http" && p != "grpc" {
 		bad("tracing.protocol", "%q is not http or grpc", p)
 	}
@@ -527,6 +567,8 @@ func (c Config) Map() map[string]any {
 		case map[string]Database:
 			out[key] = entries(f)
 		case map[string]User:
+			out[key] = entries(f)
+		case map[string]Peer:
 			out[key] = entries(f)
 		case Tracing:
 			out[key] = entries(map[string]Tracing{"": f})[""]

@@ -142,7 +142,7 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 	}
 	listenAddr, listenPort := "", "6432"
 	var listenKey, portKey *iniKey
-	dbs, users := map[string]any{}, map[string]any{}
+	dbs, users, peers := map[string]any{}, map[string]any{}, map[string]any{}
 	for i := range keys {
 		k := keys[i]
 		switch k.section {
@@ -165,7 +165,12 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 			users[k.key] = u
 			notes = append(notes, un...)
 		case "peers":
-			note(k, "not honoured: pgmux does not forward cancel requests to peers")
+			p, pn, err := iniEntry(k, "peer", []string{"host"}, []string{"port"})
+			if err != nil {
+				return nil, nil, err
+			}
+			peers[k.key] = p
+			notes = append(notes, pn...)
 		case "pgbouncer":
 			key := strings.ToLower(k.key)
 			switch {
@@ -209,6 +214,9 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 	}
 	if len(users) > 0 {
 		m["users"] = users
+	}
+	if len(peers) > 0 {
+		m["peers"] = peers
 	}
 	// listen_addr and listen_port make pgmux's listen.
 	addrs := iniList(listenAddr)
@@ -259,7 +267,7 @@ var same = func() map[string]bool {
 		reserve_pool_size reserve_pool_timeout max_db_connections max_user_connections
 		pidfile log_connections log_disconnections application_name_add_host
 		tcp_keepalive tcp_keepcnt tcp_keepidle tcp_keepintvl server_login_retry
-		server_check_query server_check_delay query_timeout
+		server_check_query server_check_delay query_timeout peer_id
 		client_tls_sslmode client_tls_cert_file client_tls_key_file client_tls_ca_file client_tls_protocols client_tls_ciphers
 		server_tls_sslmode server_tls_cert_file server_tls_key_file server_tls_ca_file server_tls_protocols server_tls_ciphers`) {
 		m[k] = true
@@ -300,7 +308,6 @@ var ignored = map[string]string{
 	"job_name":                  "Windows service name",
 	"client_tls_dheparams":      "Go's TLS chooses its key exchange",
 	"client_tls_ecdhcurve":      "Go's TLS chooses its key exchange",
-	"peer_id":                   "pgmux does not forward cancel requests to peers",
 	"max_client_conn_per_user":  "not in pgmux",
 	"query_wait_notify":         "not in pgmux",
 	"cancel_wait_timeout":       "not in pgmux",

@@ -79,11 +79,14 @@ func TestLoadFullINI(t *testing.T) {
 	for _, n := range notes {
 		said[n.Key] = n.Text
 	}
+	if want := map[int]Peer{2: {Host: "10.0.0.2", Port: 6433}}; c.PeerID != 1 || !reflect.DeepEqual(c.PeerAddrs(), want) {
+		t.Errorf("peer_id %d, [peers] %+v", c.PeerID, c.PeerAddrs())
+	}
 	if u := c.Users["alice"]; u != (User{PoolMode: "session", MaxUserConnections: 10}) {
 		t.Errorf("[users] alice: %+v", u)
 	}
 	for _, k := range []string{"multi host", "multi connect_query", "auth_type", "pool_mode",
-		"verbose", "so_reuseport", "no_such_key"} {
+		"verbose", "so_reuseport", "no_such_key", "2 pool_size"} {
 		if said[k] == "" {
 			t.Errorf("nothing said of %s", k)
 		}

@@ -45,6 +45,7 @@ type Source interface {
 	MaxUserConnections() int
 	PerUser() map[string]User // users' own settings (PgBouncer's [users])
 	Mem() []Mem               // what client and server connections hold
+	Peers() []Peer            // by peer id
 	Started() time.Time
 	Paused() bool    // the whole server
 	Suspended() bool // SUSPEND
@@ -59,6 +60,13 @@ type Source interface {
 	Suspend(ctx context.Context) error
 	Reload() error
 	Shutdown()
+}
+
+// Peer is a row of SHOW PEERS: another instance cancels are sent on to.
+type Peer struct {
+	ID   int
+	Host string
+	Port int
 }
 
 // Database is a row of SHOW DATABASES.

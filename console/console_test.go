@@ -53,6 +53,7 @@ func (f *fake) Mem() []Mem         { return []Mem{{Name: "client", Size: 1000, U
 func (f *fake) Started() time.Time { return time.Now().Add(-time.Minute) }
 func (f *fake) Paused() bool       { return f.paused }
 func (f *fake) Suspended() bool    { return false }
+func (f *fake) Peers() []Peer      { return []Peer{{ID: 2, Host: "10.0.0.2", Port: 6432}} }
 func (f *fake) Pause(_ context.Context, db string) error {
 	f.paused = db == ""
 	return f.act("pause", db)

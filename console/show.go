@@ -206,8 +206,14 @@ func showPeerPools(Source) []byte {
 	return result("iiiii", []string{"peer_id", "cl_active_cancel_req", "cl_waiting_cancel_req", "sv_active_cancel", "sv_login"}, nil)
 }
 
-func showPeers(Source) []byte {
-	return result("isii", []string{"peer_id", "host", "port", "pool_size"}, nil)
+// showPeers: pool_size is 0, as pgmux opens a connection for each cancel it
+// sends on rather than keeping a pool for them.
+func showPeers(src Source) []byte {
+	var rows [][]string
+	for _, p := range src.Peers() {
+		rows = append(rows, []string{itoa(p.ID), p.Host, itoa(p.Port), "0"})
+	}
+	return result("isii", []string{"peer_id", "host", "port", "pool_size"}, rows)
 }
 
 // socketNames are SHOW CLIENTS's and SHOW SERVERS's columns; SHOW SOCKETS
@@ -335,7 +341,7 @@ func showLists(src Source) []byte {
 		}
 	}
 	rows := [][]string{
-		{"databases", itoa(len(src.Databases()))}, {"users", itoa(len(users))}, {"peers", "0"}, {"pools", itoa(len(pools))},
+		{"databases", itoa(len(src.Databases()))}, {"users", itoa(len(users))}, {"peers", itoa(len(src.Peers()))}, {"pools", itoa(len(pools))},
 		{"peer_pools", "0"}, {"free_clients", "0"}, {"used_clients", itoa(used)}, {"login_clients", itoa(login)},
 		{"free_servers", "0"}, {"used_servers", itoa(len(src.Servers()))},
 		{"dns_names", "0"}, {"dns_zones", "0"}, {"dns_queries", "0"}, {"dns_pending", "0"},

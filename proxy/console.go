@@ -123,6 +123,16 @@ func (s consoleSource) AuthUsers() []string {
 	return out
 }
 
+// Peers lists the peers, by id.
+func (s consoleSource) Peers() []console.Peer {
+	var out []console.Peer
+	for id, p := range s.options().Peers {
+		out = append(out, console.Peer{ID: id, Host: p.Host, Port: p.Port})
+	}
+	slices.SortFunc(out, func(a, b console.Peer) int { return a.ID - b.ID })
+	return out
+}
+
 // Mem reports the objects pgmux keeps a client, a server and a pool by.
 func (s consoleSource) Mem() []console.Mem {
 	s.mu.Lock()

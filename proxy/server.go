@@ -84,12 +84,16 @@ func (o *Options) forUser(db Database, user string) (Database, int) {
 // serverAddr is where db's server listens, as net.Dial takes it: a Host
 // beginning with / is the directory of the server's Unix socket, as for
 // libpq and PgBouncer. Logins, cancels and readiness checks all dial it.
-func (db *Database) serverAddr() (network, addr string) {
-	port := strconv.Itoa(db.Port)
-	if strings.HasPrefix(db.Host, "/") {
-		return "unix", filepath.Join(db.Host, ".s.PGSQL."+port)
+func (db *Database) serverAddr() (network, addr string) { return dialAddr(db.Host, db.Port) }
+
+// dialAddr is host and port as net.Dial takes them: a host beginning with /
+// is the directory of a Unix socket, .s.PGSQL.<port>.
+func dialAddr(host string, port int) (network, addr string) {
+	p := strconv.Itoa(port)
+	if strings.HasPrefix(host, "/") {
+		return "unix", filepath.Join(host, ".s.PGSQL."+p)
 	}
-	return "tcp", net.JoinHostPort(db.Host, port)
+	return "tcp", net.JoinHostPort(host, p)
 }
 
 // Options configures a Server. Zero durations mean "no limit".
@@ -131,6 +135,12 @@ type Options struct {
 	ClientIdleTimeout      time.Duration
 	ClientLoginTimeout     time.Duration
 	IdleTransactionTimeout time.Duration
+	// PeerID is this instance's id among its peers (peers.go), 1 to
+	// MaxPeerID; 0: no peering. Read at start.
+	PeerID int
+	// Peers are the other instances, by peer id: cancels for their
+	// clients are sent on to them.
+	Peers map[int]Peer
 	// Tracer, if not nil, is given each transaction for its spans.
 	Tracer *tracing.Tracer
 	// QueryTimeout: a server whose answer to a client's request is this
@@ -222,6 +232,7 @@ type Server struct {
 	prelogin   atomic.Int64 // of those, the ones that have not sent a startup packet
 	loggedIn   atomic.Int64 // the others but cancel requests: what max_client_conn bounds
 	nextID     atomic.Uint64
+	peerID     int // Options.PeerID at start
 	draining   atomic.Bool
 	// paused is read without mu (every transaction of the relay loop asks,
 	// and mu is held for as long as a listing of every session takes);
@@ -262,6 +273,7 @@ func New(opts Options) *Server {
 		doneCh:     make(chan struct{}),
 		resumeCh:   make(chan struct{}),
 		started:    time.Now(),
+		peerID:     opts.PeerID,
 	}
 	n := opts.Loops
 	if n <= 0 {
@@ -412,7 +424,9 @@ func (s *Server) add(ss *session) bool {
 func (s *Server) register(ss *session, sc *serverConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sc != nil && sc.pid != 0 && len(sc.key) == 4 {
+	// In session mode the client is given its server's key, unless the key
+	// must carry the peer id.
+	if sc != nil && sc.pid != 0 && len(sc.key) == 4 && s.peerID == 0 {
 		if _, used := s.byPID[sc.pid]; !used {
 			ss.pid, ss.secret = sc.pid, binary.BigEndian.Uint32(sc.key)
 			s.byPID[sc.pid] = ss
@@ -423,10 +437,14 @@ func (s *Server) register(ss *session, sc *serverConn) {
 	for {
 		rand.Read(b[:])
 		pid := 1<<22 + binary.BigEndian.Uint32(b[:4])%(1<<31-1<<22) // below 2^31: some clients read it as int32
+		secret := binary.BigEndian.Uint32(b[4:])
+		if s.peerID > 0 {
+			pid, secret = peerKey(b, s.peerID)
+		}
 		if _, used := s.byPID[pid]; used {
 			continue
 		}
-		ss.pid, ss.secret = pid, binary.BigEndian.Uint32(b[4:])
+		ss.pid, ss.secret = pid, secret
 		s.byPID[pid] = ss
 		return
 	}
@@ -446,6 +464,14 @@ func (s *Server) remove(ss *session) {
 // it names holds at this moment, if any. A wrong key is ignored, as
 // PostgreSQL does.
 func (s *Server) cancel(pid uint32, key []byte) {
+	if s.peerID > 0 && len(key) == 4 {
+		if peer := keyPeer(pid); peer != s.peerID {
+			s.forwardCancel(peer, pid, key)
+			return
+		}
+		// Ours, with whatever hops it has left: ours carry them all.
+		key = []byte{key[0], key[1], key[2], key[3] | cancelTTL}
+	}
 	s.mu.Lock()
 	ss := s.byPID[pid]
 	s.mu.Unlock()

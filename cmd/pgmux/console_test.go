@@ -70,7 +70,7 @@ func TestConsoleValues(t *testing.T) {
 	if err := needPG(t).CreateDatabase("valdb"); err != nil {
 		t.Fatal(err)
 	}
-	p := startPgmux(t, strings.Replace(opsConfig, "databases:", "databases:\n  valdb: {host: 127.0.0.1, port: PG_PORT, pool_size: 4}", 1))
+	p := startPgmux(t, strings.Replace(opsConfig, "databases:", "peer_id: 1\npeers: {2: {host: 10.0.0.2, port: 6433}}\ndatabases:\n  valdb: {host: 127.0.0.1, port: PG_PORT, pool_size: 4}", 1))
 	ctx := context.Background()
 	cfg, _ := pgx.ParseConfig(p.dsn(cluster.SuperUserName(), "valdb") + " application_name=holder")
 	holder, err := pgx.ConnectConfig(ctx, cfg)
@@ -125,7 +125,7 @@ func TestConsoleValues(t *testing.T) {
 	for _, r := range consoleRows(t, con, "SHOW LISTS") {
 		lists[r["list"]] = r["items"]
 	}
-	if n, _ := strconv.Atoi(lists["used_clients"]); n < 2 || lists["databases"] != "3" {
+	if n, _ := strconv.Atoi(lists["used_clients"]); n < 2 || lists["databases"] != "3" || lists["peers"] != "1" {
 		t.Errorf("SHOW LISTS: %v", lists)
 	}
 	user := rowWhere(t, consoleRows(t, con, "SHOW USERS"), "name", cluster.SuperUserName())
@@ -143,8 +143,11 @@ func TestConsoleValues(t *testing.T) {
 	if len(fds) < 3 {
 		t.Errorf("SHOW FDS: %d rows, want the two clients and a server at least", len(fds))
 	}
+	if peers := consoleRows(t, con, "SHOW PEERS"); len(peers) != 1 || peers[0]["peer_id"] != "2" || peers[0]["host"] != "10.0.0.2" || peers[0]["port"] != "6433" {
+		t.Errorf("SHOW PEERS: %v", peers)
+	}
 	for _, cmd := range []string{"SHOW STATS", "SHOW STATS_AVERAGES", "SHOW TOTALS", "SHOW SOCKETS", "SHOW ACTIVE_SOCKETS", "SHOW MEM",
-		"SHOW PEERS", "SHOW PEER_POOLS", "SHOW DNS_HOSTS", "SHOW DNS_ZONES", "SHOW CONFIG", "SHOW VERSION"} {
+		"SHOW PEER_POOLS", "SHOW DNS_HOSTS", "SHOW DNS_ZONES", "SHOW CONFIG", "SHOW VERSION"} {
 		consoleRows(t, con, cmd)
 	}
 }

@@ -271,6 +271,9 @@ func (a *app) Reload() error {
 			if cfg.Tracing != old.Tracing {
 				a.log.Warn("the tracing section takes effect at the next start")
 			}
+			if cfg.PeerID != old.PeerID {
+				a.log.Warn("peer_id takes effect at the next start", zap.Int("peer_id", old.PeerID), zap.Int("new", cfg.PeerID))
+			}
 			a.log.Info("configuration reloaded", zap.String("config", a.path))
 			return nil
 		}
@@ -362,6 +365,8 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		AppNameAddHost:          cfg.AppNameAddHost,
 		StatsPeriod:             cfg.StatsPeriod,
 		Tracer:                  a.tracer,
+		PeerID:                  cfg.PeerID,
+		Peers:                   peers(cfg.PeerAddrs()),
 		NoSessionStateLook:      !cfg.TrackSessionState,
 		RelayLoop:               cfg.RelayLoop,
 		NoIOURing:               !cfg.IOURing,
@@ -374,6 +379,15 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		OnShutdown:              func() { a.drain() },
 		ConfigRows:              a.configRows,
 	}, nil
+}
+
+// peers is the peers section as the proxy takes it.
+func peers(in map[int]config.Peer) map[int]proxy.Peer {
+	out := make(map[int]proxy.Peer, len(in))
+	for id, p := range in {
+		out[id] = proxy.Peer{Host: p.Host, Port: p.Port}
+	}
+	return out
 }
 
 // tracingOptions is the tracing section as package tracing takes it.

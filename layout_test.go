@@ -69,6 +69,14 @@ var badDeps = map[string]map[string]string{
 		"github.com/pgmux/pgmux/proxy":  "the proxy uses tlsconf, not the other way",
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/hosts": {
+		"net":                             "hosts decides; the proxy checks the hosts and dials",
+		"go.uber.org/zap":                 "hosts does not log",
+		"github.com/pgmux/pgmux/proxy":    "the proxy reports to hosts, not the other way",
+		"github.com/pgmux/pgmux/pool":     "hosts knows nothing of pools",
+		"github.com/pgmux/pgmux/protocol": "hosts knows nothing of the wire",
+		"github.com/pgmux/pgmux/config":   "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/tracing": {
 		"github.com/pgmux/pgmux/proxy":    "tracing is handed transactions; it knows nothing of sessions",
 		"github.com/pgmux/pgmux/pool":     "tracing knows nothing of pools",

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,6 +68,7 @@ type Config struct {
 	ClientLoginTimeout     time.Duration       `mapstructure:"client_login_timeout"`
 	IdleTransactionTimeout time.Duration       `mapstructure:"idle_transaction_timeout"`
 	QueryTimeout           time.Duration       `mapstructure:"query_timeout"`
+	HostCheckInterval      time.Duration       `mapstructure:"host_check_interval"`
 	ServerResetQuery       string              `mapstructure:"server_reset_query"`
 	ShutdownTimeout        time.Duration       `mapstructure:"shutdown_timeout"`
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
@@ -146,7 +148,9 @@ type User struct {
 // Database is one entry of the databases section. The key "*" matches any
 // database name a client asks for that has no entry of its own.
 type Database struct {
-	Host     string `mapstructure:"host"` // or, beginning with /, a Unix-socket directory
+	// Host is a host, or a Unix-socket directory if it begins with /; or
+	// several, comma-separated or as a list, all on Port.
+	Host     string `mapstructure:"host"`
 	Port     int    `mapstructure:"port"`
 	DBName   string `mapstructure:"dbname"`
 	User     string `mapstructure:"user"`
@@ -162,6 +166,12 @@ type Database struct {
 	ServerTLSCertFile string `mapstructure:"server_tls_cert_file"`
 	ServerTLSKeyFile  string `mapstructure:"server_tls_key_file"`
 	ServerTLSCAFile   string `mapstructure:"server_tls_ca_file"`
+	// With several hosts, or a role: which serve (primary, replica, any),
+	// how connections spread over them (disable, round-robin, random) and
+	// how far behind in replay a replica may be (0: any).
+	Role             string        `mapstructure:"role"`
+	LoadBalanceHosts string        `mapstructure:"load_balance_hosts"`
+	MaxReplicaLag    time.Duration `mapstructure:"max_replica_lag"`
 }
 
 // The scheduling slices Linux accepts for a task of the normal class
@@ -197,6 +207,7 @@ func Default() Config {
 		ClientLoginTimeout:    60 * time.Second,
 		ServerResetQuery:      "DISCARD ALL",
 		ShutdownTimeout:       30 * time.Second,
+		HostCheckInterval:     time.Second,
 		MaxPacketSize:         1 << 30,
 		MaxPreparedStatements: 200,
 		NotifyQueueBytes:      1 << 20,
@@ -301,13 +312,27 @@ func LoadNotes(path string, fs *pflag.FlagSet) (*Config, []Note, error) {
 	}
 	var c Config
 	if err := v.UnmarshalExact(&c, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
-		secondsHook, mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(",")))); err != nil {
+		hostListHook, secondsHook, mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(",")))); err != nil {
 		return nil, nil, fmt.Errorf("parse config %s: %w", path, err)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("invalid config %s: %w", path, err)
 	}
 	return &c, notes, nil
+}
+
+// hostListHook reads a list of hosts given as a YAML list as libpq writes
+// it, comma-separated.
+func hostListHook(from, to reflect.Type, data any) (any, error) {
+	list, ok := data.([]any)
+	if !ok || to.Kind() != reflect.String {
+		return data, nil
+	}
+	parts := make([]string, len(list))
+	for i, v := range list {
+		parts[i] = fmt.Sprint(v)
+	}
+	return strings.Join(parts, ","), nil
 }
 
 // secondsHook reads a bare number given for a duration as seconds, as
@@ -412,7 +437,7 @@ func (c *Config) Validate() error {
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "shutdown_timeout": c.ShutdownTimeout,
 		"stats_period": c.StatsPeriod, "reserve_pool_timeout": c.ReservePoolTimeout,
 		"tcp_keepidle": c.TCPKeepidle, "tcp_keepintvl": c.TCPKeepintvl, "server_login_retry": c.ServerLoginRetry,
-		"server_check_delay": c.ServerCheckDelay, "query_timeout": c.QueryTimeout,
+		"server_check_delay": c.ServerCheckDelay, "query_timeout": c.QueryTimeout, "host_check_interval": c.HostCheckInterval,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)
@@ -493,6 +518,15 @@ func (c *Config) Validate() error {
 		}
 		if d.PoolSize < 0 {
 			bad(key+".pool_size", "must not be negative, got %d", d.PoolSize)
+		}
+		if !slices.Contains([]string{"", "any", "primary", "replica"}, d.Role) {
+			bad(key+".role", "%q is not primary, replica or any", d.Role)
+		}
+		if !slices.Contains([]string{"", "disable", "round-robin", "random"}, d.LoadBalanceHosts) {
+			bad(key+".load_balance_hosts", "%q is not disable, round-robin or random", d.LoadBalanceHosts)
+		}
+		if d.MaxReplicaLag < 0 {
+			bad(key+".max_replica_lag", "must not be negative, got %s", d.MaxReplicaLag)
 		}
 		if name == "*" && d.DBName != "" {
 			bad(key+".dbname", "the wildcard entry takes the client's database name")

@@ -200,6 +200,7 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 					m["log_level"] = "debug"
 					note(k, "taken as log_level: debug")
 				}
+			case key == "load_balance_hosts": // each database of several hosts takes it, below
 			case ignored[key] != "":
 				note(k, "not honoured: %s", ignored[key])
 			default:
@@ -207,6 +208,19 @@ func fromINI(keys []iniKey) (map[string]any, []Note, error) {
 			}
 		default:
 			note(k, "in section [%s], which pgmux does not know: ignored", k.section)
+		}
+	}
+	// A database of several hosts spreads over them as [pgbouncer]'s
+	// load_balance_hosts says, round-robin by default, as PgBouncer.
+	balance := "round-robin"
+	for _, k := range keys {
+		if k.section == "pgbouncer" && strings.EqualFold(k.key, "load_balance_hosts") {
+			balance = k.value
+		}
+	}
+	for _, d := range dbs {
+		if d, ok := d.(map[string]any); ok && d["load_balance_hosts"] == "" {
+			d["load_balance_hosts"] = balance
 		}
 	}
 	if len(dbs) > 0 {
@@ -337,14 +351,13 @@ func iniName(s string) (string, error) {
 
 // iniDatabase reads a [databases] entry's connection string.
 func iniDatabase(k iniKey) (map[string]any, []Note, error) {
-	d, notes, err := iniEntry(k, "database", []string{"host", "dbname", "user", "password"},
+	d, notes, err := iniEntry(k, "database", []string{"host", "dbname", "user", "password", "load_balance_hosts"},
 		[]string{"port", "pool_size", "reserve_pool_size", "max_db_connections"})
 	if err != nil {
 		return nil, nil, err
 	}
-	if h, ok := d["host"].(string); ok && len(iniList(h)) > 1 {
-		notes = append(notes, Note{At: k.at, Key: k.key + " host", Text: "pgmux connects to one host: the first of " + h})
-		d["host"] = iniList(h)[0]
+	if h, ok := d["host"].(string); ok && len(iniList(h)) > 1 && d["load_balance_hosts"] == nil {
+		d["load_balance_hosts"] = "" // the [pgbouncer] section's, or PgBouncer's default (fromINI)
 	}
 	return d, notes, nil
 }

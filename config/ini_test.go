@@ -63,7 +63,7 @@ func TestLoadFullINI(t *testing.T) {
 		"app":      {Host: "10.0.0.5", Port: 5433, DBName: "app_prod", User: "app", Password: "s3cr'et x", PoolSize: 30, PoolMode: "transaction"},
 		"odd name": {Host: "/var/run/postgresql", DBName: "odd"},
 		"nohost":   {DBName: "other"}, // unix_socket_dir is empty: TCP to 127.0.0.1 (Resolved)
-		"multi":    {Host: "10.0.0.1", ReservePoolSize: 5},
+		"multi":    {Host: "10.0.0.1,10.0.0.2", ReservePoolSize: 5, LoadBalanceHosts: "round-robin"},
 		"*":        {Host: "127.0.0.1", Port: 5432},
 	}
 	if !reflect.DeepEqual(c.Databases, want) {
@@ -85,7 +85,7 @@ func TestLoadFullINI(t *testing.T) {
 	if u := c.Users["alice"]; u != (User{PoolMode: "session", MaxUserConnections: 10}) {
 		t.Errorf("[users] alice: %+v", u)
 	}
-	for _, k := range []string{"multi host", "multi connect_query", "auth_type", "pool_mode",
+	for _, k := range []string{"multi connect_query", "auth_type", "pool_mode",
 		"verbose", "so_reuseport", "no_such_key", "2 pool_size"} {
 		if said[k] == "" {
 			t.Errorf("nothing said of %s", k)

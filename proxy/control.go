@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgmux/pgmux/hosts"
 )
 
 // Pause stops lending servers, as PgBouncer's PAUSE: transactions under way
@@ -84,17 +86,24 @@ func (s *Server) Ready(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		network, addr := db.serverAddr()
-		if seen[addr] {
+		if seen[db.Host] {
 			continue
 		}
-		seen[addr] = true
-		d := net.Dialer{Timeout: 2 * time.Second}
-		c, err := d.DialContext(ctx, network, addr)
+		seen[db.Host] = true
+		// Ready when one of its hosts takes a connection.
+		var err error
+		for _, h := range hosts.Split(db.Host) {
+			d := onHost(db, h)
+			network, addr := d.serverAddr()
+			var c net.Conn
+			if c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr); err == nil {
+				c.Close()
+				break
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("database %s: %w", name, err)
 		}
-		c.Close()
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgmux/pgmux/core"
+	"github.com/pgmux/pgmux/hosts"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/stats"
@@ -38,6 +39,9 @@ type dbPool struct {
 	srv     *Server
 	// listen LISTENs for the pool's transaction-mode clients (listen.go).
 	listen listenHub
+	// hosts are the database's hosts when it has several or a role
+	// (hosts.go); nil for one host of any role.
+	hosts *hosts.Set
 
 	mu      sync.Mutex                                 // guards following
 	params  []core.Param                               // the server's settings at connect, by name (see serverParams)
@@ -115,6 +119,14 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 		if l := p.learned.Load(); l != nil && c.password == "" && c.md5 == "" {
 			c = *l // pass-through
 		}
+		if p.hosts != nil {
+			host, err := s.pickHost(ctx, p, user, c)
+			if err != nil {
+				s.metrics.serverConnects(err)
+				return nil, err
+			}
+			d = onHost(d, host)
+		}
 		sc, err := dialServer(ctx, &d, user, c, maxBody)
 		if err == nil {
 			p.tlsServers.Store(sc.sys == nil)
@@ -160,12 +172,16 @@ func (s *Server) poolFor(name string, db Database, user string, cred serverCred)
 	p.listen.p = p
 	p.periodAt = time.Now() // the first period begins
 	p.m = s.metrics.forPool(name, user)
+	p.hosts = hostSet(db)
 	pl, err := s.newPoolFor(p, db, user, cred)
 	if err != nil {
 		return nil, err
 	}
 	p.pool.Store(pl)
 	s.pools[key] = p
+	if p.hosts != nil {
+		go s.watchHosts(p, user, cred)
+	}
 	return p, nil
 }
 
@@ -270,6 +286,11 @@ func (p *dbPool) snapshot(maxWait time.Duration) stats.Pool {
 	st.MaxWait = maxWait
 	st.Period = p.period()
 	st.TransactionTime, st.QueryTime, st.WaitTime = p.txWin.Summary(), p.queryWin.Summary(), p.waitWin.Summary()
+	if p.hosts != nil {
+		for _, h := range p.hosts.Hosts() {
+			st.Hosts = append(st.Hosts, hostReport(h))
+		}
+	}
 	st.Errors = map[string]int64{}
 	p.mu.Lock()
 	for k, v := range p.errors {

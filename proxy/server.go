@@ -41,13 +41,22 @@ const (
 // Database is a database clients may ask for, resolved: every field is set
 // except User and Password, which are optional.
 type Database struct {
-	Host     string // a name or address, or a Unix-socket directory if it begins with /
-	Port     int
-	DBName   string // name on the server
-	User     string // fixed backend user; empty means the client's
-	Password string // backend password; empty means the auth file's
-	PoolMode string
-	PoolSize int
+	// Host is a name or address, or a Unix-socket directory if it begins
+	// with /; or several, comma-separated, all on Port (hosts.go).
+	Host string
+	Port int
+	// With several hosts, or a Role: which of them serve (hosts.Primary,
+	// Replica, Any; empty is Any), how connections spread over them
+	// (hosts.RoundRobin, Random, Disable; empty is Disable), and how far
+	// behind in replay a replica may be and stay in rotation (0: any).
+	Role             string
+	LoadBalanceHosts string
+	MaxReplicaLag    time.Duration
+	DBName           string // name on the server
+	User             string // fixed backend user; empty means the client's
+	Password         string // backend password; empty means the auth file's
+	PoolMode         string
+	PoolSize         int
 	// ReservePoolSize more servers serve a client that has waited
 	// ReservePoolTimeout; MaxDBConnections bounds the servers of all the
 	// database's pools (0: no bound).
@@ -143,6 +152,9 @@ type Options struct {
 	Peers map[int]Peer
 	// Tracer, if not nil, is given each transaction for its spans.
 	Tracer *tracing.Tracer
+	// HostCheckInterval is how often the hosts of a database with several,
+	// or with a role, are checked; 0: every second.
+	HostCheckInterval time.Duration
 	// QueryTimeout: a server whose answer to a client's request is this
 	// late is closed, and its client told and closed (PgBouncer's
 	// query_timeout); 0: none.

@@ -34,6 +34,10 @@ type Pool struct {
 	ServersConnecting int `json:"servers_connecting"`
 	PoolSize          int `json:"pool_size"`
 
+	// Hosts: for a database with several hosts or a role, each host as
+	// last checked.
+	Hosts []Host `json:"hosts,omitempty"`
+
 	// ServerAssignments: servers lent to clients; ClientParses, Binds: named
 	// statements clients prepared and bound, ServerParses: prepared on
 	// servers (prepared-statement mapping).
@@ -62,6 +66,15 @@ type Pool struct {
 	TransactionTime Summary `json:"transaction_time"`
 	QueryTime       Summary `json:"query_time"`
 	WaitTime        Summary `json:"wait_time"` // for a server: pgmux's own contribution
+}
+
+// Host is one host of a database with several or a role.
+type Host struct {
+	Host       string  `json:"host"`
+	State      string  `json:"state"`       // unchecked, down, primary or replica
+	LagSeconds float64 `json:"lag_seconds"` // a replica's replay lag; -1 when unknown
+	InRotation bool    `json:"in_rotation"` // connections may go to it
+	Error      string  `json:"error,omitempty"`
 }
 
 // Period is what a pool's counts grew by over a stats period.

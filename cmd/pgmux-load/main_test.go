@@ -9,8 +9,8 @@ import (
 )
 
 // TestMakeDemo runs `make demo` for a few seconds: it must start everything,
-// print a report with the request rate and P99, count no error, and leave
-// nothing running.
+// print a report with the request rate, P99 and where the slowest requests
+// spent their time, count no error, and leave nothing running.
 func TestMakeDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL, Redis, pgmux and the demo API")
@@ -27,6 +27,10 @@ func TestMakeDemo(t *testing.T) {
 		regexp.MustCompile(`requests: [1-9]\d*, \d+ req/s, errors: 0\n`),
 		regexp.MustCompile(`route\s+requests\s+P50\s+P90\s+P99\s+max`),
 		regexp.MustCompile(`product reads served from Redis without PostgreSQL: \d`),
+		// The time split from the traces, with every share.
+		regexp.MustCompile(`route\s+traced\s+P99\s+app\s+Redis\s+pgmux pool wait\s+PostgreSQL`),
+		regexp.MustCompile(`GET /products/\{id\}\s+[1-9]\d*\s+[\d.]+ms(\s+\d+%){4}`),
+		regexp.MustCompile(`POST /transfers\s+[1-9]\d*\s+[\d.]+ms(\s+\d+%){4}`),
 	} {
 		if !want.MatchString(report) {
 			t.Errorf("report lacks %s:\n%s", want, report)

@@ -330,6 +330,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 			}
 			return proxy.Database{Host: d.Host, Port: d.Port, DBName: d.DBName, User: d.User, Password: d.Password,
 				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ReservePoolSize: d.ReservePoolSize, MaxDBConnections: d.MaxDBConnections,
+				Role: d.Role, LoadBalanceHosts: d.LoadBalanceHosts, MaxReplicaLag: d.MaxReplicaLag,
 				ServerTLS: tls, KeepAlive: cfg.KeepAlive()}, ok
 		},
 		AuthType:                cfg.AuthType,
@@ -355,6 +356,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		ClientLoginTimeout:      cfg.ClientLoginTimeout,
 		IdleTransactionTimeout:  cfg.IdleTransactionTimeout,
 		QueryTimeout:            cfg.QueryTimeout,
+		HostCheckInterval:       cfg.HostCheckInterval,
 		ServerResetQuery:        cfg.ServerResetQuery,
 		MaxPreparedStatements:   cfg.MaxPreparedStatements,
 		NotifyQueueBytes:        cfg.NotifyQueueBytes,

@@ -116,6 +116,8 @@ func StartWith(o Options) (*Cluster, error) {
 		}
 	}
 	hba := "local all all trust\n" +
+		"local replication all trust\n" +
+		host + " replication " + SuperUser + " 127.0.0.1/32 trust\n" +
 		host + " all " + SuperUser + " 127.0.0.1/32 trust\n" +
 		host + " all " + MD5User + " 127.0.0.1/32 md5\n" +
 		host + " all all 127.0.0.1/32 scram-sha-256\n"
@@ -149,6 +151,9 @@ func StartWith(o Options) (*Cluster, error) {
 func findBin() (string, error) {
 	if p, err := exec.LookPath("pg_ctl"); err == nil {
 		if _, err := exec.LookPath("initdb"); err == nil {
+			if real, err := filepath.EvalSymlinks(p); err == nil {
+				p = real // a link on PATH: the rest (pg_basebackup) is beside its target
+			}
 			return filepath.Dir(p), nil
 		}
 	}
@@ -262,6 +267,47 @@ func (c *Cluster) Close() {
 	if c.dir != "" {
 		os.RemoveAll(c.dir)
 	}
+}
+
+// StartReplica makes a streaming replica of c (pg_basebackup -R) and starts
+// it on a free port. Callers MUST Close it.
+func (c *Cluster) StartReplica() (*Cluster, error) {
+	if c.external {
+		return nil, ErrExternal
+	}
+	r := &Cluster{Host: c.Host, bin: c.bin, cred: c.cred, tls: c.tls}
+	var err error
+	if r.dir, err = os.MkdirTemp("", "pgmux-pg-"); err != nil {
+		return nil, err
+	}
+	os.Chmod(r.dir, 0o755)
+	if r.cred != nil {
+		os.Chown(r.dir, int(r.cred.Uid), int(r.cred.Gid))
+	}
+	data := filepath.Join(r.dir, "data")
+	if out, err := r.cmd("pg_basebackup", "-D", data, "-R", "-X", "stream", "-c", "fast", "--no-sync",
+		"-h", c.dir, "-p", strconv.Itoa(c.Port), "-U", SuperUser).CombinedOutput(); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("pg_basebackup: %v\n%s", err, out)
+	}
+	if r.Port, err = FreePort(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	if err := r.Restart(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Promote ends a replica's recovery: it becomes a primary.
+func (c *Cluster) Promote() error {
+	out, err := c.cmd("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-w", "promote").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pg_ctl promote: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // DSN returns a connection string to the server itself.

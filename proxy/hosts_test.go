@@ -1,0 +1,205 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgmux/pgmux/internal/pgtest"
+)
+
+// replicas starts n streaming replicas of the tests' server.
+func replicas(t *testing.T, n int) []*pgtest.Cluster {
+	t.Helper()
+	if needPG(t).External() {
+		t.Skip("PGMUX_TEST_DSN's server: replicas are not made of it")
+	}
+	var out []*pgtest.Cluster
+	for range n {
+		r, err := cluster.StartReplica()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Close)
+		out = append(out, r)
+	}
+	return out
+}
+
+// addr is a cluster's host:port, as a host list takes it.
+func addr(c *pgtest.Cluster) string { return fmt.Sprintf("%s:%d", c.Host, c.Port) }
+
+// serverPorts runs n transactions at once through p on database and
+// returns the ports of the servers they ran on, and what
+// pg_is_in_recovery() said there.
+func serverPorts(t *testing.T, p *testProxy, database string, n int) (map[int]int, map[bool]int) {
+	t.Helper()
+	ctx := context.Background()
+	ports, recovery := map[int]int{}, map[bool]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var ready sync.WaitGroup
+	ready.Add(n)
+	for range n {
+		conn := p.connect(t, database, pgx.QueryExecModeSimpleProtocol)
+		wg.Go(func() {
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Error(err)
+				ready.Done()
+				return
+			}
+			defer tx.Rollback(ctx)
+			var port int
+			var inRecovery bool
+			err = tx.QueryRow(ctx, "SELECT inet_server_port(), pg_is_in_recovery()").Scan(&port, &inRecovery)
+			ready.Done()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			ports[port]++
+			recovery[inRecovery]++
+			mu.Unlock()
+			ready.Wait() // every transaction holds its server at once
+		})
+	}
+	wg.Wait()
+	return ports, recovery
+}
+
+// TestHostRoles: a primary database reaches the primary among its hosts;
+// a replica database the replicas, both in turn with round-robin.
+func TestHostRoles(t *testing.T) {
+	rs := replicas(t, 2)
+	primary := addr(cluster)
+	p := startProxy(t, func(o *Options, db *Database) {
+		db.PoolSize = 8
+		o.Databases = func(name string) (Database, bool) {
+			d := *db
+			d.DBName = "postgres"
+			switch name {
+			case "prim":
+				d.Host, d.Role = addr(rs[0])+","+primary+","+addr(rs[1]), "primary"
+			case "rep":
+				d.Host, d.Role, d.LoadBalanceHosts = primary+","+addr(rs[0])+","+addr(rs[1]), "replica", "round-robin"
+			default:
+				d.DBName = name
+			}
+			return d, true
+		}
+	})
+	ports, recovery := serverPorts(t, p, "prim", 4)
+	if len(ports) != 1 || ports[cluster.Port] != 4 || recovery[true] != 0 {
+		t.Fatalf("primary database: transactions on ports %v (primary %d), in recovery %v", ports, cluster.Port, recovery)
+	}
+	ports, recovery = serverPorts(t, p, "rep", 4)
+	if ports[rs[0].Port] == 0 || ports[rs[1].Port] == 0 || ports[cluster.Port] != 0 || recovery[false] != 0 {
+		t.Fatalf("replica database: transactions on ports %v (replicas %d and %d), in recovery %v", ports, rs[0].Port, rs[1].Port, recovery)
+	}
+	t.Logf("primary database: %v; replica database, round-robin: %v", map[int]int{cluster.Port: 4}, ports)
+}
+
+// TestReplicaLag: a replica whose replay is paused while the primary writes
+// leaves the rotation once it is max_replica_lag behind, and comes back
+// once it has caught up.
+func TestReplicaLag(t *testing.T) {
+	rs := replicas(t, 2)
+	p := startProxy(t, func(o *Options, db *Database) {
+		o.HostCheckInterval = 200 * time.Millisecond
+		db.PoolSize = 8
+		o.Databases = func(name string) (Database, bool) {
+			d := *db
+			d.DBName = "postgres"
+			d.Host, d.Role, d.LoadBalanceHosts, d.MaxReplicaLag = addr(rs[0])+","+addr(rs[1]), "replica", "round-robin", time.Second
+			return d, true
+		}
+	})
+	if ports, _ := serverPorts(t, p, "lagdb", 4); len(ports) != 2 {
+		t.Fatalf("before the pause: transactions on %v, want both replicas", ports)
+	}
+	// The primary writes all along.
+	if err := cluster.Exec("postgres", "CREATE TABLE IF NOT EXISTS lag_writes (at timestamptz)"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				cluster.Exec("postgres", "INSERT INTO lag_writes VALUES (now())")
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+	// The replica has replayed a write of the primary's before its replay
+	// pauses: its lag is then the age of that write.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		conn, err := pgx.Connect(context.Background(), rs[0].SuperDSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		err = conn.QueryRow(context.Background(), "SELECT count(*) FROM lag_writes").Scan(&n)
+		conn.Close(context.Background())
+		if err == nil && n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica has not replayed the primary's writes: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := rs[0].Exec("postgres", "SELECT pg_wal_replay_pause()"); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	// Out of the rotation once behind: every transaction on the other.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		time.Sleep(200 * time.Millisecond)
+		ports, _ := serverPorts(t, p, "lagdb", 4)
+		if len(ports) == 1 && ports[rs[1].Port] == 4 {
+			t.Logf("replay paused on %d: out of the rotation after %s", rs[0].Port, time.Since(paused).Round(100*time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after replay paused on %d, transactions still on %v", rs[0].Port, ports)
+		}
+	}
+	for _, pl := range p.Pools() { // /stats says so
+		for _, h := range pl.Hosts {
+			if h.Host == addr(rs[0]) && (h.InRotation || h.State != "replica" || h.LagSeconds < 1) {
+				t.Errorf("/stats of the lagging replica: %+v", h)
+			}
+		}
+	}
+	for range 5 { // and stays out
+		if ports, _ := serverPorts(t, p, "lagdb", 4); ports[rs[0].Port] != 0 {
+			t.Fatalf("a transaction on the lagging replica: %v", ports)
+		}
+	}
+	if err := rs[0].Exec("postgres", "SELECT pg_wal_replay_resume()"); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		time.Sleep(200 * time.Millisecond)
+		if ports, _ := serverPorts(t, p, "lagdb", 4); ports[rs[0].Port] > 0 {
+			t.Logf("replay resumed: back in the rotation after %s (%v)", time.Since(resumed).Round(100*time.Millisecond), ports)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after replay resumed, %d is not back in the rotation", rs[0].Port)
+		}
+	}
+}

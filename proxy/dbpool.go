@@ -119,15 +119,13 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 		if l := p.learned.Load(); l != nil && c.password == "" && c.md5 == "" {
 			c = *l // pass-through
 		}
+		var sc *serverConn
+		var err error
 		if p.hosts != nil {
-			host, err := s.pickHost(ctx, p, user, c)
-			if err != nil {
-				s.metrics.serverConnects(err)
-				return nil, err
-			}
-			d = onHost(d, host)
+			sc, err = s.dialHosts(ctx, p, d, user, c)
+		} else {
+			sc, err = dialServer(ctx, &d, user, c, maxBody)
 		}
-		sc, err := dialServer(ctx, &d, user, c, maxBody)
 		if err == nil {
 			p.tlsServers.Store(sc.sys == nil)
 			sc.owner = p

@@ -188,9 +188,12 @@ func (s *Server) watchHosts(p *dbPool, user string, cred serverCred) {
 	}
 }
 
-// pickHost returns the host p's next server goes to. Until every host has
-// been checked once, it checks them first.
-func (s *Server) pickHost(ctx context.Context, p *dbPool, user string, cred serverCred) (string, error) {
+// dialHosts dials a server of p, db, on a host in rotation. Until every
+// host has been checked once, it checks them first. While no host is in
+// rotation (a primary gone, its replica not yet promoted) it waits, within
+// ctx, rather than fail the clients that wait for a server; a host that
+// cannot be reached leaves the rotation at once and another is tried.
+func (s *Server) dialHosts(ctx context.Context, p *dbPool, db Database, user string, cred serverCred) (*serverConn, error) {
 	unchecked := false
 	for _, h := range p.hosts.Hosts() {
 		unchecked = unchecked || !h.Checked
@@ -198,11 +201,33 @@ func (s *Server) pickHost(ctx context.Context, p *dbPool, user string, cred serv
 	if unchecked {
 		s.checkHosts(ctx, p, user, cred)
 	}
-	host, _, err := p.hosts.Pick()
-	if err != nil {
-		return "", fmt.Errorf("database %s: %w", p.key.database, err)
+	for {
+		host, _, err := p.hosts.Pick()
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("database %s: %w", p.key.database, err)
+			case <-time.After(hostWaitPoll):
+				continue
+			}
+		}
+		d := onHost(db, host)
+		sc, err := dialServer(ctx, &d, user, cred, s.options().MaxPacketSize)
+		var pgErr *protocol.PgError
+		if err == nil || ctx.Err() != nil || errors.As(err, &pgErr) && clientsFault(pgErr.Code) {
+			return sc, err
+		}
+		p.hosts.Failed(host, err, time.Now())
 	}
-	return host, nil
+}
+
+// hostWaitPoll is how often a dial that waits for a host in rotation looks.
+const hostWaitPoll = 50 * time.Millisecond
+
+// clientsFault reports whether a server's refusal is the client's doing (a
+// password, a database that does not exist), not its host's.
+func clientsFault(code string) bool {
+	return strings.HasPrefix(code, "28") || code == protocol.CodeInvalidCatalogName
 }
 
 // hostReport is a host's state for /stats.

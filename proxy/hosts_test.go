@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,5 +202,155 @@ func TestReplicaLag(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("10 s after replay resumed, %d is not back in the rotation", rs[0].Port)
 		}
+	}
+}
+
+// TestFailover: the primary stops, its replica is promoted: clients of the
+// primary database go on within seconds with no change of theirs; every
+// COMMIT a client saw acknowledged is on the new primary; a client inside a
+// transaction when the primary went gets an error, never a false success.
+func TestFailover(t *testing.T) {
+	if needPG(t).External() {
+		t.Skip("PGMUX_TEST_DSN's server: it is not stopped")
+	}
+	prim, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(prim.Close)
+	rep, err := prim.StartReplica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rep.Close)
+	if err := prim.Exec("postgres", "CREATE TABLE fo (id bigint PRIMARY KEY, client int)"); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(o *Options, db *Database) {
+		o.HostCheckInterval = 200 * time.Millisecond
+		o.Databases = func(name string) (Database, bool) {
+			d := *db
+			d.DBName = "postgres"
+			d.Host, d.Role = addr(prim)+","+addr(rep), "primary"
+			return d, true
+		}
+	})
+	ctx := context.Background()
+	const clients = 8
+	var (
+		mu        sync.Mutex
+		acked     []int64   // ids whose COMMIT a client saw succeed
+		failures  int       // transactions that failed, ids unknown to have committed
+		lastOK    time.Time // the latest acknowledged COMMIT
+		stop      = make(chan struct{})
+		wg        sync.WaitGroup
+		nextID    atomic.Int64
+		firstFail time.Time
+	)
+	for c := range clients {
+		wg.Go(func() {
+			var conn *pgx.Conn
+			for {
+				select {
+				case <-stop:
+					if conn != nil {
+						conn.Close(ctx)
+					}
+					return
+				default:
+				}
+				if conn == nil || conn.IsClosed() {
+					var err error
+					if conn, err = pgx.Connect(ctx, p.dsn(cluster.SuperUserName(), "", "fodb")); err != nil {
+						time.Sleep(50 * time.Millisecond) // pgmux itself is up: this does not happen
+						continue
+					}
+				}
+				// Half autocommit statements, half transactions of two.
+				a, b := nextID.Add(1), nextID.Add(1)
+				var err error
+				if a%4 == 1 {
+					_, err = conn.Exec(ctx, "INSERT INTO fo VALUES ($1, $2)", a, c)
+					b = 0
+				} else {
+					err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+						if _, err := tx.Exec(ctx, "INSERT INTO fo VALUES ($1, $2)", a, c); err != nil {
+							return err
+						}
+						_, err := tx.Exec(ctx, "INSERT INTO fo VALUES ($1, $2)", b, c)
+						return err
+					})
+				}
+				mu.Lock()
+				if err == nil {
+					acked = append(acked, a)
+					if b != 0 {
+						acked = append(acked, b)
+					}
+					lastOK = time.Now()
+				} else {
+					failures++
+					if firstFail.IsZero() {
+						firstFail = time.Now()
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	stopped := time.Now()
+	if err := prim.StopFast(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the database has no primary for a while
+	if err := rep.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	promoted := time.Now()
+	// Served again within 10 s of the promotion.
+	var resumed time.Time
+	for deadline := promoted.Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		mu.Lock()
+		last := lastOK
+		mu.Unlock()
+		if last.After(promoted) {
+			resumed = last
+			break
+		}
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("no transaction acknowledged within 10 s of the promotion (%d failed)", failures)
+		}
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	conn, err := pgx.Connect(ctx, rep.SuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT id FROM fo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	present := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		rows.Scan(&id)
+		present[id] = true
+	}
+	missing := 0
+	for _, id := range acked {
+		if !present[id] {
+			missing++
+		}
+	}
+	t.Logf("primary stopped; replica promoted %s later; served again %s after the promotion; %d rows acknowledged, %d on the new primary, %d missing; %d transactions failed (the first %s after the stop)",
+		promoted.Sub(stopped).Round(10*time.Millisecond), resumed.Sub(promoted).Round(10*time.Millisecond), len(acked), len(present), missing, failures, firstFail.Sub(stopped).Round(time.Millisecond))
+	if missing > 0 {
+		t.Fatalf("%d acknowledged rows are not on the new primary", missing)
 	}
 }

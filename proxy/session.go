@@ -351,7 +351,11 @@ func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration)
 	if o.ServerCheckQuery != "" {
 		checkAfter = max(o.ServerCheckDelay, core.AliveCheckAfter)
 	}
-	return core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.Settings.InSync(&ss.Want), sc.Prepared.Len(), maxPrepared, checkAfter)
+	g := core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.Settings.InSync(&ss.Want), sc.Prepared.Len(), maxPrepared, checkAfter)
+	// A database that fails over looks at every server it lends: one
+	// whose host has just gone must not take a client's next transaction.
+	g.CheckAlive = g.CheckAlive || ss.pool.hosts != nil
+	return g
 }
 
 // errServerConnect is the client's error when no server could be reached;

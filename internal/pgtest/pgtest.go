@@ -243,7 +243,13 @@ func (c *Cluster) Restart() error {
 
 // Stop stops the server at once, as a crash would (pg_ctl -m immediate): the
 // next start runs crash recovery.
-func (c *Cluster) Stop() error {
+func (c *Cluster) Stop() error { return c.stop("immediate") }
+
+// StopFast stops the server as an operator does (pg_ctl -m fast): sessions
+// are ended, and its replicas get all the WAL it wrote before it exits.
+func (c *Cluster) StopFast() error { return c.stop("fast") }
+
+func (c *Cluster) stop(mode string) error {
 	if c.external || c.dir == "" {
 		return nil
 	}
@@ -251,7 +257,7 @@ func (c *Cluster) Stop() error {
 	if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err != nil {
 		return nil
 	}
-	out, err := c.cmd("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop").CombinedOutput()
+	out, err := c.cmd("pg_ctl", "-D", data, "-m", mode, "-w", "stop").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("pg_ctl stop: %v\n%s", err, out)
 	}

@@ -24,57 +24,11 @@ import (
 // checks that pgmux is a native sidecar, with probes, a drain hook and a
 // grace period longer than its drain.
 func TestKubernetesManifests(t *testing.T) {
-	files, _ := filepath.Glob("deploy/kubernetes/*.yaml")
-	if len(files) == 0 {
-		t.Fatal("no manifests")
-	}
-	var deployments []appsv1.Deployment
-	var configs []corev1.ConfigMap
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, doc := range bytes.Split(b, []byte("\n---\n")) {
-			var meta struct{ Kind string }
-			if err := yaml.Unmarshal(doc, &meta); err != nil {
-				t.Fatalf("%s document %d: %v", f, i, err)
-			}
-			switch meta.Kind {
-			case "Deployment":
-				var d appsv1.Deployment
-				if err := yaml.UnmarshalStrict(doc, &d); err != nil {
-					t.Fatalf("%s: Deployment: %v", f, err)
-				}
-				deployments = append(deployments, d)
-			case "ConfigMap":
-				var c corev1.ConfigMap
-				if err := yaml.UnmarshalStrict(doc, &c); err != nil {
-					t.Fatalf("%s: ConfigMap: %v", f, err)
-				}
-				configs = append(configs, c)
-			case "Secret":
-				var s corev1.Secret
-				if err := yaml.UnmarshalStrict(doc, &s); err != nil {
-					t.Fatalf("%s: Secret: %v", f, err)
-				}
-			default:
-				t.Fatalf("%s document %d: unexpected kind %q", f, i, meta.Kind)
-			}
-		}
-	}
+	deployments, configs, _ := readManifest(t, "deploy/kubernetes/sidecar.yaml")
 	if len(deployments) != 1 || len(configs) != 1 {
 		t.Fatalf("want one Deployment and one ConfigMap, got %d and %d", len(deployments), len(configs))
 	}
-	// The configuration validates (its auth_file is mounted from the Secret).
-	dir := t.TempDir()
-	conf := strings.ReplaceAll(configs[0].Data["pgmux.yaml"], "/etc/pgmux/secret/userlist.txt", filepath.Join(dir, "userlist.txt"))
-	os.WriteFile(filepath.Join(dir, "userlist.txt"), []byte(`"app" "x"`+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "pgmux.yaml"), []byte(conf), 0o600)
-	cfg, err := config.Load(filepath.Join(dir, "pgmux.yaml"), nil)
-	if err != nil {
-		t.Fatalf("the ConfigMap's pgmux.yaml: %v", err)
-	}
+	cfg := loadConfigMap(t, configs[0])
 	spec := deployments[0].Spec.Template.Spec
 	for _, c := range spec.Containers {
 		if c.Name == "pgmux" {
@@ -142,6 +96,99 @@ func TestKubernetesManifests(t *testing.T) {
 	grace := spec.TerminationGracePeriodSeconds
 	if grace == nil || time.Duration(*grace)*time.Second <= cfg.ShutdownTimeout {
 		t.Errorf("terminationGracePeriodSeconds must exceed shutdown_timeout (%s)", cfg.ShutdownTimeout)
+	}
+}
+
+// readManifest reads the Kubernetes objects of a manifest, each checked
+// strictly against its kind's type.
+func readManifest(t *testing.T, file string) ([]appsv1.Deployment, []corev1.ConfigMap, []corev1.Service) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deployments []appsv1.Deployment
+	var configs []corev1.ConfigMap
+	var services []corev1.Service
+	for i, doc := range bytes.Split(b, []byte("\n---\n")) {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatalf("%s document %d: %v", file, i, err)
+		}
+		var into any
+		switch meta.Kind {
+		case "Deployment":
+			deployments = append(deployments, appsv1.Deployment{})
+			into = &deployments[len(deployments)-1]
+		case "ConfigMap":
+			configs = append(configs, corev1.ConfigMap{})
+			into = &configs[len(configs)-1]
+		case "Service":
+			services = append(services, corev1.Service{})
+			into = &services[len(services)-1]
+		case "Secret":
+			into = &corev1.Secret{}
+		default:
+			t.Fatalf("%s document %d: unexpected kind %q", file, i, meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict(doc, into); err != nil {
+			t.Fatalf("%s: %s: %v", file, meta.Kind, err)
+		}
+	}
+	return deployments, configs, services
+}
+
+// loadConfigMap loads the ConfigMap's pgmux.yaml, its auth_file (mounted
+// from the Secret) replaced by one of the test's.
+func loadConfigMap(t *testing.T, cm corev1.ConfigMap) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
+	conf := strings.ReplaceAll(cm.Data["pgmux.yaml"], "/etc/pgmux/secret/userlist.txt", filepath.Join(dir, "userlist.txt"))
+	os.WriteFile(filepath.Join(dir, "userlist.txt"), []byte(`"app" "x"`+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "pgmux.yaml"), []byte(conf), 0o600)
+	cfg, err := config.Load(filepath.Join(dir, "pgmux.yaml"), nil)
+	if err != nil {
+		t.Fatalf("%s's pgmux.yaml: %v", cm.Name, err)
+	}
+	return cfg
+}
+
+// TestSharedPoolerManifest: several pgmux behind a Service find each other
+// through a headless Service of the same pods, for the cancels the Service
+// sends to another instance than the client's.
+func TestSharedPoolerManifest(t *testing.T) {
+	deployments, configs, services := readManifest(t, "deploy/kubernetes/shared.yaml")
+	if len(deployments) != 1 || len(configs) != 1 || len(services) != 2 {
+		t.Fatalf("want a Deployment, a ConfigMap and two Services, got %d, %d and %d", len(deployments), len(configs), len(services))
+	}
+	cfg := loadConfigMap(t, configs[0])
+	d := deployments[0]
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Error("fewer than two instances")
+	}
+	var headless *corev1.Service
+	for i, s := range services {
+		for k, v := range s.Spec.Selector {
+			if d.Spec.Template.Labels[k] != v {
+				t.Errorf("Service %s does not select the Deployment's pods", s.Name)
+			}
+		}
+		if s.Spec.ClusterIP == corev1.ClusterIPNone {
+			headless = &services[i]
+		}
+	}
+	if headless == nil {
+		t.Fatal("no headless Service for the peers")
+	}
+	name, port := cfg.PeersDNSAddr()
+	if !strings.HasPrefix(name, headless.Name+".") {
+		t.Errorf("peers_dns %s is not the headless Service %s", name, headless.Name)
+	}
+	if fmt.Sprint(headless.Spec.Ports[0].Port) != port {
+		t.Errorf("peers_dns port %s, the headless Service's %d", port, headless.Spec.Ports[0].Port)
+	}
+	if !headless.Spec.PublishNotReadyAddresses {
+		t.Error("a draining instance's address would leave the headless Service while its clients may still cancel")
 	}
 }
 

@@ -102,12 +102,26 @@ type Config struct {
 	// instances behind one load balancer. Peers are keyed by peer id.
 	PeerID int             `mapstructure:"peer_id"`
 	Peers  map[string]Peer `mapstructure:"peers"`
+	// PeersDNS finds the peers instead: a name whose addresses are every
+	// instance's (a Kubernetes headless Service), with :port if theirs is
+	// not this one's listen port.
+	PeersDNS string `mapstructure:"peers_dns"`
 }
 
 // Peer is one entry of the peers section: another pgmux's client address.
 type Peer struct {
 	Host string `mapstructure:"host"` // or, beginning with /, its Unix-socket directory
 	Port int    `mapstructure:"port"`
+}
+
+// PeersDNSAddr is peers_dns as name and port, the port taken from the
+// first listen address when not given.
+func (c *Config) PeersDNSAddr() (name, port string) {
+	if name, port, err := net.SplitHostPort(c.PeersDNS); err == nil {
+		return name, port
+	}
+	_, port, _ = net.SplitHostPort(c.ListenAddrs()[0])
+	return c.PeersDNS, port
 }
 
 // MaxPeerID is the largest peer id, as PgBouncer's.
@@ -448,6 +462,13 @@ func (c *Config) Validate() error {
 	}
 	if c.PeerID < 0 || c.PeerID > MaxPeerID {
 		bad("peer_id", "must be between 0 (no peering) and %d, got %d", MaxPeerID, c.PeerID)
+	}
+	if c.PeersDNS != "" {
+		if _, port, err := net.SplitHostPort(c.PeersDNS); err == nil {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				bad("peers_dns", "%q: %q is not a port", c.PeersDNS, port)
+			}
+		}
 	}
 	for k, p := range c.Peers {
 		if id, err := strconv.Atoi(k); err != nil || id < 1 || id > MaxPeerID {

@@ -22,6 +22,9 @@ func TestLoadGood(t *testing.T) {
 	if want := map[int]Peer{2: {Host: "10.0.0.2", Port: 6433}, 3: {Host: "/var/run/pgmux", Port: 6432}}; c.PeerID != 1 || !reflect.DeepEqual(c.PeerAddrs(), want) {
 		t.Errorf("peer_id %d, peers %+v", c.PeerID, c.PeerAddrs())
 	}
+	if name, port := c.PeersDNSAddr(); name != "pgmux-peers.default.svc.cluster.local" || port != "6432" {
+		t.Errorf("peers_dns: %s, port %s", name, port)
+	}
 	if ha := c.Databases["ha"]; ha.Host != "10.0.0.1,10.0.0.2" || ha.Role != "replica" || ha.LoadBalanceHosts != "round-robin" || ha.MaxReplicaLag != 5*time.Second {
 		t.Errorf("ha: %+v", ha)
 	}
@@ -42,7 +45,7 @@ func TestLoadBad(t *testing.T) {
 	want := map[string][]string{
 		"unknown-key.bad.yaml": {"pool_size_typo"},
 		"bad-values.bad.yaml": {"listen:", "pool_mode:", "default_pool_size:", "auth_type:", "databases.app.port:", "databases.app.pool_mode:", "sched_slice: must be 0", "loops: must be between 0", "client_tls_sslmode:", "databases.app.server_tls_sslmode:",
-			"peer_id: must be between 0", `peers: "first" is not a peer id`, "peers.4.host: missing", "tracing.protocol:", "tracing.sample_ratio:", "databases.app.role:", "databases.app.load_balance_hosts:"},
+			"peer_id: must be between 0", `peers: "first" is not a peer id`, "peers.4.host: missing", "tracing.protocol:", "tracing.sample_ratio:", "databases.app.role:", "databases.app.load_balance_hosts:", "peers_dns:"},
 		"md5-no-file.bad.yaml":  {"auth_file: required with auth_type md5, unless auth_user"},
 		"bad-duration.bad.yaml": {"query_wait_timeout"},
 		"admin-open.bad.yaml":   {"admin_token: required when admin_listen (0.0.0.0:9127) is not a loopback address"},

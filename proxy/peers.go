@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,6 +21,11 @@ import (
 // last two bits count the hops left (TTL): an instance's own keys carry 3,
 // each forward takes one, and a cancel with none left is dropped, so a
 // misconfigured ring does not forward for ever.
+//
+// Peers may instead be found (Options.PeerAddrs: the addresses of a
+// Kubernetes headless Service), with no ids: a cancel for no client of an
+// instance's is then sent to every other, with no hops left, and the one
+// holding the client acts on it.
 
 // A Peer is another pgmux's client address.
 type Peer struct {
@@ -61,23 +68,52 @@ func (s *Server) forwardCancel(peer int, pid uint32, key []byte) {
 		s.log.Debug("cancel request for an unknown peer", zap.Int("peer_id", peer))
 		return
 	}
-	secret := binary.BigEndian.Uint32(key) - 1 // the TTL bits, which are not 0
 	network, addr := dialAddr(p.Host, p.Port)
-	timeout := s.options().ServerConnectTimeout
-	if timeout <= 0 {
-		timeout = 15 * time.Second
+	if err := s.sendCancelTo(network, addr, pid, binary.BigEndian.Uint32(key)-1); err != nil { // -1: the TTL bits, which are not 0
+		s.log.Warn("forward cancel to peer", zap.Int("peer_id", peer), zap.Error(err))
 	}
+}
+
+// broadcastCancel sends a CancelRequest for no client of this instance's
+// to every peer PeerAddrs finds, with no hops left: the one holding the
+// client cancels, and none sends it further.
+func (s *Server) broadcastCancel(pid uint32, key []byte) {
+	if key[3]&cancelTTL == 0 {
+		return // sent on already
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.connectTimeout())
+	defer cancel()
+	addrs, err := s.options().PeerAddrs(ctx)
+	if err != nil {
+		s.log.Warn("find peers for a cancel request", zap.Error(err))
+		return
+	}
+	secret := binary.BigEndian.Uint32(key) &^ cancelTTL
+	var wg sync.WaitGroup
+	for _, addr := range addrs {
+		wg.Go(func() {
+			if err := s.sendCancelTo("tcp", addr, pid, secret); err != nil {
+				s.log.Debug("send cancel request to peer", zap.String("peer", addr), zap.Error(err))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// sendCancelTo sends a CancelRequest to the pgmux at addr, and returns once
+// it has handled it.
+func (s *Server) sendCancelTo(network, addr string, pid, secret uint32) error {
+	timeout := s.connectTimeout()
 	c, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
-		s.log.Warn("forward cancel to peer", zap.Int("peer_id", peer), zap.Error(err))
-		return
+		return err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write(protocol.AppendCancelRequest(nil, pid, be32(secret))); err != nil {
-		s.log.Warn("forward cancel to peer", zap.Int("peer_id", peer), zap.Error(err))
-		return
+		return err
 	}
 	var b [1]byte
 	c.Read(b[:]) // EOF once the peer has handled it
+	return nil
 }

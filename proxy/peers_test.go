@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,5 +114,38 @@ func TestCancelThroughPeer(t *testing.T) {
 	}
 	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("after the cancel: %v", err)
+	}
+}
+
+// TestCancelThroughFoundPeers: peers found by address (peers_dns) and no
+// ids: a cancel at the wrong instance is sent to the others, and the one
+// holding the client cancels the query; one already sent on is not sent
+// again.
+func TestCancelThroughFoundPeers(t *testing.T) {
+	var addrs []string
+	var lookups atomic.Int32
+	find := func(context.Context) ([]string, error) { lookups.Add(1); return addrs, nil }
+	a := startProxy(t, func(o *Options, db *Database) { o.PeerAddrs = find })
+	b := startProxy(t, func(o *Options, db *Database) { o.PeerAddrs = find })
+	addrs = []string{a.addr, b.addr} // each finds itself too, as a Service's addresses would
+	ctx := context.Background()
+	conn := a.connect(t, "postgres", pgx.QueryExecModeSimpleProtocol)
+	pid, secret := conn.PgConn().PID(), conn.PgConn().SecretKey()
+	done := make(chan error, 1)
+	go func() { _, err := conn.Exec(ctx, "SELECT pg_sleep(10)"); done <- err }()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	sendCancel(t, b.addr, pid, secret)
+	select {
+	case err := <-done:
+		if sqlstate(err) != "57014" {
+			t.Fatalf("want 57014, got %v", err)
+		}
+		t.Logf("cancel at the other instance: %v after %s, %d lookups", err, time.Since(start).Round(time.Millisecond), lookups.Load())
+	case <-time.After(time.Second):
+		t.Fatal("not cancelled within a second")
+	}
+	if n := lookups.Load(); n != 1 {
+		t.Fatalf("%d lookups: the cancel was sent on more than once", n)
 	}
 }

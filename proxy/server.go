@@ -150,6 +150,10 @@ type Options struct {
 	// Peers are the other instances, by peer id: cancels for their
 	// clients are sent on to them.
 	Peers map[int]Peer
+	// PeerAddrs, if set, finds the other instances (a headless Service's
+	// addresses, peers_dns): a cancel for no client of this instance's is
+	// sent on to each of them. Read at start whether it is set.
+	PeerAddrs func(ctx context.Context) ([]string, error)
 	// Tracer, if not nil, is given each transaction for its spans.
 	Tracer *tracing.Tracer
 	// HostCheckInterval is how often the hosts of a database with several,
@@ -244,7 +248,8 @@ type Server struct {
 	prelogin   atomic.Int64 // of those, the ones that have not sent a startup packet
 	loggedIn   atomic.Int64 // the others but cancel requests: what max_client_conn bounds
 	nextID     atomic.Uint64
-	peerID     int // Options.PeerID at start
+	peerID     int  // Options.PeerID at start
+	peering    bool // keys carry the hop count: a peer id, or peers found by PeerAddrs
 	draining   atomic.Bool
 	// paused is read without mu (every transaction of the relay loop asks,
 	// and mu is held for as long as a listing of every session takes);
@@ -286,6 +291,7 @@ func New(opts Options) *Server {
 		resumeCh:   make(chan struct{}),
 		started:    time.Now(),
 		peerID:     opts.PeerID,
+		peering:    opts.PeerID > 0 || opts.PeerAddrs != nil,
 	}
 	n := opts.Loops
 	if n <= 0 {
@@ -452,6 +458,8 @@ func (s *Server) register(ss *session, sc *serverConn) {
 		secret := binary.BigEndian.Uint32(b[4:])
 		if s.peerID > 0 {
 			pid, secret = peerKey(b, s.peerID)
+		} else if s.peering {
+			secret |= cancelTTL
 		}
 		if _, used := s.byPID[pid]; used {
 			continue
@@ -476,10 +484,13 @@ func (s *Server) remove(ss *session) {
 // it names holds at this moment, if any. A wrong key is ignored, as
 // PostgreSQL does.
 func (s *Server) cancel(pid uint32, key []byte) {
-	if s.peerID > 0 && len(key) == 4 {
-		if peer := keyPeer(pid); peer != s.peerID {
-			s.forwardCancel(peer, pid, key)
-			return
+	sent := key
+	if s.peering && len(key) == 4 {
+		if peer := keyPeer(pid); s.peerID > 0 && peer != s.peerID {
+			if _, known := s.options().Peers[peer]; known || s.options().PeerAddrs == nil {
+				s.forwardCancel(peer, pid, key)
+				return
+			}
 		}
 		// Ours, with whatever hops it has left: ours carry them all.
 		key = []byte{key[0], key[1], key[2], key[3] | cancelTTL}
@@ -487,6 +498,10 @@ func (s *Server) cancel(pid uint32, key []byte) {
 	s.mu.Lock()
 	ss := s.byPID[pid]
 	s.mu.Unlock()
+	if ss == nil && len(key) == 4 && s.options().PeerAddrs != nil {
+		s.broadcastCancel(pid, sent)
+		return
+	}
 	if ss == nil || len(key) != 4 {
 		return
 	}

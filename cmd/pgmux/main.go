@@ -369,6 +369,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		Tracer:                  a.tracer,
 		PeerID:                  cfg.PeerID,
 		Peers:                   peers(cfg.PeerAddrs()),
+		PeerAddrs:               peersDNS(cfg),
 		NoSessionStateLook:      !cfg.TrackSessionState,
 		RelayLoop:               cfg.RelayLoop,
 		NoIOURing:               !cfg.IOURing,
@@ -390,6 +391,25 @@ func peers(in map[int]config.Peer) map[int]proxy.Peer {
 		out[id] = proxy.Peer{Host: p.Host, Port: p.Port}
 	}
 	return out
+}
+
+// peersDNS finds the peers at peers_dns, or is nil without it.
+func peersDNS(cfg *config.Config) func(context.Context) ([]string, error) {
+	if cfg.PeersDNS == "" {
+		return nil
+	}
+	name, port := cfg.PeersDNSAddr()
+	return func(ctx context.Context) ([]string, error) {
+		ips, err := net.DefaultResolver.LookupHost(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]string, len(ips))
+		for i, ip := range ips {
+			out[i] = net.JoinHostPort(ip, port)
+		}
+		return out, nil
+	}
 }
 
 // tracingOptions is the tracing section as package tracing takes it.

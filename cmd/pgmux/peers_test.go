@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgmux/pgmux/config"
 	"github.com/pgmux/pgmux/internal/pgtest"
 	"github.com/pgmux/pgmux/protocol"
 )
@@ -51,5 +53,20 @@ func TestPeersCancel(t *testing.T) {
 		t.Logf("cancel sent to peer 2 cancelled peer 1's client after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	case <-time.After(time.Second):
 		t.Fatal("the query was not cancelled within a second")
+	}
+}
+
+// TestPeersDNS: peers_dns finds every address of its name, on the listen
+// port unless it names one.
+func TestPeersDNS(t *testing.T) {
+	for _, c := range []struct{ dns, want string }{{"localhost", "127.0.0.1:7432"}, {"localhost:7000", "127.0.0.1:7000"}} {
+		cfg := &config.Config{Listen: "0.0.0.0:7432", PeersDNS: c.dns}
+		addrs, err := peersDNS(cfg)(context.Background())
+		if err != nil || !slices.Contains(addrs, c.want) {
+			t.Errorf("peers_dns %s: %v %v, want %s among them", c.dns, addrs, err, c.want)
+		}
+	}
+	if peersDNS(&config.Config{}) != nil {
+		t.Error("no peers_dns: a lookup all the same")
 	}
 }

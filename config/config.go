@@ -69,6 +69,7 @@ type Config struct {
 	IdleTransactionTimeout time.Duration       `mapstructure:"idle_transaction_timeout"`
 	QueryTimeout           time.Duration       `mapstructure:"query_timeout"`
 	HostCheckInterval      time.Duration       `mapstructure:"host_check_interval"`
+	ReadAfterWriteWindow   time.Duration       `mapstructure:"read_after_write_window"`
 	ServerResetQuery       string              `mapstructure:"server_reset_query"`
 	ShutdownTimeout        time.Duration       `mapstructure:"shutdown_timeout"`
 	MaxPacketSize          int                 `mapstructure:"max_packet_size"`
@@ -186,6 +187,9 @@ type Database struct {
 	Role             string        `mapstructure:"role"`
 	LoadBalanceHosts string        `mapstructure:"load_balance_hosts"`
 	MaxReplicaLag    time.Duration `mapstructure:"max_replica_lag"`
+	// RouteReads sends read-only transactions to the replicas among the
+	// hosts, the rest to the primary (transaction mode).
+	RouteReads bool `mapstructure:"route_reads"`
 }
 
 // The scheduling slices Linux accepts for a task of the normal class
@@ -222,6 +226,7 @@ func Default() Config {
 		ServerResetQuery:      "DISCARD ALL",
 		ShutdownTimeout:       30 * time.Second,
 		HostCheckInterval:     time.Second,
+		ReadAfterWriteWindow:  time.Second,
 		MaxPacketSize:         1 << 30,
 		MaxPreparedStatements: 200,
 		NotifyQueueBytes:      1 << 20,
@@ -452,6 +457,7 @@ func (c *Config) Validate() error {
 		"stats_period": c.StatsPeriod, "reserve_pool_timeout": c.ReservePoolTimeout,
 		"tcp_keepidle": c.TCPKeepidle, "tcp_keepintvl": c.TCPKeepintvl, "server_login_retry": c.ServerLoginRetry,
 		"server_check_delay": c.ServerCheckDelay, "query_timeout": c.QueryTimeout, "host_check_interval": c.HostCheckInterval,
+		"read_after_write_window": c.ReadAfterWriteWindow,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative, got %s", d)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -123,10 +124,12 @@ func (s *Server) Update(opts Options) {
 	s.opts.Store(&opts)
 	pools := s.poolList()
 	for _, p := range pools {
-		db, ok := opts.Databases(p.key.database)
+		name := cmp.Or(p.readsOf, p.key.database)
+		db, ok := opts.Databases(name)
 		if !ok {
 			continue // removed: its clients finish; new ones get 3D000
 		}
+		db = routed(db, p.readsOf != "")
 		db, maxUser := opts.forUser(db, p.key.user)
 		_, prevMaxUser := prevOpts.forUser(db, p.key.user)
 		p.mu.Lock()
@@ -321,7 +324,7 @@ func (s *Server) KillDB(name string) error {
 func (s *Server) replacePools(name string) error {
 	opts := s.options()
 	for _, p := range s.poolList() {
-		if name == "" || p.key.database == name {
+		if name == "" || p.key.database == name || p.readsOf == name {
 			p.mu.Lock()
 			db := p.db
 			p.mu.Unlock()
@@ -374,7 +377,7 @@ func (s *Server) WaitClose(ctx context.Context, name string) error {
 	done := make(chan struct{})
 	go func() {
 		for _, p := range s.poolList() {
-			if name == "" || p.key.database == name {
+			if name == "" || p.key.database == name || p.readsOf == name {
 				p.closing.Wait()
 			}
 		}

@@ -42,6 +42,11 @@ type dbPool struct {
 	// hosts are the database's hosts when it has several or a role
 	// (hosts.go); nil for one host of any role.
 	hosts *hosts.Set
+	// reads, with route_reads, is the pool of the database's replicas
+	// that read-only transactions go to (route.go); this pool is then the
+	// primary's. readsOf is, in that pool, the database it serves.
+	reads   *dbPool
+	readsOf string
 
 	mu      sync.Mutex                                 // guards following
 	params  []core.Param                               // the server's settings at connect, by name (see serverParams)
@@ -124,6 +129,7 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 		if p.hosts != nil {
 			sc, err = s.dialHosts(ctx, p, d, user, c)
 		} else {
+			d = onHost(d, d.Host) // host:port
 			sc, err = dialServer(ctx, &d, user, c, maxBody)
 		}
 		if err == nil {
@@ -166,10 +172,29 @@ func (s *Server) poolFor(name string, db Database, user string, cred serverCred)
 	if s.closed {
 		return nil, pool.ErrClosed
 	}
+	if db.RouteReads && db.PoolMode == ModeTransaction {
+		// The database's own pool is its primary's; its replicas' beside.
+		r, err := s.newDBPool(readsKey(key), routed(db, true), user, cred)
+		if err != nil {
+			return nil, err
+		}
+		r.readsOf = name
+		p, err := s.newDBPool(key, routed(db, false), user, cred)
+		if err != nil {
+			return nil, err
+		}
+		p.reads = r
+		return p, nil
+	}
+	return s.newDBPool(key, db, user, cred)
+}
+
+// newDBPool makes the dbPool of key, under s.mu.
+func (s *Server) newDBPool(key poolKey, db Database, user string, cred serverCred) (*dbPool, error) {
 	p := &dbPool{key: key, db: db, srv: s, servers: map[*serverConn]struct{}{}, errors: map[string]int64{}}
 	p.listen.p = p
 	p.periodAt = time.Now() // the first period begins
-	p.m = s.metrics.forPool(name, user)
+	p.m = s.metrics.forPool(key.database, user)
 	p.hosts = hostSet(db)
 	pl, err := s.newPoolFor(p, db, user, cred)
 	if err != nil {

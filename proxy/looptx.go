@@ -50,6 +50,7 @@ func (p *parker) startTx(ss *session) {
 		return
 	}
 	adm := ss.Admit(ss.paused())
+	from := ss.routeLocked(ss.rd.BufferedBytes(), p.now)
 	ss.mu.Unlock()
 	if adm != core.Acquire {
 		p.eject(ss) // its goroutine waits for RESUME, or answers a cancel
@@ -58,7 +59,7 @@ func (p *parker) startTx(ss *session) {
 	lc := ss.lc
 	lc.waitStart = p.now
 	lc.phase = phaseWaiting
-	lease, err := ss.pool.pool.Load().AcquireAsync(lc.wait, ss.srv.options().QueryWaitTimeout)
+	lease, err := from.pool.Load().AcquireAsync(lc.wait, ss.srv.options().QueryWaitTimeout)
 	if err != nil {
 		p.eject(ss) // a closed pool: the goroutine path retries or tells
 		return

@@ -48,8 +48,15 @@ func runPgbench(t *testing.T, bin string, p *testProxy, dbName string, args ...s
 	runPgbenchEnv(t, bin, p, dbName, []string{"PGSSLMODE=disable"}, args...)
 }
 
-// runPgbenchEnv is runPgbench with env added to pgbench's environment.
-func runPgbenchEnv(t *testing.T, bin string, p *testProxy, dbName string, env []string, args ...string) {
+// runPgbenchCount is runPgbench, returning how many transactions ran.
+func runPgbenchCount(t *testing.T, bin string, p *testProxy, dbName string, args ...string) int {
+	t.Helper()
+	return runPgbenchEnv(t, bin, p, dbName, []string{"PGSSLMODE=disable"}, args...)
+}
+
+// runPgbenchEnv is runPgbench with env added to pgbench's environment; it
+// returns how many transactions ran.
+func runPgbenchEnv(t *testing.T, bin string, p *testProxy, dbName string, env []string, args ...string) int {
 	t.Helper()
 	args = append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(p.port), "-U", cluster.SuperUserName(), "-j", "2", "-T", "4", "-n"}, args...)
 	cmd := exec.Command(bin, append(args, dbName)...)
@@ -67,6 +74,8 @@ func runPgbenchEnv(t *testing.T, bin string, p *testProxy, dbName string, env []
 		t.Fatalf("pgbench %v: %s failed, %s processed:\n%s", args, failed[1], processed[1], out)
 	}
 	t.Logf("pgbench %v: %s transactions, none failed", args, processed[1])
+	n, _ := strconv.Atoi(string(processed[1]))
+	return n
 }
 
 // TestPgbench runs pgbench's TPC-B-like script, 100 clients on a pool of

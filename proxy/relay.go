@@ -259,6 +259,7 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.traceTextLocked(typ, text)
 	}
 	if ss.lease == nil {
+		ss.routeLocked(ss.rd.BufferedBytes(), time.Now().UnixNano())
 		if err := ss.bind(); err != nil {
 			return err
 		}
@@ -478,6 +479,9 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	}
 	if status == 'I' && ss.txStart != 0 {
 		ss.pool.observeTransaction(time.Duration(now-ss.txStart), now)
+		if ss.pool.reads != nil && ss.txPool != ss.pool.reads {
+			ss.wroteAt = now // on the primary: its next reads there too, for a while
+		}
 		if ss.tr != nil {
 			ss.endTraceLocked(sc, now)
 		}

@@ -52,11 +52,14 @@ type Database struct {
 	Role             string
 	LoadBalanceHosts string
 	MaxReplicaLag    time.Duration
-	DBName           string // name on the server
-	User             string // fixed backend user; empty means the client's
-	Password         string // backend password; empty means the auth file's
-	PoolMode         string
-	PoolSize         int
+	// RouteReads sends read-only transactions to the replicas among the
+	// hosts and the rest to the primary (route.go).
+	RouteReads bool
+	DBName     string // name on the server
+	User       string // fixed backend user; empty means the client's
+	Password   string // backend password; empty means the auth file's
+	PoolMode   string
+	PoolSize   int
 	// ReservePoolSize more servers serve a client that has waited
 	// ReservePoolTimeout; MaxDBConnections bounds the servers of all the
 	// database's pools (0: no bound).
@@ -156,6 +159,9 @@ type Options struct {
 	PeerAddrs func(ctx context.Context) ([]string, error)
 	// Tracer, if not nil, is given each transaction for its spans.
 	Tracer *tracing.Tracer
+	// ReadAfterWriteWindow: with route_reads, a client that ended a
+	// transaction on the primary this recently reads there too.
+	ReadAfterWriteWindow time.Duration
 	// HostCheckInterval is how often the hosts of a database with several,
 	// or with a role, are checked; 0: every second.
 	HostCheckInterval time.Duration

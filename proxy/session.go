@@ -86,7 +86,12 @@ type session struct {
 
 	lis *listening // LISTEN through the pool (listen.go); set under mu at the client's first
 	tr  *txTrace   // the open transaction's trace notes (trace.go), under mu; nil with tracing off
-	dbc *dbControl // its database's PAUSE and the like (control.go); set at login
+	// Read/write routing (route.go), under mu: the pool the open
+	// transaction's server comes from (nil: pool), and when the client's
+	// last transaction on the primary ended (Unix ns).
+	txPool  *dbPool
+	wroteAt int64
+	dbc     *dbControl // its database's PAUSE and the like (control.go); set at login
 
 	// Parking (see park.go).
 	activity  atomic.Uint32 // bumped at each transaction's start
@@ -315,10 +320,11 @@ func clientReadError(err error, timeoutName string) error {
 // already read, goes nowhere), so that a crowd of clients that left does not
 // keep the others waiting.
 func (ss *session) acquireLease(ctx context.Context, start time.Time) (*pool.Lease[*serverConn], core.Grant, error) {
+	from := ss.acquireFrom()
 	for {
-		pl := ss.pool.pool.Load()
+		pl := from.pool.Load()
 		lease, err := pl.AcquireWithin(ctx, ss.srv.options().QueryWaitTimeout)
-		if errors.Is(err, pool.ErrClosed) && ss.pool.pool.Load() != pl {
+		if errors.Is(err, pool.ErrClosed) && from.pool.Load() != pl {
 			continue // a reload replaced the pool meanwhile
 		}
 		if err != nil {
@@ -354,7 +360,7 @@ func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration)
 	g := core.Granted(lease.IdleDurationAt(ss.poolNow()), waited, sc.Settings.InSync(&ss.Want), sc.Prepared.Len(), maxPrepared, checkAfter)
 	// A database that fails over looks at every server it lends: one
 	// whose host has just gone must not take a client's next transaction.
-	g.CheckAlive = g.CheckAlive || ss.pool.hosts != nil
+	g.CheckAlive = g.CheckAlive || sc.owner != nil && sc.owner.hosts != nil
 	return g
 }
 

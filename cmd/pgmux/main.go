@@ -330,7 +330,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 			}
 			return proxy.Database{Host: d.Host, Port: d.Port, DBName: d.DBName, User: d.User, Password: d.Password,
 				PoolMode: d.PoolMode, PoolSize: d.PoolSize, ReservePoolSize: d.ReservePoolSize, MaxDBConnections: d.MaxDBConnections,
-				Role: d.Role, LoadBalanceHosts: d.LoadBalanceHosts, MaxReplicaLag: d.MaxReplicaLag,
+				Role: d.Role, LoadBalanceHosts: d.LoadBalanceHosts, MaxReplicaLag: d.MaxReplicaLag, RouteReads: d.RouteReads,
 				ServerTLS: tls, KeepAlive: cfg.KeepAlive()}, ok
 		},
 		AuthType:                cfg.AuthType,
@@ -357,6 +357,7 @@ func (a *app) proxyOptions(cfg *config.Config) (proxy.Options, error) {
 		IdleTransactionTimeout:  cfg.IdleTransactionTimeout,
 		QueryTimeout:            cfg.QueryTimeout,
 		HostCheckInterval:       cfg.HostCheckInterval,
+		ReadAfterWriteWindow:    cfg.ReadAfterWriteWindow,
 		ServerResetQuery:        cfg.ServerResetQuery,
 		MaxPreparedStatements:   cfg.MaxPreparedStatements,
 		NotifyQueueBytes:        cfg.NotifyQueueBytes,

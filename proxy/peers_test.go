@@ -112,12 +112,12 @@ func TestCancelThroughPeer(t *testing.T) {
 // holding the client cancels the query; one already sent on is not sent
 // again.
 func TestCancelThroughFoundPeers(t *testing.T) {
-	var addrs []string
+	var addrs atomic.Pointer[[]string]
 	var lookups atomic.Int32
-	find := func(context.Context) ([]string, error) { lookups.Add(1); return addrs, nil }
+	find := func(context.Context) ([]string, error) { lookups.Add(1); return *addrs.Load(), nil }
 	a := startProxy(t, func(o *Options, db *Database) { o.PeerAddrs = find })
 	b := startProxy(t, func(o *Options, db *Database) { o.PeerAddrs = find })
-	addrs = []string{a.addr, b.addr} // each finds itself too, as a Service's addresses would
+	addrs.Store(&[]string{a.addr, b.addr}) // each finds itself too, as a Service's addresses would
 	ctx := context.Background()
 	conn := a.connect(t, "postgres", pgx.QueryExecModeSimpleProtocol)
 	pid, secret := conn.PgConn().PID(), conn.PgConn().SecretKey()

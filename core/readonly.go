@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"strings"
 )
 
@@ -21,45 +22,80 @@ import (
 // static image without it. The decision needs only which words a statement
 // has and where, not its tree.
 
+// Statements gives the text of a client's named statements (the
+// prepared-statement mapping's), for requests that Bind one prepared
+// earlier.
+type Statements interface {
+	Query(name []byte) ([]byte, bool)
+}
+
 // ReadOnlyRequest reports whether the request that begins buf, whole
 // messages as the client sent them, can only read:
 //   - a simple Query of one SELECT (or WITH … SELECT) that has no locking
 //     clause, no INTO, writes nothing in a WITH and calls no function but
 //     ones known to be read-only;
 //   - a Query that opens a READ ONLY transaction (BEGIN, START TRANSACTION);
-//   - a Parse of one such SELECT, then no other Parse, up to a Sync that is
-//     in buf.
+//   - extended-protocol messages up to a Sync that is in buf, whose every
+//     Parse is of such a SELECT and whose every Bind is of a statement
+//     parsed there or, in stmts (nil: none known), one that is such a
+//     SELECT.
 //
 // It allocates nothing.
-func ReadOnlyRequest(buf []byte) bool {
-	typ, body, rest, ok := nextMessage(buf)
+func ReadOnlyRequest(buf []byte, stmts Statements) bool {
+	typ, body, _, ok := nextMessage(buf)
 	if !ok {
 		return false
 	}
-	switch typ {
-	case 'Q':
+	if typ == 'Q' {
 		text := cstring(body)
 		return readOnly(text) || opensReadOnly(text)
-	case 'P':
-		i := bytes.IndexByte(body, 0) // the statement's name first
-		if i < 0 || !readOnly(cstring(body[i+1:])) {
+	}
+	var parsed [4][]byte // names this request parses, each read-only
+	nparsed := 0
+	for len(buf) > 0 {
+		typ, body, more, ok := nextMessage(buf)
+		if !ok {
 			return false
 		}
-		for len(rest) > 0 {
-			typ, _, more, ok := nextMessage(rest)
-			switch {
-			case !ok:
+		switch typ {
+		case 'S':
+			return true
+		case 'P': // name, NUL, query
+			i := bytes.IndexByte(body, 0)
+			if i < 0 || !readOnly(cstring(body[i+1:])) {
 				return false
-			case typ == 'S':
-				return true
-			case typ == 'B' || typ == 'D' || typ == 'E' || typ == 'H':
-			default:
-				return false // another Parse, a Close, a Query: unsure
 			}
-			rest = more
+			if i > 0 {
+				if nparsed == len(parsed) {
+					return false // more than a request of reads usually holds: unsure
+				}
+				parsed[nparsed] = body[:i]
+				nparsed++
+			}
+		case 'B': // portal, NUL, statement, NUL, …
+			i := bytes.IndexByte(body, 0)
+			if i < 0 {
+				return false
+			}
+			name := cstring(body[i+1:])
+			if len(name) > 0 && !slices.ContainsFunc(parsed[:nparsed], func(p []byte) bool { return bytes.Equal(p, name) }) {
+				// A statement prepared earlier (unnamed: the Parse read
+				// above).
+				if stmts == nil {
+					return false
+				}
+				q, ok := stmts.Query(name)
+				if !ok || !readOnly(cstring(q)) {
+					return false
+				}
+			}
+		case 'D', 'E', 'H':
+		default:
+			return false // a Close, a Query: unsure
 		}
+		buf = more
 	}
-	return false // no Sync in sight, or another first message
+	return false // no Sync in sight
 }
 
 // nextMessage splits the whole message at the start of buf.

@@ -72,6 +72,7 @@ func encode(msgs ...pgproto3.FrontendMessage) []byte {
 
 func TestReadOnlyRequest(t *testing.T) {
 	sel := "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+	stmts := fakeStatements{"r": sel + "\x00", "w": "UPDATE t SET a = 1\x00"}
 	for _, c := range []struct {
 		name string
 		buf  []byte
@@ -85,19 +86,33 @@ func TestReadOnlyRequest(t *testing.T) {
 		{"no Sync yet", encode(&pgproto3.Parse{Query: sel}, &pgproto3.Bind{}, &pgproto3.Execute{}), false},
 		{"a write after", encode(&pgproto3.Parse{Query: sel}, &pgproto3.Bind{}, &pgproto3.Execute{},
 			&pgproto3.Parse{Query: "INSERT INTO t VALUES (1)"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}), false},
-		{"a Bind first", encode(&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Sync{}), false},
+		{"a Bind of an unknown statement", encode(&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Sync{}), false},
+		{"a Bind of a read prepared earlier", encode(&pgproto3.Bind{PreparedStatement: "r"}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}), true},
+		{"a Bind of a write prepared earlier", encode(&pgproto3.Bind{PreparedStatement: "w"}, &pgproto3.Execute{}, &pgproto3.Sync{}), false},
+		{"a read, then a write prepared earlier", encode(&pgproto3.Parse{Query: sel}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Bind{PreparedStatement: "w"}, &pgproto3.Execute{}, &pgproto3.Sync{}), false},
+		{"two reads", encode(&pgproto3.Parse{Query: sel}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Bind{PreparedStatement: "r"}, &pgproto3.Execute{}, &pgproto3.Sync{}), true},
 		{"cut short", encode(&pgproto3.Query{String: "SELECT 1"})[:7], false},
 	} {
-		if got := ReadOnlyRequest(c.buf); got != c.want {
+		if got := ReadOnlyRequest(c.buf, stmts); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
 }
 
+// fakeStatements is a client's named statements, by name.
+type fakeStatements map[string]string
+
+func (f fakeStatements) Query(name []byte) ([]byte, bool) {
+	q, ok := f[string(name)]
+	return []byte(q), ok
+}
+
 func BenchmarkReadOnlyRequest(b *testing.B) {
 	buf := encode(&pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 4242;"})
 	for b.Loop() {
-		if !ReadOnlyRequest(buf) {
+		if !ReadOnlyRequest(buf, nil) {
 			b.Fatal("not read-only")
 		}
 	}
@@ -112,7 +127,7 @@ func FuzzReadOnly(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		ro := ReadOnlyStatement(s)
 		OpensReadOnly(s)
-		ReadOnlyRequest(encode(&pgproto3.Query{String: s}))
+		ReadOnlyRequest(encode(&pgproto3.Query{String: s}), nil)
 		if ro && !ReadOnlyStatement("/* c */ "+s) {
 			t.Fatalf("%q read-only, not with a comment before it", s)
 		}

@@ -54,6 +54,16 @@ type Mapper struct {
 	dups    int              // duplicate-Parse stand-ins awaiting their error
 }
 
+// Query returns the Parse body (query, NUL, parameter types) of the
+// client's named statement name, if it has one.
+func (m *Mapper) Query(name []byte) ([]byte, bool) {
+	st, ok := m.stmts[string(name)]
+	if !ok {
+		return nil, false
+	}
+	return st.query, true
+}
+
 // keepMax is the largest array the queue keeps for reuse once empty.
 const keepMax = 8
 

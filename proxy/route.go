@@ -44,7 +44,11 @@ func (ss *session) routeLocked(buf []byte, now int64) *dbPool {
 	if window := ss.srv.options().ReadAfterWriteWindow; ss.wroteAt != 0 && now-ss.wroteAt < int64(window) {
 		return ss.pool
 	}
-	if ss.readOnlyClient() || core.ReadOnlyRequest(buf) {
+	var stmts core.Statements
+	if ss.Mapping {
+		stmts = &ss.PS
+	}
+	if ss.readOnlyClient() || core.ReadOnlyRequest(buf, stmts) {
 		ss.txPool = r
 	}
 	return ss.txPool

@@ -56,8 +56,8 @@ func during(t *testing.T, p *testProxy, servers []*pgtest.Cluster, dbName string
 	return after
 }
 
-// TestRouteReads: with route_reads, a read-only pgbench (-S, simple and
-// extended) runs on the replica and TPC-B on the primary, and a client that
+// TestRouteReads: with route_reads, a read-only pgbench (-S, simple,
+// extended and prepared) runs on the replica and TPC-B on the primary, and a client that
 // writes then reads within read_after_write_window sees its write, though
 // the replica has not replayed it.
 func TestRouteReads(t *testing.T) {
@@ -75,7 +75,7 @@ func TestRouteReads(t *testing.T) {
 		db.Host, db.RouteReads, db.PoolSize = addr(cluster)+","+addr(rs[0]), true, 8
 	})
 	servers := []*pgtest.Cluster{cluster, rs[0]}
-	for _, mode := range []string{"simple", "extended"} {
+	for _, mode := range []string{"simple", "extended", "prepared"} {
 		var tx int
 		n := during(t, p, servers, dbName, func() { tx = runPgbenchCount(t, bin, p, dbName, "-S", "-c", "4", "-T", "2", "-M", mode) })
 		if n[1] < int64(tx)*9/10 || n[0] > int64(tx)/20 {

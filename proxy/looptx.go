@@ -50,7 +50,7 @@ func (p *parker) startTx(ss *session) {
 		return
 	}
 	adm := ss.Admit(ss.paused())
-	from := ss.routeLocked(ss.rd.BufferedBytes(), p.now)
+	from := ss.routeLocked(ss.rd.BufferedBytes())
 	ss.mu.Unlock()
 	if adm != core.Acquire {
 		p.eject(ss) // its goroutine waits for RESUME, or answers a cancel

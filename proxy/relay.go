@@ -259,7 +259,7 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.traceTextLocked(typ, text)
 	}
 	if ss.lease == nil {
-		ss.routeLocked(ss.rd.BufferedBytes(), time.Now().UnixNano())
+		ss.routeLocked(ss.rd.BufferedBytes())
 		if err := ss.bind(); err != nil {
 			return err
 		}

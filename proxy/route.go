@@ -33,15 +33,14 @@ func routed(db Database, reads bool) Database {
 func readsKey(k poolKey) poolKey { return poolKey{k.database + "@replicas", k.user} }
 
 // routeLocked picks the pool the transaction that buf begins (whole
-// messages, as buffered) takes its server from, at now (Unix ns), and
-// returns it.
-func (ss *session) routeLocked(buf []byte, now int64) *dbPool {
+// messages, as buffered) takes its server from, and returns it.
+func (ss *session) routeLocked(buf []byte) *dbPool {
 	ss.txPool = ss.pool
 	r := ss.pool.reads
 	if r == nil || !ss.Pooled || ss.Pinned {
 		return ss.pool
 	}
-	if window := ss.srv.options().ReadAfterWriteWindow; ss.wroteAt != 0 && now-ss.wroteAt < int64(window) {
+	if window := ss.srv.options().ReadAfterWriteWindow; ss.wroteAt != 0 && ss.now()-ss.wroteAt < int64(window) {
 		return ss.pool
 	}
 	var stmts core.Statements

@@ -67,10 +67,9 @@ type Set struct {
 	balance Balance
 	maxLag  time.Duration // 0: no bound
 
-	mu     sync.Mutex
-	hosts  []State
-	next   int
-	serial uint64 // bumped each time the hosts in rotation change
+	mu    sync.Mutex
+	hosts []State
+	next  int
 }
 
 // New makes the Set of hosts, none checked yet.
@@ -138,9 +137,6 @@ func (s *Set) update(host string, f func(*State)) bool {
 			s.hosts[i].InRotation, changed = in, true
 		}
 	}
-	if changed {
-		s.serial++
-	}
 	return changed
 }
 
@@ -159,9 +155,8 @@ func (s *Set) eligible(h *State) bool {
 	return caughtUp
 }
 
-// Pick returns the host the next server connection goes to, and the serial
-// of the rotation it was picked from.
-func (s *Set) Pick() (string, uint64, error) {
+// Pick returns the host the next server connection goes to.
+func (s *Set) Pick() (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var in []int
@@ -171,7 +166,7 @@ func (s *Set) Pick() (string, uint64, error) {
 		}
 	}
 	if len(in) == 0 {
-		return "", s.serial, fmt.Errorf("%w (%s)", ErrNone, s.describeLocked())
+		return "", fmt.Errorf("%w (%s)", ErrNone, s.describeLocked())
 	}
 	var i int
 	switch s.balance {
@@ -183,7 +178,7 @@ func (s *Set) Pick() (string, uint64, error) {
 	default:
 		i = in[0]
 	}
-	return s.hosts[i].Host, s.serial, nil
+	return s.hosts[i].Host, nil
 }
 
 // InRotation reports whether host is in rotation now.
@@ -200,9 +195,6 @@ func (s *Set) Hosts() []State {
 	defer s.mu.Unlock()
 	return slices.Clone(s.hosts)
 }
-
-// Role is the Set's role.
-func (s *Set) Role() Role { return s.role }
 
 // describeLocked says what each host is, for an error.
 func (s *Set) describeLocked() string {

@@ -18,7 +18,7 @@ func TestRoles(t *testing.T) {
 	picks := func(s *Set, n int) map[string]int {
 		out := map[string]int{}
 		for range n {
-			h, _, err := s.Pick()
+			h, err := s.Pick()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -39,7 +39,7 @@ func TestRoles(t *testing.T) {
 		{Replica, Disable, map[string]int{"r1": 6}},
 	} {
 		s := New(all, c.role, c.balance, 2*time.Second)
-		if _, _, err := s.Pick(); !errors.Is(err, ErrNone) {
+		if _, err := s.Pick(); !errors.Is(err, ErrNone) {
 			t.Errorf("%s: a pick before any check: %v", c.role, err)
 		}
 		check(s)
@@ -83,13 +83,13 @@ func TestRotationChanges(t *testing.T) {
 	if !s.Failed("a", errors.New("gone"), now) {
 		t.Fatal("the primary down: a change")
 	}
-	if _, _, err := s.Pick(); !errors.Is(err, ErrNone) {
+	if _, err := s.Pick(); !errors.Is(err, ErrNone) {
 		t.Fatalf("no primary: %v", err)
 	}
 	if !s.Checked("b", false, 0) { // promoted
 		t.Fatal("b promoted: a change")
 	}
-	if h, _, _ := s.Pick(); h != "b" {
+	if h, _ := s.Pick(); h != "b" {
 		t.Fatalf("after the promotion: %s", h)
 	}
 	r := New([]string{"x"}, Replica, Disable, time.Second)

@@ -229,17 +229,23 @@ func (sc *serverConn) discardAll() error {
 // It returns when the server has taken the request (it closes the
 // connection after signalling the backend).
 func (sc *serverConn) cancel(timeout time.Duration) error {
-	d := net.Dialer{Timeout: timeout}
-	c, err := d.Dial(sc.network, sc.addr)
+	return sendCancelRequest(sc.network, sc.addr, sc.pid, sc.key, timeout)
+}
+
+// sendCancelRequest sends a CancelRequest for pid and key to a server or a
+// peer at addr on a connection of its own, and returns once the other end
+// has handled it (it closes the connection).
+func sendCancelRequest(network, addr string, pid uint32, key []byte, timeout time.Duration) error {
+	c, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write(protocol.AppendCancelRequest(nil, sc.pid, sc.key)); err != nil {
+	if _, err := c.Write(protocol.AppendCancelRequest(nil, pid, key)); err != nil {
 		return err
 	}
 	var b [1]byte
-	c.Read(b[:]) // EOF once the postmaster has processed it
+	c.Read(b[:]) // EOF once it is handled
 	return nil
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/hosts"
@@ -75,12 +75,12 @@ func (s *Server) checkHost(ctx context.Context, p *dbPool, host, user string, cr
 	}
 	defer sc.conn.Close()
 	sc.conn.SetDeadline(time.Now().Add(s.connectTimeout()))
-	var row []string
-	var pgErr error
+	var row pgproto3.DataRow
+	var rowErr, pgErr error
 	err = sc.simpleQuery(hostCheckQuery, func(typ byte, body []byte) {
 		switch typ {
 		case 'D':
-			row = dataRow(body)
+			rowErr = row.Decode(body) // copies the values
 		case 'E':
 			pgErr = protocol.DecodeError(body)
 		}
@@ -90,38 +90,11 @@ func (s *Server) checkHost(ctx context.Context, p *dbPool, host, user string, cr
 		return false, 0, err
 	case pgErr != nil:
 		return false, 0, pgErr
-	case len(row) != 2:
+	case rowErr != nil || len(row.Values) != 2:
 		return false, 0, errors.New("unexpected answer to the host check")
 	}
-	secs, _ := strconv.ParseFloat(row[1], 64)
-	return row[0] == "t", time.Duration(secs * float64(time.Second)), nil
-}
-
-// dataRow reads a DataRow's text values; NULL is "".
-func dataRow(body []byte) []string {
-	if len(body) < 2 {
-		return nil
-	}
-	n := int(binary.BigEndian.Uint16(body))
-	body = body[2:]
-	out := make([]string, 0, n)
-	for range n {
-		if len(body) < 4 {
-			return nil
-		}
-		l := int(int32(binary.BigEndian.Uint32(body)))
-		body = body[4:]
-		if l < 0 {
-			out = append(out, "")
-			continue
-		}
-		if l > len(body) {
-			return nil
-		}
-		out = append(out, string(body[:l]))
-		body = body[l:]
-	}
-	return out
+	secs, _ := strconv.ParseFloat(string(row.Values[1]), 64)
+	return string(row.Values[0]) == "t", time.Duration(secs * float64(time.Second)), nil
 }
 
 // checkHosts checks every host of p that is due, at once, and reports
@@ -202,7 +175,7 @@ func (s *Server) dialHosts(ctx context.Context, p *dbPool, db Database, user str
 		s.checkHosts(ctx, p, user, cred)
 	}
 	for {
-		host, _, err := p.hosts.Pick()
+		host, err := p.hosts.Pick()
 		if err != nil {
 			select {
 			case <-ctx.Done():

@@ -3,13 +3,9 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
-	"net"
 	"sync"
-	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/pgmux/pgmux/protocol"
 )
 
 // Peering, PgBouncer's peer_id and [peers]: several pgmux behind one load
@@ -69,7 +65,7 @@ func (s *Server) forwardCancel(peer int, pid uint32, key []byte) {
 		return
 	}
 	network, addr := dialAddr(p.Host, p.Port)
-	if err := s.sendCancelTo(network, addr, pid, binary.BigEndian.Uint32(key)-1); err != nil { // -1: the TTL bits, which are not 0
+	if err := sendCancelRequest(network, addr, pid, be32(binary.BigEndian.Uint32(key)-1), s.connectTimeout()); err != nil { // -1: the TTL bits, which are not 0
 		s.log.Warn("forward cancel to peer", zap.Int("peer_id", peer), zap.Error(err))
 	}
 }
@@ -92,28 +88,10 @@ func (s *Server) broadcastCancel(pid uint32, key []byte) {
 	var wg sync.WaitGroup
 	for _, addr := range addrs {
 		wg.Go(func() {
-			if err := s.sendCancelTo("tcp", addr, pid, secret); err != nil {
+			if err := sendCancelRequest("tcp", addr, pid, be32(secret), s.connectTimeout()); err != nil {
 				s.log.Debug("send cancel request to peer", zap.String("peer", addr), zap.Error(err))
 			}
 		})
 	}
 	wg.Wait()
-}
-
-// sendCancelTo sends a CancelRequest to the pgmux at addr, and returns once
-// it has handled it.
-func (s *Server) sendCancelTo(network, addr string, pid, secret uint32) error {
-	timeout := s.connectTimeout()
-	c, err := net.DialTimeout(network, addr, timeout)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write(protocol.AppendCancelRequest(nil, pid, be32(secret))); err != nil {
-		return err
-	}
-	var b [1]byte
-	c.Read(b[:]) // EOF once the peer has handled it
-	return nil
 }

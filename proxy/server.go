@@ -524,11 +524,7 @@ func (s *Server) cancel(pid uint32, key []byte) {
 // sendCancel sends a cancel to sc, counted against it by holdForCancel.
 func (s *Server) sendCancel(sc *serverConn) {
 	defer sc.cancelDone()
-	timeout := s.options().ServerConnectTimeout
-	if timeout <= 0 {
-		timeout = 15 * time.Second
-	}
-	if err := sc.cancel(timeout); err != nil {
+	if err := sc.cancel(s.connectTimeout()); err != nil {
 		s.log.Warn("forward cancel", zap.Uint32("server_pid", sc.pid), zap.Error(err))
 	}
 }

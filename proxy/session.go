@@ -577,7 +577,7 @@ func (ss *session) expireQuery(now int64, limit time.Duration) {
 		sc.conn.SetReadDeadline(pastDeadline) // a TLS server: its reader wakes to a timeout
 	}
 	go func() {
-		if err := sc.cancel(ss.srv.options().ServerConnectTimeout); err != nil {
+		if err := sc.cancel(ss.srv.connectTimeout()); err != nil {
 			ss.logger().Warn("query_timeout: cancel", zap.Uint32("server_pid", sc.pid), zap.Error(err))
 		}
 	}()

@@ -56,6 +56,8 @@ type Session struct {
 	// they leave (track_session_state off): SET, LISTEN and the rest stay
 	// on whichever server runs them, as with PgBouncer.
 	NoLook bool
+	// Sync brings a granted server's settings to Want's.
+	Sync SettingsSync
 
 	noted notes // what its statements left to deal with (NoteMessage)
 

@@ -237,11 +237,45 @@ func (s *ServerSettings) SyncQuery(w *Wanted, msg []byte, touched []string) ([]b
 	return msg, touched
 }
 
-// SyncNote takes one message of the answer to SyncQuery's query, other than
-// ReadyForQuery (and after the server's own account of it, Note): the
-// server's spelling of a value it reports, taken into w, or the error it
-// sent, returned.
-func SyncNote(w *Wanted, typ byte, body []byte) *protocol.PgError {
+// SettingsSync is one bringing of a server's settings to a client's
+// before the client's request goes to it: the query (Start), the answer
+// taken message by message (Note) and what becomes of the server at its
+// end (End). Both drivers run it, the goroutine path blocking on the
+// answer and the loop as its events come.
+type SettingsSync struct {
+	keys []string          // the settings the query touches
+	err  *protocol.PgError // the error the server answered with, if any so far
+}
+
+// SyncEnd is what becomes of a server at the end of a settings sync.
+type SyncEnd int8
+
+const (
+	SyncDone    SyncEnd = iota // its settings are the client's: the request goes to it
+	SyncRefused                // it refused a setting and is idle: back to the pool, the client told (Refusal)
+	SyncBroken                 // it failed, or its state is not known: closed, and another taken
+)
+
+// Start appends to msg the query that brings srv's settings to w's
+// (ServerSettings.SyncQuery). With nothing to send srv is in sync already
+// and the sync is over: SyncDone.
+func (y *SettingsSync) Start(srv *Server, w *Wanted, msg []byte) []byte {
+	msg, y.keys = srv.Settings.SyncQuery(w, msg, y.keys[:0])
+	y.err = nil
+	if len(msg) == 0 {
+		srv.Settings.Synced(w)
+	}
+	return msg
+}
+
+// Note takes one message of the answer to Start's query and reports
+// whether it was the answer's last (ReadyForQuery): the server's own
+// account of it (Server.Note), the server's spelling of a value it
+// reports, taken into w, or the error it sent.
+func (y *SettingsSync) Note(srv *Server, w *Wanted, typ byte, body []byte) (done bool, err error) {
+	if done, err = srv.Note(typ, body); done || err != nil {
+		return done, err
+	}
 	switch typ {
 	case 'S':
 		var ps pgproto3.ParameterStatus
@@ -252,9 +286,32 @@ func SyncNote(w *Wanted, typ byte, body []byte) *protocol.PgError {
 			}
 		}
 	case 'E':
-		return protocol.DecodeError(body)
+		y.err = protocol.DecodeError(body)
 	}
-	return nil
+	return false, nil
+}
+
+// End says what becomes of srv once the answer has ended, or reading it
+// failed with readErr, and records srv's settings accordingly.
+func (y *SettingsSync) End(srv *Server, w *Wanted, readErr error) SyncEnd {
+	idle := readErr == nil && srv.TxStatus == 'I'
+	if idle && y.err == nil {
+		srv.Settings.Synced(w)
+		return SyncDone
+	}
+	srv.Settings.SyncFailed(y.keys)
+	if idle {
+		return SyncRefused
+	}
+	return SyncBroken
+}
+
+// Refusal is the client's error after SyncRefused: the server's own,
+// ending the session, as a setting PostgreSQL refuses at login does.
+func (y *SettingsSync) Refusal() *protocol.PgError {
+	e := *y.err
+	e.Severity = "FATAL"
+	return &e
 }
 
 // SyncFailed records that the settings a failed SyncQuery query touched are

@@ -102,24 +102,82 @@ func TestSettingsSync(t *testing.T) {
 	}
 }
 
-// TestSettingsSyncFailed: a query the server refused leaves what it touched
-// unknown, so the next sync sets or resets it again.
-func TestSettingsSyncFailed(t *testing.T) {
-	server := NewServerSettings(map[string]string{"application_name": ""})
-	w := NewWanted(map[string]string{"application_name": "a", "bogus_setting": "1"})
-	msg, touched := server.SyncQuery(&w, nil, nil)
-	errBody, _ := (&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42704", Message: `unrecognized configuration parameter "bogus_setting"`}).Encode(nil)
-	if e := SyncNote(&w, 'E', errBody[5:]); e == nil || e.Code != "42704" {
-		t.Fatalf("the server's error: %v", e)
+// feedSync feeds a settings query's answer, msgs, to y up to its end or a
+// failure, and returns what End makes of it.
+func feedSync(t *testing.T, y *SettingsSync, srv *Server, w *Wanted, msgs ...[]byte) SyncEnd {
+	t.Helper()
+	for i, m := range msgs {
+		done, err := y.Note(srv, w, m[0], m[5:])
+		if err != nil {
+			return y.End(srv, w, err)
+		}
+		if done != (i == len(msgs)-1) {
+			t.Fatalf("message %d (%c): done %v", i, m[0], done)
+		}
 	}
-	server.SyncFailed(touched)
-	again, _ := server.SyncQuery(&w, nil, nil)
+	return y.End(srv, w, nil)
+}
+
+// enc encodes a server message.
+func enc(m pgproto3.BackendMessage) []byte {
+	b, _ := m.Encode(nil)
+	return b
+}
+
+var refusedSetting = enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42704", Message: `unrecognized configuration parameter "bogus_setting"`})
+
+// TestSettingsSyncEnd: what becomes of a server at the end of a settings
+// sync, as both drivers ask it.
+func TestSettingsSyncEnd(t *testing.T) {
+	ready := func(status byte) []byte { return enc(&pgproto3.ReadyForQuery{TxStatus: status}) }
+	for _, c := range []struct {
+		name string
+		msgs [][]byte
+		want SyncEnd
+	}{
+		{"answered", [][]byte{enc(&pgproto3.RowDescription{}), enc(&pgproto3.DataRow{}), enc(&pgproto3.CommandComplete{}), ready('I')}, SyncDone},
+		{"refused, idle", [][]byte{refusedSetting, ready('I')}, SyncRefused},
+		{"refused, in a failed transaction", [][]byte{refusedSetting, ready('E')}, SyncBroken},
+		{"answered, in a transaction", [][]byte{enc(&pgproto3.CommandComplete{}), ready('T')}, SyncBroken},
+		{"a ReadyForQuery of two bytes", [][]byte{{'Z', 0, 0, 0, 6, 'I', 'I'}}, SyncBroken},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := &Server{TxStatus: 'I', Settings: NewServerSettings(map[string]string{"application_name": ""})}
+			w := NewWanted(map[string]string{"application_name": "a", "bogus_setting": "1"})
+			var y SettingsSync
+			if msg := y.Start(srv, &w, nil); len(msg) == 0 {
+				t.Fatal("no settings query for settings that differ")
+			}
+			got := feedSync(t, &y, srv, &w, c.msgs...)
+			if got != c.want {
+				t.Fatalf("End %d, want %d", got, c.want)
+			}
+			if got == SyncRefused && (y.Refusal().Severity != "FATAL" || y.Refusal().Code != "42704") {
+				t.Fatalf("the client is told %+v", y.Refusal())
+			}
+			if again := y.Start(srv, &w, nil); (len(again) == 0) != (got == SyncDone) {
+				t.Fatalf("after End %d, in sync: %v", got, len(again) == 0)
+			}
+		})
+	}
+}
+
+// TestSettingsSyncFailed: a query the server refused leaves what it touched
+// unknown, so the next sync sets or resets it again; the server's spelling
+// of a value it reports is taken for the client's.
+func TestSettingsSyncFailed(t *testing.T) {
+	srv := &Server{TxStatus: 'I', Settings: NewServerSettings(map[string]string{"application_name": ""})}
+	w := NewWanted(map[string]string{"application_name": "a", "bogus_setting": "1"})
+	var y SettingsSync
+	msg := y.Start(srv, &w, nil)
+	if end := feedSync(t, &y, srv, &w, refusedSetting, enc(&pgproto3.ReadyForQuery{TxStatus: 'I'})); end != SyncRefused {
+		t.Fatalf("End %d, want SyncRefused", end)
+	}
+	again := y.Start(srv, &w, nil)
 	if clauses(query(t, again)) != clauses(query(t, msg)) { // the settings come in map order
 		t.Fatalf("after the failure %q, want the same query as before %q", query(t, again), query(t, msg))
 	}
-	// The server's spelling of a value is taken for the client's.
-	ps, _ := (&pgproto3.ParameterStatus{Name: "application_name", Value: "A"}).Encode(nil)
-	SyncNote(&w, 'S', ps[5:])
+	feedSync(t, &y, srv, &w, enc(&pgproto3.ParameterStatus{Name: "application_name", Value: "A"}), enc(&pgproto3.ReadyForQuery{TxStatus: 'I'}))
 	if v, _ := w.Get("application_name"); v != "A" {
 		t.Fatalf("application_name %q, want the server's spelling", v)
 	}

@@ -120,37 +120,40 @@ const (
 // still unread).
 func peerClosed(c net.Conn) bool { return peek(c) == peekEOF }
 
-// syncParams brings the server's settings to want's (see
-// core.ServerSettings.SyncQuery), waiting for its answer. The caller owns sc
-// and no reader goroutine is running on it.
-func (sc *serverConn) syncParams(want *core.Wanted) error {
-	msg, touched := sc.Settings.SyncQuery(want, nil, nil)
+// syncSettings brings the server's settings to want's with y (see
+// core.SettingsSync), waiting for its answer. The caller owns sc and no
+// reader goroutine is running on it.
+func (sc *serverConn) syncSettings(y *core.SettingsSync, want *core.Wanted) core.SyncEnd {
+	msg := y.Start(&sc.Server, want, nil)
 	if len(msg) == 0 {
-		return nil
+		return core.SyncDone
 	}
-	if _, err := sc.bw.Write(msg); err != nil {
-		return err
+	_, err := sc.bw.Write(msg)
+	if err == nil {
+		err = sc.bw.Flush()
 	}
-	if err := sc.bw.Flush(); err != nil {
-		return err
+	if err == nil {
+		err = sc.readSync(y, want)
 	}
-	return sc.syncAnswer(want, touched, nil)
+	return y.End(&sc.Server, want, err)
 }
 
-// syncAnswer reads the rest of the answer to a settings query, of which the
-// loop may have read part (failed: it held an error), and returns the error
-// the server sent, if any.
-func (sc *serverConn) syncAnswer(want *core.Wanted, touched []string, failed *protocol.PgError) error {
-	err := sc.readUntilReady(func(typ byte, body []byte) {
-		if e := core.SyncNote(want, typ, body); e != nil {
-			failed = e
+// readSync reads the answer to y's query, or what is left of it where the
+// loop read its start.
+func (sc *serverConn) readSync(y *core.SettingsSync, want *core.Wanted) error {
+	for {
+		typ, n, err := sc.rd.Next()
+		if err != nil {
+			return err
 		}
-	})
-	if err == nil && failed != nil {
-		sc.Settings.SyncFailed(touched)
-		return failed
+		body, err := sc.rd.Body(n)
+		if err != nil {
+			return err
+		}
+		if done, err := y.Note(&sc.Server, want, typ, body); done || err != nil {
+			return err
+		}
 	}
-	return err
 }
 
 // check runs server_check_query q on a server about to be lent, and

@@ -192,12 +192,9 @@ type loopState struct {
 	plain bool
 	out   loopWriter // the client writer's target in the loop
 	// sync is the server whose settings the loop brings to the session's
-	// while phaseSyncing, syncKeys the settings its query touches, and
-	// syncErr the error the server has answered it with so far.
-	sync     *pool.Lease[*serverConn]
-	syncKeys []string
-	syncErr  *protocol.PgError
-	srvOut   loopWriter // the server writer's, while mapped messages are written
+	// (Session.Sync) while phaseSyncing.
+	sync   *pool.Lease[*serverConn]
+	srvOut loopWriter // the server writer's, while mapped messages are written
 }
 
 // loopWriter is a writer's target while the loop relays: it queues what is

@@ -144,15 +144,14 @@ func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) {
 }
 
 // syncServer sends lease's server the query that brings its settings to the
-// session's, as acquireSynced does, and waits in the loop for the answer
-// (syncAnswered) before it sends the client's request: one round trip, as
-// PgBouncer's, without a goroutine.
+// session's (Session.Sync), as acquireSynced does, and waits in the loop for
+// the answer (syncAnswered) before it sends the client's request: one round
+// trip, as PgBouncer's, without a goroutine.
 func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 	lc, sc := ss.lc, lease.Conn()
-	msg, touched := sc.Settings.SyncQuery(&ss.Want, p.syncBuf[:0], lc.syncKeys[:0])
+	msg := ss.Sync.Start(&sc.Server, &ss.Want, p.syncBuf[:0])
 	p.syncBuf = msg[:0]
 	if len(msg) == 0 {
-		sc.Settings.Synced(&ss.Want)
 		p.bindServer(ss, lease)
 		return
 	}
@@ -163,7 +162,7 @@ func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 		p.ejectServed(ss) // the goroutine path takes another
 		return
 	}
-	lc.sync, lc.syncKeys, lc.syncErr = lease, touched, nil
+	lc.sync = lease
 	lc.phase = phaseSyncing
 	if !p.watchServer(ss, sc) {
 		p.ejectServed(ss) // its goroutine reads the answer (finishSync)
@@ -171,14 +170,12 @@ func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 }
 
 // syncAnswered reads the answer to syncServer's query as far as it has
-// come, and at its end sends the client's request, or ejects the session
-// to the goroutine path, which tells the client the server's error.
+// come, and at its end goes on as core.SettingsSync.End says.
 func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
-	lc := ss.lc
 	for more := true; more; {
 		var err error
 		if more, err = p.fill(sc, hup); err != nil {
-			p.syncBroken(ss)
+			p.synced(ss, err)
 			return
 		}
 		for sc.rd.Complete() {
@@ -187,77 +184,51 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 			if err == nil {
 				body, err = sc.rd.Body(n)
 			}
-			var ready bool
+			var done bool
 			if err == nil {
-				ready, err = sc.Note(typ, body)
+				done, err = ss.Sync.Note(&sc.Server, &ss.Want, typ, body)
 			}
-			switch {
-			case err != nil:
-				p.syncBroken(ss)
+			if done || err != nil {
+				p.synced(ss, err)
 				return
-			case ready:
-				p.synced(ss)
-				return
-			}
-			if e := core.SyncNote(&ss.Want, typ, body); e != nil {
-				lc.syncErr = e
 			}
 		}
 	}
 }
 
-// syncBroken closes the server whose answer to syncServer's query could not
-// be read, and ejects the session: the goroutine path takes another.
-func (p *parker) syncBroken(ss *session) {
-	destroyLease(ss.lc.sync)
-	ss.lc.sync = nil
-	p.ejectServed(ss)
-}
-
-// synced goes on after the whole answer to syncServer's query.
-func (p *parker) synced(ss *session) {
+// synced goes on after the answer to syncServer's query, or a failure to
+// read it (err): the client's request goes to the server; a client whose
+// setting the server refused is told so; after a broken server the
+// goroutine path takes another.
+func (p *parker) synced(ss *session, err error) {
 	lc := ss.lc
 	lease := lc.sync
-	sc := lease.Conn()
 	lc.sync = nil
 	p.unwatchServer(ss)
-	if lc.syncErr != nil || sc.TxStatus != 'I' {
-		// The client asked for a setting the server refuses: the
-		// goroutine path asks again, and tells the client.
-		sc.Settings.SyncFailed(lc.syncKeys)
-		if sc.TxStatus == 'I' {
-			releaseLease(lease)
-		} else {
-			destroyLease(lease)
-		}
-		lc.syncErr = nil
+	switch ss.Sync.End(&lease.Conn().Server, &ss.Want, err) {
+	case core.SyncDone:
+		p.bindServer(ss, lease)
+	case core.SyncRefused:
+		releaseLease(lease)
+		lc.endErr = ss.Sync.Refusal()
+		p.eject(ss)
+	default:
+		destroyLease(lease)
 		p.ejectServed(ss)
-		return
 	}
-	sc.Settings.Synced(&ss.Want)
-	p.bindServer(ss, lease)
 }
 
 // finishSync reads, in the goroutine the session was ejected to, the rest
 // of the answer to the loop's syncServer query, and gives the server back
-// to the pool (its settings matched to the session's unless the server
-// refused them); the goroutine path then takes a server again.
+// to the pool unless it broke; the goroutine path then takes a server again.
 func (ss *session) finishSync() {
-	lc := ss.lc
-	lease := lc.sync
+	lease := ss.lc.sync
 	sc := lease.Conn()
-	lc.sync = nil
-	err := sc.syncAnswer(&ss.Want, lc.syncKeys, lc.syncErr)
-	lc.syncErr = nil
-	var pgErr *protocol.PgError
-	switch {
-	case err == nil:
-		sc.Settings.Synced(&ss.Want)
-		releaseLease(lease)
-	case errors.As(err, &pgErr) && sc.TxStatus == 'I':
-		releaseLease(lease)
-	default:
+	ss.lc.sync = nil
+	if ss.Sync.End(&sc.Server, &ss.Want, sc.readSync(&ss.Sync, &ss.Want)) == core.SyncBroken {
 		destroyLease(lease)
+	} else {
+		releaseLease(lease)
 	}
 }
 

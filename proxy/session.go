@@ -455,22 +455,19 @@ func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn],
 			ss.waited(start.UnixNano(), time.Now().UnixNano())
 		}
 		sc := lease.Conn()
+		end := core.SyncDone
 		if g.Sync {
-			if err = sc.syncParams(&ss.Want); err == nil {
-				sc.Settings.Synced(&ss.Want)
-			}
+			end = sc.syncSettings(&ss.Sync, &ss.Want)
 		}
-		if err == nil && g.Trim {
+		if end == core.SyncRefused {
+			releaseLease(lease)
+			return nil, ss.Sync.Refusal() // the client asked for a setting the server refuses
+		}
+		if end == core.SyncDone && g.Trim {
 			err = ss.trimPrepared(sc, ss.srv.options().MaxPreparedStatements)
 		}
-		if err == nil {
+		if end == core.SyncDone && err == nil {
 			return lease, nil
-		}
-		var pgErr *protocol.PgError
-		if errors.As(err, &pgErr) && sc.TxStatus == 'I' {
-			releaseLease(lease)
-			pgErr.Severity = "FATAL"
-			return nil, pgErr // the client asked for a setting the server refuses
 		}
 		destroyLease(lease)
 		if attempt >= 2 {

@@ -48,7 +48,7 @@ bench: ## Side-by-side pgbench matrix: direct, PgBouncer and pgmux (bench/run.sh
 	bench/run.sh
 
 bench-go: ## Go micro-benchmarks of the hot paths (relay, prepared-statement mapping, pool acquire/release, batched sends).
-	$(GO) test -short -run='^$$' -bench=. -benchmem -count=5 ./proxy ./protocol ./stats ./pool
+	$(GO) test -short -run='^$$' -bench=. -benchmem -count=5 ./proxy ./protocol ./stats ./pool ./rawio
 
 profile: ## User-space instructions pgmux runs per transaction, under callgrind (bench/profile.sh [BIN...]; steadier than timings on a noisy machine).
 	bench/profile.sh

@@ -84,6 +84,15 @@ var badDeps = map[string]map[string]string{
 		"github.com/pgmux/pgmux/core":     "tracing knows nothing of the session core",
 		"github.com/pgmux/pgmux/config":   "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/rawio": {
+		"github.com/pgmux/pgmux/core":     "rawio moves bytes; the core decides what they mean",
+		"github.com/pgmux/pgmux/pool":     "rawio knows nothing of pools",
+		"github.com/pgmux/pgmux/protocol": "rawio knows nothing of the wire",
+		"github.com/pgmux/pgmux/proxy":    "the proxy's drivers use rawio, not the other way",
+		"go.uber.org/zap":                 "rawio does not log",
+		"github.com/prometheus/":          "rawio has no metrics",
+		"github.com/pgmux/pgmux/config":   "only cmd imports config",
+	},
 	"github.com/pgmux/pgmux/proxy": {
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 		"github.com/pgmux/pgmux/admin":  "admin reads the proxy, not the other way",

@@ -12,14 +12,15 @@ import (
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/rawio"
 )
 
 // serverConn is one backend connection. It is owned by whoever holds its
 // pool lease; only cancels reach it from elsewhere, through cancels.
 type serverConn struct {
 	conn net.Conn
-	sys  *sysConn // conn's, for the loop; nil if it has no descriptor
-	fd   int      // conn's descriptor, valid while conn is open
+	sys  *rawio.Conn // conn's, for the loop; nil if it has no descriptor
+	fd   int         // conn's descriptor, valid while conn is open
 	// The relay loop's (see watchServer): the token of the socket's
 	// registration (0 if none), and the session it relays to, if any.
 	loopTok   uint64
@@ -105,20 +106,12 @@ func destroyLease(l *pool.Lease[*serverConn]) {
 // something to say while idle (a FATAL before closing, a notice) is not
 // trusted either.
 func (sc *serverConn) alive() bool {
-	return sc.rd.Buffered() == 0 && peek(sc.conn) == peekEmpty
+	return sc.rd.Buffered() == 0 && rawio.Peek(sc.conn) == rawio.PeekEmpty
 }
-
-type peekResult uint8
-
-const (
-	peekEmpty peekResult = iota // nothing to read: the peer is there and quiet
-	peekData                    // bytes are waiting
-	peekEOF                     // the peer closed, or the socket failed
-)
 
 // peerClosed reports whether c's peer has closed its end (and sent nothing
 // still unread).
-func peerClosed(c net.Conn) bool { return peek(c) == peekEOF }
+func peerClosed(c net.Conn) bool { return rawio.Peek(c) == rawio.PeekEOF }
 
 // syncSettings brings the server's settings to want's with y (see
 // core.SettingsSync), waiting for its answer. The caller owns sc and no

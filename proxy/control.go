@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/hosts"
 )
 
@@ -307,7 +308,7 @@ func (s *Server) KillDB(name string) error {
 	s.mu.Lock()
 	var kill []*session
 	for ss := range s.sessions {
-		if ss.pool != nil && (name == "" || ss.dbName == name) && clientState(ss.state.Load()) != stateLogin {
+		if ss.pool != nil && (name == "" || ss.dbName == name) && ss.getPhase() != core.PhaseLogin {
 			kill = append(kill, ss)
 		}
 	}

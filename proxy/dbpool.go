@@ -392,14 +392,14 @@ type poolMetrics struct {
 	errors *prometheus.CounterVec // curried with database, user
 }
 
-// clientGauge is the pool's count of clients in state st, if it has one.
-func (p *dbPool) clientGauge(st clientState) *atomic.Int64 {
-	switch st {
-	case stateIdle:
+// clientGauge is the pool's count of clients reported as r, if it has one.
+func (p *dbPool) clientGauge(r core.Report) *atomic.Int64 {
+	switch r {
+	case core.ReportIdle:
 		return &p.clientsIdle
-	case stateWaiting:
+	case core.ReportWaiting:
 		return &p.clientsWaiting
-	case stateActive:
+	case core.ReportActive:
 		return &p.clientsActive
 	}
 	return nil

@@ -49,8 +49,8 @@ func (ss *session) finish(err error) {
 	if ss.lis != nil {
 		ss.pool.listen.leave(ss)
 	}
-	refused := clientState(ss.state.Load()) == stateLogin
-	ss.setState(stateClosed)
+	refused := ss.getPhase() == core.PhaseLogin
+	ss.setPhase(core.PhaseClosed)
 	var pgErr *protocol.PgError
 	isPg := err != errQuiet && errors.As(err, &pgErr) // once: errors.As is dear, and every logout comes here
 	reason := reasonClient

@@ -199,7 +199,7 @@ func (ss *session) login() error {
 		return errQuiet
 	}
 	ss.conn.SetDeadline(time.Time{})
-	ss.setState(stateIdle)
+	ss.setPhase(core.PhaseIdle)
 	if lease != nil {
 		ss.attach(lease) // from now on relayServer owns the client's writer
 	} else {

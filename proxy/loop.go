@@ -16,6 +16,7 @@ import (
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/rawio"
 )
 
 // The parker is also the relay loop. Sessions without a goroutine (parked
@@ -159,24 +160,12 @@ type loopMsg struct {
 // srvBit marks an epoll token as a session's server, not its client.
 const srvBit = 1 << 63
 
-// loopPhase is where a session in the loop is in its transaction.
-type loopPhase int8
-
-const (
-	phaseIdle    loopPhase = iota // waiting for the client's query
-	phaseWaiting                  // queued for a server (lc.wait)
-	phaseActive                   // the query sent, relaying the answer
-	phaseSyncing                  // a server's settings being brought to the client's (lc.sync)
-)
-
 // loopState is a session's state in the loop, made the first time it enters.
 type loopState struct {
-	cs        *sysConn // the client's
-	phase     loopPhase
-	wait      *pool.Waiter[*serverConn] // the session's place in a pool's queue
-	queued    bool                      // wait is in the pool's queue, its server not yet come
+	cs        *rawio.Conn               // the client's
+	wait      *pool.Waiter[*serverConn] // the session's place in a pool's queue, while core.PhaseWaiting
 	waitStart int64                     // Unix nanoseconds
-	srv       *serverConn               // the server whose answer the loop relays, while phaseActive
+	srv       *serverConn               // the server whose answer the loop relays
 	orphans   int                       // the loop's: servers on their way for waits given up
 	spill     []byte
 	toServer  []byte
@@ -192,7 +181,7 @@ type loopState struct {
 	plain bool
 	out   loopWriter // the client writer's target in the loop
 	// sync is the server whose settings the loop brings to the session's
-	// (Session.Sync) while phaseSyncing.
+	// (Session.Sync) while core.PhaseGranted.
 	sync   *pool.Lease[*serverConn]
 	srvOut loopWriter // the server writer's, while mapped messages are written
 }
@@ -203,7 +192,7 @@ type loopState struct {
 // is then ejected to, so the loop never waits on a peer.
 type loopWriter struct {
 	ss     *session
-	sock   *sysConn
+	sock   *rawio.Conn
 	spill  *[]byte
 	at     int32 // the writer's send in the loop's queue, plus one; 0: none
 	server bool  // the session's server's (else its client's)
@@ -260,8 +249,8 @@ func (p *parker) park(ss *session) bool {
 		return false
 	}
 	if ss.lc == nil {
-		cs, ok := ss.sock.(*sysConn)
-		if !ok {
+		cs, _ := rawio.Of(ss.sock)
+		if cs == nil {
 			return false
 		}
 		lc := &loopState{cs: cs}
@@ -276,7 +265,7 @@ func (p *parker) park(ss *session) bool {
 	defer p.mu.Unlock()
 	token, slot := p.newTokenLocked(0)
 	ok := false
-	ss.lc.cs.raw.Control(func(fd uintptr) {
+	ss.lc.cs.Control(func(fd uintptr) {
 		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP}
 		*(*uint64)(unsafe.Pointer(&ev.Fd)) = token
 		ok = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev) == nil
@@ -289,7 +278,6 @@ func (p *parker) park(ss *session) bool {
 		return false
 	}
 	ss.parkToken = token
-	ss.lc.phase = phaseIdle
 	slot.ss = ss
 	p.nparked++
 	ss.inLoop.Store(true)
@@ -478,7 +466,7 @@ func (p *parker) handle(m loopMsg) {
 		lc.orphans--
 	}
 	p.mu.Lock()
-	here := ss.parkToken != 0 && lc.phase == phaseWaiting
+	here := ss.parkToken != 0 && ss.getPhase() == core.PhaseWaiting
 	p.mu.Unlock()
 	if orphan || !here {
 		if m.lease != nil {
@@ -522,15 +510,16 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 	}
 	p.mu.Unlock()
 	// Not under p.mu: the pool calls post with its own lock held.
-	if lc.queued && !ss.pool.pool.Load().CancelWait(lc.wait) {
-		lc.orphans++ // its server is on the way: given back when it comes
-	}
-	lc.queued = false
-	if lc.phase == phaseWaiting || lc.phase == phaseSyncing {
+	switch ss.getPhase() {
+	case core.PhaseWaiting:
+		if !ss.pool.pool.Load().CancelWait(lc.wait) {
+			lc.orphans++ // its server is on the way: given back when it comes
+		}
+		fallthrough
+	case core.PhaseGranted:
 		ss.waitingSince.Store(0) // still waiting (Session.Waiting), for its goroutine to take a server
-		ss.setState(stateIdle)
+		ss.setPhase(core.PhaseIdle)
 	}
-	lc.phase = phaseIdle
 	if ss.bw != nil {
 		ss.bw.Flush() // into the loop's queue
 		ss.bw.Reset(ss.sock)
@@ -577,14 +566,15 @@ var errServerCrashed = protocol.Fatal(protocol.CodeConnectionFailure, "server co
 // clientReady is an event on a session's client socket.
 func (p *parker) clientReady(ss *session) {
 	lc := ss.lc
-	if lc.phase == phaseWaiting && peerClosed(ss.conn) {
+	ph := ss.getPhase()
+	if ph == core.PhaseWaiting && peerClosed(ss.conn) {
 		// Gone while queued: its query is not run (as acquireLease does
 		// after a long wait).
 		lc.endErr = errQuiet
 		p.eject(ss)
 		return
 	}
-	if lc.phase != phaseIdle || !ss.srv.options().RelayLoop {
+	if !ph.AwaitsClient() || !ss.srv.options().RelayLoop {
 		// A client speaking out of turn (or hanging up) while its query
 		// is served, or a parked client without the loop: a goroutine's.
 		p.eject(ss)
@@ -597,7 +587,7 @@ func (p *parker) clientReady(ss *session) {
 		p.unread = true
 	}
 	switch {
-	case err == errWouldBlock:
+	case err == rawio.ErrWouldBlock:
 		return
 	case err != nil:
 		p.eject(ss) // EOF, an error, a message larger than the buffer: the goroutine tells

@@ -4,8 +4,6 @@ package proxy
 
 import (
 	"bufio"
-	"io"
-	"net"
 	"time"
 )
 
@@ -34,11 +32,3 @@ type loopMsg struct {
 }
 
 type loopState struct{ ejected bool }
-
-// sysConn is the loop's raw socket, never made outside Linux.
-type sysConn struct{}
-
-func newSysConn(c net.Conn) io.ReadWriter          { return c }
-func rawSocket(sock io.ReadWriter) (*sysConn, int) { return nil, -1 }
-
-func (s *sysConn) shutdown() {}

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmux/pgmux/core"
+	"github.com/pgmux/pgmux/rawio"
 )
 
 // TestLoopSlowReader: a client that does not read a large answer for a while
@@ -29,7 +30,7 @@ import (
 func TestLoopSlowReader(t *testing.T) { withAndWithoutRing(t, testLoopSlowReader) }
 
 // withAndWithoutRing runs test with the loop's sends and reads batched
-// through io_uring (where the kernel allows it; see ioRing), and with one
+// through io_uring (where the kernel allows it; see rawio.Ring), and with one
 // system call each.
 func withAndWithoutRing(t *testing.T, test func(t *testing.T, uring bool)) {
 	t.Run("io_uring", func(t *testing.T) { test(t, true) })
@@ -96,11 +97,11 @@ func testLoopSlowReader(t *testing.T, uring bool) {
 
 // ioRingOK reports whether this machine's kernel gives the loop a ring.
 func ioRingOK() bool {
-	r, err := newIORing()
+	r, err := rawio.NewRing()
 	if err != nil {
 		return false
 	}
-	r.close()
+	r.Close()
 	return true
 }
 

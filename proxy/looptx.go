@@ -13,6 +13,7 @@ import (
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/rawio"
 )
 
 // A transaction in the event loop: the client's request read whole and
@@ -58,7 +59,6 @@ func (p *parker) startTx(ss *session) {
 	}
 	lc := ss.lc
 	lc.waitStart = p.now
-	lc.phase = phaseWaiting
 	lease, err := from.pool.Load().AcquireAsync(lc.wait, ss.srv.options().QueryWaitTimeout)
 	if err != nil {
 		p.eject(ss) // a closed pool: the goroutine path retries or tells
@@ -68,9 +68,8 @@ func (p *parker) startTx(ss *session) {
 		// Queued: the session shows as waiting until its server comes.
 		// One served at once goes from idle to active (attach), without
 		// the two gauge moves and the stores of a wait of no length.
-		ss.setState(stateWaiting)
+		ss.setPhase(core.PhaseWaiting)
 		ss.waitingSince.Store(lc.waitStart)
-		lc.queued = true
 		return
 	}
 	p.gotServer(ss, lease, nil)
@@ -79,8 +78,10 @@ func (p *parker) startTx(ss *session) {
 // gotServer goes on with a server (or the error) the session waited for.
 func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err error) {
 	lc := ss.lc
-	queued := lc.queued
-	lc.queued = false
+	queued := ss.getPhase() == core.PhaseWaiting
+	if queued {
+		ss.setPhase(core.PhaseGranted) // out of the pool's queue
+	}
 	if err != nil {
 		if !errors.Is(err, pool.ErrClosed) {
 			lc.endErr = ss.acquireError(err)
@@ -163,7 +164,7 @@ func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
 		return
 	}
 	lc.sync = lease
-	lc.phase = phaseSyncing
+	ss.setPhase(core.PhaseGranted)
 	if !p.watchServer(ss, sc) {
 		p.ejectServed(ss) // its goroutine reads the answer (finishSync)
 	}
@@ -236,7 +237,7 @@ func (ss *session) finishSync() {
 // does message by message, and waits for the answer.
 func (p *parker) send(ss *session, sc *serverConn) {
 	lc := ss.lc
-	lc.phase = phaseActive // the server is the session's: an eject keeps it
+	ss.setPhase(core.PhaseActive) // the server is the session's: an eject keeps it
 	ss.writer().Reset(&lc.out)
 	if lc.batch.Mapped {
 		p.sendMapped(ss, sc)
@@ -390,12 +391,12 @@ func (p *parker) forgetServer(token uint64) {
 // said the server hung up or failed.
 func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 	lc := ss.lc
-	if lc.phase == phaseSyncing {
+	switch ph := ss.getPhase(); {
+	case ph == core.PhaseGranted:
 		p.syncAnswered(ss, sc, hup)
 		return
-	}
-	if lc.phase != phaseActive {
-		if hup && lc.phase == phaseIdle {
+	case ph != core.PhaseActive:
+		if hup && ph == core.PhaseInTx {
 			// The server of a transaction left open has gone while
 			// its client is idle (killed, or idle_in_transaction_
 			// session_timeout): the client is told now, as PgBouncer
@@ -436,7 +437,7 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 func (p *parker) fill(sc *serverConn, hup bool) (more bool, err error) {
 	n, free, err := p.read(sc.sys, &sc.rd)
 	switch {
-	case err == errWouldBlock:
+	case err == rawio.ErrWouldBlock:
 		return false, nil
 	case err != nil:
 		return false, err
@@ -469,7 +470,6 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 		}
 		switch ss.relayMessage(sc, ss.Mapping && !lc.plain) {
 		case stepReleased:
-			lc.phase = phaseIdle
 			ss.rd.Release() // the transaction is over (see send)
 			if len(lc.spill) > 0 || ss.bw != nil {
 				p.eject(ss)
@@ -488,8 +488,8 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 		if typ == 'Z' && ss.Acct.Owed() == 0 {
 			// The server is kept (a transaction left open): wait for
 			// the client's next query with it, still watching the
-			// server, whose hang-up meanwhile ends the session.
-			lc.phase = phaseIdle
+			// server, whose hang-up meanwhile ends the session
+			// (core.PhaseInTx, as readyLocked set it).
 			if ss.bw.Flush(); len(lc.spill) > 0 || !p.watchServer(ss, sc) {
 				p.eject(ss)
 				return false

@@ -3,6 +3,8 @@ package proxy
 import (
 	"runtime/debug"
 	"time"
+
+	"github.com/pgmux/pgmux/core"
 )
 
 // Idle clients are parked: a client connection in transaction mode that has
@@ -45,13 +47,13 @@ func (s *Server) sweep() {
 		limit := s.options().QueryTimeout
 		s.mu.Lock()
 		for ss := range s.sessions {
-			switch clientState(ss.state.Load()) {
-			case stateActive:
+			switch ss.getPhase() {
+			case core.PhaseActive:
 				if limit > 0 {
 					active = append(active, ss)
 				}
 				continue
-			case stateIdle:
+			case core.PhaseIdle:
 			default:
 				continue
 			}

@@ -117,7 +117,7 @@ func TestParkRequestWhileQueued(t *testing.T) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		for ss := range p.sessions {
-			if clientState(ss.state.Load()) == stateWaiting {
+			if ss.getPhase() == core.PhaseWaiting {
 				queued = ss
 				return true
 			}

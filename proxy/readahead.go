@@ -6,7 +6,9 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/rawio"
 )
 
 // At a wake-up with more than one socket to read, the loop makes the reads
@@ -21,11 +23,11 @@ import (
 
 // readAhead is one read made ahead.
 type readAhead struct {
-	s    *sysConn
+	s    *rawio.Conn
 	rd   *protocol.Reader
 	buf  []byte // the reader's free space the read went into
 	free int
-	res  int32 // the count read, or -errno; resUnknown if not made
+	res  int32 // the count read, or -errno; rawio.ResUnknown if not made
 	// taken: its handler took the result (read), or it was given up
 	// (settleAhead). Only an entry not taken still marks its socket: a
 	// server's socket, once its result is taken, may pass to another
@@ -51,11 +53,11 @@ func (p *parker) readAhead(evs []syscall.EpollEvent) {
 			// serverReady reads it (fill) if the loop relays its answer
 			// or waits for its settings.
 			if sc := s.sc; sc != nil && sc.loopOwner != nil {
-				if ph := sc.loopOwner.lc.phase; ph == phaseActive || ph == phaseSyncing {
+				if ph := sc.loopOwner.getPhase(); ph == core.PhaseActive || ph == core.PhaseGranted {
 					p.addAhead(sc.sys, &sc.rd)
 				}
 			}
-		case loop && s.ss != nil && s.ss.lc.phase == phaseIdle:
+		case loop && s.ss != nil && s.ss.getPhase().AwaitsClient():
 			p.addAhead(s.ss.lc.cs, s.ss.rd) // clientReady reads it
 		}
 	}
@@ -68,15 +70,15 @@ func (p *parker) readAhead(evs []syscall.EpollEvent) {
 	p.mu.Unlock()
 	ops := p.sendq.ops[:0]
 	for _, a := range p.ahead {
-		ops = append(ops, ringOp{addr: unsafe.Pointer(&a.buf[0]), fd: int32(a.s.fd), n: uint32(len(a.buf)), op: ioOpRecv, res: resUnknown})
+		ops = append(ops, rawio.RecvOp(a.s.Fd(), a.buf))
 	}
-	ring.do(ops, true)
+	ring.Do(ops, true)
 	for i := range ops {
 		a := &p.ahead[i]
-		a.res = ops[i].res
-		ops[i] = ringOp{}
-		if a.res == resUnknown {
-			a.s.ahead, a.taken = 0, true // not made: the handler reads itself
+		a.res = ops[i].Res
+		ops[i] = rawio.Op{}
+		if a.res == rawio.ResUnknown {
+			a.s.Ahead, a.taken = 0, true // not made: the handler reads itself
 			continue
 		}
 		if a.res > 0 {
@@ -91,45 +93,41 @@ func (p *parker) readAhead(evs []syscall.EpollEvent) {
 
 // addAhead notes a read of s into rd's free space, unless rd is full (the
 // handler's read says so) or s has one already.
-func (p *parker) addAhead(s *sysConn, rd *protocol.Reader) {
-	if s == nil || s.ahead != 0 {
+func (p *parker) addAhead(s *rawio.Conn, rd *protocol.Reader) {
+	if s == nil || s.Ahead != 0 {
 		return
 	}
 	buf := rd.Free()
 	if len(buf) == 0 {
 		return
 	}
-	p.ahead = append(p.ahead, readAhead{s: s, rd: rd, buf: buf, free: len(buf), res: resUnknown})
-	s.ahead = int32(len(p.ahead))
+	p.ahead = append(p.ahead, readAhead{s: s, rd: rd, buf: buf, free: len(buf), res: rawio.ResUnknown})
+	s.Ahead = int32(len(p.ahead))
 }
 
 // read fills rd from s for a handler of the loop: with the read made ahead
 // for s at this wake-up if there was one, else with a read now. It returns
 // what FillFrom(s.TryRead) would have, n bytes now in rd or the error, and
 // free, the space rd had: a read that filled it may have left more.
-func (p *parker) read(s *sysConn, rd *protocol.Reader) (n, free int, err error) {
-	if s.ahead == 0 {
+func (p *parker) read(s *rawio.Conn, rd *protocol.Reader) (n, free int, err error) {
+	if s.Ahead == 0 {
 		free = rd.Size() - rd.Buffered()
 		n, err = rd.FillFrom(s.TryRead)
 		return n, free, err
 	}
-	a := &p.ahead[s.ahead-1]
-	s.ahead, a.taken = 0, true
-	if a.res >= 0 {
-		n, err = readResult(int(a.res), 0)
-	} else {
-		n, err = readResult(0, syscall.Errno(-a.res)) // EAGAIN: errWouldBlock
-	}
+	a := &p.ahead[s.Ahead-1]
+	s.Ahead, a.taken = 0, true
+	n, err = rawio.Result(a.res)
 	return n, a.free, err
 }
 
 // settleAhead gives up s's read ahead, if it has one: what it read is in
 // its reader already. The loop calls it before a socket it read ahead may
 // leave the loop otherwise than through read (an eject).
-func (p *parker) settleAhead(s *sysConn) {
-	if s != nil && s.ahead != 0 {
-		p.ahead[s.ahead-1].taken = true
-		s.ahead = 0
+func (p *parker) settleAhead(s *rawio.Conn) {
+	if s != nil && s.Ahead != 0 {
+		p.ahead[s.Ahead-1].taken = true
+		s.Ahead = 0
 	}
 }
 
@@ -137,7 +135,7 @@ func (p *parker) settleAhead(s *sysConn) {
 func (p *parker) dropAhead() {
 	for i := range p.ahead {
 		if !p.ahead[i].taken {
-			p.ahead[i].s.ahead = 0
+			p.ahead[i].s.Ahead = 0
 		}
 		p.ahead[i] = readAhead{}
 	}

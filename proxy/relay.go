@@ -266,6 +266,7 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.mu.Lock()
 	}
 	sc := ss.lease.Conn()
+	ss.setPhase(core.PhaseActive)
 	endsSegment := ss.noteSentLocked(typ, n, unnamedParse, mapped)
 	ss.writing = true
 	ss.armDeadlineLocked()
@@ -509,6 +510,9 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		notes = ss.takeNotificationsLocked() // between transactions, as PostgreSQL sends them
 	}
 	if !release {
+		if ss.Acct.Owed() == 0 {
+			ss.setPhase(core.PhaseInTx)
+		}
 		ss.armDeadlineLocked()
 		ss.mu.Unlock()
 		if len(notes) > 0 {
@@ -526,8 +530,8 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	if ss.lis != nil && ss.lis.err != nil {
 		ss.wakeForNotifyLocked() // the session goroutine ends the session with it
 	}
+	ss.setPhase(core.PhaseIdle)
 	ss.mu.Unlock()
-	ss.setState(stateIdle)
 
 	if len(notes) > 0 {
 		ss.bw.Write(notes)

@@ -4,13 +4,14 @@ package proxy
 
 import (
 	"syscall"
-	"unsafe"
 
 	"go.uber.org/zap"
+
+	"github.com/pgmux/pgmux/rawio"
 )
 
 // sendQueue holds the relay loop's sends of one turn until its end, and
-// then makes them together: with io_uring (ioRing) one system call for
+// then makes them together: with io_uring (rawio.Ring) one system call for
 // all of them, else one sendto each. The bytes are copied in, so the
 // buffers they came from are free at once; the results come back at the
 // flush, where a socket that did not take all (a client that reads slowly)
@@ -21,17 +22,17 @@ import (
 // socket or close it: the loop flushes at the end of each turn, and before
 // it hands a session to a goroutine (ejectTo) or closes a client (goodbye).
 type sendQueue struct {
-	ring *ioRing // nil: io_uring unusable here
+	ring *rawio.Ring // nil: io_uring unusable here
 	buf  []byte
 	ents []queuedSend
-	ops  []ringOp // the ring's, for ents or for readAhead
+	ops  []rawio.Op // the ring's, for ents or for readAhead
 }
 
 // queuedSend is one socket's bytes in a sendQueue.
 type queuedSend struct {
 	w      *loopWriter
 	fd     int32
-	res    int32 // what the socket took, or -errno; resUnknown before the flush
+	res    int32 // what the socket took, or -errno; rawio.ResUnknown before the flush
 	off, n int
 }
 
@@ -42,13 +43,13 @@ const sendQueueBytes = 64 << 10
 // newSendQueue makes the loop's queue, with a ring if uring and the kernel
 // allow; log says which.
 func newSendQueue(uring bool, log *zap.Logger) sendQueue {
-	q := sendQueue{buf: make([]byte, 0, sendQueueBytes), ents: make([]queuedSend, 0, ringEntries)}
+	q := sendQueue{buf: make([]byte, 0, sendQueueBytes), ents: make([]queuedSend, 0, rawio.RingEntries)}
 	if !uring {
 		log.Info("relay loop reads and sends one system call each (io_uring off)")
 		return q
 	}
 	var err error
-	if q.ring, err = newIORing(); err != nil {
+	if q.ring, err = rawio.NewRing(); err != nil {
 		log.Info("relay loop reads and sends one system call each: io_uring unusable here", zap.Error(err))
 	} else {
 		log.Info("relay loop batches its reads and sends through io_uring")
@@ -58,7 +59,7 @@ func newSendQueue(uring bool, log *zap.Logger) sendQueue {
 
 func (q *sendQueue) close() {
 	if q.ring != nil {
-		q.ring.close()
+		q.ring.Close()
 		q.ring = nil
 	}
 }
@@ -82,13 +83,13 @@ func (p *parker) queueSend(w *loopWriter, b []byte) (int, error) {
 	}
 	if len(b) > cap(q.buf) {
 		n, err := w.sock.TryWrite(b)
-		if err == errWouldBlock {
+		if err == rawio.ErrWouldBlock {
 			*w.spill = append(*w.spill, b[n:]...)
 			return len(b), nil
 		}
 		return n, err
 	}
-	q.ents = append(q.ents, queuedSend{w: w, fd: int32(w.sock.fd), res: resUnknown, off: len(q.buf), n: len(b)})
+	q.ents = append(q.ents, queuedSend{w: w, fd: w.sock.Fd(), res: rawio.ResUnknown, off: len(q.buf), n: len(b)})
 	q.buf = append(q.buf, b...)
 	w.at = int32(len(q.ents))
 	return len(b), nil
@@ -106,25 +107,20 @@ func (p *parker) flushSends() {
 	if q.ring != nil && len(q.ents) > 1 {
 		ops := q.ops[:0]
 		for _, e := range q.ents {
-			ops = append(ops, ringOp{addr: unsafe.Pointer(&q.buf[e.off]), fd: e.fd, n: uint32(e.n), op: ioOpSend, res: resUnknown})
+			ops = append(ops, rawio.SendOp(e.fd, q.buf[e.off:e.off+e.n]))
 		}
-		q.ring.do(ops, true) // on an error, what it did not send goes below
+		q.ring.Do(ops, true) // on an error, what it did not send goes below
 		for i := range ops {
-			q.ents[i].res = ops[i].res
-			ops[i] = ringOp{}
+			q.ents[i].res = ops[i].Res
+			ops[i] = rawio.Op{}
 		}
 		q.ops = ops[:0]
 	}
 	for i := range q.ents {
 		e := &q.ents[i]
 		b := q.buf[e.off : e.off+e.n]
-		if e.res == resUnknown {
-			o := sysOp{p: b}
-			o.write(uintptr(e.fd))
-			e.res = int32(o.n)
-			if o.errno != 0 && o.n == 0 {
-				e.res = -int32(o.errno)
-			}
+		if e.res == rawio.ResUnknown {
+			e.res = rawio.Send(e.fd, b)
 		}
 		e.w.at = 0
 		if int(e.res) != e.n {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/pgmux/pgmux/rawio"
 )
 
 // TestSendQueue: the loop's queued sends reach each socket whole and in the
@@ -41,7 +43,7 @@ func testSendQueue(t *testing.T, uring bool) {
 		if server {
 			spill = &ss.lc.toServer
 		}
-		return &loopWriter{ss: ss, sock: newSysConn(c).(*sysConn), spill: spill, server: server}
+		return &loopWriter{ss: ss, sock: rawio.New(c).(*rawio.Conn), spill: spill, server: server}
 	}
 	wf, wl, wg := writer(fast, false), writer(full, false), writer(gone, true)
 	pattern := make([]byte, 100<<10)

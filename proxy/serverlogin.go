@@ -20,6 +20,7 @@ import (
 	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/rawio"
 	"github.com/pgmux/pgmux/tlsconf"
 )
 
@@ -88,7 +89,7 @@ func loginServer(ctx context.Context, db *Database, user string, cred serverCred
 		}
 		conn = tconn
 	}
-	sock := newSysConn(conn)
+	sock := rawio.New(conn)
 	sc := &serverConn{
 		conn:    conn,
 		fd:      -1,
@@ -134,7 +135,7 @@ func loginServer(ctx context.Context, db *Database, user string, cred serverCred
 		case 'Z':
 			conn.SetDeadline(time.Time{})
 			sc.Server = core.Server{TxStatus: 'I', Settings: core.NewServerSettings(params)}
-			sc.sys, sc.fd = rawSocket(sock)
+			sc.sys, sc.fd = rawio.Of(sock)
 			ok = true
 			return sc, nil
 		}

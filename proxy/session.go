@@ -16,6 +16,7 @@ import (
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/protocol"
+	"github.com/pgmux/pgmux/rawio"
 	"github.com/pgmux/pgmux/stats"
 )
 
@@ -46,7 +47,7 @@ type session struct {
 	loop      *parker // the event loop the session was given at accept
 	id        uint64
 	conn      net.Conn
-	sock      io.ReadWriter // conn's reads and writes (see sysConn)
+	sock      io.ReadWriter // conn's reads and writes (see rawio.Conn)
 	rd        *protocol.Reader
 	bw        *bufio.Writer // to the client, from writerPool; owned by relayServer while it runs
 	counted   bool          // past its startup packet: counted in loggedIn, not prelogin
@@ -102,8 +103,9 @@ type session struct {
 	inLoop    atomic.Bool   // the session is in the loop (see loop.go)
 	lc        *loopState    // made when it first enters the loop; the loop's while it is there
 
-	// For reports: the state, and timing of what is under way.
-	state        atomic.Int32           // a clientState
+	// Where the session is (core.Phase), for the drivers and reports; and
+	// timing of what is under way.
+	phase        atomic.Int32
 	waitingSince atomic.Int64           // unix nanoseconds; 0 when not waiting
 	statsPool    atomic.Pointer[dbPool] // pool, for reports read from other goroutines
 	appName      string
@@ -115,19 +117,6 @@ type session struct {
 	bytesOut     int64                    // relayServer's: relayed to the client, not yet counted
 	hdr          [protocol.HeaderLen]byte // relayServer's scratch for a header
 }
-
-// clientState is what a client is doing, for reports.
-type clientState int32
-
-const (
-	stateLogin clientState = iota
-	stateIdle
-	stateWaiting
-	stateActive
-	stateClosed
-)
-
-var stateNames = [...]string{"login", "idle", "waiting", "active", "closed"}
 
 // now is the time the session's statistics read, in Unix nanoseconds: in
 // the relay loop the time of the loop's wake-up, which every event that
@@ -155,19 +144,26 @@ func (ss *session) poolNow() time.Duration {
 	return pool.Now()
 }
 
-// setState moves the session to next and the pool's client gauges with it.
-func (ss *session) setState(next clientState) {
-	prev := clientState(ss.state.Swap(int32(next)))
-	if next == stateActive {
-		ss.activity.Add(1) // seen by the parking sweep
-	}
-	if prev == next || ss.pool == nil {
+// getPhase is where the session is.
+func (ss *session) getPhase() core.Phase { return core.Phase(ss.phase.Load()) }
+
+// setPhase moves the session to next, and the pool's client gauges with it
+// when what reports show changes.
+func (ss *session) setPhase(next core.Phase) {
+	if ss.getPhase() == next {
 		return
 	}
-	if c := ss.pool.clientGauge(prev); c != nil {
+	prev := core.Phase(ss.phase.Swap(int32(next)))
+	if next == core.PhaseActive {
+		ss.activity.Add(1) // seen by the parking sweep
+	}
+	if prev.Report() == next.Report() || ss.pool == nil {
+		return
+	}
+	if c := ss.pool.clientGauge(prev.Report()); c != nil {
 		c.Add(-1)
 	}
-	if c := ss.pool.clientGauge(next); c != nil {
+	if c := ss.pool.clientGauge(next.Report()); c != nil {
 		c.Add(1)
 	}
 }
@@ -175,12 +171,12 @@ func (ss *session) setState(next clientState) {
 // snapshot reports the session.
 func (ss *session) snapshot() stats.Client {
 	c := stats.Client{ID: ss.id, Addr: ss.conn.RemoteAddr().String(), LocalAddr: ss.conn.LocalAddr().String(), ConnectTime: ss.start,
-		State: stateNames[ss.state.Load()], TLS: tlsInfo(ss.conn)}
-	_, c.FD = rawSocket(ss.sock)
+		State: ss.getPhase().Report().String(), TLS: tlsInfo(ss.conn)}
+	_, c.FD = rawio.Of(ss.sock)
 	if t := ss.waitingSince.Load(); t != 0 {
 		c.WaitingSince = time.Unix(0, t)
 	}
-	if ss.state.Load() != int32(stateLogin) {
+	if ss.getPhase() != core.PhaseLogin {
 		c.Database, c.User, c.ApplicationName = ss.dbName, ss.user, ss.appName
 	}
 	ss.mu.Lock()
@@ -197,7 +193,7 @@ func (ss *session) snapshot() stats.Client {
 }
 
 func newSession(srv *Server, c net.Conn) *session {
-	sock := newSysConn(c)
+	sock := rawio.New(c)
 	ss := &session{
 		srv:   srv,
 		conn:  c,
@@ -401,7 +397,6 @@ func (ss *session) bind() error {
 	adm := ss.Admit(ss.paused())
 	if adm == core.Cancelled { // while the loop queued it
 		ss.mu.Unlock()
-		ss.setState(stateIdle)
 		return errCancelledWait
 	}
 	ctx, stop := context.WithCancel(ss.ctx) // stopped by a cancel (holdForCancel)
@@ -411,7 +406,7 @@ func (ss *session) bind() error {
 	if prev := ss.readerDone; prev != nil {
 		<-prev // the last relayServer may still be flushing to the client
 	}
-	ss.setState(stateWaiting)
+	ss.setPhase(core.PhaseWaiting)
 	var lease *pool.Lease[*serverConn]
 	var err error
 	if adm == core.AwaitResume {
@@ -430,7 +425,7 @@ func (ss *session) bind() error {
 	}
 	ss.mu.Unlock()
 	if err != nil {
-		ss.setState(stateIdle)
+		ss.setPhase(core.PhaseIdle)
 		if ss.ctx.Err() != nil {
 			return errQuiet
 		}
@@ -447,10 +442,12 @@ func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn],
 	ss.waitingSince.Store(start.UnixNano())
 	defer ss.waitingSince.Store(0)
 	for attempt := 0; ; attempt++ {
+		ss.setPhase(core.PhaseWaiting)
 		lease, g, err := ss.acquireLease(ctx, start)
 		if err != nil {
 			return nil, err
 		}
+		ss.setPhase(core.PhaseGranted)
 		if attempt == 0 {
 			ss.waited(start.UnixNano(), time.Now().UnixNano())
 		}
@@ -488,7 +485,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.PS.Attach()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
-	ss.setState(stateActive)
+	ss.setPhase(core.PhaseActive)
 }
 
 // holdForCancel does what a CancelRequest for the session does
@@ -569,7 +566,7 @@ func (ss *session) expireQuery(now int64, limit time.Duration) {
 		return
 	}
 	if sc.sys != nil {
-		sc.sys.shutdown()
+		sc.sys.Shutdown()
 	} else {
 		sc.conn.SetReadDeadline(pastDeadline) // a TLS server: its reader wakes to a timeout
 	}
@@ -606,10 +603,10 @@ func (ss *session) kill() {
 // reads see EOF and its writes fail. The descriptor itself is closed only
 // when the session ends (serveAndClose), so that the relay loop never reads
 // or writes a number the kernel has since given to another connection (see
-// sysConn), nor takes a newcomer's out of its epoll set.
+// rawio.Conn), nor takes a newcomer's out of its epoll set.
 func (ss *session) hangUp() {
-	if s, ok := ss.sock.(interface{ shutdown() }); ok {
-		s.shutdown()
+	if s, _ := rawio.Of(ss.sock); s != nil {
+		s.Shutdown()
 		return
 	}
 	ss.conn.Close()

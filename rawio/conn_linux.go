@@ -1,6 +1,6 @@
 //go:build linux
 
-package proxy
+package rawio
 
 import (
 	"io"
@@ -11,43 +11,43 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sysConn reads and writes a socket with raw system calls on its
+// Conn reads and writes a socket with raw system calls on its
 // non-blocking descriptor, waiting for readiness through Go's poller as
 // net.Conn does. The difference is that the runtime is not told of the
 // calls: a write that wakes PostgreSQL or a client on this core, and is
 // preempted by it before returning, no longer looks like a blocked system
 // call, so the scheduler does not hand the goroutines to a second thread
 // meanwhile. Pinned to one core that hand-off, and the thread switches it
-// brings, cost more than the relay itself (see
-// docs/relay.md). Deadlines and Close act on it as on the net.Conn.
+// brings, cost more than the relay itself (see docs/relay.md). Deadlines
+// and Close act on it as on the net.Conn.
 //
-// TryRead and TryWrite, the relay loop's, go further: they call the kernel
+// TryRead and TryWrite, an event loop's, go further: they call the kernel
 // on the descriptor's number itself, without the net.Conn's reference count
 // and poller reset around every call. That is safe only while the
 // descriptor cannot be closed under them, and its number given to another
-// connection: a session's client socket is closed only by whoever ends the
-// session, its goroutine or the loop (see goodbye), never while the loop
-// may still read it (others call shutdown), and a server's only by its
-// lease's holder.
-type sysConn struct {
+// connection; the caller sees to that (the proxy closes a client socket
+// only where its session ends, and others call Shutdown).
+type Conn struct {
 	raw syscall.RawConn
 	fd  uintptr
 	// A reader and a writer may run at once: each has its own state.
-	rd, wr sysOp
-	ahead  int32 // the loop's read ahead of this socket, plus one (see readAhead)
+	rd, wr op
+	// Ahead is the event loop's mark on the socket (its read made ahead
+	// at a wake-up, plus one); rawio does not touch it.
+	Ahead int32
 }
 
-// sysOp is one direction's call in progress.
-type sysOp struct {
+// op is one direction's call in progress.
+type op struct {
 	p     []byte
 	n     int
 	errno syscall.Errno
 	fn    func(fd uintptr) bool // the method value, made once
 }
 
-// newSysConn returns c's sysConn, or c itself when c has no descriptor
-// (TLS, a pipe in a test).
-func newSysConn(c net.Conn) io.ReadWriter {
+// New returns c's Conn, or c itself when c has no descriptor (TLS, a pipe
+// in a test).
+func New(c net.Conn) io.ReadWriter {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c
@@ -56,7 +56,7 @@ func newSysConn(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	s := &sysConn{raw: raw}
+	s := &Conn{raw: raw}
 	if raw.Control(func(fd uintptr) { s.fd = fd }) != nil {
 		return c
 	}
@@ -64,10 +64,10 @@ func newSysConn(c net.Conn) io.ReadWriter {
 	return s
 }
 
-// rawSocket returns sock's sysConn and descriptor for the loop, or nil and -1
-// when sock has none.
-func rawSocket(sock io.ReadWriter) (*sysConn, int) {
-	s, ok := sock.(*sysConn)
+// Of returns sock's Conn and descriptor, or nil and -1 when sock is not a
+// Conn.
+func Of(sock io.ReadWriter) (*Conn, int) {
+	s, ok := sock.(*Conn)
 	if !ok {
 		return nil, -1
 	}
@@ -76,14 +76,20 @@ func rawSocket(sock io.ReadWriter) (*sysConn, int) {
 	return s, fd
 }
 
-// shutdown ends the connection both ways without closing its descriptor:
+// Fd is the socket's descriptor, for an epoll set or a ring's Op.
+func (s *Conn) Fd() int32 { return int32(s.fd) }
+
+// Control runs fn with the descriptor held open (syscall.RawConn.Control).
+func (s *Conn) Control(fn func(fd uintptr)) error { return s.raw.Control(fn) }
+
+// Shutdown ends the connection both ways without closing its descriptor:
 // whoever waits to read or write it wakes to EOF or an error, and its owner
-// closes it (see sysConn).
-func (s *sysConn) shutdown() {
+// closes it (see Conn).
+func (s *Conn) Shutdown() {
 	s.raw.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 }
 
-func (o *sysOp) read(fd uintptr) bool {
+func (o *op) read(fd uintptr) bool {
 	for {
 		// recvfrom and sendto rather than read and write: on a socket they
 		// skip the file layer's work (position lock, access checks), about
@@ -100,7 +106,7 @@ func (o *sysOp) read(fd uintptr) bool {
 	}
 }
 
-func (o *sysOp) write(fd uintptr) bool {
+func (o *op) write(fd uintptr) bool {
 	for o.n < len(o.p) {
 		rest := o.p[o.n:]
 		// MSG_NOSIGNAL: a peer gone is an EPIPE error, not a SIGPIPE.
@@ -119,7 +125,7 @@ func (o *sysOp) write(fd uintptr) bool {
 	return true
 }
 
-func (s *sysConn) Read(p []byte) (int, error) {
+func (s *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -134,10 +140,10 @@ func (s *sysConn) Read(p []byte) (int, error) {
 }
 
 // TryRead is Read that does not wait: with nothing to read it returns
-// errWouldBlock. It is for the relay loop, which waits on the descriptor
-// itself, and calls the kernel directly (see sysConn for when that is safe).
-func (s *sysConn) TryRead(p []byte) (int, error) {
-	o := sysOp{p: p, errno: syscall.EAGAIN} // read leaves errno as it is on EAGAIN
+// ErrWouldBlock. It is for an event loop, which waits on the descriptor
+// itself, and calls the kernel directly (see Conn for when that is safe).
+func (s *Conn) TryRead(p []byte) (int, error) {
+	o := op{p: p, errno: syscall.EAGAIN} // read leaves errno as it is on EAGAIN
 	o.read(s.fd)
 	return readResult(o.n, o.errno)
 }
@@ -145,7 +151,7 @@ func (s *sysConn) TryRead(p []byte) (int, error) {
 func readResult(n int, errno syscall.Errno) (int, error) {
 	switch {
 	case errno == syscall.EAGAIN: // only TryRead's call returns with it
-		return 0, errWouldBlock
+		return 0, ErrWouldBlock
 	case errno != 0:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errno}
 	case n == 0:
@@ -154,7 +160,7 @@ func readResult(n int, errno syscall.Errno) (int, error) {
 	return n, nil
 }
 
-func (s *sysConn) Write(p []byte) (int, error) {
+func (s *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -169,12 +175,12 @@ func (s *sysConn) Write(p []byte) (int, error) {
 }
 
 // TryWrite is Write that does not wait: it writes what the socket takes now
-// and returns errWouldBlock if that is not all of p. Like TryRead it is the
-// relay loop's, and calls the kernel directly.
-func (s *sysConn) TryWrite(p []byte) (int, error) {
-	o := sysOp{p: p}
+// and returns ErrWouldBlock if that is not all of p. Like TryRead it is an
+// event loop's, and calls the kernel directly.
+func (s *Conn) TryWrite(p []byte) (int, error) {
+	o := op{p: p}
 	if !o.write(s.fd) {
-		return o.n, errWouldBlock
+		return o.n, ErrWouldBlock
 	}
 	return o.n, writeError(o.errno)
 }
@@ -186,8 +192,28 @@ func writeError(errno syscall.Errno) error {
 	return nil
 }
 
-// errWouldBlock is TryRead's and TryWrite's "not now".
-var errWouldBlock = syscall.EAGAIN
+// ErrWouldBlock is TryRead's and TryWrite's "not now".
+var ErrWouldBlock error = syscall.EAGAIN
+
+// Send writes b to descriptor fd as TryWrite does, and returns what a
+// ring's Op would: the count sent, or -errno when nothing was.
+func Send(fd int32, b []byte) int32 {
+	o := op{p: b}
+	o.write(uintptr(fd))
+	if o.errno != 0 && o.n == 0 {
+		return -int32(o.errno)
+	}
+	return int32(o.n)
+}
+
+// Result turns a read's Res (a count, or -errno) into what TryRead would
+// have returned.
+func Result(res int32) (int, error) {
+	if res >= 0 {
+		return readResult(int(res), 0)
+	}
+	return readResult(0, syscall.Errno(-res))
+}
 
 // bufPtr is the address of b's first byte, for a raw system call.
 func bufPtr(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package proxy
+package rawio
 
 import (
 	"errors"
@@ -12,16 +12,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ioRing is an io_uring put to one use: making the relay loop's sends of a
-// turn, and its reads at a wake-up, with one system call each (see
-// sendQueue and readAhead). Each is made with MSG_DONTWAIT, so the kernel
+// Ring is an io_uring put to one use: making an event loop's sends of a
+// turn, and its reads at a wake-up, with one system call each. Each is made with MSG_DONTWAIT, so the kernel
 // makes it at once, inline in the call, and never waits for data or room:
 // what a socket does not take or hold comes back as a short count or EAGAIN,
 // as from sendto and recvfrom. On this kind of machine (a guest whose every
 // system call switches page tables) a turn's ten sends cost 4.2 µs each
 // this way against 6.6 with sendto; one alone costs more (8.9 against 6.7),
 // so a lone send or read is still a system call of its own.
-type ioRing struct {
+type Ring struct {
 	fd             int
 	sqHead, sqTail *uint32
 	cqHead, cqTail *uint32
@@ -82,37 +81,51 @@ const (
 
 var errNoRing = errors.New("io_uring does not make sends and reads at once")
 
-// ringOp is one send or read for an ioRing.
-type ringOp struct {
+// Op is one send or read for a Ring: made with SendOp or RecvOp, its Res set
+// by Ring.Do.
+type Op struct {
 	addr unsafe.Pointer // the bytes to send, or the space to read into
 	fd   int32
 	n    uint32
 	op   uint8
-	res  int32 // the count sent or read, or -errno; resUnknown if not made
+	Res  int32 // the count sent or read, or -errno; ResUnknown if not made
 }
 
-// newIORing sets a ring up and checks that the kernel behaves as the loop
-// needs; anything else (no io_uring, a seccomp filter, an old kernel) is an
-// error, and the loop makes its sends and reads one system call each.
-func newIORing() (*ioRing, error) {
+// SendOp is a send of b to descriptor fd.
+func SendOp(fd int32, b []byte) Op {
+	return Op{addr: unsafe.Pointer(unsafe.SliceData(b)), fd: fd, n: uint32(len(b)), op: ioOpSend, Res: ResUnknown}
+}
+
+// RecvOp is a read from descriptor fd into b.
+func RecvOp(fd int32, b []byte) Op {
+	return Op{addr: unsafe.Pointer(unsafe.SliceData(b)), fd: fd, n: uint32(len(b)), op: ioOpRecv, Res: ResUnknown}
+}
+
+// RingEntries is how many Ops a Ring takes in one call; Do splits more.
+const RingEntries = ringEntries
+
+// NewRing sets a ring up and checks that the kernel behaves as an event
+// loop needs; anything else (no io_uring, a seccomp filter, an old kernel)
+// is an error, and the loop makes its sends and reads one system call each.
+func NewRing() (*Ring, error) {
 	var p ioParams
 	fd, _, e := syscall.Syscall(unix.SYS_IO_URING_SETUP, ringEntries, uintptr(unsafe.Pointer(&p)), 0)
 	if e != 0 {
 		return nil, e
 	}
-	r := &ioRing{fd: int(fd), entries: p.sqEntries}
+	r := &Ring{fd: int(fd), entries: p.sqEntries}
 	if p.features&ioFeatSingleMmap == 0 {
-		r.close()
+		r.Close()
 		return nil, errNoRing
 	}
 	size := max(p.sqOff.array+p.sqEntries*4, p.cqOff.cqes+p.cqEntries*uint32(unsafe.Sizeof(ioCQE{})))
 	var err error
 	if r.rings, err = unix.Mmap(r.fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
-		r.close()
+		r.Close()
 		return nil, err
 	}
 	if r.sqeMem, err = unix.Mmap(r.fd, ioOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(ioSQE{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
-		r.close()
+		r.Close()
 		return nil, err
 	}
 	b := unsafe.Pointer(&r.rings[0])
@@ -129,7 +142,7 @@ func newIORing() (*ioRing, error) {
 		*(*uint32)(unsafe.Add(array, i*4)) = i // submission slot i is SQE i
 	}
 	if err := r.check(); err != nil {
-		r.close()
+		r.Close()
 		return nil, err
 	}
 	return r, nil
@@ -139,7 +152,7 @@ func newIORing() (*ioRing, error) {
 // the kernel must answer EAGAIN at once to both. One that waits instead (a
 // kernel that does not take MSG_DONTWAIT to mean "do not wait" here) would
 // stall the loop behind a client that reads slowly, or reads nothing.
-func (r *ioRing) check() error {
+func (r *Ring) check() error {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -153,22 +166,20 @@ func (r *ioRing) check() error {
 			break
 		}
 	}
-	ops := []ringOp{
-		{addr: unsafe.Pointer(&fill[0]), fd: int32(fds[0]), n: 1, op: ioOpSend, res: resUnknown},
-		{addr: unsafe.Pointer(&fill[1]), fd: int32(fds[0]), n: 1, op: ioOpRecv, res: resUnknown},
-	}
-	if err := r.do(ops, false); err != nil {
+	ops := []Op{SendOp(int32(fds[0]), fill[:1]), RecvOp(int32(fds[0]), fill[1:2])}
+	if err := r.Do(ops, false); err != nil {
 		return err
 	}
 	for _, o := range ops {
-		if o.res != -int32(syscall.EAGAIN) {
+		if o.Res != -int32(syscall.EAGAIN) {
 			return errNoRing
 		}
 	}
 	return nil
 }
 
-func (r *ioRing) close() {
+// Close unmaps and closes the ring.
+func (r *Ring) Close() {
 	if r.sqeMem != nil {
 		unix.Munmap(r.sqeMem)
 	}
@@ -178,15 +189,15 @@ func (r *ioRing) close() {
 	syscall.Close(r.fd)
 }
 
-// resUnknown marks a send or read not made yet.
-const resUnknown = -1 << 31
+// ResUnknown marks a send or read not made yet.
+const ResUnknown = -1 << 31
 
-// do makes ops, and sets each one's res. If wait is false it only submits
+// Do makes ops, and sets each one's Res. If wait is false it only submits
 // and reaps what has completed (check's use). On an error of the ring
-// itself the ops not made keep resUnknown, for the caller to make.
-func (r *ioRing) do(ops []ringOp, wait bool) error {
+// itself the ops not made keep ResUnknown, for the caller to make.
+func (r *Ring) Do(ops []Op, wait bool) error {
 	for len(ops) > int(r.entries) {
-		if err := r.do(ops[:r.entries], wait); err != nil {
+		if err := r.Do(ops[:r.entries], wait); err != nil {
 			return err
 		}
 		ops = ops[r.entries:]
@@ -233,13 +244,13 @@ func (r *ioRing) do(ops []ringOp, wait bool) error {
 }
 
 // reap records the completions the ring holds, and returns how many.
-func (r *ioRing) reap(ops []ringOp) uint32 {
+func (r *Ring) reap(ops []Op) uint32 {
 	head := atomic.LoadUint32(r.cqHead)
 	tail := atomic.LoadUint32(r.cqTail)
 	for h := head; h != tail; h++ {
 		c := (*ioCQE)(unsafe.Add(r.cqes, uintptr(h&r.cqMask)*unsafe.Sizeof(ioCQE{})))
 		if i := c.userData; i < uint64(len(ops)) {
-			ops[i].res = c.res
+			ops[i].Res = c.res
 		}
 	}
 	atomic.StoreUint32(r.cqHead, tail)

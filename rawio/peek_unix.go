@@ -1,6 +1,6 @@
 //go:build unix
 
-package proxy
+package rawio
 
 import (
 	"crypto/tls"
@@ -8,20 +8,20 @@ import (
 	"syscall"
 )
 
-// peek looks at c's socket without blocking or consuming (MSG_PEEK|MSG_DONTWAIT).
+// Peek looks at c's socket without blocking or consuming (MSG_PEEK|MSG_DONTWAIT).
 // Under TLS it looks at the socket beneath: a record waiting (an alert, say)
 // counts as data.
-func peek(c net.Conn) peekResult {
+func Peek(c net.Conn) PeekResult {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
 	sys, ok := c.(syscall.Conn)
 	if !ok {
-		return peekEmpty
+		return PeekEmpty
 	}
 	raw, err := sys.SyscallConn()
 	if err != nil {
-		return peekEOF
+		return PeekEOF
 	}
 	var n int
 	var rerr error
@@ -33,11 +33,11 @@ func peek(c net.Conn) peekResult {
 	})
 	switch {
 	case err != nil:
-		return peekEOF
+		return PeekEOF
 	case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK:
-		return peekEmpty
+		return PeekEmpty
 	case rerr == nil && n > 0:
-		return peekData
+		return PeekData
 	}
-	return peekEOF
+	return PeekEOF
 }

@@ -1,10 +1,10 @@
 //go:build !unix
 
-package proxy
+package rawio
 
 import "net"
 
-// peek cannot look at a socket without consuming outside Unix: every
+// Peek cannot look at a socket without consuming outside Unix: every
 // connection passes as quiet, so a server that died while idle fails its
 // next client's first query instead of being replaced before it.
-func peek(net.Conn) peekResult { return peekEmpty }
+func Peek(net.Conn) PeekResult { return PeekEmpty }

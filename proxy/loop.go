@@ -438,7 +438,7 @@ func (p *parker) event(token uint64, events uint32) {
 		}
 		p.mu.Unlock()
 		if owner != nil {
-			p.serverReady(owner, sc, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
+			p.leave(owner, p.serverReady(owner, sc, events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0))
 		} // else not the loop's now: its holder reads it
 		return
 	}
@@ -449,7 +449,7 @@ func (p *parker) event(token uint64, events uint32) {
 	}
 	p.mu.Unlock()
 	if ss != nil { // else ejected since
-		p.clientReady(ss)
+		p.leave(ss, p.clientReady(ss))
 	}
 }
 
@@ -457,7 +457,7 @@ func (p *parker) event(token uint64, events uint32) {
 func (p *parker) handle(m loopMsg) {
 	ss := m.ss
 	if m.wake {
-		p.eject(ss)
+		p.leave(ss, eject)
 		return
 	}
 	lc := ss.lc
@@ -474,20 +474,37 @@ func (p *parker) handle(m loopMsg) {
 		}
 		return
 	}
-	p.gotServer(ss, m.lease, m.err)
+	p.leave(ss, p.gotServer(ss, m.lease, m.err))
 }
 
-// eject takes ss out of the loop and resumes it in a goroutine of its own,
-// which reads the client before the session may enter the loop again.
-func (p *parker) eject(ss *session) { p.ejectTo(ss, true) }
+// exit is how a handler of the loop leaves a session: still in the loop, or
+// handed to a goroutine of its own, where the goroutine path goes on from
+// the message boundary the loop stopped at. The hand-over is made in one
+// place (leave), once the handler has returned: nothing the handler does
+// may follow it, for the goroutine may be running the session already.
+type exit int8
 
-// ejectServed is eject for a session whose request the loop has read whole
-// and found ordinary, ejected only for what the goroutine path does first
-// (bringing a server's settings in line, say): its goroutine may hand it
-// back to the loop once it has served that request, without a read of its
-// own, which is for a client the loop could not read.
-func (p *parker) ejectServed(ss *session) { p.ejectTo(ss, false) }
+const (
+	stay  exit = iota // the loop goes on serving it, or is done with it
+	eject             // for the goroutine path, which reads the client before the session may enter the loop again
+	// ejectServed: the loop has read the request whole and found it
+	// ordinary, and hands it over only for what the goroutine path does
+	// first (bringing a server's settings in line, say): its goroutine
+	// may hand it back to the loop once it has served that request,
+	// without a read of its own.
+	ejectServed
+)
 
+// leave hands ss to a goroutine of its own if e says so.
+func (p *parker) leave(ss *session, e exit) {
+	if e != stay {
+		p.ejectTo(ss, e == eject)
+	}
+}
+
+// ejectTo takes ss out of the loop and resumes it in a goroutine of its
+// own; mustRead: the goroutine reads the client before the session may
+// enter the loop again.
 func (p *parker) ejectTo(ss *session, mustRead bool) {
 	p.mu.Lock()
 	if ss.parkToken == 0 {
@@ -564,21 +581,19 @@ func (ss *session) resumeFromLoop() {
 var errServerCrashed = protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?")
 
 // clientReady is an event on a session's client socket.
-func (p *parker) clientReady(ss *session) {
+func (p *parker) clientReady(ss *session) exit {
 	lc := ss.lc
 	ph := ss.getPhase()
 	if ph == core.PhaseWaiting && peerClosed(ss.conn) {
 		// Gone while queued: its query is not run (as acquireLease does
 		// after a long wait).
 		lc.endErr = errQuiet
-		p.eject(ss)
-		return
+		return eject
 	}
 	if !ph.AwaitsClient() || !ss.srv.options().RelayLoop {
 		// A client speaking out of turn (or hanging up) while its query
 		// is served, or a parked client without the loop: a goroutine's.
-		p.eject(ss)
-		return
+		return eject
 	}
 	n, free, err := p.read(lc.cs, ss.rd)
 	if n == free {
@@ -588,28 +603,25 @@ func (p *parker) clientReady(ss *session) {
 	}
 	switch {
 	case err == rawio.ErrWouldBlock:
-		return
+		return stay
 	case err != nil:
-		p.eject(ss) // EOF, an error, a message larger than the buffer: the goroutine tells
-		return
+		return eject // EOF, an error, a message larger than the buffer: the goroutine tells
 	}
 	if b := ss.rd.BufferedBytes(); len(b) == protocol.HeaderLen && b[0] == 'X' && binary.BigEndian.Uint32(b[1:]) == 4 {
-		p.goodbye(ss)
-		return
+		return p.goodbye(ss)
 	}
-	p.startTx(ss)
+	return p.startTx(ss)
 }
 
 // goodbye ends a session whose client has sent Terminate while idle, as its
 // goroutine would on reading it, but without a goroutine started to do it
 // (one a connection, for clients that connect for each transaction).
-func (p *parker) goodbye(ss *session) {
+func (p *parker) goodbye(ss *session) exit {
 	ss.mu.Lock()
 	held := ss.lease != nil
 	ss.mu.Unlock()
 	if held {
-		p.eject(ss) // a transaction left open: its goroutine settles the server
-		return
+		return eject // a transaction left open: its goroutine settles the server
 	}
 	p.mu.Lock()
 	p.freeLocked(ss.parkToken)
@@ -626,4 +638,5 @@ func (p *parker) goodbye(ss *session) {
 	ss.rd.Discard(protocol.HeaderLen)
 	ss.rd.Release()
 	ss.serveAndClose(errQuiet)
+	return stay
 }

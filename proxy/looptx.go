@@ -22,21 +22,19 @@ import (
 
 // startTx begins the transaction whose first messages the client has sent,
 // if they are ordinary and whole; if they are not whole it waits for more.
-func (p *parker) startTx(ss *session) {
+func (p *parker) startTx(ss *session) exit {
 	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.Mapping, &ss.Session)
 	switch {
 	case res == core.ScanEject, res == core.ScanMore && ss.rd.Buffered() >= ss.rd.Size():
-		p.eject(ss) // the goroutine path's, or larger than the buffer
-		return
+		return eject // the goroutine path's, or larger than the buffer
 	case res == core.ScanMore:
-		return // more is to come before the server can answer
+		return stay // more is to come before the server can answer
 	}
 	ss.lc.batch = batch
 	ss.mu.Lock()
 	if ss.draining || ss.serverDead {
 		ss.mu.Unlock()
-		p.eject(ss)
-		return
+		return eject
 	}
 	if lease := ss.lease; lease != nil {
 		// A transaction left open: its server is still the session's,
@@ -47,22 +45,19 @@ func (p *parker) startTx(ss *session) {
 		if sc == nil {
 			sc = lease.Conn()
 		}
-		p.send(ss, sc)
-		return
+		return p.send(ss, sc)
 	}
 	adm := ss.Admit(ss.paused())
 	from := ss.routeLocked(ss.rd.BufferedBytes())
 	ss.mu.Unlock()
 	if adm != core.Acquire {
-		p.eject(ss) // its goroutine waits for RESUME, or answers a cancel
-		return
+		return eject // its goroutine waits for RESUME, or answers a cancel
 	}
 	lc := ss.lc
 	lc.waitStart = p.now
 	lease, err := from.pool.Load().AcquireAsync(lc.wait, ss.srv.options().QueryWaitTimeout)
 	if err != nil {
-		p.eject(ss) // a closed pool: the goroutine path retries or tells
-		return
+		return eject // a closed pool: the goroutine path retries or tells
 	}
 	if lease == nil {
 		// Queued: the session shows as waiting until its server comes.
@@ -70,13 +65,13 @@ func (p *parker) startTx(ss *session) {
 		// the two gauge moves and the stores of a wait of no length.
 		ss.setPhase(core.PhaseWaiting)
 		ss.waitingSince.Store(lc.waitStart)
-		return
+		return stay
 	}
-	p.gotServer(ss, lease, nil)
+	return p.gotServer(ss, lease, nil)
 }
 
 // gotServer goes on with a server (or the error) the session waited for.
-func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err error) {
+func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err error) exit {
 	lc := ss.lc
 	queued := ss.getPhase() == core.PhaseWaiting
 	if queued {
@@ -86,16 +81,14 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		if !errors.Is(err, pool.ErrClosed) {
 			lc.endErr = ss.acquireError(err)
 		}
-		p.eject(ss)
-		return
+		return eject
 	}
 	ss.mu.Lock()
 	adm := ss.Admit(false)
 	ss.mu.Unlock()
 	if adm == core.Cancelled {
 		releaseLease(lease)
-		p.eject(ss) // its goroutine answers the request as cancelled (bind)
-		return
+		return eject // its goroutine answers the request as cancelled (bind)
 	}
 	sc := lease.Conn()
 	// The looks acquireLease makes, without blocking; none for a hang-up:
@@ -104,23 +97,20 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	g := ss.granted(lease, 0)
 	if g.CheckAlive && !sc.alive() {
 		destroyLease(lease)
-		p.ejectServed(ss) // the goroutine path takes another
-		return
+		return ejectServed // the goroutine path takes another
 	}
 	if g.CheckQuery {
 		// server_check_query, which blocks: the goroutine path runs it,
 		// the server given back with its idle time kept so that it asks.
 		releaseLeaseAt(lease, p.mono-lease.IdleDurationAt(p.mono))
-		p.ejectServed(ss)
-		return
+		return ejectServed
 	}
 	if sc.sys == nil || g.Trim {
 		// Statements to trim: bind's. The loop read the request whole,
 		// so the goroutine may hand the session back as soon as it has
 		// served it.
 		releaseLease(lease)
-		p.ejectServed(ss)
-		return
+		return ejectServed
 	}
 	ss.waited(lc.waitStart, p.now)
 	if queued {
@@ -129,55 +119,52 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 	if g.Sync {
 		// Settings to bring in line: a server dialed since, or last used
 		// by a client with other settings.
-		p.syncServer(ss, lease)
-		return
+		return p.syncServer(ss, lease)
 	}
-	p.bindServer(ss, lease)
+	return p.bindServer(ss, lease)
 }
 
 // bindServer makes lease, a server whose settings are the client's, the
 // session's, and sends it the client's request.
-func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) {
+func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) exit {
 	sc := lease.Conn()
 	sc.leased.Store(true)
 	ss.attach(lease)
-	p.send(ss, sc)
+	return p.send(ss, sc)
 }
 
 // syncServer sends lease's server the query that brings its settings to the
 // session's (Session.Sync), as acquireSynced does, and waits in the loop for
 // the answer (syncAnswered) before it sends the client's request: one round
 // trip, as PgBouncer's, without a goroutine.
-func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) {
+func (p *parker) syncServer(ss *session, lease *pool.Lease[*serverConn]) exit {
 	lc, sc := ss.lc, lease.Conn()
 	msg := ss.Sync.Start(&sc.Server, &ss.Want, p.syncBuf[:0])
 	p.syncBuf = msg[:0]
 	if len(msg) == 0 {
-		p.bindServer(ss, lease)
-		return
+		return p.bindServer(ss, lease)
 	}
 	if n, err := sc.sys.TryWrite(msg); n < len(msg) || err != nil {
 		// A socket that does not take a small query at once (or failed)
 		// holds part of it: the server is no use to anyone.
 		destroyLease(lease)
-		p.ejectServed(ss) // the goroutine path takes another
-		return
+		return ejectServed // the goroutine path takes another
 	}
 	lc.sync = lease
 	ss.setPhase(core.PhaseGranted)
 	if !p.watchServer(ss, sc) {
-		p.ejectServed(ss) // its goroutine reads the answer (finishSync)
+		return ejectServed // its goroutine reads the answer (finishSync)
 	}
+	return stay
 }
 
 // syncAnswered reads the answer to syncServer's query as far as it has
 // come, and at its end goes on as core.SettingsSync.End says.
-func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
+func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) exit {
 	for more := true; more; {
 		var err error
 		if more, err = p.fill(sc, hup); err != nil {
-			p.synced(ss, err)
-			return
+			return p.synced(ss, err)
 		}
 		for sc.rd.Complete() {
 			typ, n, err := sc.rd.Next()
@@ -190,33 +177,32 @@ func (p *parker) syncAnswered(ss *session, sc *serverConn, hup bool) {
 				done, err = ss.Sync.Note(&sc.Server, &ss.Want, typ, body)
 			}
 			if done || err != nil {
-				p.synced(ss, err)
-				return
+				return p.synced(ss, err)
 			}
 		}
 	}
+	return stay
 }
 
 // synced goes on after the answer to syncServer's query, or a failure to
 // read it (err): the client's request goes to the server; a client whose
 // setting the server refused is told so; after a broken server the
 // goroutine path takes another.
-func (p *parker) synced(ss *session, err error) {
+func (p *parker) synced(ss *session, err error) exit {
 	lc := ss.lc
 	lease := lc.sync
 	lc.sync = nil
 	p.unwatchServer(ss)
 	switch ss.Sync.End(&lease.Conn().Server, &ss.Want, err) {
 	case core.SyncDone:
-		p.bindServer(ss, lease)
+		return p.bindServer(ss, lease)
 	case core.SyncRefused:
 		releaseLease(lease)
 		lc.endErr = ss.Sync.Refusal()
-		p.eject(ss)
-	default:
-		destroyLease(lease)
-		p.ejectServed(ss)
+		return eject
 	}
+	destroyLease(lease)
+	return ejectServed
 }
 
 // finishSync reads, in the goroutine the session was ejected to, the rest
@@ -235,13 +221,12 @@ func (ss *session) finishSync() {
 
 // send writes what the client sent to sc, the session's server, as forward
 // does message by message, and waits for the answer.
-func (p *parker) send(ss *session, sc *serverConn) {
+func (p *parker) send(ss *session, sc *serverConn) exit {
 	lc := ss.lc
 	ss.setPhase(core.PhaseActive) // the server is the session's: an eject keeps it
 	ss.writer().Reset(&lc.out)
 	if lc.batch.Mapped {
-		p.sendMapped(ss, sc)
-		return
+		return p.sendMapped(ss, sc)
 	}
 	buf := ss.rd.BufferedBytes()
 	ss.mu.Lock()
@@ -287,27 +272,27 @@ func (p *parker) send(ss *session, sc *serverConn) {
 		ss.mu.Unlock()
 		err = errServerCrashed
 	}
-	p.awaitAnswer(ss, sc, err)
+	return p.awaitAnswer(ss, sc, err)
 }
 
 // awaitAnswer waits in the loop for the answer to what send wrote, or ejects
 // the session: after err (its end), or to write what the server's socket did
 // not take.
-func (p *parker) awaitAnswer(ss *session, sc *serverConn, err error) {
+func (p *parker) awaitAnswer(ss *session, sc *serverConn, err error) exit {
 	if err != nil {
 		ss.lc.endErr = err
-		p.eject(ss)
-		return
+		return eject
 	}
 	if len(ss.lc.toServer) > 0 || !p.watchServer(ss, sc) {
-		p.eject(ss)
+		return eject
 	}
+	return stay
 }
 
 // sendMapped is send for messages that name prepared statements: each goes
 // through forward, as on the goroutine path, into a server writer that does
 // not block.
-func (p *parker) sendMapped(ss *session, sc *serverConn) {
+func (p *parker) sendMapped(ss *session, sc *serverConn) exit {
 	lc := ss.lc
 	lc.srvOut.sock = sc.sys
 	lc.plain = false
@@ -324,7 +309,7 @@ func (p *parker) sendMapped(ss *session, sc *serverConn) {
 		err = errServerCrashed
 	}
 	sc.bw.Reset(sc.sys)
-	p.awaitAnswer(ss, sc, err) // the read buffer kept, as in send
+	return p.awaitAnswer(ss, sc, err) // the read buffer kept, as in send
 }
 
 // watchServer makes the loop relay sc's answers to ss. A server's socket is
@@ -389,12 +374,11 @@ func (p *parker) forgetServer(token uint64) {
 // from the event, not through the lease (three pointers more to follow,
 // each a likely cache miss on a core the backends share). hup: the event
 // said the server hung up or failed.
-func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
+func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) exit {
 	lc := ss.lc
 	switch ph := ss.getPhase(); {
 	case ph == core.PhaseGranted:
-		p.syncAnswered(ss, sc, hup)
-		return
+		return p.syncAnswered(ss, sc, hup)
 	case ph != core.PhaseActive:
 		if hup && ph == core.PhaseInTx {
 			// The server of a transaction left open has gone while
@@ -405,26 +389,23 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) {
 			ss.serverTorn = true
 			ss.mu.Unlock()
 			lc.endErr = errServerCrashed
-			p.eject(ss)
+			return eject
 		}
-		return
+		return stay
 	}
 	for more := true; more; {
 		var err error
 		if more, err = p.fill(sc, hup); err != nil {
-			p.eject(ss) // EOF, an error, a message larger than the buffer: the goroutine path's to tell
-			return
+			return eject // EOF, an error, a message larger than the buffer: the goroutine path's to tell
 		}
-		if !p.relayAnswer(ss, sc) {
-			return
+		if done, e := p.relayAnswer(ss, sc); done {
+			return e
 		}
 		if len(lc.spill) > 0 {
-			break // the client reads slowly: the server is read no faster
+			return eject // the client reads slowly: a goroutine waits for it, the server read no faster
 		}
 	}
-	if len(lc.spill) > 0 {
-		p.eject(ss) // a goroutine waits for the client
-	}
+	return stay
 }
 
 // fill reads what sc's socket holds into sc.rd for the loop, and reports
@@ -460,8 +441,8 @@ func (p *parker) awaitClient(ss *session) {
 }
 
 // relayAnswer relays the whole messages sc.rd holds, and reports whether the
-// loop still relays sc's answer to ss.
-func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
+// loop is done relaying sc's answer to ss, and how the session leaves it.
+func (p *parker) relayAnswer(ss *session, sc *serverConn) (done bool, e exit) {
 	lc := ss.lc
 	for sc.rd.Complete() {
 		typ := sc.rd.BufferedBytes()[0]
@@ -472,18 +453,15 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 		case stepReleased:
 			ss.rd.Release() // the transaction is over (see send)
 			if len(lc.spill) > 0 || ss.bw != nil {
-				p.eject(ss)
-				return false
+				return true, eject
 			}
 			p.awaitClient(ss)
-			return false
+			return true, stay
 		case stepEnded:
-			p.eject(ss)
-			return false
+			return true, eject
 		}
 		if sc.CopyIn {
-			p.eject(ss) // COPY FROM STDIN: the goroutine path's
-			return false
+			return true, eject // COPY FROM STDIN: the goroutine path's
 		}
 		if typ == 'Z' && ss.Acct.Owed() == 0 {
 			// The server is kept (a transaction left open): wait for
@@ -491,16 +469,14 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) bool {
 			// server, whose hang-up meanwhile ends the session
 			// (core.PhaseInTx, as readyLocked set it).
 			if ss.bw.Flush(); len(lc.spill) > 0 || !p.watchServer(ss, sc) {
-				p.eject(ss)
-				return false
+				return true, eject
 			}
 			p.awaitClient(ss)
-			return false
+			return true, stay
 		}
 		if typ == 'Z' && !p.watchServer(ss, sc) {
-			p.eject(ss)
-			return false
+			return true, eject
 		}
 	}
-	return true
+	return false, stay
 }

@@ -155,6 +155,6 @@ func (p *parker) ejectPending() {
 		ss := p.toEject[n-1]
 		p.toEject[n-1] = nil
 		p.toEject = p.toEject[:n-1]
-		p.eject(ss) // nothing if it has left the loop since
+		p.leave(ss, eject) // nothing if it has left the loop since
 	}
 }

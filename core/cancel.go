@@ -31,20 +31,35 @@ func CancelFor(held, waiting bool) CancelAction {
 	return CancelIgnored
 }
 
+// request is where a client's request stands, as far as a cancel goes.
+//
+//	none      --Admit-->    waiting --Attached--> none
+//	waiting   --Cancel-->   cancelled --Admit--> answered --CancelWaiting--> none (Skip drops the rest)
+//	cancelled --Attached--> forward --Forward--> none    (the cancel follows the request to its server)
+type request int8
+
+const (
+	reqNone      request = iota
+	reqWaiting           // admitted, waiting for a server (or RESUME)
+	reqCancelled         // a cancel came while it waited: it is never run
+	reqAnswered          // Admit said Cancelled: CancelWaiting is to answer it
+	reqForward           // a cancel came as its wait ended: forwarded once the request reaches the server
+)
+
 // Cancel does a CancelRequest for the session, which holds a server or
 // not (held), and returns what it does (CancelFor); a waiting request is
 // marked cancelled (Admit).
 func (s *Session) Cancel(held bool) CancelAction {
-	a := CancelFor(held, s.waiting)
+	a := CancelFor(held, s.Waiting())
 	if a == CancelWaiting {
-		s.cancelled = true
+		s.req = reqCancelled
 	}
 	return a
 }
 
 // Waiting reports whether a request of the client's waits for a server:
 // admitted (Admit) and not yet Attached.
-func (s *Session) Waiting() bool { return s.waiting }
+func (s *Session) Waiting() bool { return s.req == reqWaiting || s.req == reqCancelled }
 
 // Admission is what becomes of a client's request that needs a server.
 type Admission int8
@@ -60,24 +75,35 @@ const (
 // under way holds its server and is not asked: it goes on through a pause.
 func (s *Session) Admit(paused bool) Admission {
 	switch {
-	case s.cancelled:
-		s.waiting = false
+	case s.req == reqCancelled, s.req == reqAnswered:
+		s.req = reqAnswered
 		return Cancelled
 	case paused:
-		s.waiting = true
+		s.req = reqWaiting
 		return AwaitResume
 	}
-	s.waiting = true
+	s.req = reqWaiting
 	return Acquire
 }
 
-// Attached notes that the request goes to the server granted, and reports
-// whether a cancel came as its wait ended: the driver forwards it once the
-// request has reached the server.
-func (s *Session) Attached() (cancel bool) {
-	cancel = s.cancelled
-	s.cancelled, s.waiting = false, false
-	return cancel
+// Attached notes that the request goes to the server granted. A cancel that
+// came as its wait ended follows it (Forward).
+func (s *Session) Attached() {
+	if s.req == reqCancelled {
+		s.req = reqForward
+		return
+	}
+	s.req = reqNone
+}
+
+// Forward reports, once the request has reached its server, whether a
+// cancel is to follow it there (Attached), and forgets it.
+func (s *Session) Forward() bool {
+	if s.req != reqForward {
+		return false
+	}
+	s.req = reqNone
+	return true
 }
 
 // cancelledError is PostgreSQL's error for a statement cancelled at the
@@ -91,7 +117,7 @@ var cancelledError = (&protocol.PgError{Severity: "ERROR", Code: protocol.CodeQu
 // protocol, the rest of the request up to its Sync is dropped (Skip) before
 // its ReadyForQuery. It appends what the client gets now to dst.
 func (s *Session) CancelWaiting(dst []byte, typ byte) []byte {
-	s.cancelled = false
+	s.req = reqNone
 	dst = append(dst, cancelledError...)
 	if typ == 'Q' || typ == 'S' || typ == 'F' {
 		return append(dst, readyIdle...)

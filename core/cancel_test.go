@@ -71,15 +71,26 @@ func TestAdmit(t *testing.T) {
 		want   Admission
 	}{
 		{nil, false, Acquire},
-		{nil, true, AwaitResume}, // PAUSE: the request waits
-		{nil, false, Acquire},    // RESUME: it goes on
+		{func() {
+			if s.Attached(); s.Forward() {
+				t.Fatal("a request no one cancelled has a cancel to forward")
+			}
+		}, true, AwaitResume}, // PAUSE: the request waits
+		{nil, false, Acquire}, // RESUME: it goes on
 		{func() { s.Attached(); s.Cancel(false) }, false, Acquire}, // a cancel while idle does nothing
 		{func() { s.Cancel(false) }, true, Cancelled},              // while it waited for RESUME
 		{func() { s.CancelWaiting(nil, 'Q') }, false, Acquire},     // answered: the next request is served
 		{func() { s.Cancel(false) }, false, Cancelled},             // while it waited for a server
 		{func() {
-			if !s.Attached() {
-				t.Fatal("a cancel as the wait ended is not to be forwarded")
+			if s.Cancel(false) != CancelIgnored {
+				t.Fatal("a second cancel of a request answered as cancelled did something")
+			}
+		}, false, Cancelled}, // asked again (the loop handed it to its goroutine): still cancelled
+		{func() { s.CancelWaiting(nil, 'Q') }, false, Acquire},
+		{func() {
+			s.Cancel(false) // after the wait's last look (Admit), before Attached
+			if s.Attached(); !s.Forward() || s.Forward() {
+				t.Fatal("a cancel as the wait ended is not forwarded once")
 			}
 		}, false, Acquire}, // the request went to a server: the cancel follows it
 		{func() { s.Cancel(true) }, false, Acquire}, // forwarded to the server it holds

@@ -61,9 +61,11 @@ type Session struct {
 
 	noted notes // what its statements left to deal with (NoteMessage)
 
-	waiting   bool // a request waits for a server (Admit, Attached)
-	cancelled bool // a cancel came while it waited (Admit)
-	skipping  bool // the rest of a request cancelled while it waited is dropped (Skip)
+	req request // where its request stands, for cancels
+	// skipping: the rest of a request answered as cancelled is dropped
+	// (Skip). Apart from req, being the reader's alone: whoever reads the
+	// client asks Skip at every message, and needs no lock for it.
+	skipping bool
 }
 
 // Sent accounts for a client message of type typ about to be written to the

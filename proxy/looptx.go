@@ -252,8 +252,7 @@ func (p *parker) send(ss *session, sc *serverConn) exit {
 		}
 	}
 	ss.armDeadlineLocked()
-	cancel := ss.cancelAfter
-	ss.cancelAfter = false
+	cancel := ss.Forward()
 	ss.mu.Unlock()
 	lc.srvOut.sock = sc.sys
 	_, err := lc.srvOut.Write(buf) // what the socket does not take into lc.toServer

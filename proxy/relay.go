@@ -291,7 +291,7 @@ func (ss *session) forward(typ byte, n int) error {
 	cancel := false
 	if endsSegment {
 		ss.PS.Sent(1) // after the write: what it carried belongs to this segment
-		cancel, ss.cancelAfter = ss.cancelAfter && err == nil, false
+		cancel = ss.Forward() && err == nil
 	}
 	ss.writing = false
 	if ss.readerWaiting {

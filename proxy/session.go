@@ -83,7 +83,6 @@ type session struct {
 	deadline      time.Time // the client read deadline armed
 	parkReq       bool      // the sweep asked the session to park (see tryPark)
 	waitStop      func()    // stops the goroutine path's wait for a server (a cancel)
-	cancelAfter   bool      // a cancel came as the wait ended: forwarded once the request is sent
 
 	lis *listening // LISTEN through the pool (listen.go); set under mu at the client's first
 	tr  *txTrace   // the open transaction's trace notes (trace.go), under mu; nil with tracing off
@@ -480,7 +479,7 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.writer()
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.Acct = lease, nil, core.Account{}
-	ss.cancelAfter = ss.Attached()
+	ss.Attached()
 	ss.segLen, ss.txStart = 0, 0
 	ss.PS.Attach()
 	ss.armDeadlineLocked()

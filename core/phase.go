@@ -1,20 +1,21 @@
 package core
 
 // Phase is where a client session is in its life. It is the one value both
-// drivers move and every report reads: the loop asks it what an event on a
-// socket means, the goroutine path sets it as its two goroutines go, and the
-// console, the metrics and the sweep derive what they show from it (Report).
+// drivers move and every report reads: the loop asks it (with the Account,
+// AwaitsClient) what an event on a socket means, the goroutine path sets it
+// as its two goroutines go, and the console, the metrics and the sweep
+// derive what they show from it (Report).
 //
 //	Login   --password ok--> Idle
 //	Idle    --request--> Waiting --server granted--> Granted --looked at, settings in line--> Active
 //	Idle    --request, server granted at once--> (Granted) --> Active
 //	Active  --ReadyForQuery, server released--> Idle
-//	Active  --ReadyForQuery, server kept, nothing owed--> InTx --request--> Active
+//	Active  --ReadyForQuery, server kept (a transaction open)--> Active
 //	any     --Terminate, EOF, error, shutdown--> Closed
 //
-// In session mode a session goes from Login to Active (or InTx) and stays
-// there. A session may sit in Idle and InTx inside the event loop, with no
-// goroutine: those are the phases that wait for the client.
+// In session mode a session goes from Login to Active and stays there. A
+// session may wait for its client inside the event loop, with no goroutine,
+// Idle or Active with nothing owed (AwaitsClient).
 type Phase int32
 
 const (
@@ -22,8 +23,7 @@ const (
 	PhaseIdle                 // between transactions, holding no server
 	PhaseWaiting              // a request waits for a server (the pool's queue, or RESUME)
 	PhaseGranted              // a server granted, not yet the session's: looked at, its settings brought to the client's
-	PhaseActive               // holding a server that owes the client an answer
-	PhaseInTx                 // holding a server that owes nothing, waiting for the client
+	PhaseActive               // holding a server
 	PhaseClosed
 )
 
@@ -42,7 +42,7 @@ const (
 
 var reports = [...]Report{
 	PhaseLogin: ReportLogin, PhaseIdle: ReportIdle, PhaseWaiting: ReportWaiting, PhaseGranted: ReportWaiting,
-	PhaseActive: ReportActive, PhaseInTx: ReportActive, PhaseClosed: ReportClosed,
+	PhaseActive: ReportActive, PhaseClosed: ReportClosed,
 }
 
 var reportNames = [...]string{"login", "idle", "waiting", "active", "closed"}
@@ -52,6 +52,10 @@ func (p Phase) Report() Report { return reports[p] }
 
 func (r Report) String() string { return reportNames[r] }
 
-// AwaitsClient reports whether p waits for the client's next request, with
-// or without a server: a message from the client is its turn, not out of it.
-func (p Phase) AwaitsClient() bool { return p == PhaseIdle || p == PhaseInTx }
+// AwaitsClient reports whether a session in phase p, with account a, waits
+// for its client's next request, with or without a server: a message from
+// the client is its turn, not out of it. A session holding a server that
+// owes nothing has a transaction open, its client's to go on with.
+func AwaitsClient(p Phase, a *Account) bool {
+	return p == PhaseIdle || p == PhaseActive && a.Owed() == 0
+}

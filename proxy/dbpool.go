@@ -55,6 +55,7 @@ type dbPool struct {
 	errors  map[string]int64 // ErrorResponse from servers, by SQLSTATE class
 
 	clientsIdle, clientsWaiting, clientsActive atomic.Int64
+	clientGauges                               [core.PhaseClosed + 1]*atomic.Int64 // by phase: the count it shows in (see session.setPhase)
 	clientsPinned, clientsListening            atomic.Int64
 	assignments                                atomic.Int64 // servers lent to clients
 	ps                                         prepared.Counters
@@ -192,6 +193,9 @@ func (s *Server) poolFor(name string, db Database, user string, cred serverCred)
 // newDBPool makes the dbPool of key, under s.mu.
 func (s *Server) newDBPool(key poolKey, db Database, user string, cred serverCred) (*dbPool, error) {
 	p := &dbPool{key: key, db: db, srv: s, servers: map[*serverConn]struct{}{}, errors: map[string]int64{}}
+	for ph := range p.clientGauges {
+		p.clientGauges[ph] = p.clientGauge(core.Phase(ph).Report())
+	}
 	p.listen.p = p
 	p.periodAt = time.Now() // the first period begins
 	p.m = s.metrics.forPool(key.database, user)

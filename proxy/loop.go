@@ -590,7 +590,7 @@ func (p *parker) clientReady(ss *session) exit {
 		lc.endErr = errQuiet
 		return eject
 	}
-	if !ph.AwaitsClient() || !ss.srv.options().RelayLoop {
+	if !core.AwaitsClient(ph, &ss.Acct) || !ss.srv.options().RelayLoop {
 		// A client speaking out of turn (or hanging up) while its query
 		// is served, or a parked client without the loop: a goroutine's.
 		return eject

@@ -223,7 +223,6 @@ func (ss *session) finishSync() {
 // does message by message, and waits for the answer.
 func (p *parker) send(ss *session, sc *serverConn) exit {
 	lc := ss.lc
-	ss.setPhase(core.PhaseActive) // the server is the session's: an eject keeps it
 	ss.writer().Reset(&lc.out)
 	if lc.batch.Mapped {
 		return p.sendMapped(ss, sc)
@@ -379,7 +378,9 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) exit {
 	case ph == core.PhaseGranted:
 		return p.syncAnswered(ss, sc, hup)
 	case ph != core.PhaseActive:
-		if hup && ph == core.PhaseInTx {
+		return stay
+	case ss.Acct.Owed() == 0:
+		if hup {
 			// The server of a transaction left open has gone while
 			// its client is idle (killed, or idle_in_transaction_
 			// session_timeout): the client is told now, as PgBouncer
@@ -466,7 +467,7 @@ func (p *parker) relayAnswer(ss *session, sc *serverConn) (done bool, e exit) {
 			// The server is kept (a transaction left open): wait for
 			// the client's next query with it, still watching the
 			// server, whose hang-up meanwhile ends the session
-			// (core.PhaseInTx, as readyLocked set it).
+			// (core.AwaitsClient).
 			if ss.bw.Flush(); len(lc.spill) > 0 || !p.watchServer(ss, sc) {
 				return true, eject
 			}

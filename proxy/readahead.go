@@ -57,7 +57,7 @@ func (p *parker) readAhead(evs []syscall.EpollEvent) {
 					p.addAhead(sc.sys, &sc.rd)
 				}
 			}
-		case loop && s.ss != nil && s.ss.getPhase().AwaitsClient():
+		case loop && s.ss != nil && core.AwaitsClient(s.ss.getPhase(), &s.ss.Acct):
 			p.addAhead(s.ss.lc.cs, s.ss.rd) // clientReady reads it
 		}
 	}

@@ -266,7 +266,6 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.mu.Lock()
 	}
 	sc := ss.lease.Conn()
-	ss.setPhase(core.PhaseActive)
 	endsSegment := ss.noteSentLocked(typ, n, unnamedParse, mapped)
 	ss.writing = true
 	ss.armDeadlineLocked()
@@ -510,9 +509,6 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		notes = ss.takeNotificationsLocked() // between transactions, as PostgreSQL sends them
 	}
 	if !release {
-		if ss.Acct.Owed() == 0 {
-			ss.setPhase(core.PhaseInTx)
-		}
 		ss.armDeadlineLocked()
 		ss.mu.Unlock()
 		if len(notes) > 0 {

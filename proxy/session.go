@@ -149,21 +149,23 @@ func (ss *session) getPhase() core.Phase { return core.Phase(ss.phase.Load()) }
 // setPhase moves the session to next, and the pool's client gauges with it
 // when what reports show changes.
 func (ss *session) setPhase(next core.Phase) {
-	if ss.getPhase() == next {
-		return
+	if ss.phase.Load() == int32(next) {
+		return // no locked swap for a phase that stays
 	}
 	prev := core.Phase(ss.phase.Swap(int32(next)))
 	if next == core.PhaseActive {
 		ss.activity.Add(1) // seen by the parking sweep
 	}
-	if prev.Report() == next.Report() || ss.pool == nil {
+	if ss.pool == nil {
 		return
 	}
-	if c := ss.pool.clientGauge(prev.Report()); c != nil {
-		c.Add(-1)
-	}
-	if c := ss.pool.clientGauge(next.Report()); c != nil {
-		c.Add(1)
+	if from, to := ss.pool.clientGauges[prev], ss.pool.clientGauges[next]; from != to {
+		if from != nil {
+			from.Add(-1)
+		}
+		if to != nil {
+			to.Add(1)
+		}
 	}
 }
 

@@ -209,10 +209,10 @@ func Send(fd int32, b []byte) int32 {
 // Result turns a read's Res (a count, or -errno) into what TryRead would
 // have returned.
 func Result(res int32) (int, error) {
-	if res >= 0 {
-		return readResult(int(res), 0)
+	if res > 0 {
+		return int(res), nil // inlined: the usual case
 	}
-	return readResult(0, syscall.Errno(-res))
+	return readResult(0, syscall.Errno(-res)) // 0: the end of file
 }
 
 // bufPtr is the address of b's first byte, for a raw system call.

@@ -45,12 +45,62 @@ type serverConn struct {
 	// told so rather than that the server crashed.
 	timedOut atomic.Bool
 
+	// times are its client's requests' timings, kept with the server
+	// rather than in every session (idle ones included): its holder's,
+	// under the holder's mu.
+	times reqTimes
+	hdr   [protocol.HeaderLen]byte // its relayer's scratch for a header
+
 	psDirty  bool           // a client's DEALLOCATE or DISCARD left prepared statements unsure
 	listener bool           // the pool's LISTEN connection, outside the pool (listen.go)
 	cancels  sync.WaitGroup // cancel requests in flight to this backend
 	// cancelling counts them too, for a look that does not wait (see
 	// readyLocked); it falls before cancels' Done.
 	cancelling atomic.Int32
+}
+
+// reqTimes times what a client has sent the server it holds, for the
+// statistics and query_timeout: when the transaction began and when each
+// request still to be answered (a Sync, Query or FunctionCall) was sent, in
+// Unix nanoseconds; and the bytes relayed each way, not yet counted.
+type reqTimes struct {
+	txStart           int64
+	starts            [32]int64 // a ring: the oldest at head
+	head, n           int
+	bytesIn, bytesOut int64 // bytesOut: whoever relays the server's answers
+}
+
+// sent notes n bytes sent at now, the last of them ending segs requests.
+func (t *reqTimes) sent(now int64, segs, n int) {
+	if t.txStart == 0 {
+		t.txStart = now
+	}
+	for ; segs > 0 && t.n < len(t.starts); segs-- {
+		t.starts[(t.head+t.n)%len(t.starts)] = now
+		t.n++
+	}
+	t.bytesIn += int64(n)
+}
+
+// answered takes the oldest request off, answered, and returns when it was
+// sent (0: none was outstanding).
+func (t *reqTimes) answered() (sentAt int64) {
+	if t.n == 0 {
+		return 0
+	}
+	sentAt = t.starts[t.head]
+	t.head = (t.head + 1) % len(t.starts)
+	t.n--
+	return sentAt
+}
+
+// oldest returns when the oldest request still to be answered was sent (0:
+// none is).
+func (t *reqTimes) oldest() int64 {
+	if t.n == 0 {
+		return 0
+	}
+	return t.starts[t.head]
 }
 
 // serverIDs numbers server connections, for reports.

@@ -90,9 +90,9 @@ func (ss *session) finish(err error) {
 	ss.putWriter()
 	ss.srv.remove(ss)
 	if !refused && !isPg && ss.pool != nil && ss.srv.options().LogDisconnections && ss.srv.log.Core().Enabled(zap.InfoLevel) {
-		ss.logger().Info("logout", zap.String("reason", reason), zap.Duration("age", time.Since(ss.start)))
+		ss.logger().Info("logout", zap.String("reason", reason), zap.Duration("age", time.Since(time.Unix(0, ss.start))))
 	} else {
-		ss.debug("session closed", zap.Duration("duration", time.Since(ss.start)))
+		ss.debug("session closed", zap.Duration("duration", time.Since(time.Unix(0, ss.start))))
 	}
 }
 

@@ -31,9 +31,9 @@ func (ss *session) login() error {
 	ss.writer()
 	loginBy := time.Time{}
 	if t := ss.srv.options().ClientLoginTimeout; t > 0 {
-		loginBy = ss.start.Add(t)
+		loginBy = time.Unix(0, ss.start).Add(t)
 	}
-	if silent := ss.start.Add(startupSilence); loginBy.IsZero() || silent.Before(loginBy) {
+	if silent := time.Unix(0, ss.start).Add(startupSilence); loginBy.IsZero() || silent.Before(loginBy) {
 		ss.conn.SetDeadline(silent) // a socket that says nothing goes soon
 	} else {
 		ss.conn.SetDeadline(loginBy)

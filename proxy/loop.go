@@ -163,6 +163,8 @@ const srvBit = 1 << 63
 // loopState is a session's state in the loop, made the first time it enters.
 type loopState struct {
 	cs        *rawio.Conn               // the client's
+	fd        int                       // under the parker's mu: the client's descriptor in the epoll set, while parkToken
+	timer     *time.Timer               // under the parker's mu: wakes the session in the loop at its deadline
 	wait      *pool.Waiter[*serverConn] // the session's place in a pool's queue, while core.PhaseWaiting
 	waitStart int64                     // Unix nanoseconds
 	srv       *serverConn               // the server whose answer the loop relays
@@ -270,7 +272,7 @@ func (p *parker) park(ss *session) bool {
 		*(*uint64)(unsafe.Pointer(&ev.Fd)) = token
 		ok = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev) == nil
 		if ok {
-			ss.parkedFd = int(fd)
+			ss.lc.fd = int(fd)
 		}
 	})
 	if !ok {
@@ -291,10 +293,10 @@ func (p *parker) armTimerLocked(ss *session, d time.Time) {
 	if d.IsZero() {
 		return
 	}
-	if ss.parkTimer == nil {
-		ss.parkTimer = time.AfterFunc(time.Until(d), ss.wake)
+	if ss.lc.timer == nil {
+		ss.lc.timer = time.AfterFunc(time.Until(d), ss.wake)
 	} else {
-		ss.parkTimer.Reset(time.Until(d))
+		ss.lc.timer.Reset(time.Until(d))
 	}
 }
 
@@ -514,12 +516,12 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 	p.freeLocked(ss.parkToken)
 	p.nparked--
 	p.ejects++
-	if ss.parkTimer != nil {
-		ss.parkTimer.Stop()
-		ss.parkTimer = nil
+	if ss.lc.timer != nil {
+		ss.lc.timer.Stop()
+		ss.lc.timer = nil
 	}
-	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, ss.parkedFd, nil)
-	ss.parkToken, ss.parkedFd = 0, -1
+	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, ss.lc.fd, nil)
+	ss.parkToken, ss.lc.fd = 0, -1
 	lc := ss.lc
 	if lc.srv != nil {
 		p.settleAhead(lc.srv.sys) // its goroutine may give the server to another loop
@@ -626,12 +628,12 @@ func (p *parker) goodbye(ss *session) exit {
 	p.mu.Lock()
 	p.freeLocked(ss.parkToken)
 	p.nparked--
-	if ss.parkTimer != nil {
-		ss.parkTimer.Stop()
-		ss.parkTimer = nil
+	if ss.lc.timer != nil {
+		ss.lc.timer.Stop()
+		ss.lc.timer = nil
 	}
 	// Left in the epoll set: closing the socket takes it out.
-	ss.parkToken, ss.parkedFd = 0, -1
+	ss.parkToken, ss.lc.fd = 0, -1
 	p.mu.Unlock()
 	ss.inLoop.Store(false)
 	p.flushSends() // before the socket closes

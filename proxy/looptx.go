@@ -238,13 +238,13 @@ func (p *parker) send(ss *session, sc *serverConn) exit {
 	// Relaying them in one run with the rest (relayAnswer) saves looking
 	// at each, which was most of what -M extended costs over simple.
 	if lc.plain = ss.PS.Idle(); lc.plain {
-		ss.noteBatchLocked(lc.batch, len(buf))
+		ss.noteBatchLocked(sc, lc.batch, len(buf))
 	} else {
 		for i := 0; i < len(buf); {
 			typ := buf[i]
 			l := int(binary.BigEndian.Uint32(buf[i+1:]))
 			unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
-			if ss.noteSentLocked(typ, l-4, unnamedParse, false) {
+			if ss.noteSentLocked(sc, typ, l-4, unnamedParse, false) {
 				ss.PS.Sent(1)
 			}
 			i += 1 + l

@@ -266,7 +266,7 @@ func (ss *session) forward(typ byte, n int) error {
 		ss.mu.Lock()
 	}
 	sc := ss.lease.Conn()
-	endsSegment := ss.noteSentLocked(typ, n, unnamedParse, mapped)
+	endsSegment := ss.noteSentLocked(sc, typ, n, unnamedParse, mapped)
 	ss.writing = true
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
@@ -317,41 +317,35 @@ func (ss *session) forward(typ byte, n int) error {
 // noteSentLocked accounts for a client message of type typ, with a body of n
 // bytes, about to be written to the session's server (core.Session.Sent),
 // and reports whether it ends a segment.
-func (ss *session) noteSentLocked(typ byte, n int, unnamedParse, rewritten bool) (endsSegment bool) {
+func (ss *session) noteSentLocked(sc *serverConn, typ byte, n int, unnamedParse, rewritten bool) (endsSegment bool) {
 	endsSegment = ss.Sent(typ, unnamedParse, rewritten)
 	segs := 0
 	if endsSegment {
 		segs = 1
 	}
-	ss.noteSegmentsLocked(segs, protocol.HeaderLen+n)
+	ss.noteSegmentsLocked(sc, segs, protocol.HeaderLen+n)
 	return endsSegment
 }
 
 // noteBatchLocked is noteSentLocked for a whole batch the loop sends at
 // once (parker.send), with nothing in it for the mapping to match.
-func (ss *session) noteBatchLocked(b core.Batch, n int) {
+func (ss *session) noteBatchLocked(sc *serverConn, b core.Batch, n int) {
 	ss.SentBatch(b)
-	ss.noteSegmentsLocked(b.Segments, n)
+	ss.noteSegmentsLocked(sc, b.Segments, n)
 }
 
-// noteSegmentsLocked counts, for the statistics, n bytes sent, the last of
-// them ending segs segments (a Sync, Query or FunctionCall each): when the
-// transaction and each segment started.
-func (ss *session) noteSegmentsLocked(segs, n int) {
-	if ss.txStart == 0 || segs > 0 {
-		now := ss.now()
-		if ss.txStart == 0 {
-			ss.txStart = now
-		}
-		if ss.tr != nil {
-			ss.tr.tx.Statements += segs
-		}
-		for ; segs > 0 && ss.segLen < len(ss.segStarts); segs-- {
-			ss.segStarts[(ss.segHead+ss.segLen)%len(ss.segStarts)] = now
-			ss.segLen++
-		}
+// noteSegmentsLocked times, for the statistics, n bytes sent to sc, the
+// last of them ending segs segments (a Sync, Query or FunctionCall each).
+func (ss *session) noteSegmentsLocked(sc *serverConn, segs, n int) {
+	t := &sc.times
+	if t.txStart != 0 && segs == 0 {
+		t.bytesIn += int64(n) // no clock read for a message that ends nothing
+		return
 	}
-	ss.bytesIn += int64(n)
+	if ss.tr != nil {
+		ss.tr.tx.Statements += segs
+	}
+	t.sent(ss.now(), segs, n)
 }
 
 // relayStep is what relaying one server message led to.
@@ -393,7 +387,7 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 	if !sc.CopyIn {
 		// Messages passed on as they are, whole in the buffer, go in one copy.
 		if n, count := sc.rd.WholeRun(core.StopTable(matched)); count > 0 {
-			ss.bytesOut += int64(n)
+			sc.times.bytesOut += int64(n)
 			_, err := ss.bw.Write(sc.rd.BufferedBytes()[:n])
 			sc.rd.Discard(n)
 			return ss.flushPartial(sc, err)
@@ -404,7 +398,7 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 		ss.serverFailed(err)
 		return stepEnded
 	}
-	ss.bytesOut += int64(protocol.HeaderLen + n)
+	sc.times.bytesOut += int64(protocol.HeaderLen + n)
 	if !core.Looks(&sc.Server, typ, matched) {
 		if err := sc.rd.Relay(ss.bw, n); err != nil {
 			ss.relayFailed(err)
@@ -435,7 +429,7 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 	case r.Out != nil:
 		_, err = ss.bw.Write(r.Out)
 	case !r.Drop:
-		ss.bw.Write(protocol.AppendHeader(ss.hdr[:0], typ, n))
+		ss.bw.Write(protocol.AppendHeader(sc.hdr[:0], typ, n))
 		_, err = ss.bw.Write(body)
 	}
 	return ss.flushPartial(sc, err)
@@ -472,23 +466,22 @@ func (ss *session) relayFailed(err error) {
 func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	now := ss.now()
 	status := sc.TxStatus
-	if ss.segLen > 0 {
-		ss.pool.observeQuery(time.Duration(now-ss.segStarts[ss.segHead]), now)
-		ss.segHead = (ss.segHead + 1) % len(ss.segStarts)
-		ss.segLen--
+	t := &sc.times
+	if sent := t.answered(); sent != 0 {
+		ss.pool.observeQuery(time.Duration(now-sent), now)
 	}
-	if status == 'I' && ss.txStart != 0 {
-		ss.pool.observeTransaction(time.Duration(now-ss.txStart), now)
+	if status == 'I' && t.txStart != 0 {
+		ss.pool.observeTransaction(time.Duration(now-t.txStart), now)
 		if ss.pool.reads != nil && ss.txPool != ss.pool.reads {
 			ss.wroteAt = now // on the primary: its next reads there too, for a while
 		}
 		if ss.tr != nil {
 			ss.endTraceLocked(sc, now)
 		}
-		ss.txStart = 0
+		t.txStart = 0
 	}
-	ss.pool.addBytes(ss.bytesIn, ss.bytesOut)
-	ss.bytesIn, ss.bytesOut = 0, 0
+	ss.pool.addBytes(t.bytesIn, t.bytesOut)
+	t.bytesIn, t.bytesOut = 0, 0
 	release := false
 	if r.Release && !ss.stopping {
 		for ss.writing {

@@ -52,7 +52,7 @@ type session struct {
 	bw        *bufio.Writer // to the client, from writerPool; owned by relayServer while it runs
 	counted   bool          // past its startup packet: counted in loggedIn, not prelogin
 	tls       bool          // the client speaks TLS (conn and sock are the TLS connection)
-	start     time.Time
+	start     int64         // Unix nanoseconds
 	ctx       context.Context
 	cancelCtx context.CancelFunc
 
@@ -97,8 +97,6 @@ type session struct {
 	activity  atomic.Uint32 // bumped at each transaction's start
 	sweepSeen uint32        // the sweep's: activity when it last looked
 	parkToken uint64        // under the parker's mu: the key while parked, 0 if not
-	parkedFd  int           // under the parker's mu
-	parkTimer *time.Timer   // under the parker's mu: wakes a parked session at its deadline
 	inLoop    atomic.Bool   // the session is in the loop (see loop.go)
 	lc        *loopState    // made when it first enters the loop; the loop's while it is there
 
@@ -108,13 +106,6 @@ type session struct {
 	waitingSince atomic.Int64           // unix nanoseconds; 0 when not waiting
 	statsPool    atomic.Pointer[dbPool] // pool, for reports read from other goroutines
 	appName      string
-	txStart      int64                    // under mu: when the open transaction's first message was sent
-	segStarts    [32]int64                // under mu: when each answered-awaited Sync or Query was sent
-	segHead      int                      // under mu
-	segLen       int                      // under mu
-	bytesIn      int64                    // under mu: relayed to the server, not yet counted
-	bytesOut     int64                    // relayServer's: relayed to the client, not yet counted
-	hdr          [protocol.HeaderLen]byte // relayServer's scratch for a header
 }
 
 // now is the time the session's statistics read, in Unix nanoseconds: in
@@ -171,7 +162,7 @@ func (ss *session) setPhase(next core.Phase) {
 
 // snapshot reports the session.
 func (ss *session) snapshot() stats.Client {
-	c := stats.Client{ID: ss.id, Addr: ss.conn.RemoteAddr().String(), LocalAddr: ss.conn.LocalAddr().String(), ConnectTime: ss.start,
+	c := stats.Client{ID: ss.id, Addr: ss.conn.RemoteAddr().String(), LocalAddr: ss.conn.LocalAddr().String(), ConnectTime: time.Unix(0, ss.start),
 		State: ss.getPhase().Report().String(), TLS: tlsInfo(ss.conn)}
 	_, c.FD = rawio.Of(ss.sock)
 	if t := ss.waitingSince.Load(); t != 0 {
@@ -182,10 +173,11 @@ func (ss *session) snapshot() stats.Client {
 	}
 	ss.mu.Lock()
 	if ss.lease != nil {
-		c.ServerPID = ss.lease.Conn().pid
-	}
-	if ss.txStart != 0 {
-		c.RequestTime = time.Unix(0, ss.txStart)
+		sc := ss.lease.Conn()
+		c.ServerPID = sc.pid
+		if sc.times.txStart != 0 {
+			c.RequestTime = time.Unix(0, sc.times.txStart)
+		}
 	}
 	c.Pinned = ss.Pinned
 	c.Prepared = ss.PS.Count()
@@ -200,7 +192,7 @@ func newSession(srv *Server, c net.Conn) *session {
 		conn:  c,
 		sock:  sock,
 		rd:    protocol.NewReader(sock, 4096, srv.options().MaxPacketSize),
-		start: time.Now(),
+		start: time.Now().UnixNano(),
 	}
 	ss.cond.L = &ss.mu
 	ss.PS.Counters = &srv.ps
@@ -482,7 +474,8 @@ func (ss *session) attach(lease *pool.Lease[*serverConn]) {
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.Acct = lease, nil, core.Account{}
 	ss.Attached()
-	ss.segLen, ss.txStart = 0, 0
+	t := &lease.Conn().times // its last client's, if any, are counted
+	t.txStart, t.head, t.n, t.bytesIn, t.bytesOut = 0, 0, 0, 0, 0
 	ss.PS.Attach()
 	ss.armDeadlineLocked()
 	ss.mu.Unlock()
@@ -559,10 +552,13 @@ func (ss *session) armDeadlineLocked() {
 func (ss *session) expireQuery(now int64, limit time.Duration) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.lease == nil || ss.segLen == 0 || now-ss.segStarts[ss.segHead] <= int64(limit) {
+	if ss.lease == nil {
 		return
 	}
 	sc := ss.lease.Conn()
+	if sent := sc.times.oldest(); sent == 0 || now-sent <= int64(limit) {
+		return
+	}
 	if !sc.timedOut.CompareAndSwap(false, true) {
 		return
 	}

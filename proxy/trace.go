@@ -91,7 +91,7 @@ func (ss *session) waited(start, now int64) {
 // tracer, and starts the next one's notes.
 func (ss *session) endTraceLocked(sc *serverConn, now int64) {
 	t := ss.tr
-	t.tx.Sent, t.tx.End = ss.txStart, now
+	t.tx.Sent, t.tx.End = sc.times.txStart, now
 	t.tx.Database, t.tx.User, t.tx.Mode = ss.dbName, ss.user, ss.mode
 	t.tx.ServerAddr, t.tx.ServerPID = sc.addr, sc.pid
 	ss.srv.options().Tracer.Record(&t.tx)

@@ -1,8 +1,11 @@
 package core
 
 import (
+	"fmt"
 	"strings"
 	"time"
+
+	"github.com/pgmux/pgmux/protocol"
 )
 
 // What is done with a server outside the relay of a client's requests: the
@@ -55,6 +58,21 @@ func Granted(idle, waited time.Duration, inSync bool, prepared, maxPrepared int,
 		Trim:        maxPrepared > 0 && prepared > maxPrepared,
 		CheckQuery:  checkAfter > 0 && idle > checkAfter,
 	}
+}
+
+// ServerLost is what the client of a server that failed under it is told
+// before its connection is closed: nothing more if the server sent its own
+// FATAL (Closing); query_timeout's error if pgmux closed the server for not
+// answering within limit; else that the server crashed, as PgBouncer says.
+func ServerLost(s *Server, timedOut bool, limit time.Duration) *protocol.PgError {
+	switch {
+	case timedOut:
+		return protocol.Fatal(protocol.CodeQueryCanceled,
+			fmt.Sprintf("query_timeout: no answer from the server within %s; the server connection was closed", limit))
+	case s.Closing:
+		return nil
+	}
+	return protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?")
 }
 
 // Settle is how to bring a server whose client has left back to a clean

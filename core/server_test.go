@@ -86,3 +86,25 @@ func TestSettle(t *testing.T) {
 		}
 	}
 }
+
+// TestServerLost: what the client of a server that failed under it is told.
+func TestServerLost(t *testing.T) {
+	for _, c := range []struct {
+		name              string
+		closing, timedOut bool
+		code              string // "": nothing
+	}{
+		{"crashed", false, false, "08006"},
+		{"sent its own FATAL", true, false, ""},
+		{"closed by query_timeout", false, true, "57014"},
+		{"closed by query_timeout as it sent a FATAL", true, true, "57014"},
+	} {
+		e := ServerLost(&Server{Closing: c.closing}, c.timedOut, time.Second)
+		switch {
+		case c.code == "" && e != nil:
+			t.Errorf("%s: told %v", c.name, e)
+		case c.code != "" && (e == nil || e.Code != c.code || e.Severity != "FATAL"):
+			t.Errorf("%s: told %v, want a FATAL %s", c.name, e, c.code)
+		}
+	}
+}

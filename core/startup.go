@@ -23,6 +23,32 @@ type Login struct {
 	Negotiate []byte
 }
 
+// Encrypt is pgmux's answer to a client's request for encryption, made
+// before its StartupMessage.
+type Encrypt int8
+
+const (
+	EncryptNo  Encrypt = iota // 'N': the client goes on as it is
+	EncryptTLS                // 'S', and the TLS handshake
+)
+
+// AnswerEncryption says how to answer a client's tries-th (from 0) request
+// for encryption, an SSLRequest (ssl) or a GSSENCRequest: tlsOn says
+// client TLS is set up, inTLS that the connection speaks TLS already, and
+// pending that bytes followed the request unread. pgmux has no GSSAPI.
+func AnswerEncryption(ssl bool, tries int, tlsOn, inTLS, pending bool) (Encrypt, error) {
+	switch {
+	case tries > 2:
+		return EncryptNo, protocol.Fatal(protocol.CodeProtocolViolation, "too many encryption requests")
+	case !ssl || !tlsOn || inTLS:
+		return EncryptNo, nil
+	case pending:
+		// Bytes sent in the clear, to be read as if encrypted.
+		return EncryptNo, protocol.Fatal(protocol.CodeProtocolViolation, "received unencrypted data after SSL request")
+	}
+	return EncryptTLS, nil
+}
+
 // ParseStartup reads a StartupMessage. On error, the Login still carries
 // Negotiate when the client is owed one before the error.
 func ParseStartup(st *protocol.Startup) (Login, error) {

@@ -100,3 +100,38 @@ func TestWait(t *testing.T) {
 		})
 	}
 }
+
+// TestAnswerEncryption: an SSLRequest is answered S when client TLS is on
+// and the connection is not encrypted yet, else N, as is every
+// GSSENCRequest; bytes sent after an SSLRequest, before the handshake, and
+// a fourth request are protocol violations.
+func TestAnswerEncryption(t *testing.T) {
+	for _, c := range []struct {
+		name                  string
+		ssl                   bool
+		tries                 int
+		tlsOn, inTLS, pending bool
+		want                  Encrypt
+		code                  string
+	}{
+		{"SSLRequest, TLS on", true, 0, true, false, false, EncryptTLS, ""},
+		{"SSLRequest, TLS off", true, 0, false, false, false, EncryptNo, ""},
+		{"SSLRequest, encrypted already", true, 1, true, true, false, EncryptNo, ""},
+		{"GSSENCRequest, TLS on", false, 0, true, false, false, EncryptNo, ""},
+		{"SSLRequest after GSSENCRequest", true, 1, true, false, false, EncryptTLS, ""},
+		{"bytes after SSLRequest", true, 0, true, false, true, EncryptNo, "08P01"},
+		{"bytes after SSLRequest, TLS off", true, 0, false, false, true, EncryptNo, ""},
+		{"a fourth request", false, 3, false, false, false, EncryptNo, "08P01"},
+	} {
+		got, err := AnswerEncryption(c.ssl, c.tries, c.tlsOn, c.inTLS, c.pending)
+		code := ""
+		if pe, ok := err.(*protocol.PgError); ok {
+			code = pe.Code
+		} else if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got != c.want || code != c.code {
+			t.Errorf("%s: %v %q, want %v %q", c.name, got, code, c.want, c.code)
+		}
+	}
+}

@@ -68,14 +68,11 @@ func (ss *session) login() error {
 		if st.Kind != protocol.KindSSLRequest && st.Kind != protocol.KindGSSENCRequest {
 			break
 		}
-		if tries > 2 {
-			return protocol.Fatal(protocol.CodeProtocolViolation, "too many encryption requests")
+		enc, err := core.AnswerEncryption(st.Kind == protocol.KindSSLRequest, tries, tlsOn != nil, ss.tls, ss.rd.Buffered() > 0)
+		if err != nil {
+			return err
 		}
-		if st.Kind == protocol.KindSSLRequest && tlsOn != nil && !ss.tls {
-			if ss.rd.Buffered() > 0 {
-				// Bytes sent in the clear to be read as if encrypted.
-				return protocol.Fatal(protocol.CodeProtocolViolation, "received unencrypted data after SSL request")
-			}
+		if enc == core.EncryptTLS {
 			if _, err := ss.sock.Write([]byte{'S'}); err != nil {
 				return errQuiet
 			}
@@ -85,8 +82,6 @@ func (ss *session) login() error {
 			}
 			continue
 		}
-		// No GSSAPI (nor TLS, if off): say no, and the client goes on
-		// as it is.
 		if _, err := ss.sock.Write([]byte{'N'}); err != nil {
 			return errQuiet
 		}

@@ -598,19 +598,16 @@ func (ss *session) serverFailed(err error) {
 	ss.serverDead = true
 	ss.mu.Unlock()
 	sc := lease.Conn()
-	closing, timedOut := sc.Closing, sc.timedOut.Load()
+	timedOut, limit := sc.timedOut.Load(), ss.srv.options().QueryTimeout
+	tell := core.ServerLost(&sc.Server, timedOut, limit)
 	destroyLease(lease)
-	switch {
-	case timedOut:
-		limit := ss.srv.options().QueryTimeout
+	if timedOut {
 		ss.logger().Warn("query_timeout: server connection closed", zap.Uint32("server_pid", sc.pid), zap.Duration("query_timeout", limit))
-		ss.bw.Write(protocol.Fatal(protocol.CodeQueryCanceled,
-			fmt.Sprintf("query_timeout: no answer from the server within %s; the server connection was closed", limit)).AppendTo(nil))
-	case closing: // the client has the server's own FATAL
+	} else {
 		ss.logger().Warn("server connection lost", zap.Uint32("server_pid", sc.pid), zap.Error(err))
-	default:
-		ss.logger().Warn("server connection lost", zap.Uint32("server_pid", sc.pid), zap.Error(err))
-		ss.bw.Write(protocol.Fatal(protocol.CodeConnectionFailure, "server conn crashed?").AppendTo(nil))
+	}
+	if tell != nil {
+		ss.bw.Write(tell.AppendTo(nil))
 	}
 	ss.bw.Flush()
 	ss.hangUp()

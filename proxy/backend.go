@@ -51,6 +51,10 @@ type serverConn struct {
 	times reqTimes
 	hdr   [protocol.HeaderLen]byte // its relayer's scratch for a header
 
+	// torn: a client message reached it only in part, or its answer to
+	// pgmux's own query could not be read: it goes to no one (its holder's,
+	// under the holder's mu).
+	torn     bool
 	psDirty  bool           // a client's DEALLOCATE or DISCARD left prepared statements unsure
 	listener bool           // the pool's LISTEN connection, outside the pool (listen.go)
 	cancels  sync.WaitGroup // cancel requests in flight to this backend

@@ -23,7 +23,7 @@ func (ss *session) finish(err error) {
 	lease := ss.lease
 	ss.lease = nil
 	ss.stopping = true
-	acct, torn, serverDead := ss.Acct, ss.serverTorn, ss.serverDead
+	acct, serverDead := ss.Acct, ss.serverDead
 	done := ss.readerDone
 	ss.mu.Unlock()
 
@@ -36,7 +36,7 @@ func (ss *session) finish(err error) {
 		<-done
 	}
 	if lease != nil {
-		if !torn && ss.settle(lease.Conn(), acct) {
+		if !lease.Conn().torn && ss.settle(lease.Conn(), acct) {
 			lease.Conn().cancels.Wait()
 			releaseLease(lease)
 		} else {

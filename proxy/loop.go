@@ -563,9 +563,10 @@ func (ss *session) resumeFromLoop() {
 		lc.spill = nil
 	}
 	if len(lc.toServer) > 0 {
-		if _, err := ss.lease.Conn().sys.Write(lc.toServer); err != nil {
+		sc := ss.lease.Conn()
+		if _, err := sc.sys.Write(lc.toServer); err != nil {
 			ss.mu.Lock()
-			ss.serverTorn = true
+			sc.torn = true
 			ss.mu.Unlock()
 			lc.endErr = errServerCrashed
 		}

@@ -266,7 +266,7 @@ func (p *parker) send(ss *session, sc *serverConn) exit {
 	ss.rd.Discard(len(buf))
 	if err != nil {
 		ss.mu.Lock()
-		ss.serverTorn = true
+		sc.torn = true
 		ss.mu.Unlock()
 		err = errServerCrashed
 	}
@@ -386,7 +386,7 @@ func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) exit {
 			// session_timeout): the client is told now, as PgBouncer
 			// does, not at its next query.
 			ss.mu.Lock()
-			ss.serverTorn = true
+			sc.torn = true
 			ss.mu.Unlock()
 			lc.endErr = errServerCrashed
 			return eject

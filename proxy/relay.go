@@ -303,7 +303,7 @@ func (ss *session) forward(typ byte, n int) error {
 	if err != nil {
 		// The server got part of a message at most: it cannot be reused.
 		ss.mu.Lock()
-		ss.serverTorn = true
+		sc.torn = true
 		ss.mu.Unlock()
 		var we *protocol.WriteError
 		if errors.As(err, &we) {
@@ -576,7 +576,7 @@ func (ss *session) readBackLocked(sc *serverConn, q []byte) bool {
 		err = failed
 	}
 	if err != nil {
-		ss.serverTorn = true // whatever it holds, it goes to no one
+		sc.torn = true // whatever it holds, it goes to no one
 		ss.mu.Unlock()
 		ss.serverFailed(fmt.Errorf("reading the client's settings back: %w", err))
 		return false

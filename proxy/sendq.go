@@ -139,8 +139,11 @@ func (p *parker) sendShort(w *loopWriter, b []byte, res int32) {
 	case res >= 0 || res == -int32(syscall.EAGAIN):
 		*w.spill = append(*w.spill, b[max(res, 0):]...) // the goroutine writes it
 	case w.server:
+		// The session holds the server still: its sends are made before
+		// the loop may hand the session over (ejectTo), and before the
+		// server can answer them.
 		ss.mu.Lock()
-		ss.serverTorn = true
+		ss.lease.Conn().torn = true
 		ss.mu.Unlock()
 		ss.lc.endErr = errServerCrashed
 	default:

@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pgmux/pgmux/pool"
 	"github.com/pgmux/pgmux/rawio"
 )
 
@@ -39,11 +41,20 @@ func testSendQueue(t *testing.T, uring bool) {
 
 	writer := func(c net.Conn, server bool) *loopWriter {
 		ss := &session{lc: &loopState{}}
-		spill := &ss.lc.spill
+		w := &loopWriter{ss: ss, sock: rawio.New(c).(*rawio.Conn), spill: &ss.lc.spill}
 		if server {
-			spill = &ss.lc.toServer
+			w.spill, w.server = &ss.lc.toServer, true
+			pl, err := pool.New(pool.Config[*serverConn]{MaxSize: 1,
+				Dial: func(context.Context) (*serverConn, error) { return &serverConn{conn: c}, nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pl.Close)
+			if ss.lease, err = pl.Acquire(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 		}
-		return &loopWriter{ss: ss, sock: rawio.New(c).(*rawio.Conn), spill: spill, server: server}
+		return w
 	}
 	wf, wl, wg := writer(fast, false), writer(full, false), writer(gone, true)
 	pattern := make([]byte, 100<<10)
@@ -100,8 +111,8 @@ func testSendQueue(t *testing.T, uring bool) {
 		t.Fatal("what the full socket's peer got and its spill are not what was written, in order")
 	}
 
-	if !wg.ss.serverTorn || wg.ss.lc.endErr != errServerCrashed || !slices.Contains(p.toEject, wg.ss) {
-		t.Fatalf("the reset server socket: torn %v, end %v", wg.ss.serverTorn, wg.ss.lc.endErr)
+	if sc := wg.ss.lease.Conn(); !sc.torn || wg.ss.lc.endErr != errServerCrashed || !slices.Contains(p.toEject, wg.ss) {
+		t.Fatalf("the reset server socket: torn %v, end %v", sc.torn, wg.ss.lc.endErr)
 	}
 }
 

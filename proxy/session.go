@@ -76,7 +76,6 @@ type session struct {
 	readingBack   bool          // relayServer reads the client's settings back (readBackLocked)
 	readerWaiting bool
 	stopping      bool // the session is ending; relayServer must exit on its next error
-	serverTorn    bool // a client message reached the server only in part
 	serverDead    bool // relayServer found the server gone and told the client
 	draining      bool
 	drainAt       time.Time // when draining, close the client once clean and past this

@@ -268,14 +268,21 @@ func (y *SettingsSync) Start(srv *Server, w *Wanted, msg []byte) []byte {
 	return msg
 }
 
-// Note takes one message of the answer to Start's query and reports
-// whether it was the answer's last (ReadyForQuery): the server's own
-// account of it (Server.Note), the server's spelling of a value it
-// reports, taken into w, or the error it sent.
+// Note takes one message of the answer to Start's query, the server's own
+// account of it first (Server.Note), and reports whether it was the
+// answer's last (ReadyForQuery).
 func (y *SettingsSync) Note(srv *Server, w *Wanted, typ byte, body []byte) (done bool, err error) {
 	if done, err = srv.Note(typ, body); done || err != nil {
 		return done, err
 	}
+	y.Take(w, typ, body)
+	return false, nil
+}
+
+// Take takes a message of the answer other than its ReadyForQuery, which
+// Server.Note has seen: the server's spelling of a value it reports, taken
+// into w, or the error it sent.
+func (y *SettingsSync) Take(w *Wanted, typ byte, body []byte) {
 	switch typ {
 	case 'S':
 		var ps pgproto3.ParameterStatus
@@ -288,7 +295,6 @@ func (y *SettingsSync) Note(srv *Server, w *Wanted, typ byte, body []byte) (done
 	case 'E':
 		y.err = protocol.DecodeError(body)
 	}
-	return false, nil
 }
 
 // End says what becomes of srv once the answer has ended, or reading it

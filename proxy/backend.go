@@ -188,19 +188,7 @@ func (sc *serverConn) syncSettings(y *core.SettingsSync, want *core.Wanted) core
 // readSync reads the answer to y's query, or what is left of it where the
 // loop read its start.
 func (sc *serverConn) readSync(y *core.SettingsSync, want *core.Wanted) error {
-	for {
-		typ, n, err := sc.rd.Next()
-		if err != nil {
-			return err
-		}
-		body, err := sc.rd.Body(n)
-		if err != nil {
-			return err
-		}
-		if done, err := y.Note(&sc.Server, want, typ, body); done || err != nil {
-			return err
-		}
-	}
+	return sc.readUntilReady(func(typ byte, body []byte) { y.Take(want, typ, body) })
 }
 
 // check runs server_check_query q on a server about to be lent, and

@@ -101,6 +101,16 @@ var badDeps = map[string]map[string]string{
 		"github.com/pgmux/pgmux/proxy":  "admin reads stats through its own interface",
 		"github.com/pgmux/pgmux/config": "only cmd imports config",
 	},
+	"github.com/pgmux/pgmux/stats": {
+		"github.com/pgmux/pgmux/proxy": "stats is the plain data between the proxy and admin",
+		"github.com/pgmux/pgmux/pool":  "stats is the plain data between the proxy and admin",
+		"github.com/prometheus/":       "admin turns stats into metrics",
+	},
+	"github.com/pgmux/pgmux/config": {
+		"github.com/pgmux/pgmux/proxy": "cmd reads config and hands each package its options",
+		"github.com/pgmux/pgmux/pool":  "cmd reads config and hands each package its options",
+		"github.com/pgmux/pgmux/core":  "cmd reads config and hands each package its options",
+	},
 }
 
 // TestDependencies checks the arrows between packages with go list -deps.

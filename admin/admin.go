@@ -1,6 +1,7 @@
 // Package admin serves pgmux's HTTP admin API and Prometheus metrics. It
 // reads the proxy through the interfaces it declares here, with the value
-// types of package stats, and acts on it through Control.
+// types of package stats, and acts on it through Control. It must never
+// import the proxy or the configuration.
 package admin
 
 import (

@@ -1,7 +1,9 @@
 // Package config holds pgmux's one typed Config: its defaults, loading from a
 // YAML file, PGMUX_* environment variables and command-line flags (viper),
 // and validation. After Load the Config is read-only. Only cmd imports it;
-// the other packages take their own option structs.
+// the other packages take their own option structs. It must never import
+// the proxy, the pools or the core: cmd reads it and hands each package its
+// options.
 package config
 
 import (

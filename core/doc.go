@@ -5,7 +5,10 @@
 // loop), read and write sockets and do what it says; a decision made here is
 // made once for every driver and tested without a socket.
 //
-// It owns so far:
+// It owns:
+//   - where a session is in its life (Phase), which both drivers move and
+//     the reports derive their state from, and whether a session waits for
+//     its client (AwaitsClient);
 //   - a client's protocol state (Session) and a server's (Server), which the
 //     drivers keep in their session and server structs;
 //   - what the client gets for each server message and whether the server
@@ -16,11 +19,15 @@
 //     in (Classify), and whether a batch of them is an ordinary request the
 //     event loop may serve whole (Scan);
 //   - what becomes of a request that needs a server (Admit: take one, wait
-//     for RESUME, or answer it as cancelled) and what a cancel does (Cancel);
-//   - the reading of a StartupMessage (ParseStartup);
+//     for RESUME, or answer it as cancelled), what a cancel does (Cancel),
+//     and a cancel that follows the request to its server (Forward);
+//   - the answer to a request for encryption (AnswerEncryption) and the
+//     reading of a StartupMessage (ParseStartup);
 //   - run-time settings: those a client wants (Wanted), a server's
-//     (ServerSettings), and the query that brings one to the other;
-//   - which client timeout applies and what it ends the session with (Wait);
+//     (ServerSettings), and bringing a granted server's to a client's
+//     (SettingsSync: the query, its answer, what becomes of the server);
+//   - which client timeout applies and what it ends the session with (Wait),
+//     and what a client is told when its server fails under it (ServerLost);
 //   - what to make sure of about a server just granted (Granted), and how
 //     to settle one whose client left (SettleFor, SettleDone);
 //   - the session state a transaction-mode client's statements leave
@@ -30,8 +37,7 @@
 //   - which queries are LISTEN and UNLISTEN that pgmux answers itself
 //     (ListenOps, ListenAnswer), and the channel of a notification.
 //
-// What the drivers still decide themselves, and the next steps, are in
-// docs/relay.md.
+// What is still spelled out once per driver is in docs/relay.md.
 //
 // It must never import net, syscall, the pools, the proxy, a logger or
 // metrics.

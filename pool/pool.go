@@ -22,6 +22,9 @@
 // queue with AcquireAsync and are called back, which puddle has no way to
 // do. puddle once only made and counted the connections here, which this
 // package counts anyway; it was dropped rather than kept for that.
+//
+// It must never import the wire protocol (pgproto3, protocol), the proxy,
+// metrics or the configuration.
 package pool
 
 import (

@@ -5,5 +5,6 @@
 // pgmux itself sends. Checking passwords is package auth's.
 //
 // Encoding of the messages pgmux originates is done with pgproto3. The package
-// knows nothing of pools or sessions.
+// knows nothing of pools or sessions: it must never import the pools, the
+// proxy, a logger, metrics, pgconn or the configuration.
 package protocol

@@ -1,6 +1,14 @@
-// Package proxy is pgmux's client side: the listener, each client's session
-// (startup, authentication, then relaying its transactions to a backend taken
-// from a pool), cancel forwarding and graceful shutdown.
+// Package proxy is pgmux's client side: the listener and the Server (its
+// sessions, the cancel map, PAUSE and the console's other commands, reload
+// and graceful shutdown), the pools of servers it keeps per database and
+// user, and the two drivers that carry each client's session: the portable
+// one, a goroutine per client on net.Conn (any OS, and TLS), and on Linux
+// the event loops (loop.go, looptx.go), which serve transaction-mode clients
+// with raw system calls (package rawio). The protocol's decisions are
+// package core's; the drivers read, ask it and write (docs/relay.md).
+//
+// It must never import config (only cmd does) or admin, which reads it
+// through interfaces of its own (layout_test.go).
 package proxy
 
 import (

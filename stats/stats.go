@@ -1,7 +1,8 @@
 // Package stats holds the value types through which the proxy reports on
 // itself (pools, clients, servers) and the sliding latency window behind
 // their percentiles. The admin API reads these values; it never sees the
-// proxy's own types.
+// proxy's own types. It must never import the proxy, the pools or metrics:
+// it is the plain data between them.
 package stats
 
 import (

@@ -7,8 +7,9 @@ package core
 // derive what they show from it (Report).
 //
 //	Login   --password ok--> Idle
-//	Idle    --request--> Waiting --server granted--> Granted --looked at, settings in line--> Active
-//	Idle    --request, server granted at once--> (Granted) --> Active
+//	Idle    --request--> Waiting --server granted--> Active
+//	Waiting --server granted to the loop--> Granted --looked at, settings in line--> Active
+//	Idle    --request, server granted to the loop at once--> Active, or Granted
 //	Active  --ReadyForQuery, server released--> Idle
 //	Active  --ReadyForQuery, server kept (a transaction open)--> Active
 //	any     --Terminate, EOF, error, shutdown--> Closed
@@ -22,7 +23,7 @@ const (
 	PhaseLogin   Phase = iota // startup and authentication
 	PhaseIdle                 // between transactions, holding no server
 	PhaseWaiting              // a request waits for a server (the pool's queue, or RESUME)
-	PhaseGranted              // a server granted, not yet the session's: looked at, its settings brought to the client's
+	PhaseGranted              // a server granted to the loop, not yet the session's: looked at, its settings brought to the client's
 	PhaseActive               // holding a server
 	PhaseClosed
 )

@@ -434,12 +434,10 @@ func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn],
 	ss.waitingSince.Store(start.UnixNano())
 	defer ss.waitingSince.Store(0)
 	for attempt := 0; ; attempt++ {
-		ss.setPhase(core.PhaseWaiting)
 		lease, g, err := ss.acquireLease(ctx, start)
 		if err != nil {
 			return nil, err
 		}
-		ss.setPhase(core.PhaseGranted)
 		if attempt == 0 {
 			ss.waited(start.UnixNano(), time.Now().UnixNano())
 		}

@@ -103,3 +103,29 @@ func TestSilentSocketsLockNobodyOut(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, func() bool { return p.ClientCount() == 1 })
 }
+
+// TestRefusalSessionModeNoServer: in session mode a client waits for its
+// server at login; one that gets none within query_wait_timeout is refused,
+// told why and counted among the refusals, as any login that fails.
+func TestRefusalSessionModeNoServer(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := startProxy(t, func(o *Options, db *Database) {
+		o.Registerer, o.QueryWaitTimeout = reg, 300*time.Millisecond
+		db.PoolMode, db.PoolSize = ModeSession, 1
+	})
+	holder := dialRaw(t, p.addr) // holds the pool's one server
+	defer holder.Close()
+	holder.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := holder.startup(cluster.SuperUserName(), "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	c := dialRaw(t, p.addr)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := c.startup(cluster.SuperUserName(), "postgres"); sqlstate(err) != "53300" {
+		t.Fatalf("want 53300, got %v", err)
+	}
+	if n := testutil.ToFloat64(p.metrics.refusals.WithLabelValues("53300")); n != 1 {
+		t.Fatalf("pgmux_client_refusals_total{sqlstate=\"53300\"} = %v, want 1", n)
+	}
+}

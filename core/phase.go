@@ -14,9 +14,9 @@ package core
 //	Active  --ReadyForQuery, server kept (a transaction open)--> Active
 //	any     --Terminate, EOF, error, shutdown--> Closed
 //
-// In session mode a session goes from Login to Active and stays there. A
-// session may wait for its client inside the event loop, with no goroutine,
-// Idle or Active with nothing owed (AwaitsClient).
+// In session mode a session goes from Login to Active, through Idle, and
+// stays there. A session may wait for its client inside the event loop, with
+// no goroutine, Idle or Active with nothing owed (AwaitsClient).
 type Phase int32
 
 const (

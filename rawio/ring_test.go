@@ -23,6 +23,25 @@ func socketpair(t testing.TB) [2]int {
 	return [2]int{fds[0], fds[1]}
 }
 
+// tcpPair returns the two ends of a loopback TCP connection, closed when
+// the test ends.
+func tcpPair(t testing.TB) (c, peer net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if c, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if peer, err = ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	return c, peer
+}
+
 // TestRing: a send and a read made together come back with their counts; a
 // read of a socket with nothing in it comes back EAGAIN at once, as Result
 // turns into ErrWouldBlock; a peer gone reads as the end of file.
@@ -63,21 +82,7 @@ func TestRing(t *testing.T) {
 // TestConn: TryRead and TryWrite do not wait; Read and Write wait through
 // Go's poller; Shutdown wakes a reader to the end of file.
 func TestConn(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	peer, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
+	c, peer := tcpPair(t)
 	s, fd := Of(New(c))
 	if s == nil || fd < 0 || s.Fd() != int32(fd) {
 		t.Fatalf("Of(New(tcp)) = %v, %d", s, fd)
@@ -124,24 +129,12 @@ func BenchmarkSendBatch(b *testing.B) {
 		b.Skipf("no io_uring: %v", err)
 	}
 	defer ring.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
 	msg := make([]byte, 120)
 	for _, n := range []int{1, 2, 4, 10, 30} {
 		fds, peers := make([]int, n), make([]net.Conn, n)
 		for i := range n {
-			c, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			if peers[i], err = ln.Accept(); err != nil {
-				b.Fatal(err)
-			}
-			defer peers[i].Close()
+			var c net.Conn
+			c, peers[i] = tcpPair(b)
 			peers[i].(*net.TCPConn).SetReadBuffer(1 << 20)
 			raw, _ := c.(*net.TCPConn).SyscallConn()
 			raw.Control(func(fd uintptr) { fds[i] = int(fd) })

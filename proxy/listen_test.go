@@ -447,10 +447,24 @@ func TestListenSlowReader(t *testing.T) {
 			}
 		}
 	}()
-	// 21 MB: more than the slow client's socket buffers take.
+	// 21 MB: more than the slow client's socket buffers take. The sender
+	// waits for the reading client to have the batch before last, so at
+	// most two batches (700 kB) wait for it however slowly it is scheduled;
+	// the slow client's queue passes 1 MiB all the same.
 	for i := 0; i < 3000; i += 50 {
 		if _, err := sender.Exec(ctx, "SELECT pg_notify('flood', $1 || i) FROM generate_series($2::int, $3::int) i", payload, i, i+49); err != nil {
 			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for got.Load() < int64(i) {
+			select {
+			case err := <-done:
+				t.Fatalf("the client that reads: %v after %d", err, got.Load())
+			case <-time.After(5 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the client that reads has %d notifications of %d", got.Load(), i)
+			}
 		}
 	}
 	if err := <-done; err != nil {

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"cmp"
-	"crypto/rand"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
-	"github.com/pgmux/pgmux/auth"
 	"github.com/pgmux/pgmux/console"
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/pool"
@@ -213,44 +210,30 @@ func (ss *session) login() error {
 
 func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
 
-// authenticate checks the client's password as auth_type says, against the
-// auth file's secret or else auth_query's, and sends AuthenticationOk. An
-// unknown user goes through a whole exchange against a mock secret before
-// 28P01, as with PostgreSQL, so that user names cannot be probed. It
-// returns what the client proved that logs in to a server as the same user
-// (SCRAM keys, or auth_query's md5 secret), if anything.
+// authenticate authenticates the client as core.ClientAuth decides, with
+// the user's secret from the auth file or else auth_query's, and returns
+// what the client proved that logs in to a server as the same user (SCRAM
+// keys, or auth_query's md5 secret), if anything.
 func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred, error) {
 	o := ss.srv.options()
-	failed := protocol.Fatal(protocol.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
-	method := o.AuthType
-	if method == "hba" {
+	f := core.AuthFor{Method: o.AuthType, User: user, Database: dbName, TLS: ss.tls, CBind: cbind, MockNonce: ss.srv.mockNonce[:]}
+	if f.Method == "hba" {
 		addr := netip.Addr{}
 		if ta, ok := ss.conn.RemoteAddr().(*net.TCPAddr); ok {
 			addr = ta.AddrPort().Addr()
 		}
 		var line int
-		if method, line = o.HBA.Method(dbName, user, addr, ss.tls, ss.onUnixSocket()); method == "reject" {
+		f.Method, line = o.HBA.Method(dbName, user, addr, ss.tls, ss.onUnixSocket())
+		f.Host = addr.String()
+		if f.Method == "reject" {
 			ss.debug("auth_hba_file rejects", zap.Int("line", line))
-			return nil, protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf(
-				"auth_hba_file rejects connection for host %q, user %q, database %q, TLS %v", addr, user, dbName, ss.tls))
 		}
 	}
-	switch method {
-	case "trust", "":
-		ss.bw.Write(authOK)
-		return nil, nil
-	case "cert":
-		// The client's certificate, verified in the handshake against
-		// client_tls_ca_file, names the user, as PostgreSQL's cert method.
-		if !ss.certNames(user) {
-			return nil, protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf("certificate authentication failed for user %q", user))
-		}
-		ss.bw.Write(authOK)
-		return nil, nil
-	}
+	f.CertNames = f.Method == "cert" && ss.certNames(user)
+	a := core.NewClientAuth(f)
 	secret, known := o.Users[user]
 	var proved *serverCred
-	if queryDB := cmp.Or(o.AuthDBName, dbName); !known && o.AuthQuery != "" && !console.IsDatabase(queryDB) {
+	if queryDB := cmp.Or(o.AuthDBName, dbName); a.NeedsSecret() && !known && o.AuthQuery != "" && !console.IsDatabase(queryDB) {
 		var err error
 		if secret, known, err = ss.srv.authQuery(ss.ctx, user, queryDB); err != nil {
 			ss.logger().Warn("auth_query failed", zap.Error(err))
@@ -260,44 +243,37 @@ func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred,
 			proved = &serverCred{md5: secret.MD5}
 		}
 	}
-	switch {
-	case method == "md5" && known && secret.MD5 != "":
-		if err := ss.authMD5(secret.MD5, failed); err != nil {
-			return nil, err
+	for st := a.Begin(secret, known); ; {
+		if st.Warn != "" {
+			ss.logger().Error(st.Warn)
 		}
-	case method == "md5" && !known:
-		ss.authMD5(mockMD5, failed) // fails: no answer matches
-		return nil, failed
-	case method == "md5", method == "scram-sha-256":
-		// As PostgreSQL does, a SCRAM secret gets SCRAM even under md5.
-		sc := secret.SCRAM
-		if sc == nil {
-			if known {
-				ss.logger().Error("the secret for this user is md5; scram-sha-256 needs the password or a SCRAM secret")
+		ss.bw.Write(st.Out)
+		switch {
+		case st.Err != nil:
+			return nil, st.Err
+		case st.Done:
+			if keys := a.Proved(); keys != nil {
+				proved = &serverCred{keys: keys}
 			}
-			sc = auth.MockScramSecret(user, ss.srv.mockNonce[:])
+			return proved, nil
 		}
-		keys, err := ss.authSCRAM(sc, cbind, failed)
+		if err := ss.bw.Flush(); err != nil {
+			return nil, errQuiet
+		}
+		typ, n, err := ss.rd.Next()
 		if err != nil {
+			return nil, clientReadError(err, "client_login_timeout")
+		}
+		if err := a.Header(typ, n); err != nil {
 			return nil, err
 		}
-		if !known || secret.SCRAM == nil {
-			return nil, failed // never: a mock secret matches no proof
+		body, err := ss.rd.Body(n)
+		if err != nil {
+			return nil, clientReadError(err, "client_login_timeout")
 		}
-		proved = &serverCred{keys: keys}
-	default:
-		return nil, protocol.Fatal(protocol.CodeInternalError, "unknown auth_type")
+		st = a.Answer(body)
 	}
-	ss.bw.Write(authOK)
-	return proved, nil
 }
-
-// authOK is AuthenticationOk.
-var authOK = []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}
-
-// mockMD5 is the md5 secret an unknown user's answer is checked against:
-// no password hashes to it.
-const mockMD5 = "md5" + "00000000000000000000000000000000"
 
 // credFor is how the pool for db logs in to its servers as user: the
 // database's password, else the auth file's secret for user.
@@ -307,84 +283,6 @@ func credFor(o *Options, db Database, user string) serverCred {
 	}
 	s := o.Users[user]
 	return serverCred{password: s.Plain, md5: s.MD5}
-}
-
-// readPassword reads the client's next message, which must be a
-// PasswordMessage (or a SASL response, which shares its type).
-func (ss *session) readPassword() ([]byte, error) {
-	if err := ss.bw.Flush(); err != nil {
-		return nil, errQuiet
-	}
-	typ, n, err := ss.rd.Next()
-	if err != nil {
-		return nil, clientReadError(err, "client_login_timeout")
-	}
-	if typ != 'p' {
-		return nil, protocol.Fatal(protocol.CodeProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ))
-	}
-	if n > protocol.MaxStartupPacketLen {
-		return nil, protocol.Fatal(protocol.CodeProtocolViolation, "password response too long")
-	}
-	body, err := ss.rd.Body(n)
-	if err != nil {
-		return nil, clientReadError(err, "client_login_timeout")
-	}
-	return body, nil
-}
-
-func (ss *session) authMD5(secret string, failed error) error {
-	var salt [4]byte
-	rand.Read(salt[:])
-	msg, _ := (&pgproto3.AuthenticationMD5Password{Salt: salt}).Encode(nil)
-	ss.bw.Write(msg)
-	body, err := ss.readPassword()
-	if err != nil {
-		return err
-	}
-	if !auth.CheckMD5(secret, salt, body) {
-		return failed
-	}
-	return nil
-}
-
-// authSCRAM runs a SCRAM-SHA-256 exchange against secret, offering
-// channel binding to cbind (a TLS certificate's end point) if not nil, and
-// returns the keys the client's proof revealed.
-func (ss *session) authSCRAM(secret *auth.ScramSecret, cbind []byte, failed error) (*auth.ScramKeys, error) {
-	msg, _ := (&pgproto3.AuthenticationSASL{AuthMechanisms: auth.Mechanisms(cbind)}).Encode(nil)
-	ss.bw.Write(msg)
-	body, err := ss.readPassword()
-	if err != nil {
-		return nil, err
-	}
-	var initial pgproto3.SASLInitialResponse
-	if err := initial.Decode(body); err != nil {
-		return nil, protocol.Fatal(protocol.CodeProtocolViolation, "malformed SASL initial response")
-	}
-	sv, err := auth.NewScramServerFor(secret, initial.AuthMechanism, cbind)
-	if err != nil {
-		return nil, protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
-	}
-	first, err := sv.First(initial.Data)
-	if err != nil {
-		return nil, protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
-	}
-	msg, _ = (&pgproto3.AuthenticationSASLContinue{Data: first}).Encode(nil)
-	ss.bw.Write(msg)
-	body, err = ss.readPassword()
-	if err != nil {
-		return nil, err
-	}
-	final, err := sv.Final(body)
-	if errors.Is(err, auth.ErrAuthFailed) {
-		return nil, failed
-	}
-	if err != nil {
-		return nil, protocol.Fatal(protocol.CodeProtocolViolation, err.Error())
-	}
-	msg, _ = (&pgproto3.AuthenticationSASLFinal{Data: final}).Encode(nil)
-	ss.bw.Write(msg)
-	return &auth.ScramKeys{ClientKey: sv.ClientKey(), ServerKey: secret.ServerKey}, nil
 }
 
 // serverParams returns the parameters a server of the session's pool reports

@@ -122,7 +122,7 @@ func (s *Server) newPoolFor(p *dbPool, db Database, user string, cred serverCred
 		d.ServerTLS = p.db.ServerTLS // as the latest reload left it
 		p.mu.Unlock()
 		c := cred
-		if l := p.learned.Load(); l != nil && c.password == "" && c.md5 == "" {
+		if l := p.learned.Load(); l != nil && c.Password == "" && c.MD5 == "" {
 			c = *l // pass-through
 		}
 		var sc *serverConn

@@ -151,7 +151,7 @@ func (ss *session) login() error {
 	if err != nil {
 		return protocol.Fatal(protocol.CodeCannotConnectNow, "pgmux is shutting down")
 	}
-	if backendUser == user && cred.password == "" && cred.md5 == "" && proved != nil {
+	if backendUser == user && cred.Password == "" && cred.MD5 == "" && proved != nil {
 		ss.pool.learned.Store(proved) // the servers are logged in to as the client proved itself
 	}
 	ss.statsPool.Store(ss.pool)
@@ -240,7 +240,7 @@ func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred,
 			return nil, protocol.Fatal(protocol.CodeConnectionFailure, "auth_query failed")
 		}
 		if known && secret.MD5 != "" {
-			proved = &serverCred{md5: secret.MD5}
+			proved = &serverCred{MD5: secret.MD5}
 		}
 	}
 	for st := a.Begin(secret, known); ; {
@@ -253,7 +253,7 @@ func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred,
 			return nil, st.Err
 		case st.Done:
 			if keys := a.Proved(); keys != nil {
-				proved = &serverCred{keys: keys}
+				proved = &serverCred{Keys: keys}
 			}
 			return proved, nil
 		}
@@ -279,10 +279,10 @@ func (ss *session) authenticate(user, dbName string, cbind []byte) (*serverCred,
 // database's password, else the auth file's secret for user.
 func credFor(o *Options, db Database, user string) serverCred {
 	if db.Password != "" {
-		return serverCred{password: db.Password}
+		return serverCred{Password: db.Password}
 	}
 	s := o.Users[user]
-	return serverCred{password: s.Plain, md5: s.MD5}
+	return serverCred{Password: s.Plain, MD5: s.MD5}
 }
 
 // serverParams returns the parameters a server of the session's pool reports

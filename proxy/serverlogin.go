@@ -5,13 +5,10 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,19 +21,12 @@ import (
 	"github.com/pgmux/pgmux/tlsconf"
 )
 
-// Logging in to a server: TLS as the database's sslmode says, the startup
-// packet, and the answers to whatever authentication the server asks for.
-// pgmux does it itself rather than through pgconn so that it can prove a
-// user with the keys a client's SCRAM proof revealed (pass-through, as
-// PgBouncer), and owns the connection from its first byte.
+// Logging in to a server: the connection dialed, TLS as the database's
+// sslmode says, and the login's messages moved as core.ServerLogin answers
+// them.
 
-// serverCred is how pgmux proves a user to a server: a password, else an
-// md5 hash (md5 pass-through), else SCRAM keys (SCRAM pass-through).
-type serverCred struct {
-	password string
-	md5      string
-	keys     *auth.ScramKeys
-}
+// serverCred is how pgmux proves a user to a server.
+type serverCred = core.ServerCred
 
 // dialServer opens a connection to db's server and logs in as user. Unix
 // sockets never use TLS, as with libpq.
@@ -98,13 +88,8 @@ func loginServer(ctx context.Context, db *Database, user string, cred serverCred
 		network: network,
 		addr:    addr,
 	}
-	var startup []byte
-	for _, kv := range [][2]string{{"user", user}, {"database", db.DBName}} {
-		startup = append(append(append(append(startup, kv[0]...), 0), kv[1]...), 0)
-	}
-	sc.bw.Write(protocol.AppendStartupPacket(nil, 196608, append(startup, 0)))
-	params := map[string]string{}
-	var scram *auth.ScramClient
+	l := core.ServerLogin{User: user, Database: db.DBName, Cred: cred}
+	sc.bw.Write(l.Startup())
 	for {
 		if err := sc.bw.Flush(); err != nil {
 			return nil, err
@@ -117,24 +102,14 @@ func loginServer(ctx context.Context, db *Database, user string, cred serverCred
 		if err != nil {
 			return nil, err
 		}
-		switch typ {
-		case 'R':
-			if err := sc.answerAuth(body, user, cred, &scram); err != nil {
-				return nil, err
-			}
-		case 'S':
-			if name, value, ok := strings.Cut(strings.TrimSuffix(string(body), "\x00"), "\x00"); ok {
-				params[name] = value
-			}
-		case 'K':
-			if len(body) >= 8 {
-				sc.pid, sc.key = binary.BigEndian.Uint32(body), slices.Clone(body[4:])
-			}
-		case 'E':
-			return nil, protocol.DecodeError(body)
-		case 'Z':
+		out, done, err := l.Take(typ, body)
+		if err != nil {
+			return nil, err
+		}
+		sc.bw.Write(out)
+		if done {
 			conn.SetDeadline(time.Time{})
-			sc.Server = core.Server{TxStatus: 'I', Settings: core.NewServerSettings(params)}
+			sc.Server, sc.pid, sc.key = l.Server(), l.PID, l.Key
 			sc.sys, sc.fd = rawio.Of(sock)
 			ok = true
 			return sc, nil
@@ -151,87 +126,16 @@ func startServerTLS(ctx context.Context, conn net.Conn, tc *tls.Config, required
 	if _, err := io.ReadFull(conn, b[:]); err != nil {
 		return nil, err
 	}
-	switch {
-	case b[0] == 'S':
-		t := tls.Client(conn, tc)
-		if err := t.HandshakeContext(ctx); err != nil {
-			return nil, fmt.Errorf("TLS with the server: %w", err)
-		}
-		return t, nil
-	case b[0] == 'N' && !required:
-		return conn, nil
-	case b[0] == 'N':
-		return nil, errors.New("the server refused TLS, which server_tls_sslmode requires")
+	useTLS, err := core.ServerEncryption(b[0], required)
+	if err != nil || !useTLS {
+		return conn, err // the caller closes conn after an error
 	}
-	return nil, fmt.Errorf("unexpected answer %q to SSLRequest", b[0])
+	t := tls.Client(conn, tc)
+	if err := t.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS with the server: %w", err)
+	}
+	return t, nil
 }
-
-// answerAuth answers an authentication request of the server's (body of an
-// 'R' message) with cred; scram carries a SCRAM exchange across messages.
-func (sc *serverConn) answerAuth(body []byte, user string, cred serverCred, scram **auth.ScramClient) error {
-	if len(body) < 4 {
-		return errors.New("malformed authentication request")
-	}
-	var msg pgproto3.FrontendMessage
-	switch code := binary.BigEndian.Uint32(body); code {
-	case 0: // AuthenticationOk
-		return nil
-	case 3: // cleartext password
-		if cred.password == "" {
-			return errNoPassword
-		}
-		msg = &pgproto3.PasswordMessage{Password: cred.password}
-	case 5: // md5
-		secret := cred.md5
-		if cred.password != "" {
-			secret = auth.MD5Secret(user, cred.password)
-		}
-		if secret == "" || len(body) < 8 {
-			return errNoPassword
-		}
-		msg = &pgproto3.PasswordMessage{Password: auth.MD5Response(secret, [4]byte(body[4:8]))}
-	case 10: // SASL
-		var a pgproto3.AuthenticationSASL
-		if err := a.Decode(body); err != nil || !slices.Contains(a.AuthMechanisms, "SCRAM-SHA-256") {
-			return fmt.Errorf("the server offers no SASL mechanism pgmux knows: %v", a.AuthMechanisms)
-		}
-		switch {
-		case cred.password != "":
-			*scram = auth.NewScramClient(cred.password)
-		case cred.keys != nil:
-			*scram = auth.NewScramClientKeys(cred.keys)
-		default:
-			return errNoPassword
-		}
-		msg = &pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: (*scram).First()}
-	case 11: // SASL continue
-		if *scram == nil {
-			return errors.New("SASL continue out of turn")
-		}
-		final, err := (*scram).Final(body[4:])
-		if err != nil {
-			return err
-		}
-		msg = &pgproto3.SASLResponse{Data: final}
-	case 12: // SASL final
-		if *scram == nil {
-			return errors.New("SASL final out of turn")
-		}
-		return (*scram).Verify(body[4:])
-	default:
-		return fmt.Errorf("the server asks for authentication pgmux does not speak (code %d)", code)
-	}
-	b, err := msg.Encode(nil)
-	if err != nil {
-		return err
-	}
-	_, err = sc.bw.Write(b)
-	return err
-}
-
-// errNoPassword is a server login that needs a secret pgmux has not got.
-var errNoPassword = errors.New("the server asks for a password and pgmux has none for this user: " +
-	"give one in auth_file or the database's password, or a SCRAM secret its clients log in with")
 
 // authQuery returns user's secret as auth_query finds it on the server of
 // database dbName, and whether the user was found with one; answers are

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgmux/pgmux/protocol"
 )
 
@@ -118,4 +120,45 @@ func SettleDone(txStatus byte, session, leftState bool, resetQuery string) (roll
 		reset = ""
 	}
 	return txStatus != 'I', reset
+}
+
+// Answer is the answer to one of pgmux's own requests to a server (a check,
+// a reset, reading settings back, auth_query), up to its ReadyForQuery,
+// which Server.Note takes: its rows and its first error.
+type Answer struct {
+	Rows [][][]byte // each DataRow's values, copied (nil for NULL)
+	Err  *protocol.PgError
+	Copy bool // the request started a COPY that waits for data: no ReadyForQuery comes
+}
+
+// Failure is the server's error as an error, nil if none.
+func (a *Answer) Failure() error {
+	if a.Err == nil {
+		return nil
+	}
+	return a.Err
+}
+
+// Take takes a message of the answer other than ReadyForQuery.
+func (a *Answer) Take(typ byte, body []byte) {
+	switch typ {
+	case 'D':
+		var row pgproto3.DataRow
+		if row.Decode(body) != nil {
+			return
+		}
+		values := make([][]byte, len(row.Values))
+		for i, v := range row.Values {
+			if v != nil {
+				values[i] = append([]byte{}, v...) // Decode points into body, which the reader reuses
+			}
+		}
+		a.Rows = append(a.Rows, values)
+	case 'E':
+		if a.Err == nil {
+			a.Err = protocol.DecodeError(body)
+		}
+	case 'G', 'W':
+		a.Copy = true
+	}
 }

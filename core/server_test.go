@@ -1,8 +1,11 @@
 package core
 
 import (
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/pgmux/pgmux/protocol"
 )
 
 func TestGranted(t *testing.T) {
@@ -106,5 +109,37 @@ func TestServerLost(t *testing.T) {
 		case c.code != "" && (e == nil || e.Code != c.code || e.Severity != "FATAL"):
 			t.Errorf("%s: told %v, want a FATAL %s", c.name, e, c.code)
 		}
+	}
+}
+
+// An answer's rows outlive the reader's buffer they came in; its first
+// error is the one kept; a COPY that waits for data ends the answer.
+func TestAnswer(t *testing.T) {
+	var a Answer
+	if a.Failure() != nil {
+		t.Fatal("a failure in an empty answer")
+	}
+	buf := []byte("\x00\x02\x00\x00\x00\x01t\xff\xff\xff\xff")
+	a.Take('T', []byte("ignored"))
+	a.Take('D', buf)
+	buf[6] = 'f'
+	if len(a.Rows) != 1 || string(a.Rows[0][0]) != "t" || a.Rows[0][1] != nil {
+		t.Fatalf("rows %q", a.Rows)
+	}
+	first := protocol.Error(protocol.CodeQueryCanceled, "first").AppendTo(nil)
+	second := protocol.Error(protocol.CodeInternalError, "second").AppendTo(nil)
+	a.Take('E', first[protocol.HeaderLen:])
+	a.Take('E', second[protocol.HeaderLen:])
+	var pgErr *protocol.PgError
+	if err := a.Failure(); !errors.As(err, &pgErr) || pgErr.Code != protocol.CodeQueryCanceled {
+		t.Fatalf("failure %v", err)
+	}
+	a.Take('H', nil)
+	if a.Copy {
+		t.Fatal("a COPY TO STDOUT waits for no data")
+	}
+	a.Take('G', nil)
+	if !a.Copy {
+		t.Fatal("a COPY FROM STDIN not seen")
 	}
 }

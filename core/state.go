@@ -431,10 +431,16 @@ func (s *Session) ReadBackDue(srv *ServerSettings) (bool, []byte) {
 	return true, q
 }
 
-// ReadBack takes the answer to ReadBackDue's query, setting name to value
+// ReadBack takes the rows of the answer to ReadBackDue's query, name and value
 // (an empty value: a custom setting not set), as the client's settings from
 // now on and as srv's.
-func (s *Session) ReadBack(set map[string]string, srv *ServerSettings) {
+func (s *Session) ReadBack(rows [][][]byte, srv *ServerSettings) {
+	set := make(map[string]string, len(rows))
+	for _, r := range rows {
+		if len(r) == 2 {
+			set[strings.ToLower(string(r[0]))] = string(r[1])
+		}
+	}
 	s.Want.readBack(set, s.noted.resetAll)
 	srv.readBack(set)
 	s.noted = notes{stmts: s.noted.stmts}

@@ -188,38 +188,57 @@ func (sc *serverConn) syncSettings(y *core.SettingsSync, want *core.Wanted) core
 // readSync reads the answer to y's query, or what is left of it where the
 // loop read its start.
 func (sc *serverConn) readSync(y *core.SettingsSync, want *core.Wanted) error {
-	return sc.readUntilReady(func(typ byte, body []byte) { y.Take(want, typ, body) })
+	return sc.readUntilReady(func(typ byte, body []byte) bool {
+		y.Take(want, typ, body)
+		return false
+	})
 }
 
 // check runs server_check_query q on a server about to be lent, and
 // reports whether it answered without an error and idle.
 func (sc *serverConn) check(q string) bool {
-	failed := false
-	err := sc.simpleQuery(q, func(typ byte, _ []byte) {
-		if typ == 'E' {
-			failed = true
-		}
-	})
-	return err == nil && !failed && sc.TxStatus == 'I'
+	_, err := sc.query(q)
+	return err == nil && sc.TxStatus == 'I'
 }
 
-// simpleQuery runs q and passes every response message to fn until
-// ReadyForQuery. The caller owns sc and no reader goroutine is running on it.
-func (sc *serverConn) simpleQuery(q string, fn func(typ byte, body []byte)) error {
+// query runs q, a simple query of pgmux's own (see request).
+func (sc *serverConn) query(q string) (core.Answer, error) {
 	msg, _ := (&pgproto3.Query{String: q}).Encode(nil)
+	return sc.request(msg)
+}
+
+// request sends msg, a request of pgmux's own, to a server nobody else uses
+// and reads its answer; err is the I/O's failure, else the server's error.
+func (sc *serverConn) request(msg []byte) (core.Answer, error) {
 	if _, err := sc.bw.Write(msg); err != nil {
-		return err
+		return core.Answer{}, err
 	}
 	if err := sc.bw.Flush(); err != nil {
-		return err
+		return core.Answer{}, err
 	}
-	return sc.readUntilReady(fn)
+	a, err := sc.answer()
+	if err == nil {
+		err = a.Failure()
+	}
+	return a, err
+}
+
+// answer reads the answer to a request of pgmux's own up to its
+// ReadyForQuery, or to a COPY it started, which waits for data; err is the
+// read's failure only.
+func (sc *serverConn) answer() (core.Answer, error) {
+	var a core.Answer
+	err := sc.readUntilReady(func(typ byte, body []byte) bool {
+		a.Take(typ, body)
+		return a.Copy
+	})
+	return a, err
 }
 
 // readUntilReady reads sc's messages up to and including the next
 // ReadyForQuery, noting ParameterStatus and the transaction status, and
-// passes every other message to fn (if not nil).
-func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte)) error {
+// passes every other message to fn, which may stop the reading there.
+func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte) (stop bool)) error {
 	for {
 		typ, n, err := sc.rd.Next()
 		if err != nil {
@@ -232,8 +251,8 @@ func (sc *serverConn) readUntilReady(fn func(typ byte, body []byte)) error {
 		if ready, err := sc.Note(typ, body); ready || err != nil {
 			return err
 		}
-		if fn != nil {
-			fn(typ, body)
+		if fn(typ, body) {
+			return nil
 		}
 	}
 }
@@ -248,15 +267,7 @@ func (sc *serverConn) forgetSession() {
 
 // discardAll runs DISCARD ALL on a server nobody else uses.
 func (sc *serverConn) discardAll() error {
-	var pgErr *protocol.PgError
-	err := sc.simpleQuery("DISCARD ALL", func(typ byte, body []byte) {
-		if typ == 'E' {
-			pgErr = protocol.DecodeError(body)
-		}
-	})
-	if err == nil && pgErr != nil {
-		err = pgErr
-	}
+	_, err := sc.query("DISCARD ALL")
 	if err == nil {
 		sc.forgetSession()
 	}

@@ -129,20 +129,14 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 	if err := sc.bw.Flush(); err != nil {
 		return false
 	}
-	startedCopy := false
 	for n := plan.Answers; n > 0; n-- {
-		err := sc.readUntilReady(func(typ byte, _ []byte) {
-			if typ == 'G' || typ == 'W' {
-				startedCopy = true
-			}
-		})
-		if err != nil || startedCopy {
+		if a, err := sc.answer(); err != nil || a.Copy {
 			return false // a COPY started by a message not yet answered: give up
 		}
 	}
 	rollback, reset := core.SettleDone(sc.TxStatus, ss.mode == ModeSession, ss.LeftState(), ss.srv.options().ServerResetQuery)
 	if rollback {
-		if err := sc.simpleQuery("ROLLBACK", nil); err != nil || sc.TxStatus != 'I' {
+		if _, err := sc.query("ROLLBACK"); err != nil || sc.TxStatus != 'I' {
 			return false
 		}
 	}
@@ -150,13 +144,7 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 		return true
 	}
 	sc.conn.SetDeadline(time.Now().Add(settleTimeout)) // the reset query's own
-	var failed bool
-	err := sc.simpleQuery(reset, func(typ byte, _ []byte) {
-		if typ == 'E' {
-			failed = true
-		}
-	})
-	if err != nil || failed || sc.TxStatus != 'I' {
+	if _, err := sc.query(reset); err != nil || sc.TxStatus != 'I' {
 		return false
 	}
 	sc.forgetSession() // as DISCARD ALL does

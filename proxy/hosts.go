@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/hosts"
@@ -75,26 +74,16 @@ func (s *Server) checkHost(ctx context.Context, p *dbPool, host, user string, cr
 	}
 	defer sc.conn.Close()
 	sc.conn.SetDeadline(time.Now().Add(s.connectTimeout()))
-	var row pgproto3.DataRow
-	var rowErr, pgErr error
-	err = sc.simpleQuery(hostCheckQuery, func(typ byte, body []byte) {
-		switch typ {
-		case 'D':
-			rowErr = row.Decode(body) // copies the values
-		case 'E':
-			pgErr = protocol.DecodeError(body)
-		}
-	})
-	switch {
-	case err != nil:
+	a, err := sc.query(hostCheckQuery)
+	if err != nil {
 		return false, 0, err
-	case pgErr != nil:
-		return false, 0, pgErr
-	case rowErr != nil || len(row.Values) != 2:
+	}
+	if len(a.Rows) != 1 || len(a.Rows[0]) != 2 {
 		return false, 0, errors.New("unexpected answer to the host check")
 	}
-	secs, _ := strconv.ParseFloat(string(row.Values[1]), 64)
-	return string(row.Values[0]) == "t", time.Duration(secs * float64(time.Second)), nil
+	row := a.Rows[0]
+	secs, _ := strconv.ParseFloat(string(row[1]), 64)
+	return string(row[0]) == "t", time.Duration(secs * float64(time.Second)), nil
 }
 
 // checkHosts checks every host of p that is due, at once, and reports

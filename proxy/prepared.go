@@ -61,13 +61,7 @@ func (ss *session) trimPrepared(sc *serverConn, max int) error {
 	if len(names) == 0 {
 		return nil
 	}
-	if _, err := sc.bw.Write(msg); err != nil {
-		return err
-	}
-	if err := sc.bw.Flush(); err != nil {
-		return err
-	}
-	if err := sc.readUntilReady(nil); err != nil {
+	if _, err := sc.request(msg); err != nil {
 		return err
 	}
 	sc.Prepared.Evicted(names, ss.PS.Counters)

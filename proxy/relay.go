@@ -4,12 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgmux/pgmux/core"
 	"github.com/pgmux/pgmux/prepared"
@@ -550,38 +547,17 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 func (ss *session) readBackLocked(sc *serverConn, q []byte) bool {
 	ss.readingBack = true
 	ss.mu.Unlock()
-	set := map[string]string{}
-	var failed *protocol.PgError
-	_, err := sc.bw.Write(q)
-	if err == nil {
-		err = sc.bw.Flush()
-	}
-	if err == nil {
-		var row pgproto3.DataRow
-		err = sc.readUntilReady(func(typ byte, body []byte) {
-			switch typ {
-			case 'D':
-				if row.Decode(body) == nil && len(row.Values) == 2 {
-					set[strings.ToLower(string(row.Values[0]))] = string(row.Values[1])
-				}
-			case 'E':
-				failed = protocol.DecodeError(body)
-			}
-		})
-	}
+	a, err := sc.request(q)
 	ss.mu.Lock()
 	ss.readingBack = false
 	ss.cond.Broadcast()
-	if err == nil && failed != nil {
-		err = failed
-	}
 	if err != nil {
 		sc.torn = true // whatever it holds, it goes to no one
 		ss.mu.Unlock()
 		ss.serverFailed(fmt.Errorf("reading the client's settings back: %w", err))
 		return false
 	}
-	ss.ReadBack(set, &sc.Settings)
+	ss.ReadBack(a.Rows, &sc.Settings)
 	return true
 }
 

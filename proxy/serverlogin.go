@@ -170,32 +170,14 @@ func (s *Server) authQuery(ctx context.Context, user, dbName string) (auth.Secre
 			return auth.Secret{}, false, err
 		}
 	}
-	sc.bw.Write(buf)
-	if err := sc.bw.Flush(); err != nil {
-		return auth.Secret{}, false, err
-	}
-	var row pgproto3.DataRow
-	var qerr error
-	found := false
-	err = sc.readUntilReady(func(typ byte, body []byte) {
-		switch typ {
-		case 'D':
-			if err := row.Decode(body); err == nil && len(row.Values) >= 2 && row.Values[1] != nil {
-				found = true
-			}
-		case 'E':
-			qerr = protocol.DecodeError(body)
-		}
-	})
-	if err == nil {
-		err = qerr
-	}
+	a, err := sc.request(buf)
 	if err != nil {
 		return auth.Secret{}, false, fmt.Errorf("auth_query: %w", err)
 	}
+	found := len(a.Rows) > 0 && len(a.Rows[0]) >= 2 && a.Rows[0][1] != nil
 	var secret auth.Secret
 	if found {
-		if secret, err = auth.ParseSecret(user, string(row.Values[1])); err != nil {
+		if secret, err = auth.ParseSecret(user, string(a.Rows[0][1])); err != nil {
 			return auth.Secret{}, false, fmt.Errorf("auth_query's secret for %q: %w", user, err)
 		}
 		secret.Plain = "" // a password stored in clear is not one to log in to servers with

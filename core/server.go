@@ -28,23 +28,60 @@ const AliveCheckAfter = 100 * time.Millisecond
 const HangupCheckAfter = 100 * time.Millisecond
 
 // Grant is what to make sure of about a server a client has just been
-// granted, before the client's request goes to it, in this order.
+// granted, before the client's request goes to it; Next gives the steps in
+// order.
 type Grant struct {
 	// CheckAlive: the server sat idle long enough to have gone away
 	// meanwhile (a restart, a timeout on its side); one that has is closed
 	// and another taken.
 	CheckAlive bool
+	// CheckQuery: the server has been idle longer than server_check_delay,
+	// so server_check_query runs on it before it is lent; one that fails
+	// it is closed and another taken.
+	CheckQuery bool
 	// CheckHangup: the client waited long enough to have given up; one that
 	// has gives the server straight back. A driver that watched the
 	// client's socket while it waited knows already.
 	CheckHangup bool
-	// Sync: the server's settings are not the client's (ServerSettings).
-	Sync bool
 	// Trim: the server holds more prepared statements than the bound.
 	Trim bool
-	// CheckQuery: the server has been idle longer than server_check_delay,
-	// so server_check_query runs on it before it is lent.
-	CheckQuery bool
+	// Sync: the server's settings are not the client's (ServerSettings).
+	Sync bool
+}
+
+// GrantStep is a step Grant asks for.
+type GrantStep int8
+
+const (
+	GrantDone      GrantStep = iota // none left: the client's request goes to the server
+	LookAlive                       // look at the server's socket, without blocking
+	RunCheckQuery                   // run server_check_query
+	LookHangup                      // look at the client's socket
+	TrimStatements                  // close the prepared statements beyond the bound
+	SyncSettings                    // bring the settings in line (Session.Sync), the last step
+)
+
+// Next returns the next step to take and crosses it off: the looks first,
+// cheapest first, then what changes the server.
+func (g *Grant) Next() GrantStep {
+	switch {
+	case g.CheckAlive:
+		g.CheckAlive = false
+		return LookAlive
+	case g.CheckQuery:
+		g.CheckQuery = false
+		return RunCheckQuery
+	case g.CheckHangup:
+		g.CheckHangup = false
+		return LookHangup
+	case g.Trim:
+		g.Trim = false
+		return TrimStatements
+	case g.Sync:
+		g.Sync = false
+		return SyncSettings
+	}
+	return GrantDone
 }
 
 // Granted says what to make sure of about a server granted after the client

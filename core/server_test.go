@@ -143,3 +143,18 @@ func TestAnswer(t *testing.T) {
 		t.Fatal("a COPY FROM STDIN not seen")
 	}
 }
+
+// A grant's steps come in order, each once, the settings last.
+func TestGrantNext(t *testing.T) {
+	g := Grant{CheckAlive: true, CheckQuery: true, CheckHangup: true, Trim: true, Sync: true}
+	want := []GrantStep{LookAlive, RunCheckQuery, LookHangup, TrimStatements, SyncSettings, GrantDone, GrantDone}
+	for i, w := range want {
+		if got := g.Next(); got != w {
+			t.Fatalf("step %d: %d, want %d", i, got, w)
+		}
+	}
+	g = Grant{Sync: true, CheckAlive: true}
+	if a, b, c := g.Next(), g.Next(), g.Next(); a != LookAlive || b != SyncSettings || c != GrantDone {
+		t.Fatalf("steps %d %d %d", a, b, c)
+	}
+}

@@ -296,7 +296,7 @@ func (ss *session) serverParams() ([]core.Param, error) {
 	if params != nil {
 		return params, nil
 	}
-	lease, _, err := ss.acquireLease(ss.ctx, time.Now())
+	lease, err := ss.acquireSynced(ss.ctx) // once per pool: the settings brought in line do not matter
 	if err != nil {
 		return nil, err
 	}

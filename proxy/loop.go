@@ -588,7 +588,7 @@ func (p *parker) clientReady(ss *session) exit {
 	lc := ss.lc
 	ph := ss.getPhase()
 	if ph == core.PhaseWaiting && peerClosed(ss.conn) {
-		// Gone while queued: its query is not run (as acquireLease does
+		// Gone while queued: its query is not run (as acquireSynced does
 		// after a long wait).
 		lc.endErr = errQuiet
 		return eject

@@ -90,47 +90,50 @@ func (p *parker) gotServer(ss *session, lease *pool.Lease[*serverConn], err erro
 		releaseLease(lease)
 		return eject // its goroutine answers the request as cancelled (bind)
 	}
-	sc := lease.Conn()
-	// The looks acquireLease makes, without blocking; none for a hang-up:
-	// the client's socket stayed in the epoll set while it waited, and
-	// clientReady saw it hang up.
+	if lease.Conn().sys == nil {
+		releaseLease(lease) // a TLS server, which only the goroutine path relays
+		return ejectServed
+	}
+	// The steps acquireSynced takes, those that do not block; no look for
+	// a hang-up: the client's socket stayed in the epoll set while it
+	// waited, and clientReady saw it hang up.
 	g := ss.granted(lease, 0)
-	if g.CheckAlive && !sc.alive() {
-		destroyLease(lease)
-		return ejectServed // the goroutine path takes another
+	for {
+		switch step := g.Next(); step {
+		case core.GrantDone, core.SyncSettings: // the sync is the last step
+			ss.waited(lc.waitStart, p.now)
+			if queued {
+				ss.waitingSince.Store(0)
+			}
+			if step == core.SyncSettings {
+				return p.syncServer(ss, lease)
+			}
+			return p.bindServer(ss, lease)
+		case core.LookAlive:
+			if !lease.Conn().alive() {
+				destroyLease(lease)
+				return ejectServed // the goroutine path takes another
+			}
+		case core.RunCheckQuery:
+			// It blocks: the goroutine path runs it, the server given
+			// back with its idle time kept so that it asks.
+			releaseLeaseAt(lease, p.mono-lease.IdleDurationAt(p.mono))
+			return ejectServed
+		case core.TrimStatements:
+			// It blocks too. The loop read the request whole, so the
+			// goroutine may hand the session back as soon as it has
+			// served it.
+			releaseLease(lease)
+			return ejectServed
+		}
 	}
-	if g.CheckQuery {
-		// server_check_query, which blocks: the goroutine path runs it,
-		// the server given back with its idle time kept so that it asks.
-		releaseLeaseAt(lease, p.mono-lease.IdleDurationAt(p.mono))
-		return ejectServed
-	}
-	if sc.sys == nil || g.Trim {
-		// Statements to trim: bind's. The loop read the request whole,
-		// so the goroutine may hand the session back as soon as it has
-		// served it.
-		releaseLease(lease)
-		return ejectServed
-	}
-	ss.waited(lc.waitStart, p.now)
-	if queued {
-		ss.waitingSince.Store(0)
-	}
-	if g.Sync {
-		// Settings to bring in line: a server dialed since, or last used
-		// by a client with other settings.
-		return p.syncServer(ss, lease)
-	}
-	return p.bindServer(ss, lease)
 }
 
 // bindServer makes lease, a server whose settings are the client's, the
 // session's, and sends it the client's request.
 func (p *parker) bindServer(ss *session, lease *pool.Lease[*serverConn]) exit {
-	sc := lease.Conn()
-	sc.leased.Store(true)
 	ss.attach(lease)
-	return p.send(ss, sc)
+	return p.send(ss, lease.Conn())
 }
 
 // syncServer sends lease's server the query that brings its settings to the

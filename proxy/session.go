@@ -300,39 +300,6 @@ func clientReadError(err error, timeoutName string) error {
 	return errQuiet
 }
 
-// acquireLease takes a healthy server from the pool, waiting at most
-// query_wait_timeout for each try (a try fails when the server it got was
-// found dead); start is when the client began to wait. It makes the looks
-// core.Granted asks for and returns what else is to be done. A client that
-// hung up while it waited gives the server straight back (its first message,
-// already read, goes nowhere), so that a crowd of clients that left does not
-// keep the others waiting.
-func (ss *session) acquireLease(ctx context.Context, start time.Time) (*pool.Lease[*serverConn], core.Grant, error) {
-	from := ss.acquireFrom()
-	for {
-		pl := from.pool.Load()
-		lease, err := pl.AcquireWithin(ctx, ss.srv.options().QueryWaitTimeout)
-		if errors.Is(err, pool.ErrClosed) && from.pool.Load() != pl {
-			continue // a reload replaced the pool meanwhile
-		}
-		if err != nil {
-			return nil, core.Grant{}, ss.acquireError(err)
-		}
-		sc := lease.Conn()
-		g := ss.granted(lease, time.Since(start))
-		if g.CheckAlive && !sc.alive() || g.CheckQuery && !sc.check(ss.srv.options().ServerCheckQuery) {
-			destroyLease(lease)
-			continue
-		}
-		if g.CheckHangup && peerClosed(ss.conn) {
-			releaseLease(lease)
-			return nil, core.Grant{}, errQuiet
-		}
-		sc.leased.Store(true)
-		return lease, g, nil
-	}
-}
-
 // granted is core.Granted for a server lease has just given the session,
 // after a wait of waited; both drivers ask it.
 func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration) core.Grant {
@@ -428,45 +395,70 @@ func (ss *session) bind() error {
 	return nil
 }
 
-// acquireSynced leases a server whose settings match the client's.
+// acquireSynced leases a server and makes sure of it as core.Grant says,
+// waiting at most query_wait_timeout for each try; another is taken for a
+// server found dead or broken. A client that hung up while it waited gives
+// the server straight back (its first message, already read, goes
+// nowhere), so that a crowd of clients that left does not keep the others
+// waiting.
 func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn], error) {
 	start := time.Now()
 	ss.waitingSince.Store(start.UnixNano())
 	defer ss.waitingSince.Store(0)
-	for attempt := 0; ; attempt++ {
-		lease, g, err := ss.acquireLease(ctx, start)
-		if err != nil {
-			return nil, err
+	from := ss.acquireFrom()
+	for tries, broken := 0, 0; ; tries++ {
+		pl := from.pool.Load()
+		lease, err := pl.AcquireWithin(ctx, ss.srv.options().QueryWaitTimeout)
+		if errors.Is(err, pool.ErrClosed) && from.pool.Load() != pl {
+			continue // a reload replaced the pool meanwhile
 		}
-		if attempt == 0 {
+		if err != nil {
+			return nil, ss.acquireError(err)
+		}
+		if tries == 0 {
 			ss.waited(start.UnixNano(), time.Now().UnixNano())
 		}
-		sc := lease.Conn()
-		end := core.SyncDone
-		if g.Sync {
-			end = sc.syncSettings(&ss.Sync, &ss.Want)
-		}
-		if end == core.SyncRefused {
-			releaseLease(lease)
-			return nil, ss.Sync.Refusal() // the client asked for a setting the server refuses
-		}
-		if end == core.SyncDone && g.Trim {
-			err = ss.trimPrepared(sc, ss.srv.options().MaxPreparedStatements)
-		}
-		if end == core.SyncDone && err == nil {
-			return lease, nil
+		sc, g := lease.Conn(), ss.granted(lease, time.Since(start))
+		step, ok := core.GrantDone, true
+		for ok {
+			switch step = g.Next(); step {
+			case core.GrantDone:
+				return lease, nil
+			case core.LookAlive:
+				ok = sc.alive()
+			case core.RunCheckQuery:
+				ok = sc.check(ss.srv.options().ServerCheckQuery)
+			case core.LookHangup:
+				if peerClosed(ss.conn) {
+					releaseLease(lease)
+					return nil, errQuiet
+				}
+			case core.TrimStatements:
+				err = ss.trimPrepared(sc, ss.srv.options().MaxPreparedStatements)
+				ok = err == nil
+			case core.SyncSettings:
+				switch sc.syncSettings(&ss.Sync, &ss.Want) {
+				case core.SyncRefused:
+					releaseLease(lease)
+					return nil, ss.Sync.Refusal() // the client asked for a setting the server refuses
+				case core.SyncBroken:
+					ok = false
+				}
+			}
 		}
 		destroyLease(lease)
-		if attempt >= 2 {
-			ss.logger().Warn("server broken at grant, three times", zap.Error(err))
-			return nil, errServerConnect
+		if step == core.TrimStatements || step == core.SyncSettings {
+			if broken++; broken == 3 {
+				ss.logger().Warn("server broken at grant, three times", zap.Error(err))
+				return nil, errServerConnect
+			}
 		}
-		// A broken server: take another.
 	}
 }
 
 // attach makes lease the session's server.
 func (ss *session) attach(lease *pool.Lease[*serverConn]) {
+	lease.Conn().leased.Store(true)
 	ss.writer()
 	ss.mu.Lock()
 	ss.lease, ss.readerDone, ss.Acct = lease, nil, core.Account{}

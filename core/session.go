@@ -80,6 +80,46 @@ func (s *Session) Sent(typ byte, unnamedParse, rewritten bool) (endsSegment bool
 	return s.Acct.Sent(typ, unnamedParse)
 }
 
+// Peek says how much of the body of a client message of type typ (n bytes)
+// the session must see before the message goes to the server: the start of
+// a Parse, Bind, Describe or Close for Looked, and the text of a Query,
+// Parse or Bind for NoteMessage, or of a Query or Parse for its trace
+// (traced), as much as fits in limit.
+func (s *Session) Peek(typ byte, n int, traced bool, limit int) int {
+	look := s.Pooled && !s.NoLook
+	switch typ {
+	case 'Q', 'P':
+		if look || traced {
+			return min(n, limit)
+		}
+	case 'B':
+		if look {
+			return min(n, limit)
+		}
+	}
+	switch typ {
+	case 'P', 'B', 'D', 'C':
+		return min(n, 64)
+	}
+	return 0
+}
+
+// Looked says, from the start of a client message's body (head; empty if
+// it could not be seen) of n bytes, whether it is a Parse of the unnamed
+// statement, and whether it names a prepared statement the mapping
+// rewrites (prepared.NamesStatement; a name not seen is taken to).
+func (s *Session) Looked(typ byte, head []byte, n int) (unnamedParse, mapped bool) {
+	switch typ {
+	case 'P', 'B', 'D', 'C':
+	default:
+		return false, false
+	}
+	if len(head) == 0 {
+		return false, s.Mapping && n > 0
+	}
+	return typ == 'P' && head[0] == 0, s.Mapping && prepared.NamesStatement(typ, head, n)
+}
+
 // SentBatch accounts for a batch Scan sorted, sent at once with nothing in
 // it for the mapping to match.
 func (s *Session) SentBatch(b Batch) {

@@ -223,3 +223,55 @@ func TestFromServerFatal(t *testing.T) {
 		t.Fatal("an ERROR taken for the end of the server")
 	}
 }
+
+// What the session sees of a client message before it goes to the server,
+// and what it makes of it.
+func TestPeekLooked(t *testing.T) {
+	pooled := Session{Pooled: true, Mapping: true}
+	plain := Session{}
+	for _, c := range []struct {
+		name   string
+		s      *Session
+		typ    byte
+		n      int
+		traced bool
+		want   int
+	}{
+		{"a query's text, for the session state", &pooled, 'Q', 5000, false, 1000},
+		{"a short query whole", &pooled, 'Q', 20, false, 20},
+		{"a Bind's names and more", &pooled, 'B', 500, false, 500},
+		{"session mode: a Parse's start only", &plain, 'P', 500, false, 64},
+		{"session mode, traced: the Parse's text", &plain, 'P', 500, true, 500},
+		{"session mode: nothing of a Query", &plain, 'Q', 500, false, 0},
+		{"a Describe's start", &pooled, 'D', 100, false, 64},
+		{"an Execute: nothing", &pooled, 'E', 9, false, 0},
+	} {
+		if got := c.s.Peek(c.typ, c.n, c.traced, 1000); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		name            string
+		typ             byte
+		head            string
+		n               int
+		unnamed, mapped bool
+	}{
+		{"unnamed Parse", 'P', "\x00SELECT 1\x00", 10, true, false},
+		{"named Parse", 'P', "s1\x00SELECT 1\x00", 12, false, true},
+		{"Bind of the unnamed statement", 'B', "\x00\x00", 20, false, false},
+		{"Bind of a named statement", 'B', "\x00s1\x00", 20, false, true},
+		{"Describe of a portal", 'D', "Pp\x00", 3, false, false},
+		{"Close of a statement", 'C', "Ss1\x00", 4, false, true},
+		{"a Parse not seen", 'P', "", 10, false, true},
+		{"a Query", 'Q', "SELECT 1\x00", 9, false, false},
+	} {
+		unnamed, mapped := pooled.Looked(c.typ, []byte(c.head), c.n)
+		if unnamed != c.unnamed || mapped != c.mapped {
+			t.Errorf("%s: unnamed %v mapped %v", c.name, unnamed, mapped)
+		}
+	}
+	if _, mapped := plain.Looked('P', []byte("s1\x00"), 3); mapped {
+		t.Error("mapped with the mapping off")
+	}
+}

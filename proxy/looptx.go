@@ -246,7 +246,7 @@ func (p *parker) send(ss *session, sc *serverConn) exit {
 		for i := 0; i < len(buf); {
 			typ := buf[i]
 			l := int(binary.BigEndian.Uint32(buf[i+1:]))
-			unnamedParse := typ == 'P' && l > 4 && buf[i+protocol.HeaderLen] == 0
+			unnamedParse, _ := ss.Looked(typ, buf[i+protocol.HeaderLen:i+1+l], l-4)
 			if ss.noteSentLocked(sc, typ, l-4, unnamedParse, false) {
 				ss.PS.Sent(1)
 			}

@@ -9,7 +9,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/core"
-	"github.com/pgmux/pgmux/prepared"
 	"github.com/pgmux/pgmux/protocol"
 )
 
@@ -212,31 +211,14 @@ func (ss *session) peek(n int) ([]byte, error) {
 // forward relays one client message to the session's server, binding one
 // first if it holds none.
 func (ss *session) forward(typ byte, n int) error {
-	// Look at the start of the body, outside the lock: whether a Parse is of
-	// the unnamed statement, and whether a message names a statement that
-	// prepared-statement mapping must rewrite.
-	unnamedParse, mapped := false, false
-	switch typ {
-	case 'P', 'B', 'D', 'C':
-		head, _ := ss.peek(protocol.HeaderLen + min(n, 64))
-		if len(head) > protocol.HeaderLen {
-			body := head[protocol.HeaderLen:]
-			unnamedParse = typ == 'P' && body[0] == 0
-			mapped = ss.Mapping && prepared.NamesStatement(typ, body, n)
-		} else {
-			mapped = ss.Mapping && n > 0
+	// What the session must see of the message, seen outside the lock.
+	var body []byte
+	if m := ss.Peek(typ, n, ss.tr != nil, ss.rd.Size()-protocol.HeaderLen); m > 0 {
+		if b, err := ss.peek(protocol.HeaderLen + m); err == nil {
+			body = b[protocol.HeaderLen:]
 		}
 	}
-	// A query's text, or a Bind's names, for the session state it may
-	// leave (core.Session.NoteMessage); the start of a query longer than
-	// the read buffer.
-	var text []byte
-	look := ss.Pooled && !ss.NoLook && (typ == 'Q' || typ == 'P' || typ == 'B')
-	if look || ss.tr != nil && (typ == 'Q' || typ == 'P') { // its trace context (trace.go)
-		if b, err := ss.peek(protocol.HeaderLen + min(n, ss.rd.Size()-protocol.HeaderLen)); err == nil {
-			text = b[protocol.HeaderLen:]
-		}
-	}
+	unnamedParse, mapped := ss.Looked(typ, body, n)
 	ss.mu.Lock()
 	if ss.serverDead {
 		ss.mu.Unlock()
@@ -245,15 +227,15 @@ func (ss *session) forward(typ byte, n int) error {
 	for ss.readingBack {
 		ss.cond.Wait() // the server answers pgmux's own query first
 	}
-	if look && text != nil {
+	if body != nil {
 		was := ss.Pinned
-		ss.NoteMessage(typ, text)
+		ss.NoteMessage(typ, body)
 		if ss.Pinned && !was {
 			ss.pool.clientsPinned.Add(1) // a client is pinned once, until it leaves (finish)
 		}
 	}
-	if ss.tr != nil && text != nil && typ != 'B' {
-		ss.traceTextLocked(typ, text)
+	if ss.tr != nil && body != nil {
+		ss.traceTextLocked(typ, body)
 	}
 	if ss.lease == nil {
 		ss.routeLocked(ss.rd.BufferedBytes())

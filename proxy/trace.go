@@ -25,13 +25,13 @@ func (ss *session) startTrace() {
 	}
 }
 
-// traceTextLocked looks at a Query or Parse (typ; its body, or its start)
+// traceTextLocked looks at a client message (typ; its body, or its start)
 // for the trace context of the transaction, if it is the transaction's
-// first: a traceparent in the statement's text, else in the client's
-// application_name.
+// first Query or Parse: a traceparent in the statement's text, else in the
+// client's application_name.
 func (ss *session) traceTextLocked(typ byte, body []byte) {
 	t := ss.tr
-	if t.looked {
+	if t.looked || typ != 'Q' && typ != 'P' {
 		return
 	}
 	t.looked = true
@@ -68,7 +68,7 @@ const maxTracedQuery = 2048
 func (ss *session) traceBatchLocked(buf []byte) {
 	for i := 0; i+protocol.HeaderLen <= len(buf) && !ss.tr.looked; {
 		typ, l := buf[i], int(binary.BigEndian.Uint32(buf[i+1:]))
-		if end := i + 1 + l; (typ == 'Q' || typ == 'P') && end <= len(buf) {
+		if end := i + 1 + l; end <= len(buf) {
 			ss.traceTextLocked(typ, buf[i+protocol.HeaderLen:end])
 		}
 		i += 1 + l

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 
@@ -80,6 +81,40 @@ func ParseStartup(st *protocol.Startup) (Login, error) {
 	var err error
 	l.Settings, err = startupSettings(st.Params)
 	return l, err
+}
+
+// Adjust applies to l's settings ignore_startup_parameters (the names
+// listed are taken and not applied to servers) and, with host (the
+// client's address; "" when off), application_name_add_host.
+func (l *Login) Adjust(ignore []string, host string) {
+	for _, name := range ignore {
+		for k := range l.Settings {
+			if strings.EqualFold(k, name) {
+				delete(l.Settings, k)
+			}
+		}
+	}
+	if host != "" {
+		if l.Settings == nil {
+			l.Settings = map[string]string{}
+		}
+		l.Settings["application_name"] += " - " + host
+	}
+}
+
+// Welcome appends to buf what a client that has logged in is sent: the
+// server's parameters as its own settings make them, its key for cancels,
+// and ReadyForQuery.
+func Welcome(buf []byte, params []Param, want *Wanted, pid, secret uint32) []byte {
+	for _, p := range params {
+		v := p.Value
+		if w, ok := want.Get(p.Key); ok {
+			v = w
+		}
+		buf, _ = (&pgproto3.ParameterStatus{Name: p.Name, Value: v}).Encode(buf)
+	}
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: binary.BigEndian.AppendUint32(nil, secret)}).Encode(buf)
+	return append(buf, 'Z', 0, 0, 0, 5, 'I')
 }
 
 // startupSettings returns the run-time settings among the startup

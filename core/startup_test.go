@@ -1,8 +1,11 @@
 package core
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"maps"
+	"slices"
 	"testing"
 
 	"github.com/pgmux/pgmux/protocol"
@@ -133,5 +136,40 @@ func TestAnswerEncryption(t *testing.T) {
 		if got != c.want || code != c.code {
 			t.Errorf("%s: %v %q, want %v %q", c.name, got, code, c.want, c.code)
 		}
+	}
+}
+
+func TestLoginAdjust(t *testing.T) {
+	l := Login{Settings: map[string]string{"extra_float_digits": "2", "application_name": "app", "search_path": "s"}}
+	l.Adjust([]string{"Extra_Float_Digits", "unknown"}, "10.0.0.7:5555")
+	want := map[string]string{"application_name": "app - 10.0.0.7:5555", "search_path": "s"}
+	if !maps.Equal(l.Settings, want) {
+		t.Fatalf("settings %v, want %v", l.Settings, want)
+	}
+	l = Login{}
+	l.Adjust(nil, "10.0.0.7:5555")
+	if l.Settings["application_name"] != " - 10.0.0.7:5555" {
+		t.Fatalf("no application_name: %q", l.Settings["application_name"])
+	}
+	l = Login{Settings: map[string]string{"application_name": "app"}}
+	if l.Adjust(nil, ""); l.Settings["application_name"] != "app" {
+		t.Fatal("application_name_add_host off changed the name")
+	}
+}
+
+// A client is shown the server's parameters as its own settings make them.
+func TestWelcome(t *testing.T) {
+	want := NewWanted(map[string]string{"timezone": "Europe/Paris"})
+	params := []Param{{Name: "DateStyle", Key: "datestyle", Value: "ISO, MDY"}, {Name: "TimeZone", Key: "timezone", Value: "UTC"}}
+	b := Welcome(nil, params, &want, 42, 0x01020304)
+	var got []string
+	for len(b) > 0 {
+		n := int(binary.BigEndian.Uint32(b[1:]))
+		got = append(got, fmt.Sprintf("%c %q", b[0], b[protocol.HeaderLen:1+n]))
+		b = b[1+n:]
+	}
+	wantMsgs := []string{`S "DateStyle\x00ISO, MDY\x00"`, `S "TimeZone\x00Europe/Paris\x00"`, `K "\x00\x00\x00*\x01\x02\x03\x04"`, `Z "I"`}
+	if !slices.Equal(got, wantMsgs) {
+		t.Fatalf("welcome %v, want %v", got, wantMsgs)
 	}
 }

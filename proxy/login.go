@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgmux/pgmux/console"
@@ -106,21 +104,13 @@ func (ss *session) login() error {
 	if err != nil {
 		return err
 	}
-	user, dbName, want := lg.User, lg.Database, lg.Settings
 	o := ss.srv.options()
-	for _, name := range o.IgnoreStartupParameters {
-		for k := range want {
-			if strings.EqualFold(k, name) {
-				delete(want, k) // taken, and not applied to its servers
-			}
-		}
-	}
+	host := ""
 	if o.AppNameAddHost {
-		if want == nil {
-			want = map[string]string{}
-		}
-		want["application_name"] = want["application_name"] + " - " + ss.conn.RemoteAddr().String()
+		host = ss.conn.RemoteAddr().String()
 	}
+	lg.Adjust(o.IgnoreStartupParameters, host)
+	user, dbName, want := lg.User, lg.Database, lg.Settings
 	if console.IsDatabase(dbName) {
 		ss.user = user
 		return ss.console(user, dbName, cbind)
@@ -172,17 +162,8 @@ func (ss *session) login() error {
 	}
 	ss.startTrace() // after a session-mode login's wait, which is no transaction's
 	ss.srv.register(ss, sc)
-	// Show the client the server's parameters as its own settings make them.
-	buf := ss.bw.AvailableBuffer() // into the writer's buffer: no array made for it
-	for _, p := range params {
-		v := p.Value
-		if w, ok := ss.Want.Get(p.Key); ok {
-			v = w
-		}
-		buf, _ = (&pgproto3.ParameterStatus{Name: p.Name, Value: v}).Encode(buf)
-	}
-	buf, _ = (&pgproto3.BackendKeyData{ProcessID: ss.pid, SecretKey: be32(ss.secret)}).Encode(buf)
-	buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
+	// Into the writer's buffer: no array made for it.
+	buf := core.Welcome(ss.bw.AvailableBuffer(), params, &ss.Want, ss.pid, ss.secret)
 	ss.bw.Write(buf)
 	if err := ss.bw.Flush(); err != nil {
 		if lease != nil {
@@ -207,8 +188,6 @@ func (ss *session) login() error {
 	}
 	return nil
 }
-
-func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
 
 // authenticate authenticates the client as core.ClientAuth decides, with
 // the user's secret from the auth file or else auth_query's, and returns

@@ -65,7 +65,7 @@ func (s *Server) forwardCancel(peer int, pid uint32, key []byte) {
 		return
 	}
 	network, addr := dialAddr(p.Host, p.Port)
-	if err := sendCancelRequest(network, addr, pid, be32(binary.BigEndian.Uint32(key)-1), s.connectTimeout()); err != nil { // -1: the TTL bits, which are not 0
+	if err := sendCancelRequest(network, addr, pid, binary.BigEndian.AppendUint32(nil, binary.BigEndian.Uint32(key)-1), s.connectTimeout()); err != nil { // -1: the TTL bits, which are not 0
 		s.log.Warn("forward cancel to peer", zap.Int("peer_id", peer), zap.Error(err))
 	}
 }
@@ -88,7 +88,7 @@ func (s *Server) broadcastCancel(pid uint32, key []byte) {
 	var wg sync.WaitGroup
 	for _, addr := range addrs {
 		wg.Go(func() {
-			if err := sendCancelRequest("tcp", addr, pid, be32(secret), s.connectTimeout()); err != nil {
+			if err := sendCancelRequest("tcp", addr, pid, binary.BigEndian.AppendUint32(nil, secret), s.connectTimeout()); err != nil {
 				s.log.Debug("send cancel request to peer", zap.String("peer", addr), zap.Error(err))
 			}
 		})

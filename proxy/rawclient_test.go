@@ -90,7 +90,7 @@ func (r *rawClient) sendCancel(addr string) error {
 		return err
 	}
 	defer c.Close()
-	_, err = c.Write(protocol.AppendCancelRequest(nil, r.pid, be32(r.key)))
+	_, err = c.Write(protocol.AppendCancelRequest(nil, r.pid, binary.BigEndian.AppendUint32(nil, r.key)))
 	return err
 }
 

@@ -50,6 +50,7 @@ const (
 	ScanMore  ScanResult = iota // whole ordinary messages so far; more to come
 	ScanEject                   // something only the goroutine driver handles
 	ScanReady                   // whole ordinary messages, the last a Query or Sync
+	ScanTerminate               // a Terminate, alone: the client leaves
 )
 
 // Batch is what Scan makes of a batch of client messages that is ready to
@@ -82,6 +83,9 @@ func Scan(buf []byte, maxBody int, ps bool, s *Session) (res ScanResult, b Batch
 		l := int(binary.BigEndian.Uint32(buf[i+1:]))
 		if l < 4 || l-4 > maxBody {
 			return ScanEject, Batch{} // the goroutine driver says what is wrong with it
+		}
+		if typ == 'X' && i == 0 && l == 4 && len(buf) == protocol.HeaderLen {
+			return ScanTerminate, Batch{}
 		}
 		if !loopServes[typ] {
 			return ScanEject, Batch{} // at once: it may never be whole

@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"bufio"
-	"encoding/binary"
 	"os"
 	"sync"
 	"syscall"
@@ -609,9 +608,6 @@ func (p *parker) clientReady(ss *session) exit {
 		return stay
 	case err != nil:
 		return eject // EOF, an error, a message larger than the buffer: the goroutine tells
-	}
-	if b := ss.rd.BufferedBytes(); len(b) == protocol.HeaderLen && b[0] == 'X' && binary.BigEndian.Uint32(b[1:]) == 4 {
-		return p.goodbye(ss)
 	}
 	return p.startTx(ss)
 }

@@ -25,6 +25,8 @@ import (
 func (p *parker) startTx(ss *session) exit {
 	res, batch := core.Scan(ss.rd.BufferedBytes(), ss.srv.options().MaxPacketSize, ss.Mapping, &ss.Session)
 	switch {
+	case res == core.ScanTerminate:
+		return p.goodbye(ss)
 	case res == core.ScanEject, res == core.ScanMore && ss.rd.Buffered() >= ss.rd.Size():
 		return eject // the goroutine path's, or larger than the buffer
 	case res == core.ScanMore:

@@ -47,10 +47,10 @@ func Classify(typ byte) (Kind, *protocol.PgError) {
 type ScanResult int8
 
 const (
-	ScanMore  ScanResult = iota // whole ordinary messages so far; more to come
-	ScanEject                   // something only the goroutine driver handles
-	ScanReady                   // whole ordinary messages, the last a Query or Sync
-	ScanTerminate               // a Terminate, alone: the client leaves
+	ScanMore      ScanResult = iota // whole ordinary messages so far; more to come
+	ScanEject                       // something only the goroutine driver handles
+	ScanReady                       // whole ordinary messages, the last a Query or Sync
+	ScanTerminate                   // a Terminate, alone: the client leaves
 )
 
 // Batch is what Scan makes of a batch of client messages that is ready to

@@ -275,9 +275,11 @@ func (ss *session) serverParams() ([]core.Param, error) {
 	if params != nil {
 		return params, nil
 	}
-	lease, err := ss.acquireSynced(ss.ctx) // once per pool: the settings brought in line do not matter
+	// Any server will do, as it is: its settings as at connect are known
+	// without a word to it.
+	lease, err := ss.acquireFrom().pool.Load().AcquireWithin(ss.ctx, ss.srv.options().QueryWaitTimeout)
 	if err != nil {
-		return nil, err
+		return nil, ss.acquireError(err)
 	}
 	sc := lease.Conn()
 	params = sc.Settings.Params()

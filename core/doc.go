@@ -16,20 +16,26 @@
 //     exchange (Account: what is owed, an open extended-protocol sequence, a
 //     Flush, and so the release rule);
 //   - the sorting of client messages: what a message type means once logged
-//     in (Classify), and whether a batch of them is an ordinary request the
-//     event loop may serve whole (Scan);
+//     in (Classify), what the session must see of one before it goes to the
+//     server (Session.Peek, Looked), and whether a batch of them is an
+//     ordinary request the event loop may serve whole (Scan);
 //   - what becomes of a request that needs a server (Admit: take one, wait
 //     for RESUME, or answer it as cancelled), what a cancel does (Cancel),
 //     and a cancel that follows the request to its server (Forward);
-//   - the answer to a request for encryption (AnswerEncryption) and the
-//     reading of a StartupMessage (ParseStartup);
+//   - login: the answer to a request for encryption (AnswerEncryption), the
+//     reading of a StartupMessage (ParseStartup, Login.Adjust), a client's
+//     authentication as its method says (ClientAuth; package auth checks
+//     the answers), and its greeting (Welcome);
+//   - pgmux's own login to a server (ServerLogin, ServerEncryption) and the
+//     answers to its own requests there (Answer);
 //   - run-time settings: those a client wants (Wanted), a server's
 //     (ServerSettings), and bringing a granted server's to a client's
 //     (SettingsSync: the query, its answer, what becomes of the server);
 //   - which client timeout applies and what it ends the session with (Wait),
 //     and what a client is told when its server fails under it (ServerLost);
-//   - what to make sure of about a server just granted (Granted), and how
-//     to settle one whose client left (SettleFor, SettleDone);
+//   - what to make sure of about a server just granted, step by step
+//     (Granted, Grant.Next), and how to settle one whose client left
+//     (SettleFor, SettleDone);
 //   - the session state a transaction-mode client's statements leave
 //     (QueryEffects, Session.NoteMessage): settings read back from the
 //     server before it goes back (ReadBackDue, ReadBack), the rest pinning

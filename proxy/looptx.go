@@ -372,11 +372,10 @@ func (p *parker) forgetServer(token uint64) {
 
 // serverReady is an event on a session's server socket: its answer relayed
 // as far as it has come, through relayMessage as the goroutine path's
-// awaitServer does. sc is the server the loop relays for ss (its
-// loopOwner), so the session's: taken
-// from the event, not through the lease (three pointers more to follow,
-// each a likely cache miss on a core the backends share). hup: the event
-// said the server hung up or failed.
+// relayServer does. sc is the server the loop relays for ss (its
+// loopOwner), so the session's: taken from the event, not through the
+// lease (three pointers more to follow, each a likely cache miss on a core
+// the backends share). hup: the event said the server hung up or failed.
 func (p *parker) serverReady(ss *session, sc *serverConn, hup bool) exit {
 	lc := ss.lc
 	switch ph := ss.getPhase(); {

@@ -33,13 +33,15 @@ cross: ## Build and vet for macOS and Windows: the portable driver must stand wi
 	GOOS=darwin $(GO) build ./... && GOOS=darwin $(GO) vet ./...
 	GOOS=windows $(GO) build ./... && GOOS=windows $(GO) vet ./...
 
-fuzz: ## Fuzz the startup parser, the message reader, the core's batch scan, the settings literals, the traceparent reader and the read-only lexer (FUZZTIME=30s each).
+fuzz: ## Fuzz the startup parser, the message reader, the core's batch scan, the settings literals, the traceparent reader, the read-only lexer and both logins' exchanges (FUZZTIME=30s each).
 	$(GO) test -run='^$$' -fuzz=FuzzReadStartup -fuzztime=$(FUZZTIME) ./protocol
 	$(GO) test -run='^$$' -fuzz=FuzzReader -fuzztime=$(FUZZTIME) ./protocol
 	$(GO) test -run='^$$' -fuzz=FuzzScan -fuzztime=$(FUZZTIME) ./core
 	$(GO) test -run='^$$' -fuzz=FuzzAppendLiteral -fuzztime=$(FUZZTIME) ./core
 	$(GO) test -run='^$$' -fuzz=FuzzTraceparent -fuzztime=$(FUZZTIME) ./tracing
 	$(GO) test -run='^$$' -fuzz=FuzzReadOnly -fuzztime=$(FUZZTIME) ./core
+	$(GO) test -run='^$$' -fuzz=FuzzClientAuth -fuzztime=$(FUZZTIME) ./core
+	$(GO) test -run='^$$' -fuzz=FuzzServerLogin -fuzztime=$(FUZZTIME) ./core
 
 deps: ## Check for PostgreSQL server binaries, pgbench and psql; install them on Debian when run as root.
 	@scripts/deps.sh

@@ -166,3 +166,33 @@ func TestClientAuthMalformedSASL(t *testing.T) {
 		}
 	}
 }
+
+// FuzzClientAuth feeds a client's answers, whatever they hold, to md5 and
+// SCRAM exchanges: each step is an answer to send or a FATAL error with a
+// SQLSTATE, and no answer authenticates an unknown password.
+func FuzzClientAuth(f *testing.F) {
+	f.Add("md5", []byte("md5d41d8cd98f00b204e9800998ecf8427e\x00"), []byte{})
+	f.Add("scram-sha-256", []byte("SCRAM-SHA-256\x00\x00\x00\x00\x20n,,n=,r=abcdefghijklmnopqrstuvwx"), []byte("c=biws,r=x,p=AAAA"))
+	f.Add("scram-sha-256", []byte("SCRAM-SHA-256-PLUS\x00\xff\xff\xff\xff"), []byte(nil))
+	plain, err := auth.ParseSecret("alice", "secret")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, method string, first, second []byte) {
+		a := NewClientAuth(AuthFor{Method: method, User: "alice", CBind: []byte("end point")})
+		st := a.Begin(plain, true)
+		for _, answer := range [][]byte{first, second} {
+			if st.Done || st.Err != nil {
+				break
+			}
+			st = a.Answer(answer)
+		}
+		var pgErr *protocol.PgError
+		switch {
+		case st.Err != nil && (!errors.As(st.Err, &pgErr) || pgErr.Severity != "FATAL" || len(pgErr.Code) != 5):
+			t.Fatalf("error %v is not a FATAL with a SQLSTATE", st.Err)
+		case st.Done && (method == "md5" || method == "scram-sha-256"):
+			t.Fatalf("%s authenticated without the password", method)
+		}
+	})
+}

@@ -159,3 +159,24 @@ func TestServerEncryption(t *testing.T) {
 		}
 	}
 }
+
+// FuzzServerLogin feeds a server's login messages, whatever they hold, to
+// a login with each credential: an answer, an error or the end, and never
+// a panic.
+func FuzzServerLogin(f *testing.F) {
+	f.Add(byte('R'), []byte("\x00\x00\x00\x05salt"))
+	f.Add(byte('R'), []byte("\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00"))
+	f.Add(byte('R'), []byte("\x00\x00\x00\x0br=x,s=c2FsdA==,i=1"))
+	f.Add(byte('K'), []byte("\x00\x00\x00\x01"))
+	f.Add(byte('S'), []byte("a\x00b"))
+	f.Add(byte('E'), []byte("SFATAL\x00"))
+	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
+		for _, c := range []ServerCred{{Password: "pw"}, {MD5: auth.MD5Secret("alice", "pw")}, {Keys: &auth.ScramKeys{ClientKey: make([]byte, 32), ServerKey: make([]byte, 32)}}, {}} {
+			l := &ServerLogin{User: "alice", Cred: c}
+			// A SASL exchange begun, so that its later steps are reached too.
+			l.Take('R', []byte("\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00"))
+			l.Take(typ, body)
+			l.Server()
+		}
+	})
+}

@@ -277,9 +277,9 @@ func (ss *session) serverParams() ([]core.Param, error) {
 	}
 	// Any server will do, as it is: its settings as at connect are known
 	// without a word to it.
-	lease, err := ss.acquireFrom().pool.Load().AcquireWithin(ss.ctx, ss.srv.options().QueryWaitTimeout)
+	lease, err := ss.take(ss.ctx, ss.acquireFrom())
 	if err != nil {
-		return nil, ss.acquireError(err)
+		return nil, err
 	}
 	sc := lease.Conn()
 	params = sc.Settings.Params()

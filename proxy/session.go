@@ -300,6 +300,23 @@ func clientReadError(err error, timeoutName string) error {
 	return errQuiet
 }
 
+// take takes a server from from's pool as it is, waiting at most
+// query_wait_timeout; a pool that a reload replaced meanwhile is tried
+// again.
+func (ss *session) take(ctx context.Context, from *dbPool) (*pool.Lease[*serverConn], error) {
+	for {
+		pl := from.pool.Load()
+		lease, err := pl.AcquireWithin(ctx, ss.srv.options().QueryWaitTimeout)
+		if errors.Is(err, pool.ErrClosed) && from.pool.Load() != pl {
+			continue
+		}
+		if err != nil {
+			return nil, ss.acquireError(err)
+		}
+		return lease, nil
+	}
+}
+
 // granted is core.Granted for a server lease has just given the session,
 // after a wait of waited; both drivers ask it.
 func (ss *session) granted(lease *pool.Lease[*serverConn], waited time.Duration) core.Grant {
@@ -407,13 +424,9 @@ func (ss *session) acquireSynced(ctx context.Context) (*pool.Lease[*serverConn],
 	defer ss.waitingSince.Store(0)
 	from := ss.acquireFrom()
 	for tries, broken := 0, 0; ; tries++ {
-		pl := from.pool.Load()
-		lease, err := pl.AcquireWithin(ctx, ss.srv.options().QueryWaitTimeout)
-		if errors.Is(err, pool.ErrClosed) && from.pool.Load() != pl {
-			continue // a reload replaced the pool meanwhile
-		}
+		lease, err := ss.take(ctx, from)
 		if err != nil {
-			return nil, ss.acquireError(err)
+			return nil, err
 		}
 		if tries == 0 {
 			ss.waited(start.UnixNano(), time.Now().UnixNano())

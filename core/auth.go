@@ -157,6 +157,9 @@ func (a *ClientAuth) Answer(body []byte) AuthStep {
 		msg, _ := (&pgproto3.AuthenticationSASLContinue{Data: first}).Encode(nil)
 		return AuthStep{Out: msg}
 	}
+	if a.scram == nil || a.turn > 2 {
+		return violation(errors.New("SASL response out of turn"))
+	}
 	final, err := a.scram.Final(body)
 	switch {
 	case errors.Is(err, auth.ErrAuthFailed):

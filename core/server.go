@@ -163,9 +163,10 @@ func SettleDone(txStatus byte, session, leftState bool, resetQuery string) (roll
 // a reset, reading settings back, auth_query), up to its ReadyForQuery,
 // which Server.Note takes: its rows and its first error.
 type Answer struct {
-	Rows [][][]byte // each DataRow's values, copied (nil for NULL)
-	Err  *protocol.PgError
-	Copy bool // the request started a COPY that waits for data: no ReadyForQuery comes
+	KeepRows bool       // keep the rows: off where what is read may be a client's result of any size (a settle)
+	Rows     [][][]byte // each DataRow's values, copied (nil for NULL)
+	Err      *protocol.PgError
+	Copy     bool // the request started a COPY that waits for data: no ReadyForQuery comes
 }
 
 // Failure is the server's error as an error, nil if none.
@@ -180,6 +181,9 @@ func (a *Answer) Failure() error {
 func (a *Answer) Take(typ byte, body []byte) {
 	switch typ {
 	case 'D':
+		if !a.KeepRows {
+			return
+		}
 		var row pgproto3.DataRow
 		if row.Decode(body) != nil {
 			return

@@ -112,10 +112,15 @@ func TestServerLost(t *testing.T) {
 	}
 }
 
-// An answer's rows outlive the reader's buffer they came in; its first
-// error is the one kept; a COPY that waits for data ends the answer.
+// An answer's rows outlive the reader's buffer they came in, and are kept
+// only when asked for; its first error is the one kept; a COPY that waits
+// for data ends the answer.
 func TestAnswer(t *testing.T) {
-	var a Answer
+	var dropped Answer
+	if dropped.Take('D', []byte("\x00\x01\x00\x00\x00\x01t")); dropped.Rows != nil {
+		t.Fatal("rows kept without KeepRows")
+	}
+	a := Answer{KeepRows: true}
 	if a.Failure() != nil {
 		t.Fatal("a failure in an empty answer")
 	}

@@ -216,18 +216,18 @@ func (sc *serverConn) request(msg []byte) (core.Answer, error) {
 	if err := sc.bw.Flush(); err != nil {
 		return core.Answer{}, err
 	}
-	a, err := sc.answer()
+	a, err := sc.answer(true)
 	if err == nil {
 		err = a.Failure()
 	}
 	return a, err
 }
 
-// answer reads the answer to a request of pgmux's own up to its
-// ReadyForQuery, or to a COPY it started, which waits for data; err is the
-// read's failure only.
-func (sc *serverConn) answer() (core.Answer, error) {
-	var a core.Answer
+// answer reads an answer up to its ReadyForQuery, or to a COPY it started,
+// which waits for data; keepRows: its rows are kept (see core.Answer); err
+// is the read's failure only.
+func (sc *serverConn) answer(keepRows bool) (core.Answer, error) {
+	a := core.Answer{KeepRows: keepRows}
 	err := sc.readUntilReady(func(typ byte, body []byte) bool {
 		a.Take(typ, body)
 		return a.Copy

@@ -130,7 +130,7 @@ func (ss *session) settle(sc *serverConn, acct core.Account) bool {
 		return false
 	}
 	for n := plan.Answers; n > 0; n-- {
-		if a, err := sc.answer(); err != nil || a.Copy {
+		if a, err := sc.answer(false); err != nil || a.Copy { // what is left of the client's results, rows unkept
 			return false // a COPY started by a message not yet answered: give up
 		}
 	}

@@ -443,8 +443,24 @@ func (ss *session) relayFailed(err error) {
 // back and no client message is being written, it gives sc back to the
 // pool after the client's ReadyForQuery is written.
 func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
+	now := ss.now()
 	status := sc.TxStatus
-	ss.observeReadyLocked(sc, status)
+	t := &sc.times
+	if sent := t.answered(); sent != 0 {
+		ss.pool.observeQuery(time.Duration(now-sent), now)
+	}
+	if status == 'I' && t.txStart != 0 {
+		ss.pool.observeTransaction(time.Duration(now-t.txStart), now)
+		if ss.pool.reads != nil && ss.txPool != ss.pool.reads {
+			ss.wroteAt = now // on the primary: its next reads there too, for a while
+		}
+		if ss.tr != nil {
+			ss.endTraceLocked(sc, now)
+		}
+		t.txStart = 0
+	}
+	ss.pool.addBytes(t.bytesIn, t.bytesOut)
+	t.bytesIn, t.bytesOut = 0, 0
 	release := false
 	if r.Release && !ss.stopping {
 		for ss.writing {
@@ -502,30 +518,6 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		ss.hangUp() // wakes the session goroutine, which ends
 	}
 	return stepReleased
-}
-
-// observeReadyLocked keeps the statistics of a ReadyForQuery of sc's, with
-// transaction status status: the query's time, the transaction's if it
-// ended (and its trace, and the primary's turn for read routing), and the
-// bytes relayed.
-func (ss *session) observeReadyLocked(sc *serverConn, status byte) {
-	now := ss.now()
-	t := &sc.times
-	if sent := t.answered(); sent != 0 {
-		ss.pool.observeQuery(time.Duration(now-sent), now)
-	}
-	if status == 'I' && t.txStart != 0 {
-		ss.pool.observeTransaction(time.Duration(now-t.txStart), now)
-		if ss.pool.reads != nil && ss.txPool != ss.pool.reads {
-			ss.wroteAt = now // on the primary: its next reads there too, for a while
-		}
-		if ss.tr != nil {
-			ss.endTraceLocked(sc, now)
-		}
-		t.txStart = 0
-	}
-	ss.pool.addBytes(t.bytesIn, t.bytesOut)
-	t.bytesIn, t.bytesOut = 0, 0
 }
 
 // readBackLocked reads the client's settings back from sc, which it is

@@ -104,6 +104,36 @@ func ParameterStatus() []byte {
 	return buf
 }
 
+// Access says whether user may use the console, and whether as an admin
+// (admin_users, every command) or to read only (stats_users, SHOW).
+func Access(user string, admins, stats []string) (admin bool, err *protocol.PgError) {
+	if slices.Contains(admins, user) {
+		return true, nil
+	}
+	if slices.Contains(stats, user) {
+		return false, nil
+	}
+	return false, protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf("user %q may not use the admin console (admin_users, stats_users)", user))
+}
+
+// Reply is the answer to a console client's message of type typ with body:
+// to a simple Query its Answer and ReadyForQuery, to a Sync ReadyForQuery,
+// to a Flush nothing, to anything else an error; leave: it was Terminate.
+func Reply(src Source, typ byte, body []byte, admin bool) (out []byte, leave bool) {
+	switch typ {
+	case 'X':
+		return nil, true
+	case 'Q':
+		out = Answer(src, strings.TrimRight(string(body), "\x00"), admin)
+	case 'S':
+	case 'H':
+		return nil, false
+	default:
+		return protocol.Error(protocol.CodeFeatureNotSupported, "the admin console takes simple queries only").AppendTo(nil), false
+	}
+	return append(out, 'Z', 0, 0, 0, 5, 'I'), false
+}
+
 // Answer returns what answers a console query q (several commands may be
 // separated by ';'), asked by an admin user or not: each command's rows and
 // CommandComplete, up to the first error, which ends it; an

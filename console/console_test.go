@@ -104,11 +104,32 @@ func read(t *testing.T, b []byte) []pgproto3.BackendMessage {
 	return out
 }
 
+// summary says an answer's messages in short: T<cols>, D<first value>,
+// C<tag>, E<code>, I.
+func summary(msgs []pgproto3.BackendMessage) []string {
+	var got []string
+	for _, m := range msgs {
+		switch m := m.(type) {
+		case *pgproto3.RowDescription:
+			got = append(got, "T"+itoa(len(m.Fields)))
+		case *pgproto3.DataRow:
+			got = append(got, "D"+string(m.Values[0]))
+		case *pgproto3.CommandComplete:
+			got = append(got, "C"+string(m.CommandTag))
+		case *pgproto3.ErrorResponse:
+			got = append(got, "E"+m.Code)
+		case *pgproto3.EmptyQueryResponse:
+			got = append(got, "I")
+		}
+	}
+	return got
+}
+
 func TestAnswer(t *testing.T) {
 	tests := []struct {
 		query  string
 		admin  bool
-		want   []string // per message: T<cols>, D<first value>, C<tag>, E<code>, I
+		want   []string // per message, as summary says them
 		effect func(f *fake) bool
 	}{
 		{"SHOW POOLS", false, []string{"T17", "Dapp", "CSHOW"}, nil},
@@ -133,21 +154,7 @@ func TestAnswer(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.query, func(t *testing.T) {
 			f := &fake{}
-			var got []string
-			for _, m := range read(t, Answer(f, tt.query, tt.admin)) {
-				switch m := m.(type) {
-				case *pgproto3.RowDescription:
-					got = append(got, "T"+itoa(len(m.Fields)))
-				case *pgproto3.DataRow:
-					got = append(got, "D"+string(m.Values[0]))
-				case *pgproto3.CommandComplete:
-					got = append(got, "C"+string(m.CommandTag))
-				case *pgproto3.ErrorResponse:
-					got = append(got, "E"+m.Code)
-				case *pgproto3.EmptyQueryResponse:
-					got = append(got, "I")
-				}
-			}
+			got := summary(read(t, Answer(f, tt.query, tt.admin)))
 			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
 				t.Fatalf("%q: %v, want %v", tt.query, got, tt.want)
 			}
@@ -250,6 +257,59 @@ func TestControlCommands(t *testing.T) {
 			if _, ok := read(t, Answer(f2, c.q, false))[0].(*pgproto3.ErrorResponse); !ok || len(f2.did) > 0 {
 				t.Errorf("%q by a stats user: carried out", c.q)
 			}
+		}
+	}
+}
+
+func TestAccess(t *testing.T) {
+	admins, stats := []string{"root"}, []string{"watcher", "root"}
+	for _, c := range []struct {
+		user           string
+		admin, refused bool
+	}{
+		{"root", true, false},
+		{"watcher", false, false},
+		{"app", false, true},
+	} {
+		admin, err := Access(c.user, admins, stats)
+		if admin != c.admin || (err != nil) != c.refused {
+			t.Errorf("%s: admin %v, %v", c.user, admin, err)
+		}
+		if err != nil && (err.Code != "28000" || err.Severity != "FATAL") {
+			t.Errorf("%s: %v, want FATAL 28000", c.user, err)
+		}
+	}
+}
+
+// A console client's messages: a Query is answered and ends with
+// ReadyForQuery, as a Sync does; a Flush gets nothing; any other message an
+// error, after which the session goes on; Terminate leaves.
+func TestReply(t *testing.T) {
+	f := &fake{}
+	for _, c := range []struct {
+		typ   byte
+		body  string
+		want  []string
+		leave bool
+	}{
+		{'Q', "SHOW VERSION\x00", []string{"T1", "D" + Version, "CSHOW", "Z"}, false},
+		{'S', "", []string{"Z"}, false},
+		{'H', "", nil, false},
+		{'P', "\x00SELECT 1\x00\x00\x00", []string{"E0A000"}, false},
+		{'X', "", nil, true},
+	} {
+		out, leave := Reply(f, c.typ, []byte(c.body), false)
+		if leave != c.leave {
+			t.Errorf("%q: leave %v", c.typ, leave)
+		}
+		var got []string
+		if n := len(out); n >= 6 && out[n-6] == 'Z' {
+			got = append(summary(read(t, out[:n-6])), "Z")
+		} else if n > 0 {
+			got = summary(read(t, out))
+		}
+		if strings.Join(got, ",") != strings.Join(c.want, ",") {
+			t.Errorf("%q: %v, want %v", c.typ, got, c.want)
 		}
 	}
 }

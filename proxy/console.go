@@ -2,9 +2,7 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"slices"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -16,9 +14,9 @@ import (
 // packet.
 func (ss *session) console(user, dbName string, cbind []byte) error {
 	o := ss.srv.options()
-	admin := slices.Contains(o.AdminUsers, user)
-	if !admin && !slices.Contains(o.StatsUsers, user) {
-		return protocol.Fatal(protocol.CodeInvalidAuthorization, fmt.Sprintf("user %q may not use the admin console (admin_users, stats_users)", user))
+	admin, refused := console.Access(user, o.AdminUsers, o.StatsUsers)
+	if refused != nil {
+		return refused
 	}
 	if _, err := ss.authenticate(user, dbName, cbind); err != nil {
 		return err
@@ -39,18 +37,9 @@ func (ss *session) console(user, dbName string, cbind []byte) error {
 		if err != nil {
 			return clientReadError(err, "timeout")
 		}
-		var out []byte
-		switch typ {
-		case 'X':
+		out, leave := console.Reply(consoleSource{ss.srv}, typ, body, admin)
+		if leave {
 			return errQuiet
-		case 'Q':
-			out = console.Answer(consoleSource{ss.srv}, strings.TrimRight(string(body), "\x00"), admin)
-			out = append(out, 'Z', 0, 0, 0, 5, 'I')
-		case 'S':
-			out = append(out, 'Z', 0, 0, 0, 5, 'I')
-		case 'H':
-		default:
-			out = protocol.Error(protocol.CodeFeatureNotSupported, "the admin console takes simple queries only").AppendTo(nil)
 		}
 		ss.bw.Write(out)
 		if err := ss.bw.Flush(); err != nil {

@@ -83,6 +83,42 @@ func ParseStartup(st *protocol.Startup) (Login, error) {
 	return l, err
 }
 
+// Gate is what may turn a client away once its StartupMessage is read,
+// before it authenticates.
+type Gate struct {
+	// TLSRequired is client_tls_sslmode's name when it requires TLS,
+	// else "". Secure: the client speaks TLS, or came over a Unix socket
+	// (TLS is for TCP, as in PostgreSQL).
+	TLSRequired string
+	Secure      bool
+	OverLimit   bool // max_client_conn clients are logged in already
+	// Known: the database is configured (or is the admin console's);
+	// Disabled: DISABLE stopped its new connections.
+	Known, Disabled bool
+}
+
+// Check says what a client whose StartupMessage gave l is sent first
+// (l.Negotiate, when owed and the client is not refused TLS first) and why
+// it is turned away, nil if it may authenticate; parsed is what
+// ParseStartup returned with l.
+func (a Gate) Check(l Login, parsed error) (out []byte, refusal error) {
+	if a.TLSRequired != "" && !a.Secure {
+		return nil, protocol.Fatal(protocol.CodeInvalidAuthorization,
+			"TLS required (client_tls_sslmode is "+a.TLSRequired+"): connect with sslmode=require or stronger")
+	}
+	switch {
+	case a.OverLimit:
+		refusal = protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
+	case parsed != nil:
+		refusal = parsed
+	case !a.Known:
+		refusal = protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", l.Database))
+	case a.Disabled:
+		refusal = protocol.Fatal(protocol.CodeObjectNotInPrerequisiteState, fmt.Sprintf("database %q does not allow connections (DISABLE)", l.Database))
+	}
+	return l.Negotiate, refusal
+}
+
 // Adjust applies to l's settings ignore_startup_parameters (the names
 // listed are taken and not applied to servers) and, with host (the
 // client's address; "" when off), application_name_add_host.

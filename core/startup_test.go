@@ -173,3 +173,42 @@ func TestWelcome(t *testing.T) {
 		t.Fatalf("welcome %v, want %v", got, wantMsgs)
 	}
 }
+
+func TestGate(t *testing.T) {
+	negotiate := []byte{'v', 0, 0, 0, 8, 0, 0, 0, 0}
+	lg := Login{User: "a", Database: "app", Negotiate: negotiate}
+	bad := protocol.Fatal(protocol.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+	open := Gate{Known: true}
+	tests := []struct {
+		name    string
+		gate    Gate
+		parsed  error
+		code    string // the refusal's SQLSTATE, "" for none
+		noBytes bool   // the client is not sent Negotiate first
+	}{
+		{name: "admitted", gate: open},
+		{name: "TLS required, in the clear", gate: Gate{TLSRequired: "require", Known: true}, code: "28000", noBytes: true},
+		{name: "TLS required, over TLS or a Unix socket", gate: Gate{TLSRequired: "verify-full", Secure: true, Known: true}},
+		{name: "TLS first, then the limit", gate: Gate{TLSRequired: "require", OverLimit: true}, code: "28000", noBytes: true},
+		{name: "max_client_conn", gate: Gate{OverLimit: true, Known: true}, code: "53300"},
+		{name: "the limit before a bad packet", gate: Gate{OverLimit: true}, parsed: bad, code: "53300"},
+		{name: "a bad packet before the database", gate: Gate{}, parsed: bad, code: "28000"},
+		{name: "unknown database", gate: Gate{}, code: "3D000"},
+		{name: "disabled database", gate: Gate{Known: true, Disabled: true}, code: "55000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := tt.gate.Check(lg, tt.parsed)
+			var pgErr *protocol.PgError
+			switch {
+			case tt.code == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.code != "" && (!errors.As(err, &pgErr) || pgErr.Code != tt.code || pgErr.Severity != "FATAL"):
+				t.Fatalf("refusal %v, want FATAL %s", err, tt.code)
+			}
+			if want := !tt.noBytes; want != (string(out) == string(negotiate)) {
+				t.Fatalf("sent first %q, want Negotiate: %v", out, want)
+			}
+		})
+	}
+}

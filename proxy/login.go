@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"cmp"
-	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -85,45 +84,42 @@ func (ss *session) login() error {
 		ss.srv.cancel(st.ProcessID, st.SecretKey)
 		return errQuiet
 	}
-	if tlsOn.Required() && !ss.tls && !ss.onUnixSocket() { // as in PostgreSQL, TLS is for TCP
-		return protocol.Fatal(protocol.CodeInvalidAuthorization,
-			"TLS required (client_tls_sslmode is "+tlsOn.Mode.String()+"): connect with sslmode=require or stronger")
-	}
 	var cbind []byte // SCRAM's channel binding: the end point of the certificate the client was shown
 	if ss.tls && len(tlsOn.Config.Certificates) > 0 {
 		cbind = tlsconf.EndPoint(tlsOn.Config.Certificates[0].Certificate[0])
 	}
+	o := ss.srv.options()
 	ss.counted = true
 	ss.srv.prelogin.Add(-1)
-	overLimit := ss.srv.loggedIn.Add(1) > int64(ss.srv.options().MaxClientConn)
-	lg, err := core.ParseStartup(st)
-	ss.bw.Write(lg.Negotiate)
-	if overLimit {
-		return protocol.Fatal(protocol.CodeTooManyConnections, "no more connections allowed (max_client_conn)")
+	adm := core.Gate{Secure: ss.tls || ss.onUnixSocket(), OverLimit: ss.srv.loggedIn.Add(1) > int64(o.MaxClientConn)}
+	if tlsOn.Required() {
+		adm.TLSRequired = tlsOn.Mode.String()
 	}
+	lg, err := core.ParseStartup(st)
+	isConsole := console.IsDatabase(lg.Database)
+	db, known := o.Databases(lg.Database)
+	adm.Known = known || isConsole
+	if err == nil && known && !isConsole {
+		ss.dbc = ss.srv.control(lg.Database)
+		adm.Disabled = ss.dbc.disabled.Load()
+	}
+	out, err := adm.Check(lg, err)
+	ss.bw.Write(out)
 	if err != nil {
 		return err
 	}
-	o := ss.srv.options()
 	host := ""
 	if o.AppNameAddHost {
 		host = ss.conn.RemoteAddr().String()
 	}
 	lg.Adjust(o.IgnoreStartupParameters, host)
 	user, dbName, want := lg.User, lg.Database, lg.Settings
-	if console.IsDatabase(dbName) {
+	if isConsole {
 		ss.user = user
 		return ss.console(user, dbName, cbind)
 	}
 	ss.user, ss.dbName, ss.Want = user, dbName, core.NewWanted(want)
 	ss.appName = want["application_name"]
-	db, ok := ss.srv.options().Databases(dbName)
-	if !ok {
-		return protocol.Fatal(protocol.CodeInvalidCatalogName, fmt.Sprintf("database %q does not exist", dbName))
-	}
-	if ss.dbc = ss.srv.control(dbName); ss.dbc.disabled.Load() {
-		return protocol.Fatal(protocol.CodeObjectNotInPrerequisiteState, fmt.Sprintf("database %q does not allow connections (DISABLE)", dbName))
-	}
 	proved, err := ss.authenticate(user, dbName, cbind)
 	if err != nil {
 		return err

@@ -23,7 +23,8 @@
 //     for RESUME, or answer it as cancelled), what a cancel does (Cancel),
 //     and a cancel that follows the request to its server (Forward);
 //   - login: the answer to a request for encryption (AnswerEncryption), the
-//     reading of a StartupMessage (ParseStartup, Login.Adjust), a client's
+//     reading of a StartupMessage (ParseStartup, Login.Adjust), who is
+//     turned away at it (Gate), a client's
 //     authentication as its method says (ClientAuth; package auth checks
 //     the answers), and its greeting (Welcome);
 //   - pgmux's own login to a server (ServerLogin, ServerEncryption) and the

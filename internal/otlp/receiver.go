@@ -44,10 +44,9 @@ type Receiver struct {
 	srv *http.Server
 	ln  net.Listener
 
-	mu       sync.Mutex
-	spans    []Span
-	requests int
-	onSpans  func([]Span)
+	mu      sync.Mutex
+	spans   []Span
+	onSpans func([]Span)
 }
 
 // Listen starts a Receiver on addr (127.0.0.1:0 for a free port). If
@@ -76,13 +75,6 @@ func (r *Receiver) Spans() []Span {
 	return append([]Span(nil), r.spans...)
 }
 
-// Requests returns how many export requests came.
-func (r *Receiver) Requests() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.requests
-}
-
 func (r *Receiver) traces(w http.ResponseWriter, req *http.Request) {
 	var body io.Reader = req.Body
 	if req.Header.Get("Content-Encoding") == "gzip" {
@@ -106,7 +98,6 @@ func (r *Receiver) traces(w http.ResponseWriter, req *http.Request) {
 	}
 	spans := Flatten(&msg)
 	r.mu.Lock()
-	r.requests++
 	if r.onSpans == nil {
 		r.spans = append(r.spans, spans...)
 	}

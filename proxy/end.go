@@ -74,7 +74,7 @@ func (ss *session) finish(err error) {
 			wait = notifyTellTimeout // behind the notifications it did not read
 		}
 		ss.conn.SetWriteDeadline(time.Now().Add(wait))
-		ss.writer().Reset(ss.sock)
+		ss.writer().Reset(ss.sockOut)
 		ss.bw.Write(pgErr.AppendTo(nil))
 		ss.bw.Flush()
 		switch {

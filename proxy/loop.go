@@ -540,7 +540,7 @@ func (p *parker) ejectTo(ss *session, mustRead bool) {
 	}
 	if ss.bw != nil {
 		ss.bw.Flush() // into the loop's queue
-		ss.bw.Reset(ss.sock)
+		ss.bw.Reset(ss.sockOut)
 	}
 	p.flushSends() // what the client does not take now into lc.spill
 	ss.inLoop.Store(false)

@@ -48,6 +48,7 @@ type session struct {
 	id        uint64
 	conn      net.Conn
 	sock      io.ReadWriter // conn's reads and writes (see rawio.Conn)
+	sockOut   io.Writer     // sock, converted once: bw is reset to it at each transaction
 	rd        *protocol.Reader
 	bw        *bufio.Writer // to the client, from writerPool; owned by relayServer while it runs
 	counted   bool          // past its startup packet: counted in loggedIn, not prelogin
@@ -187,11 +188,12 @@ func (ss *session) snapshot() stats.Client {
 func newSession(srv *Server, c net.Conn) *session {
 	sock := rawio.New(c)
 	ss := &session{
-		srv:   srv,
-		conn:  c,
-		sock:  sock,
-		rd:    protocol.NewReader(sock, 4096, srv.options().MaxPacketSize),
-		start: time.Now().UnixNano(),
+		srv:     srv,
+		conn:    c,
+		sock:    sock,
+		sockOut: sock,
+		rd:      protocol.NewReader(sock, 4096, srv.options().MaxPacketSize),
+		start:   time.Now().UnixNano(),
 	}
 	ss.cond.L = &ss.mu
 	ss.PS.Counters = &srv.ps
@@ -229,7 +231,7 @@ func (ss *session) writer() *bufio.Writer {
 		} else {
 			ss.bw = writerPool.Get().(*bufio.Writer)
 		}
-		ss.bw.Reset(ss.sock)
+		ss.bw.Reset(ss.sockOut)
 	}
 	return ss.bw
 }

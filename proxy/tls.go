@@ -34,7 +34,7 @@ func (ss *session) startTLS(cfg *tls.Config, pre []byte, direct bool) error {
 		return errors.New("direct TLS negotiation without ALPN postgresql")
 	}
 	ss.rd.Release()
-	ss.conn, ss.sock, ss.tls = tc, tc, true
+	ss.conn, ss.sock, ss.sockOut, ss.tls = tc, tc, tc, true
 	ss.rd = protocol.NewReader(tc, 4096, ss.srv.options().MaxPacketSize)
 	if ss.bw != nil {
 		ss.bw.Reset(tc)

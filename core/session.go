@@ -166,17 +166,11 @@ var stopMatched = func() [256]bool {
 func (s *Session) FromServer(srv *Server, typ byte, body []byte, matched bool) (Reply, error) {
 	switch typ {
 	case 'Z':
-		if len(body) != 1 {
-			return Reply{}, errBadReady
+		release, err := s.Ready(srv, body)
+		if err != nil {
+			return Reply{}, err
 		}
-		status := body[0]
-		srv.TxStatus, srv.CopyIn = status, false
-		s.Acct.Answered()
-		if s.Mapping {
-			s.PS.Ready(&srv.Prepared)
-		}
-		return Reply{Out: ReadyMessage(status), Ready: true,
-			Release: s.Pooled && s.Acct.Releasable(status)}, nil
+		return Reply{Out: ReadyMessage(srv.TxStatus), Ready: true, Release: release}, nil
 	case '1', '3':
 		switch s.PS.Answer(&srv.Prepared, typ) {
 		case '1':
@@ -206,6 +200,22 @@ func (s *Session) FromServer(srv *Server, typ byte, body []byte, matched bool) (
 		srv.CopyIn = false
 	}
 	return Reply{}, nil
+}
+
+// Ready is FromServer for a ReadyForQuery, whose Reply is ReadyMessage of
+// the status it notes in srv: it reports whether the server may go back to
+// the pool. The relay calls it directly, the commonest message it looks at.
+func (s *Session) Ready(srv *Server, body []byte) (release bool, err error) {
+	if len(body) != 1 {
+		return false, errBadReady
+	}
+	status := body[0]
+	srv.TxStatus, srv.CopyIn = status, false
+	s.Acct.Answered()
+	if s.Mapping {
+		s.PS.Ready(&srv.Prepared)
+	}
+	return s.Pooled && s.Acct.Releasable(status), nil
 }
 
 // ReadyMessage is the ReadyForQuery message for a transaction status, made

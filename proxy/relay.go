@@ -387,11 +387,16 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 	}
 	body, err := sc.rd.Body(n)
 	var r core.Reply
-	if err == nil {
+	if err == nil && typ == 'Z' {
 		ss.mu.Lock()
-		if r, err = ss.FromServer(&sc.Server, typ, body, matched); r.Ready && err == nil {
-			return ss.readyLocked(sc, r) // under the same lock
+		var release bool
+		if release, err = ss.Ready(&sc.Server, body); err == nil {
+			return ss.readyLocked(sc, release) // under the same lock
 		}
+		ss.mu.Unlock()
+	} else if err == nil {
+		ss.mu.Lock()
+		r, err = ss.FromServer(&sc.Server, typ, body, matched)
 		if r.Code != "" && ss.tr != nil && ss.tr.tx.SQLState == "" {
 			ss.tr.tx.SQLState = r.Code
 		}
@@ -418,7 +423,16 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 // else the client is written now if the server's reader holds nothing more
 // whole.
 func (ss *session) flushPartial(sc *serverConn, err error) relayStep {
-	if err == nil && !sc.rd.Complete() {
+	if err == nil && sc.rd.Complete() {
+		return stepMore // written with what follows
+	}
+	return ss.flushNow(err)
+}
+
+// flushNow is flushPartial's end when the client is written now, or err
+// ended relaying.
+func (ss *session) flushNow(err error) relayStep {
+	if err == nil {
 		err = ss.bw.Flush()
 	}
 	if err != nil {
@@ -439,10 +453,10 @@ func (ss *session) relayFailed(err error) {
 }
 
 // readyLocked keeps the statistics of a ReadyForQuery the core has noted
-// (r), with ss.mu held, and releases it; when the core lets the server go
-// back and no client message is being written, it gives sc back to the
-// pool after the client's ReadyForQuery is written.
-func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
+// (core.Session.Ready), with ss.mu held, and releases it; when the core lets
+// the server go back (may) and no client message is being written, it
+// gives sc back to the pool after the client's ReadyForQuery is written.
+func (ss *session) readyLocked(sc *serverConn, may bool) relayStep {
 	now := ss.now()
 	status := sc.TxStatus
 	t := &sc.times
@@ -462,7 +476,7 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	ss.pool.addBytes(t.bytesIn, t.bytesOut)
 	t.bytesIn, t.bytesOut = 0, 0
 	release := false
-	if r.Release && !ss.stopping {
+	if may && !ss.stopping {
 		for ss.writing {
 			ss.readerWaiting = true
 			ss.cond.Wait()
@@ -486,7 +500,7 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 		if len(notes) > 0 {
 			ss.bw.Write(notes)
 		}
-		_, err := ss.bw.Write(r.Out)
+		_, err := ss.bw.Write(core.ReadyMessage(status))
 		return ss.flushPartial(sc, err)
 	}
 	lease := ss.lease
@@ -504,7 +518,7 @@ func (ss *session) readyLocked(sc *serverConn, r core.Reply) relayStep {
 	if len(notes) > 0 {
 		ss.bw.Write(notes)
 	}
-	ss.bw.Write(r.Out)
+	ss.bw.Write(core.ReadyMessage(status))
 	err := ss.bw.Flush()
 	ss.putWriter()
 	if sc.cancelling.Load() > 0 || sc.psDirty {

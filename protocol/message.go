@@ -160,7 +160,7 @@ func (r *Reader) BufferedBytes() []byte { return r.buf[r.r:r.w] }
 // call on r. It fails with bufio.ErrBufferFull for n over Size.
 func (r *Reader) Peek(n int) ([]byte, error) {
 	if uint(n) <= uint(r.w-r.r) {
-		return r.buf[r.r : r.r+n], nil // small enough to inline: the relay's usual case
+		return r.buf[r.r : r.r+n], nil // the usual case
 	}
 	return r.peekSlow(n)
 }
@@ -182,10 +182,14 @@ func (r *Reader) peekSlow(n int) ([]byte, error) {
 	return r.buf[r.r : r.r+n], nil
 }
 
+// DiscardBuffered skips the next n bytes, all of them buffered: a caller
+// that has looked at them in BufferedBytes. Unlike Discard it is inlined.
+func (r *Reader) DiscardBuffered(n int) { r.r += min(n, r.w-r.r) }
+
 // Discard skips the next n bytes.
 func (r *Reader) Discard(n int) (int, error) {
 	if uint(n) <= uint(r.w-r.r) {
-		r.r += n // buffered: inlined
+		r.r += n // buffered
 		return n, nil
 	}
 	return r.discardSlow(n)
@@ -232,8 +236,10 @@ func (r *Reader) Read(p []byte) (int, error) {
 // length. The header is not consumed: follow Next with exactly one of Relay,
 // Body or Skip.
 func (r *Reader) Next() (typ byte, bodyLen int, err error) {
-	hdr, err := r.Peek(HeaderLen)
-	if err != nil {
+	var hdr []byte
+	if r.w-r.r >= HeaderLen {
+		hdr = r.buf[r.r : r.r+HeaderLen] // Peek's usual case, without its call
+	} else if hdr, err = r.peekSlow(HeaderLen); err != nil {
 		if err == io.EOF && len(hdr) > 0 {
 			err = io.ErrUnexpectedEOF
 		}
@@ -252,6 +258,11 @@ func (r *Reader) Next() (typ byte, bodyLen int, err error) {
 // Body consumes the current message and returns its body. The slice is only
 // valid until the next call on r.
 func (r *Reader) Body(bodyLen int) ([]byte, error) {
+	if end := r.r + HeaderLen + bodyLen; bodyLen >= 0 && end <= r.w {
+		b := r.buf[r.r+HeaderLen : end] // the whole message buffered: the usual case
+		r.r = end
+		return b, nil
+	}
 	r.inMsg = true
 	if _, err := r.Discard(HeaderLen); err != nil {
 		return nil, err

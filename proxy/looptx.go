@@ -268,7 +268,7 @@ func (p *parker) send(ss *session, sc *serverConn) exit {
 	// the pool once, not at each (a sync.Pool Get and Put, about 4% of
 	// pgmux's user-space instructions under TPC-B). Idle clients still
 	// hold none.
-	ss.rd.Discard(len(buf))
+	ss.rd.DiscardBuffered(len(buf))
 	if err != nil {
 		ss.mu.Lock()
 		sc.torn = true

@@ -368,7 +368,7 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 		if n, count := sc.rd.WholeRun(core.StopTable(matched)); count > 0 {
 			sc.times.bytesOut += int64(n)
 			_, err := ss.bw.Write(sc.rd.BufferedBytes()[:n])
-			sc.rd.Discard(n)
+			sc.rd.DiscardBuffered(n)
 			return ss.flushPartial(sc, err)
 		}
 	}

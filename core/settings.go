@@ -70,8 +70,13 @@ var fpSeed = maphash.MakeSeed()
 // fingerprint, so that a server matched to one needs no look for the other.
 func (w *Wanted) FP() uint64 {
 	if w.fp != 0 && w.fpGen == w.gen {
-		return w.fp
+		return w.fp // inlined: asked at every grant
 	}
+	return w.newFP()
+}
+
+// newFP computes FP after the settings changed.
+func (w *Wanted) newFP() uint64 {
 	var fp uint64
 	var h maphash.Hash
 	h.SetSeed(fpSeed)

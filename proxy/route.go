@@ -36,8 +36,16 @@ func readsKey(k poolKey) poolKey { return poolKey{k.database + "@replicas", k.us
 // messages, as buffered) takes its server from, and returns it.
 func (ss *session) routeLocked(buf []byte) *dbPool {
 	ss.txPool = ss.pool
+	if ss.pool.reads == nil {
+		return ss.pool // no route_reads: inlined, at every transaction
+	}
+	return ss.routeReadsLocked(buf)
+}
+
+// routeReadsLocked is routeLocked for a database with route_reads.
+func (ss *session) routeReadsLocked(buf []byte) *dbPool {
 	r := ss.pool.reads
-	if r == nil || !ss.Pooled || ss.Pinned {
+	if !ss.Pooled || ss.Pinned {
 		return ss.pool
 	}
 	if window := ss.srv.options().ReadAfterWriteWindow; ss.wroteAt != 0 && ss.now()-ss.wroteAt < int64(window) {

@@ -223,7 +223,10 @@ func hasAdvisoryLock(q []byte, first int) bool {
 		for k > 0 && (q[k-1] == ' ' || q[k-1] == '\t' || q[k-1] == '\n' || q[k-1] == '\r') {
 			k--
 		}
-		if hasSuffixFold(q[:k], "advisory_lock") || hasSuffixFold(q[:k], "advisory_lock_shared") {
+		// A name ending in k or d only: most parentheses are told apart
+		// without a comparison.
+		if c := q[max(k-1, 0)] | 0x20; k > 0 && (c == 'k' && hasSuffixFold(q[:k], "advisory_lock") ||
+			c == 'd' && hasSuffixFold(q[:k], "advisory_lock_shared")) {
 			return true
 		}
 		if i = j + 1; i >= len(q) {

@@ -71,7 +71,8 @@ func TestQueryEffects(t *testing.T) {
 }
 
 func FuzzQueryEffects(f *testing.F) {
-	for _, q := range []string{"SET a.b = 1; SELECT '$$;'", "SELECT $x$;$x$", "/* ; */ RESET ALL", "DECLARE c CURSOR WITH HOLD FOR SELECT 1"} {
+	for _, q := range []string{"SET a.b = 1; SELECT '$$;'", "SELECT $x$;$x$", "/* ; */ RESET ALL", "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+		"SELECT pg_advisory_lock(1), f(2)", "select PG_TRY_ADVISORY_LOCK_SHARED \t(2)"} {
 		f.Add([]byte(q))
 	}
 	f.Fuzz(func(t *testing.T, q []byte) {
@@ -91,6 +92,22 @@ func FuzzQueryEffects(f *testing.F) {
 		if slow != e {
 			t.Fatalf("%q: %b, statement by statement %b", q, e, slow)
 		}
+		// hasAdvisoryLock finds what a plain look at each parenthesis finds.
+		plain := false
+		for j, c := range text {
+			if c != '(' {
+				continue
+			}
+			k := j
+			for k > 0 && bytes.IndexByte([]byte(" \t\n\r"), text[k-1]) >= 0 {
+				k--
+			}
+			name := asciiLower(text[:k])
+			plain = plain || bytes.HasSuffix(name, []byte("advisory_lock")) || bytes.HasSuffix(name, []byte("advisory_lock_shared"))
+		}
+		if p := bytes.IndexByte(text, '('); (p >= 0 && hasAdvisoryLock(text, p)) != plain {
+			t.Fatalf("%q: hasAdvisoryLock is not %v", q, plain)
+		}
 		if e&ResetsAll != 0 && e&SetsSettings == 0 {
 			t.Fatalf("%q: ResetsAll without SetsSettings", q)
 		}
@@ -100,6 +117,19 @@ func FuzzQueryEffects(f *testing.F) {
 			}
 		}
 	})
+}
+
+// asciiLower lower-cases b's ASCII letters only: what EqualFold matches
+// against an ASCII name.
+func asciiLower(b []byte) []byte {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return out
 }
 
 // BenchmarkQueryEffects is what every query of the event loop pays.

@@ -369,7 +369,10 @@ func (ss *session) relayMessage(sc *serverConn, matched bool) relayStep {
 			sc.times.bytesOut += int64(n)
 			_, err := ss.bw.Write(sc.rd.BufferedBytes()[:n])
 			sc.rd.DiscardBuffered(n)
-			return ss.flushPartial(sc, err)
+			if err == nil && sc.rd.Complete() {
+				return stepMore // flushPartial's common case, without its call
+			}
+			return ss.flushNow(err)
 		}
 	}
 	typ, n, err := sc.rd.Next()

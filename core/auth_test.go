@@ -111,12 +111,8 @@ func TestClientAuth(t *testing.T) {
 			tt.f.User = "alice"
 			a := NewClientAuth(tt.f)
 			st, seen, warned := authClient(t, a, tt.secret, tt.known, tt.password)
-			var pgErr *protocol.PgError
-			switch {
-			case tt.code == "" && (st.Err != nil || !st.Done):
-				t.Fatalf("not authenticated: %v", st.Err)
-			case tt.code != "" && (!errors.As(st.Err, &pgErr) || pgErr.Code != tt.code || pgErr.Severity != "FATAL"):
-				t.Fatalf("error %v, want FATAL %s", st.Err, tt.code)
+			if wantFatal(t, st.Err, tt.code); tt.code == "" && !st.Done {
+				t.Fatal("not authenticated")
 			}
 			if len(seen) != len(tt.seen) {
 				t.Fatalf("requests %v, want %v", seen, tt.seen)

@@ -52,13 +52,7 @@ func TestParseStartup(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			lg, err := ParseStartup(&protocol.Startup{Kind: protocol.KindStartup, MajorVersion: tt.major, MinorVersion: tt.minor, Params: tt.params})
-			var pgErr *protocol.PgError
-			switch {
-			case tt.code == "" && err != nil:
-				t.Fatalf("error %v", err)
-			case tt.code != "" && (!errors.As(err, &pgErr) || pgErr.Code != tt.code || pgErr.Severity != "FATAL"):
-				t.Fatalf("error %v, want FATAL %s", err, tt.code)
-			}
+			wantFatal(t, err, tt.code)
 			if (lg.Negotiate != nil) != tt.negotiate {
 				t.Fatalf("negotiate %q, want %v", lg.Negotiate, tt.negotiate)
 			}
@@ -69,6 +63,19 @@ func TestParseStartup(t *testing.T) {
 				t.Fatalf("%+v, want %s %s %v", lg, tt.user, tt.db, tt.settings)
 			}
 		})
+	}
+}
+
+// wantFatal fails t unless err is nil where code is "", or else a FATAL
+// error with SQLSTATE code.
+func wantFatal(t *testing.T, err error, code string) {
+	t.Helper()
+	var pgErr *protocol.PgError
+	switch {
+	case code == "" && err != nil:
+		t.Fatalf("error %v", err)
+	case code != "" && (!errors.As(err, &pgErr) || pgErr.Code != code || pgErr.Severity != "FATAL"):
+		t.Fatalf("error %v, want FATAL %s", err, code)
 	}
 }
 
@@ -199,13 +206,7 @@ func TestGate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := tt.gate.Check(lg, tt.parsed)
-			var pgErr *protocol.PgError
-			switch {
-			case tt.code == "" && err != nil:
-				t.Fatalf("refused: %v", err)
-			case tt.code != "" && (!errors.As(err, &pgErr) || pgErr.Code != tt.code || pgErr.Severity != "FATAL"):
-				t.Fatalf("refusal %v, want FATAL %s", err, tt.code)
-			}
+			wantFatal(t, err, tt.code)
 			if want := !tt.noBytes; want != (string(out) == string(negotiate)) {
 				t.Fatalf("sent first %q, want Negotiate: %v", out, want)
 			}
